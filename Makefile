@@ -1,0 +1,26 @@
+# The two commands a newcomer needs (see README.md):
+#   make server   install everything (runsc, venv) and start `tako-vm server` on 127.0.0.1:8000
+#   make test     install everything and run the whole suite (lint, types, import contracts, tests)
+.PHONY: setup server test lint unit bench
+
+PY := .venv/bin
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
+
+setup:
+	bash scripts/install-system.sh
+	bash scripts/bootstrap.sh
+
+server: setup
+	$(PY)/tako-vm server
+
+lint:
+	$(PY)/ruff check .
+	$(PY)/ruff format --check .
+	$(PY)/mypy
+	$(PY)/lint-imports
+
+test: setup lint
+	$(PY)/pytest -q -ra
+
+bench: setup
+	$(PY)/python -m bench

@@ -1,0 +1,1 @@
+"""The kopf operator reconciling PythonJobs into gVisor Pods."""

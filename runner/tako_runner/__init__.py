@@ -1,0 +1,1 @@
+"""The in-sandbox runner (stdlib only) and its result-envelope parsing."""

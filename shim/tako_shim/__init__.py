@@ -1,0 +1,1 @@
+"""The aiohttp REST shim speaking the Tako VM contract, with local and kubernetes backends."""
