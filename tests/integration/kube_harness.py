@@ -1,0 +1,267 @@
+"""A Kubernetes API emulator for integration tests, shared by every helper that needs a cluster.
+
+`KubeHarness` runs kmock's `KubernetesEmulator` on 127.0.0.1 in its own thread and event loop, so
+tests, the operator (kopf) and the node agent can all talk to it over real HTTP from any thread.
+
+What it adds on top of kmock (each one emulates an API-server behaviour kmock lacks, and says so):
+- every resource the product uses is declared watchable, including the backbone resources kopf
+  needs (CRDs, namespaces, events), or kopf waits silently forever;
+- on create, the emulator fills `metadata.uid`, `creationTimestamp` and `generation` like the
+  API server does (kmock stores the body verbatim);
+- `GET pods/{name}/log?container=...` serves text that a test or the node agent stored with
+  `set_log()` (kmock has no kubelet and would answer the Pod JSON);
+- `kubeconfig()` writes a kubeconfig file pointing at the emulator.
+
+What it cannot emulate (tested elsewhere): resourceVersion, schema validation, label selectors,
+status-subresource separation and garbage collection of owned objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import itertools
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import kmock
+from kmock._internal import enums, rendering
+
+VERBS = ["get", "list", "watch", "create", "patch", "update", "delete"]
+NAMESPACE = "tako-test"
+
+# (api path prefix, plural, kind, namespaced, subresources)
+RESOURCES: list[tuple[str, str, str, bool, list[str]]] = [
+    ("apiextensions.k8s.io/v1", "customresourcedefinitions", "CustomResourceDefinition", False, []),
+    ("v1", "namespaces", "Namespace", False, []),
+    ("v1", "events", "Event", True, []),
+    ("events.k8s.io/v1", "events", "Event", True, []),
+    ("v1", "pods", "Pod", True, ["log", "status", "eviction"]),
+    ("v1", "configmaps", "ConfigMap", True, []),
+    ("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy", True, []),
+    ("coordination.k8s.io/v1", "leases", "Lease", True, []),
+    ("takovm.dev/v1alpha1", "pythonjobs", "PythonJob", True, ["status"]),
+    ("takovm.dev/v1alpha1", "pythonjobtypes", "PythonJobType", True, []),
+    ("kopf.dev/v1", "kopfpeerings", "KopfPeering", True, []),
+    ("kopf.dev/v1", "clusterkopfpeerings", "ClusterKopfPeering", False, []),
+]
+
+# Resource paths for the client helpers: short name -> (api base, plural).
+PATHS: dict[str, tuple[str, str]] = {
+    "pods": ("/api/v1", "pods"),
+    "configmaps": ("/api/v1", "configmaps"),
+    "events": ("/api/v1", "events"),
+    "networkpolicies": ("/apis/networking.k8s.io/v1", "networkpolicies"),
+    "pythonjobs": ("/apis/takovm.dev/v1alpha1", "pythonjobs"),
+    "pythonjobtypes": ("/apis/takovm.dev/v1alpha1", "pythonjobtypes"),
+    "kopfpeerings": ("/apis/kopf.dev/v1", "kopfpeerings"),
+}
+
+
+@attrs.define(kw_only=True)
+class _Emulator(kmock.KubernetesEmulator):
+    """kmock's emulator plus API-server defaulting of uid/creationTimestamp/generation on create."""
+
+    creations: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+
+    async def _handle(self, request: rendering.Request) -> Any:
+        data = request.data
+        if request.action == enums.action.CREATE and isinstance(data, dict):
+            if request.resource is not None and request.resource.plural:
+                self.creations[request.resource.plural] += 1
+            meta = data.setdefault("metadata", {})
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", _now_iso())
+            meta.setdefault("generation", 1)
+            meta.setdefault("resourceVersion", "1")
+            if request.namespace and not meta.get("namespace"):
+                meta["namespace"] = request.namespace
+        return await super()._handle(request)
+
+
+def _now_iso() -> str:
+    # Microseconds keep creation order stable for objects created in the same second (the real
+    # API server has second precision; ties are broken by name in the operator).
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class KubeHarness:
+    """kmock in a background thread; a small synchronous REST client for tests.
+
+    Use as a context manager. `url` is the emulator's base URL.
+    """
+
+    def __init__(self, namespace: str = NAMESPACE) -> None:
+        self.namespace = namespace
+        self._logs: dict[tuple[str, str, str], str] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="kmock", daemon=True)
+        self._stack: Any = None
+        self.url = ""
+        self.http: httpx.Client | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> KubeHarness:
+        self._thread.start()
+        self.url = self._run(self._start())
+        self.http = httpx.Client(base_url=self.url, timeout=10.0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.http is not None:
+            self.http.close()
+        self._run(self._stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    async def _start(self) -> str:
+        emulator = _Emulator()
+        for api, plural, kind, namespaced, subresources in RESOURCES:
+            emulator.resources[f"{api}/{plural}"] = kmock.ResourceInfo(
+                kind=kind, namespaced=namespaced, verbs=VERBS, subresources=subresources
+            )
+        emulator[kmock.resource("v1/pods"), kmock.subresource("log")] << self._serve_log
+        self._emulator = emulator
+        self._server = kmock.Server(emulator)
+        await emulator.__aenter__()
+        await self._server.__aenter__()
+        return str(self._server.url).rstrip("/")
+
+    async def _stop(self) -> None:
+        await self._server.__aexit__(None, None, None)
+        await self._emulator.__aexit__(None, None, None)
+
+    def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
+
+    # -- pod logs (kmock has no kubelet) -----------------------------------------------------
+
+    def _serve_log(self, request: rendering.Request) -> rendering.Response:
+        container = request.params.get("container", "")
+        key = (request.namespace or "", request.name or "", container)
+        if key not in self._logs:
+            raise kmock.KubernetesNotFoundError(
+                message=f"no log for container {container!r} of pod {request.name!r}"
+            )
+        return rendering.Response(
+            payload=self._logs[key].encode(), headers={"Content-Type": "text/plain; charset=utf-8"}
+        )
+
+    def set_log(self, pod: str, container: str, text: str, namespace: str | None = None) -> None:
+        self._logs[(namespace or self.namespace, pod, container)] = text
+
+    # -- kubeconfig -----------------------------------------------------------------------------
+
+    def kubeconfig(self, directory: Path) -> Path:
+        path = directory / "kubeconfig"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+            "users": [{"name": "kmock", "user": {"token": "test-token"}}],
+            "contexts": [
+                {
+                    "name": "kmock",
+                    "context": {"cluster": "kmock", "user": "kmock", "namespace": self.namespace},
+                }
+            ],
+            "current-context": "kmock",
+        }
+        path.write_text(json.dumps(config))
+        return path
+
+    # -- REST helpers -----------------------------------------------------------------------------
+
+    def _path(self, kind: str, name: str | None = None, namespace: str | None = None) -> str:
+        base, plural = PATHS[kind]
+        path = f"{base}/namespaces/{namespace or self.namespace}/{plural}"
+        return f"{path}/{name}" if name else path
+
+    def _client(self) -> httpx.Client:
+        assert self.http is not None, "use KubeHarness as a context manager"
+        return self.http
+
+    def create(self, kind: str, body: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
+        resp = self._client().post(self._path(kind, namespace=namespace), json=body)
+        resp.raise_for_status()
+        result: dict[str, Any] = resp.json()
+        return result
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        resp = self._client().get(self._path(kind, name, namespace))
+        if resp.status_code == 404:
+            return None
+        resp.raise_for_status()
+        result: dict[str, Any] = resp.json()
+        return result
+
+    def list(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        resp = self._client().get(self._path(kind, namespace=namespace))
+        resp.raise_for_status()
+        items: list[dict[str, Any]] = resp.json()["items"]
+        return items
+
+    def patch(
+        self, kind: str, name: str, patch: dict[str, Any], namespace: str | None = None
+    ) -> dict[str, Any]:
+        resp = self._client().patch(
+            self._path(kind, name, namespace),
+            content=json.dumps(patch),
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        resp.raise_for_status()
+        result: dict[str, Any] = resp.json()
+        return result
+
+    def patch_status(
+        self, kind: str, name: str, status: dict[str, Any], namespace: str | None = None
+    ) -> dict[str, Any]:
+        resp = self._client().patch(
+            self._path(kind, name, namespace) + "/status",
+            content=json.dumps({"status": status}),
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        resp.raise_for_status()
+        result: dict[str, Any] = resp.json()
+        return result
+
+    def delete(self, kind: str, name: str, namespace: str | None = None) -> bool:
+        resp = self._client().delete(self._path(kind, name, namespace))
+        if resp.status_code == 404:
+            return False
+        resp.raise_for_status()
+        return True
+
+    def creations(self, plural: str) -> int:
+        """How many create requests for `plural` (e.g. "pods") the emulator has served."""
+        return int(self._emulator.creations[plural])
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition"
+) -> Any:
+    """Poll `predicate` until it returns a truthy value; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    for _ in itertools.count():
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+        time.sleep(interval)
+    raise AssertionError("unreachable")
+
+
+def iter_objects(items: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for item in items:
+        yield item["metadata"]["name"], item
