@@ -1,0 +1,595 @@
+"""Tako VM in-sandbox runner: ONE self-contained, stdlib-only file.
+
+It is shipped into Pods in a ConfigMap (and bound into local runsc sandboxes) and run by whatever
+``python3`` the image has::
+
+    python3 -I /runner/runner.py install [--config /code/job.json]   # pip-install requirements into deps_dir
+    python3 -I /runner/runner.py run     [--config /code/job.json]   # run /code/main.py under a deadline
+
+Each mode prints exactly one framed result envelope on its stdout, as its LAST output; user output is
+captured through pipes and never passed through. Before printing, the runner kills every other
+process in the sandbox (when it is the sandbox's init, pid 1) so nothing can print after the frame;
+parsers take the last well-formed frame (see ``tako_runner.outcome`` and docs/sandbox.md).
+
+Keep this file importable on Python 3.8+ and free of third-party and project imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import json
+import mimetypes
+import os
+import re
+import resource
+import selectors
+import signal
+import socket
+import stat as stat_mod
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+ENVELOPE_VERSION = 1
+HEADER = "TAKO-ENVELOPE-V1"
+END_MARKER = "TAKO-ENVELOPE-END"
+
+DEFAULTS: dict[str, Any] = {
+    "timeout": 30,
+    "startup_timeout": 120,
+    "requirements": [],
+    "deps_dir": "/deps",
+    "code_path": "/code/main.py",
+    "input_path": "/input/data.json",
+    "output_dir": "/output",
+    "work_dir": "/tmp",
+    "python": None,  # interpreter for user code and pip; default: the one running this file
+    "max_stdout_bytes": 65536,
+    "max_stderr_bytes": 65536,
+    "max_artifact_bytes": 10 * 1024 * 1024,
+    "max_total_artifact_bytes": 50 * 1024 * 1024,
+    "embed_artifacts": False,  # put artifact bytes (base64) into the envelope (local executor)
+    "environment": {},
+    "egress_probe": False,
+    "egress_probe_timeout": 30,
+    "egress_probe_targets": [["1.1.1.1", 443], ["8.8.8.8", 53]],
+    "egress_probe_hostname": "pypi.org",
+    "kill_grace_seconds": 2.0,
+    "kill_all_processes": None,  # None: only when this runner is the sandbox's init (pid 1)
+    "pip_extra_args": [],
+}
+
+MAX_REQUIREMENTS = 50
+MAX_REQUIREMENT_LENGTH = 256
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_VERSION_CLAUSE = r"(?:===|==|!=|<=|>=|~=|<|>)\s*[A-Za-z0-9.*+!-]+"
+REQUIREMENT_RE = re.compile(
+    r"^" + _NAME + r"(?:\[" + _NAME + r"(?:\s*,\s*" + _NAME + r")*\])?"
+    r"(?:\s*" + _VERSION_CLAUSE + r"(?:\s*,\s*" + _VERSION_CLAUSE + r")*)?$"
+)
+
+
+def check_requirements(requirements: Any) -> list[str]:
+    """Validate pip requirement strings; raise ValueError naming the first offending entry.
+
+    Only ``name[extras] op version, op version`` is accepted: no URLs, paths, options (``-e``,
+    ``--index-url``), environment markers or shell metacharacters.
+    """
+    if not isinstance(requirements, list):
+        raise ValueError("requirements must be a list of strings")
+    if len(requirements) > MAX_REQUIREMENTS:
+        raise ValueError(f"too many requirements: {len(requirements)} > {MAX_REQUIREMENTS}")
+    for index, entry in enumerate(requirements):
+        if not isinstance(entry, str):
+            raise ValueError(f"requirements[{index}] must be a string, got {type(entry).__name__}")
+        if len(entry) > MAX_REQUIREMENT_LENGTH:
+            raise ValueError(
+                f"requirements[{index}] is longer than {MAX_REQUIREMENT_LENGTH} characters: {entry[:40]!r}..."
+            )
+        if not REQUIREMENT_RE.match(entry.strip()) or entry != entry.strip():
+            raise ValueError(
+                f"requirements[{index}] {entry!r} is not a plain 'name[extras] op version' requirement "
+                "(URLs, paths, options, markers and shell characters are not allowed)"
+            )
+    return list(requirements)
+
+
+def frame(envelope: dict[str, Any]) -> str:
+    """The framed text for one envelope (format documented in tako_runner.outcome)."""
+    body = json.dumps(envelope, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    digest = hashlib.sha256(body.encode("ascii")).hexdigest()
+    return f"\n{HEADER} {len(body)} {digest}\n{body}\n{END_MARKER}\n"
+
+
+def now_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+# --------------------------------------------------------------------------- capture
+
+
+class Capture:
+    """Keeps the first ``limit`` bytes of a stream and counts the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(0, int(limit))
+        self.data = bytearray()
+        self.total = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.limit - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.limit
+
+    def text(self) -> str:
+        data = bytes(self.data)
+        if self.truncated:
+            cut = len(data)
+            # Back off to a UTF-8 character boundary so no character is split.
+            while cut > 0 and cut > len(data) - 4 and (data[cut - 1] & 0xC0) == 0x80:
+                cut -= 1
+            if cut > 0 and data[cut - 1] >= 0xC0:
+                cut -= 1
+            data = data[:cut]
+        text = data.decode("utf-8", errors="replace")
+        if self.truncated:
+            text += f"\n\n[TRUNCATED: output exceeded {self.limit} bytes]"
+        return text
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def kill_everything_else(config: dict[str, Any]) -> None:
+    """SIGKILL every other process this uid may signal, when that is safe (we are the sandbox init)."""
+    wanted = config.get("kill_all_processes")
+    if wanted is None:
+        wanted = os.getpid() == 1
+    if not wanted:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(-1, signal.SIGKILL)
+    # Reap what we can so zombies do not linger (we are init).
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            time.sleep(0.01)
+
+
+def run_captured(
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    cwd: str,
+    timeout: float,
+    grace: float,
+    max_stdout: int,
+    max_stderr: int,
+) -> dict[str, Any]:
+    """Run argv in its own session with piped output, a deadline (TERM, then KILL after ``grace``).
+
+    Returns exit_code (128+N for a signal), timed_out, captured stdout/stderr and elapsed_ms.
+    """
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        close_fds=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    captures = {proc.stdout.fileno(): Capture(max_stdout), proc.stderr.fileno(): Capture(max_stderr)}
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    selector = selectors.DefaultSelector()
+    for fd in captures:
+        os.set_blocking(fd, False)
+        selector.register(fd, selectors.EVENT_READ)
+    deadline = started + timeout
+    timed_out = False
+    kill_at: float | None = None
+    exited_at: float | None = None
+    open_fds = set(captures)
+    while open_fds:
+        now = time.monotonic()
+        if exited_at is None and proc.poll() is not None:
+            exited_at = now
+            # The main process is gone: anything left in its session only holds our pipes open.
+            _signal_group(proc.pid, signal.SIGKILL)
+        if exited_at is None and not timed_out and now >= deadline:
+            timed_out = True
+            _signal_group(proc.pid, signal.SIGTERM)
+            kill_at = now + grace
+        if kill_at is not None and now >= kill_at:
+            _signal_group(proc.pid, signal.SIGKILL)
+            kill_at = None
+        if exited_at is not None and now - exited_at > 1.0:
+            break  # something outside the session still holds a pipe; stop reading
+        wait = 0.05 if exited_at is not None else min(0.25, max(0.0, deadline - now) + 0.001)
+        if kill_at is not None:
+            wait = min(wait, max(0.0, kill_at - now) + 0.001)
+        for key, _ in selector.select(timeout=wait):
+            fd = int(key.fd)
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if chunk:
+                captures[fd].feed(chunk)
+            else:
+                selector.unregister(fd)
+                open_fds.discard(fd)
+    selector.close()
+    proc.stdout.close()
+    proc.stderr.close()
+    if proc.poll() is None and timed_out:
+        _signal_group(proc.pid, signal.SIGKILL)
+    try:
+        returncode = proc.wait(timeout=grace + 5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        returncode = proc.wait()
+    return {
+        "exit_code": 128 - returncode if returncode < 0 else returncode,
+        "timed_out": timed_out,
+        "stdout": captures[out_fd],
+        "stderr": captures[err_fd],
+        "elapsed_ms": int((time.monotonic() - started) * 1000),
+    }
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def base_env(config: dict[str, Any]) -> dict[str, str]:
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": config["work_dir"],
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "TMPDIR": config["work_dir"],
+        "XDG_CACHE_HOME": os.path.join(config["work_dir"], ".cache"),
+        "MPLCONFIGDIR": os.path.join(config["work_dir"], ".cache", "matplotlib"),
+    }
+    return env
+
+
+def interpreter(config: dict[str, Any]) -> str:
+    return str(config.get("python") or sys.executable or "python3")
+
+
+def do_install(config: dict[str, Any], t0: int) -> dict[str, Any]:
+    env_out: dict[str, Any] = {"v": ENVELOPE_VERSION, "mode": "install", "error": None}
+    try:
+        requirements = check_requirements(config.get("requirements") or [])
+    except ValueError as exc:
+        env_out["error"] = {
+            "type": "dependency_error",
+            "message": f"invalid requirement: {exc}",
+            "phase": "startup",
+        }
+        env_out["timing"] = {"dep_install_ms": 0, "total_ms": now_ms() - t0}
+        return env_out
+    if not requirements:
+        env_out.update(stdout="", stderr="", exit_code=0)
+        env_out["timing"] = {"dep_install_ms": 0, "total_ms": now_ms() - t0}
+        return env_out
+    env = base_env(config)
+    env.update({"PIP_NO_CACHE_DIR": "1", "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INPUT": "1"})
+    for key in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CERT", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    argv = [
+        interpreter(config), "-m", "pip", "install",
+        "--target", config["deps_dir"],
+        "--no-input", "--disable-pip-version-check", "--no-cache-dir",
+        "--only-binary=:all:", "--no-warn-script-location", "--progress-bar", "off",
+        *[str(a) for a in config.get("pip_extra_args") or []],
+        "--", *requirements,
+    ]  # fmt: skip
+    started = now_ms()
+    result = run_captured(
+        argv,
+        env=env,
+        cwd=config["work_dir"],
+        timeout=float(config["startup_timeout"]),
+        grace=float(config["kill_grace_seconds"]),
+        max_stdout=int(config["max_stdout_bytes"]),
+        max_stderr=int(config["max_stderr_bytes"]),
+    )
+    env_out.update(
+        exit_code=result["exit_code"],
+        stdout=result["stdout"].text(),
+        stderr=result["stderr"].text(),
+        stdout_truncated=result["stdout"].truncated,
+        stderr_truncated=result["stderr"].truncated,
+    )
+    if result["timed_out"]:
+        env_out["error"] = {
+            "type": "startup_timeout",
+            "message": f"installing requirements exceeded startup_timeout={config['startup_timeout']}s",
+            "phase": "startup",
+        }
+    elif result["exit_code"] != 0:
+        lines = [ln for ln in env_out["stderr"].strip().splitlines() if ln.strip()]
+        detail = lines[-1] if lines else f"pip exited with code {result['exit_code']}"
+        env_out["error"] = {
+            "type": "dependency_error",
+            "message": f"pip install failed: {detail}",
+            "phase": "startup",
+        }
+    env_out["timing"] = {"dep_install_ms": now_ms() - started, "total_ms": now_ms() - t0}
+    return env_out
+
+
+def _tcp_open(host: str, port: int, wait: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=wait):
+            return True
+    except OSError:
+        return False
+
+
+def _dns_open(hostname: str) -> bool:
+    try:
+        return bool(socket.getaddrinfo(hostname, 443))
+    except OSError:
+        return False
+
+
+def egress_reachable(config: dict[str, Any], wait: float = 1.0) -> list[str]:
+    """Probe egress in parallel; return the probes that got through (empty list = closed)."""
+    opened: list[str] = []
+    lock = threading.Lock()
+
+    def probe(name: str, fn: Any, *args: Any) -> None:
+        if fn(*args):
+            with lock:
+                opened.append(name)
+
+    threads = [
+        threading.Thread(target=probe, args=(f"tcp {h}:{p}", _tcp_open, str(h), int(p), wait), daemon=True)
+        for h, p in config["egress_probe_targets"]
+    ]
+    hostname = config.get("egress_probe_hostname")
+    if hostname:
+        threads.append(
+            threading.Thread(target=probe, args=(f"dns {hostname}", _dns_open, hostname), daemon=True)
+        )
+    for thread in threads:
+        thread.start()
+    end = time.monotonic() + wait + 0.5
+    for thread in threads:
+        thread.join(max(0.0, end - time.monotonic()))
+    with lock:
+        return list(opened)
+
+
+def wait_for_closed_egress(config: dict[str, Any]) -> str | None:
+    """Return None once egress is closed, else an error message after ``egress_probe_timeout``."""
+    give_up = time.monotonic() + float(config["egress_probe_timeout"])
+    while True:
+        opened = egress_reachable(config)
+        if not opened:
+            return None
+        if time.monotonic() >= give_up:
+            return f"network egress still open after {config['egress_probe_timeout']}s: {', '.join(opened)}"
+        time.sleep(1.0)
+
+
+def collect_output(config: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    path = os.path.join(config["output_dir"], "result.json")
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None, None
+    if not os.path.isfile(path) or os.path.islink(path):
+        return None, "result.json is not a regular file"
+    if st.st_size > int(config["max_artifact_bytes"]):
+        return None, f"result.json is larger than max_artifact_bytes={config['max_artifact_bytes']}"
+    try:
+        with open(path, "rb") as handle:
+            value = json.loads(handle.read().decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        return None, f"result.json is not valid JSON: {exc}"
+    if not isinstance(value, dict):
+        return None, f"result.json must hold a JSON object, got {type(value).__name__}"
+    return value, None
+
+
+def collect_artifacts(config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Regular, non-hidden files directly in output_dir, within the per-file and total caps."""
+    kept: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    per_file, total_cap = int(config["max_artifact_bytes"]), int(config["max_total_artifact_bytes"])
+    total = 0
+    try:
+        names = sorted(os.listdir(config["output_dir"]))
+    except OSError:
+        return kept, skipped
+    for name in names:
+        path = os.path.join(config["output_dir"], name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if name.startswith(".") or not stat_mod.S_ISREG(st.st_mode):
+            continue
+        if st.st_size > per_file:
+            skipped.append(
+                {"name": name, "size_bytes": st.st_size, "reason": f"larger than {per_file} bytes"}
+            )
+            continue
+        if total + st.st_size > total_cap:
+            skipped.append(
+                {"name": name, "size_bytes": st.st_size, "reason": f"total over {total_cap} bytes"}
+            )
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "rb") as handle:
+                data = handle.read(per_file + 1)
+        except OSError as exc:
+            skipped.append({"name": name, "size_bytes": st.st_size, "reason": f"unreadable: {exc.strerror}"})
+            continue
+        if len(data) > per_file or total + len(data) > total_cap:
+            skipped.append(
+                {"name": name, "size_bytes": len(data), "reason": "grew past the cap while reading"}
+            )
+            continue
+        total += len(data)
+        item = {
+            "name": name,
+            "size_bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "content_type": mimetypes.guess_type(name)[0] or "application/octet-stream",
+        }
+        if config.get("embed_artifacts"):
+            item["data_b64"] = base64.b64encode(data).decode("ascii")
+        kept.append(item)
+    return kept, skipped
+
+
+def do_run(config: dict[str, Any], t0: int) -> dict[str, Any]:
+    env_out: dict[str, Any] = {
+        "v": ENVELOPE_VERSION, "mode": "run", "error": None, "exit_code": None,
+        "stdout": "", "stderr": "", "stdout_truncated": False, "stderr_truncated": False,
+        "output": None, "artifacts": [], "resource_usage": None,
+    }  # fmt: skip
+    if config.get("egress_probe"):
+        problem = wait_for_closed_egress(config)
+        if problem:
+            env_out["error"] = {"type": "egress_not_closed", "message": problem, "phase": "startup"}
+            env_out["timing"] = {"startup_ms": now_ms() - t0, "execution_ms": 0, "total_ms": now_ms() - t0}
+            return env_out
+    env = base_env(config)
+    if os.path.isdir(config["deps_dir"]):
+        env["PYTHONPATH"] = config["deps_dir"]
+    for key, value in (config.get("environment") or {}).items():
+        env[str(key)] = str(value)
+    started = now_ms()
+    result = run_captured(
+        [interpreter(config), "-u", config["code_path"]],
+        env=env,
+        cwd=config["work_dir"],
+        timeout=float(config["timeout"]),
+        grace=float(config["kill_grace_seconds"]),
+        max_stdout=int(config["max_stdout_bytes"]),
+        max_stderr=int(config["max_stderr_bytes"]),
+    )
+    execution_ms = now_ms() - started
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    env_out.update(
+        exit_code=result["exit_code"],
+        stdout=result["stdout"].text(),
+        stderr=result["stderr"].text(),
+        stdout_truncated=result["stdout"].truncated,
+        stderr_truncated=result["stderr"].truncated,
+        resource_usage={
+            "max_rss_mb": round(usage.ru_maxrss / 1024.0, 1),
+            "cpu_time_ms": int((usage.ru_utime + usage.ru_stime) * 1000),
+            "wall_time_ms": execution_ms,
+        },
+    )
+    if result["timed_out"]:
+        env_out["error"] = {
+            "type": "execution_timeout",
+            "message": f"execution exceeded timeout={config['timeout']}s",
+            "phase": "execution",
+        }
+    kill_everything_else(config)  # nothing the user started may touch /output or stdout from here on
+    output, output_error = collect_output(config)
+    env_out["output"] = output
+    if output_error:
+        env_out["output_error"] = output_error
+    env_out["artifacts"], skipped = collect_artifacts(config)
+    if skipped:
+        env_out["artifacts_skipped"] = skipped
+    env_out["timing"] = {
+        "startup_ms": started - t0,
+        "execution_ms": execution_ms,
+        "total_ms": now_ms() - t0,
+    }
+    return env_out
+
+
+def load_config(path: str) -> dict[str, Any]:
+    config = dict(DEFAULTS)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            loaded = json.load(handle)
+    except FileNotFoundError:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    config.update(loaded)
+    return config
+
+
+def protect_self() -> None:
+    """Make this process's /proc entries and memory unreadable to user code running as the same uid."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+    except Exception:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="runner.py", description="Tako VM in-sandbox runner")
+    parser.add_argument("mode", choices=["install", "run"])
+    parser.add_argument("--config", default="/code/job.json")
+    args = parser.parse_args(argv)
+    t0 = now_ms()
+    protect_self()
+    config: dict[str, Any] = dict(DEFAULTS)
+    try:
+        config = load_config(args.config)
+        envelope = do_install(config, t0) if args.mode == "install" else do_run(config, t0)
+    except Exception as exc:
+        kill_everything_else(config)
+        envelope = {
+            "v": ENVELOPE_VERSION,
+            "mode": args.mode,
+            "exit_code": None,
+            "error": {
+                "type": "internal_error",
+                "message": f"runner failed: {exc!r}"[:4096],
+                "phase": "startup",
+            },
+            "timing": {"total_ms": now_ms() - t0},
+        }
+    text = frame(envelope)
+    sys.stdout.flush()
+    data = text.encode("ascii")
+    while data:
+        written = os.write(1, data)
+        data = data[written:]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
