@@ -1,0 +1,457 @@
+"""The Helm chart, rendered and linted by Helm's own Go library (helm-python-sdk, Helm v4).
+
+Every rendered object is checked against the upstream Kubernetes schemas in strict mode
+(kubernetes-validate); custom resources against the CRD that the chart ships.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterator
+from typing import Any
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "tako-vm"
+PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
+KUBE_VERSION = "1.30.0"
+RELEASE, NAMESPACE = "tako", "tako-system"
+
+Manifest = dict[str, Any]
+
+
+def render(values: dict[str, Any] | None = None) -> list[Manifest]:
+    """Render the chart as `helm template tako charts/tako-vm -n tako-system` would."""
+    with helm.Chart.load(CHART) as chart:
+        rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    objects: list[Manifest] = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return objects
+
+
+def notes(values: dict[str, Any] | None = None) -> str:
+    with helm.Chart.load(CHART) as chart:
+        rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
+
+
+def chart_crds() -> list[Manifest]:
+    docs: list[Manifest] = []
+    for path in sorted((CHART / "crds").glob("*.yaml")):
+        docs.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return docs
+
+
+def production_values() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(PRODUCTION_VALUES.read_text())
+    return loaded
+
+
+def of_kind(objects: list[Manifest], kind: str) -> list[Manifest]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def one(objects: list[Manifest], kind: str, name: str, namespace: str | None = None) -> Manifest:
+    found = [
+        obj
+        for obj in of_kind(objects, kind)
+        if obj["metadata"]["name"] == name
+        and (namespace is None or obj["metadata"].get("namespace") == namespace)
+    ]
+    assert len(found) == 1, f"expected one {kind} {namespace}/{name}, found {len(found)}"
+    return found[0]
+
+
+def pod_specs(objects: list[Manifest]) -> Iterator[tuple[str, Manifest]]:
+    for obj in objects:
+        if obj["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
+            yield obj["metadata"]["name"], obj["spec"]["template"]["spec"]
+        elif obj["kind"] == "Pod":
+            yield obj["metadata"]["name"], obj["spec"]
+
+
+@pytest.fixture(scope="module")
+def default_objects() -> list[Manifest]:
+    return render()
+
+
+@pytest.fixture(scope="module")
+def production_objects() -> list[Manifest]:
+    return render(production_values())
+
+
+# --- rendering, lint and schema validation of every object -------------------------------------
+
+
+def validate_strict(objects: list[Manifest]) -> None:
+    """Built-in kinds against the upstream schemas (strict: unknown fields fail); CRs against their CRD."""
+    crd_schemas = {
+        (crd["spec"]["group"], crd["spec"]["names"]["kind"]): version["schema"]["openAPIV3Schema"]
+        for crd in chart_crds()
+        for version in crd["spec"]["versions"]
+    }
+    for obj in objects:
+        group = obj["apiVersion"].rpartition("/")[0]
+        if (group, obj["kind"]) in crd_schemas:
+            jsonschema.validate(obj, crd_schemas[(group, obj["kind"])])
+        else:
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
+def test_default_values_render_and_every_object_passes_strict_validation(
+    default_objects: list[Manifest],
+) -> None:
+    kinds = {obj["kind"] for obj in default_objects}
+    assert {
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Namespace",
+        "Secret",
+        "KopfPeering",
+    } <= kinds
+    validate_strict(default_objects)
+
+
+def test_production_values_render_and_every_object_passes_strict_validation(
+    production_objects: list[Manifest],
+) -> None:
+    assert len(of_kind(production_objects, "Namespace")) == 3
+    assert len(of_kind(production_objects, "RuntimeClass")) == 1
+    assert not of_kind(production_objects, "Secret"), "an existingSecret must not be shadowed"
+    validate_strict(production_objects)
+
+
+def test_chart_crds_pass_strict_validation() -> None:
+    crds = chart_crds()
+    names = {crd["metadata"]["name"] for crd in crds}
+    assert {"kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"} <= names
+    for crd in crds:
+        kubernetes_validate.validate(crd, KUBE_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("values_file", [None, PRODUCTION_VALUES], ids=["default", "production"])
+def test_helm_lint_strict_reports_no_warnings_or_errors(values_file: pathlib.Path | None) -> None:
+    values = yaml.safe_load(values_file.read_text()) if values_file else None
+    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version="v1.30.0")
+    assert report["errors"] == []
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert problems == []
+
+
+def test_the_chart_crds_are_identical_to_the_repository_crds() -> None:
+    repo_crds = sorted((ROOT / "crds").glob("*.yaml"))
+    assert repo_crds, "crds/ holds no CRD files"
+    for source in repo_crds:
+        copy = CHART / "crds" / source.name
+        assert copy.exists(), f"{copy} missing: run scripts/sync-chart-crds.sh"
+        assert copy.read_bytes() == source.read_bytes(), f"{copy} differs: run scripts/sync-chart-crds.sh"
+    takovm_in_chart = {p.name for p in (CHART / "crds").glob("*takovm.dev.yaml")}
+    assert takovm_in_chart == {p.name for p in repo_crds}, "the chart ships a CRD that crds/ no longer has"
+
+
+# --- RBAC: exact rules, no wildcards ------------------------------------------------------------
+
+OPERATOR_NAMESPACED_RULES = {
+    ("takovm.dev", "pythonjobs"): {"get", "list", "watch", "patch", "delete"},
+    ("takovm.dev", "pythonjobs/status"): {"get", "patch"},
+    ("takovm.dev", "pythonjobtypes"): {"get", "list", "watch"},
+    ("", "pods"): {"create", "get", "list", "watch", "patch", "delete"},
+    ("", "pods/log"): {"get"},
+    ("", "configmaps"): {"create", "get", "delete"},
+    ("networking.k8s.io", "networkpolicies"): {"create", "get", "delete"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
+}
+OPERATOR_CLUSTER_RULES = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+    ("", "namespaces"): {"list", "watch"},
+}
+SHIM_NAMESPACED_RULES = {
+    ("takovm.dev", "pythonjobs"): {"create", "get", "list", "watch", "patch"},
+    ("takovm.dev", "pythonjobs/status"): {"get"},
+    ("takovm.dev", "pythonjobtypes"): {"get", "list"},
+}
+
+
+def flatten_rules(role: Manifest) -> dict[tuple[str, str], set[str]]:
+    """(apiGroup, resource) -> verbs, failing on anything broader than a plain list."""
+    flat: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], f"wildcard {field} in {role['kind']} {role['metadata']['name']}"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                flat.setdefault((group, resource), set()).update(rule["verbs"])
+    return flat
+
+
+def test_operator_rbac_is_exactly_what_reconcile_needs(production_objects: list[Manifest]) -> None:
+    cluster_role = one(production_objects, "ClusterRole", "tako-operator")
+    assert flatten_rules(cluster_role) == OPERATOR_CLUSTER_RULES
+    for tenant in ("tenant-alpha", "tenant-beta", "tenant-gamma"):
+        role = one(production_objects, "Role", "tako-operator", tenant)
+        assert flatten_rules(role) == OPERATOR_NAMESPACED_RULES
+        binding = one(production_objects, "RoleBinding", "tako-operator", tenant)
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "tako-operator",
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "tako-operator", "namespace": NAMESPACE}
+        ]
+
+
+def test_shim_rbac_is_limited_to_pythonjobs_in_tenant_namespaces(production_objects: list[Manifest]) -> None:
+    shim_roles = [r for r in of_kind(production_objects, "Role") if r["metadata"]["name"] == "tako-shim"]
+    assert sorted(r["metadata"]["namespace"] for r in shim_roles) == [
+        "tenant-alpha",
+        "tenant-beta",
+        "tenant-gamma",
+    ]
+    for role in shim_roles:
+        assert flatten_rules(role) == SHIM_NAMESPACED_RULES
+    shim_cluster_bindings = [
+        b
+        for b in of_kind(production_objects, "ClusterRoleBinding")
+        if any(s["name"] == "tako-shim" for s in b["subjects"])
+    ]
+    assert shim_cluster_bindings == [], "the shim must hold no cluster-wide permission"
+
+
+def test_no_role_anywhere_uses_a_wildcard_or_touches_secrets(default_objects: list[Manifest]) -> None:
+    roles = of_kind(default_objects, "Role") + of_kind(default_objects, "ClusterRole")
+    assert roles
+    for role in roles:
+        resources = flatten_rules(role)
+        assert not any(resource == "secrets" for _, resource in resources)
+
+
+def test_rbac_create_false_renders_no_rbac() -> None:
+    objects = render({"rbac": {"create": False}})
+    assert not {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"} & {o["kind"] for o in objects}
+
+
+# --- Pods: securityContext, probes, resources ----------------------------------------------------
+
+
+@pytest.mark.parametrize("values_file", [None, PRODUCTION_VALUES], ids=["default", "production"])
+def test_every_container_runs_non_root_read_only_without_privileges(values_file: pathlib.Path | None) -> None:
+    objects = render(yaml.safe_load(values_file.read_text()) if values_file else None)
+    specs = list(pod_specs(objects))
+    assert len(specs) >= 2
+    for name, spec in specs:
+        pod_context = spec["securityContext"]
+        assert pod_context["runAsNonRoot"] is True, name
+        assert pod_context["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in spec["containers"] + spec.get("initContainers", []):
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["runAsNonRoot"] is True, name
+            assert context["privileged"] is False, name
+            assert context["capabilities"] == {"drop": ["ALL"]}, name
+            assert context["seccompProfile"] == {"type": "RuntimeDefault"}, name
+            assert "livenessProbe" in container, name
+            assert container["resources"]["requests"] and container["resources"]["limits"]["memory"], name
+
+
+def test_operator_runs_with_peering_per_job_namespace_and_health_endpoint(
+    production_objects: list[Manifest],
+) -> None:
+    deployment = one(production_objects, "Deployment", "tako-operator", NAMESPACE)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == ("registry.example.com/tako/tako-vm-operator@sha256:" + "1" * 64)
+    assert container["args"][:1] == ["operator"]
+    assert [a for a in container["args"] if a.startswith("--namespace=")] == [
+        "--namespace=tenant-alpha",
+        "--namespace=tenant-beta",
+        "--namespace=tenant-gamma",
+    ]
+    assert "--peering=tako-vm" in container["args"]
+    assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert deployment["spec"]["replicas"] == 3
+    peerings = of_kind(production_objects, "KopfPeering")
+    assert sorted((p["metadata"]["namespace"], p["metadata"]["name"]) for p in peerings) == [
+        ("tenant-alpha", "tako-vm"),
+        ("tenant-beta", "tako-vm"),
+        ("tenant-gamma", "tako-vm"),
+    ]
+
+
+def test_shim_runs_the_kubernetes_backend_with_api_keys_from_a_secret(
+    production_objects: list[Manifest],
+) -> None:
+    deployment = one(production_objects, "Deployment", "tako-shim", NAMESPACE)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["server", "--backend=kubernetes"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TAKO_VM_API_KEYS"]["valueFrom"] == {"secretKeyRef": {"name": "tako-api-keys", "key": "keys"}}
+    assert env["TAKO_VM_API_AUTH_ENABLED"]["value"] == "true"
+    assert env["TAKO_VM_SERVER_HOST"]["value"] == "0.0.0.0"
+    assert env["TAKO_VM_JOB_NAMESPACES"]["value"] == "tenant-alpha,tenant-beta,tenant-gamma"
+    assert "value" not in env["TAKO_VM_API_KEYS"], "API keys never appear in the Deployment"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    service = one(production_objects, "Service", "tako-shim", NAMESPACE)
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_default_install_generates_an_api_key_secret_the_shim_reads(default_objects: list[Manifest]) -> None:
+    secret = one(default_objects, "Secret", "tako-tako-vm-api-keys", NAMESPACE)
+    assert len(secret["data"]["api-keys"]) > 40
+    shim = one(default_objects, "Deployment", "tako-tako-vm-shim", NAMESPACE)
+    env = {e["name"]: e for e in shim["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TAKO_VM_API_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "tako-tako-vm-api-keys"
+
+
+def test_pod_disruption_budgets_only_with_more_than_one_replica() -> None:
+    single = render({"operator": {"replicaCount": 1}, "shim": {"replicaCount": 1}})
+    assert of_kind(single, "PodDisruptionBudget") == []
+    many = render({"operator": {"replicaCount": 2}, "shim": {"replicaCount": 3}})
+    budgets = {p["metadata"]["name"]: p["spec"] for p in of_kind(many, "PodDisruptionBudget")}
+    assert budgets["tako-tako-vm-operator"]["maxUnavailable"] == 1
+    assert budgets["tako-tako-vm-shim"]["minAvailable"] == 1
+
+
+# --- namespaces, network policies, runtime class --------------------------------------------------
+
+
+def test_job_namespaces_enforce_pod_security_restricted_and_survive_uninstall(
+    production_objects: list[Manifest],
+) -> None:
+    for namespace in of_kind(production_objects, "Namespace"):
+        labels = namespace["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+        assert labels["pod-security.kubernetes.io/warn"] == "restricted"
+        assert namespace["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert of_kind(render({"jobs": {"createNamespaces": False}}), "Namespace") == []
+
+
+def test_network_policies_limit_operator_and_shim_to_dns_and_the_api_server(
+    production_objects: list[Manifest],
+) -> None:
+    policies = {p["metadata"]["name"]: p["spec"] for p in of_kind(production_objects, "NetworkPolicy")}
+    assert set(policies) == {"tako-operator", "tako-shim"}
+    for spec in policies.values():
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        dns, api = spec["egress"]
+        assert {p["port"] for p in dns["ports"]} == {53} and "to" not in dns
+        assert api == {
+            "ports": [{"protocol": "TCP", "port": 443}],
+            "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}],
+        }
+    assert policies["tako-shim"]["ingress"] == [
+        {
+            "ports": [{"protocol": "TCP", "port": 8000}],
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "agents"}}}],
+        }
+    ]
+    assert {p["port"] for p in policies["tako-operator"]["ingress"][0]["ports"]} == {8080, 9090}
+    assert of_kind(render({"networkPolicy": {"enabled": False}}), "NetworkPolicy") == []
+
+
+def test_optional_gvisor_runtime_class(
+    production_objects: list[Manifest], default_objects: list[Manifest]
+) -> None:
+    assert of_kind(default_objects, "RuntimeClass") == []
+    runtime_class = one(production_objects, "RuntimeClass", "gvisor")
+    assert runtime_class["handler"] == "runsc"
+    assert runtime_class["scheduling"]["nodeSelector"] == {"sandbox.tako-vm.dev/gvisor": "true"}
+
+
+def test_notes_print_how_to_call_the_api() -> None:
+    text = notes()
+    assert "kubectl -n tako-system port-forward svc/tako-tako-vm-shim 8000:8000" in text
+    assert 'curl -s -X POST $TAKO_VM_URL/execute -H "X-API-Key: $TAKO_VM_API_KEY"' in text
+    assert "tako_vm.configure(" in text
+    assert "get secret tako-tako-vm-api-keys" in text
+
+
+# --- values.schema.json ------------------------------------------------------------------------------
+
+
+def leaf_paths(values: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    if isinstance(values, dict) and values:
+        for key, value in values.items():
+            yield from leaf_paths(value, (*prefix, key))
+    else:
+        yield prefix
+
+
+def schema_at(schema: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+    root = schema
+    node: dict[str, Any] | None = schema
+    for key in path:
+        while node is not None and "$ref" in node:
+            node = root["definitions"][node["$ref"].rsplit("/", 1)[1]]
+        if node is None:
+            return None
+        properties = node.get("properties", {})
+        if key in properties:
+            node = properties[key]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        else:
+            return None
+    return node
+
+
+def test_every_default_value_is_described_by_the_schema() -> None:
+    with helm.Chart.load(CHART) as chart:
+        schema, defaults = chart.schema, chart.values
+    assert schema is not None
+    for path in leaf_paths(defaults):
+        assert schema_at(schema, path) is not None, f"values.schema.json does not describe {'.'.join(path)}"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"jobs": {"namespaces": []}}, "at '/jobs/namespaces': minItems: got 0, want 1"),
+        (
+            {"jobs": {"namespaces": ["Tenant_A"]}},
+            "at '/jobs/namespaces/0': 'Tenant_A' does not match pattern",
+        ),
+        ({"jobs": {"podSecurityLevel": "privileged"}}, "at '/jobs/podSecurityLevel'"),
+        ({"operator": {"replicaCount": 0}}, "at '/operator/replicaCount': minimum: got 0, want 1"),
+        ({"shim": {"securityContext": {"allowPrivilegeEscalation": True}}}, "allowPrivilegeEscalation"),
+        ({"shim": {"securityContext": {"readOnlyRootFilesystem": False}}}, "readOnlyRootFilesystem"),
+        ({"operator": {"podSecurityContext": {"runAsNonRoot": False}}}, "runAsNonRoot"),
+        ({"operator": {"securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}}}, "capabilities/add"),
+        ({"shim": {"port": 80}}, "at '/shim/port': minimum: got 80, want 1,024"),
+        ({"shim": {"service": {"type": "ExternalName"}}}, "at '/shim/service/type'"),
+        ({"operator": {"image": {"digest": "latest"}}}, "at '/operator/image/digest'"),
+        ({"shim": {"config": {"maxTimeout": 100000}}}, "at '/shim/config/maxTimeout': maximum"),
+        ({"replicas": 3}, "additional properties 'replicas' not allowed"),
+        ({"shim": {"replicas": 3}}, "additional properties 'replicas' not allowed"),
+    ],
+)
+def test_invalid_values_are_rejected_with_a_message_naming_the_field(
+    values: dict[str, Any], message: str
+) -> None:
+    with helm.Chart.load(CHART) as chart:
+        with pytest.raises(helm.HelmValuesError) as raised:
+            chart.validate_schema(values)
+        assert message in str(raised.value)
+        # Rendering (helm template / install) enforces the same schema.
+        with pytest.raises(helm.HelmError):
+            chart.render(values, name=RELEASE, namespace=NAMESPACE)
