@@ -1,0 +1,331 @@
+"""The REST wire models of the Tako VM contract, shared by the shim (server side) and the SDK.
+
+Field names and bounds follow the reference Tako VM 0.3.0 OpenAPI document. Request models reject
+unknown fields (``extra="forbid"``); response models ignore unknown fields so an older SDK keeps
+working against a newer server.
+
+One deliberate difference: the reference schema allows 8..255-character idempotency keys but its
+server fails with a 500 on keys longer than 128 characters. We publish the same 8..255 schema bound
+and reject 129..255-character keys with a 422 that names the field (``IDEMPOTENCY_KEY_MAX_ACCEPTED``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+QueueStatus = Literal["queued", "pending", "running", "succeeded", "failed", "timeout", "oom", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "timeout", "oom", "cancelled"})
+
+CODE_MAX_CHARS = 100_000
+INPUT_MAX_SERIALIZED_CHARS = 1_048_576
+REQUIREMENTS_MAX_ITEMS = 50
+IDEMPOTENCY_KEY_MAX_ACCEPTED = 128
+JOB_TYPE_PATTERN = r"^[a-zA-Z0-9_-]+(@[a-zA-Z0-9_.@:-]+)?$"
+IDEMPOTENCY_KEY_PATTERN = r"^[a-zA-Z0-9_-]+$"
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+def _code_not_blank(code: str) -> str:
+    if not code.strip():
+        raise ValueError("Code cannot be empty")
+    return code
+
+
+class ExecuteRequest(_Request):
+    """Body of ``POST /execute`` and ``POST /execute/async``."""
+
+    code: str = Field(
+        min_length=1, max_length=CODE_MAX_CHARS, description="Python code to execute (max 100KB)"
+    )
+    input_data: dict[str, Any] = Field(
+        default_factory=dict, description="Input data as JSON (max 1MB when serialized)"
+    )
+    timeout: int | None = Field(
+        default=None,
+        ge=1,
+        le=86400,
+        description="Timeout for code execution in seconds. The deployment's configured max_timeout "
+        "may impose a lower limit.",
+    )
+    startup_timeout: int | None = Field(
+        default=None,
+        ge=10,
+        le=600,
+        description="Timeout for startup phase (sandbox + deps) in seconds (10-600)",
+    )
+    job_type: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=JOB_TYPE_PATTERN,
+        description="Job type name (e.g., 'data-processing' or 'data-processing@v1.0.0')",
+    )
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=8,
+        max_length=255,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="Client-provided key for idempotent job submission "
+        f"(alphanumeric, 8-255 chars by schema; keys over {IDEMPOTENCY_KEY_MAX_ACCEPTED} chars get 422)",
+    )
+    requirements: list[str] | None = Field(
+        default=None,
+        max_length=REQUIREMENTS_MAX_ITEMS,
+        description="Python packages to install at runtime (e.g., ['pandas', 'numpy>=1.20'])",
+    )
+
+    _check_code = field_validator("code")(_code_not_blank)
+
+    @field_validator("input_data")
+    @classmethod
+    def _input_size(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(value)) > INPUT_MAX_SERIALIZED_CHARS:
+            raise ValueError("input_data exceeds 1MB limit when serialized")
+        return value
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _key_accepted_length(cls, value: str | None) -> str | None:
+        if value is not None and len(value) > IDEMPOTENCY_KEY_MAX_ACCEPTED:
+            raise ValueError(
+                f"idempotency_key is {len(value)} characters; this server accepts at most "
+                f"{IDEMPOTENCY_KEY_MAX_ACCEPTED}"
+            )
+        return value
+
+
+class RerunRequest(_Request):
+    """Body of ``POST /jobs/{id}/rerun``: the parent's code and input; unset fields keep the parent's."""
+
+    job_type: str | None = Field(
+        default=None, max_length=128, pattern=JOB_TYPE_PATTERN, description="Optional job type override"
+    )
+    timeout: int | None = Field(
+        default=None,
+        ge=1,
+        le=86400,
+        description="Optional timeout override. The deployment's configured max_timeout may impose a "
+        "lower limit.",
+    )
+
+
+class ForkRequest(RerunRequest):
+    """Body of ``POST /jobs/{id}/fork``: new code on the parent's input."""
+
+    code: str = Field(min_length=1, max_length=CODE_MAX_CHARS, description="New Python code to execute")
+
+    _check_code = field_validator("code")(_code_not_blank)
+
+
+class ExecutionError(_Response):
+    type: str
+    message: str
+    phase: str | None = None
+
+
+class Timing(_Response):
+    startup_ms: int | None = None
+    dep_install_ms: int | None = None
+    execution_ms: int | None = None
+    total_ms: int | None = None
+    phase_at_exit: str | None = None
+
+
+class ArtifactInfo(_Response):
+    name: str
+    size_bytes: int
+    sha256: str
+    content_type: str | None = None
+
+
+class ResourceUsage(_Response):
+    max_rss_mb: float | None = None
+    cpu_time_ms: int | None = None
+    wall_time_ms: int | None = None
+
+
+class ExecuteResponse(_Response):
+    """Response of the synchronous ``POST /execute`` (200 even when the code failed)."""
+
+    success: bool
+    output: dict[str, Any] | None = None
+    execution_time: float
+    stdout: str = ""
+    stderr: str = ""
+    exit_code: int | None = None
+    error: str | None = None
+    job_type: str | None = None
+    execution_id: str | None = Field(
+        default=None, description="Execution ID correlating this run with /executions records and logs"
+    )
+    runtime: str | None = Field(
+        default=None, description="Effective isolation runtime: 'runsc' (gVisor) or a weaker fallback."
+    )
+
+
+class AsyncExecuteResponse(_Response):
+    job_id: str
+    status: QueueStatus
+
+
+class JobStatusResponse(_Response):
+    job_id: str = Field(description="Unique job identifier")
+    status: QueueStatus = Field(description="Current status")
+    created_at: str | None = Field(default=None, description="ISO 8601 timestamp when job was created")
+    duration_ms: int | None = Field(default=None, description="Execution duration in milliseconds")
+    queue_position: int | None = Field(default=None, description="Position in queue (if pending)")
+
+
+class ExecutionRecord(_Response):
+    """The slim execution record (default view)."""
+
+    execution_id: str
+    status: QueueStatus
+    job_type: str
+    job_version: str | None = None
+    created_at: str
+    started_at: str | None = None
+    ended_at: str | None = None
+    duration_ms: int | None = None
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    output: dict[str, Any] | None = None
+    error: ExecutionError | None = None
+    timing: Timing | None = None
+    runtime: str | None = None
+
+
+class ExecutionRecordFull(ExecutionRecord):
+    """The full execution record (``?view=full``)."""
+
+    job_ref: str | None = None
+    artifacts: list[ArtifactInfo] = Field(default_factory=list)
+    input_artifacts: list[ArtifactInfo] = Field(default_factory=list)
+    resource_usage: ResourceUsage | None = None
+    code_hash: str | None = None
+    input_hash: str | None = None
+    parent_execution_id: str | None = None
+    relationship: Literal["rerun", "fork"] | None = None
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    idempotency_key: str | None = None
+
+    def slim(self) -> ExecutionRecord:
+        return ExecutionRecord.model_validate(self.model_dump(include=set(ExecutionRecord.model_fields)))
+
+
+class CancelResponse(_Response):
+    status: Literal["cancelled"] = "cancelled"
+    job_id: str
+
+
+class PaginatedResponse(_Response):
+    items: list[Any] = Field(description="List of items")
+    limit: int = Field(description="Maximum items returned")
+    offset: int = Field(description="Number of items skipped")
+    has_more: bool = Field(description="Whether more items exist beyond this page")
+    count: int = Field(description="Number of items in this response")
+
+
+class QueueStatsResponse(_Response):
+    pending: int = Field(description="Number of jobs waiting in queue")
+    running: int = Field(description="Number of jobs currently executing")
+    max_workers: int = Field(description="Maximum concurrent workers")
+    max_queue_size: int = Field(description="Maximum queue capacity")
+
+
+class CircuitBreakerStatus(_Response):
+    state: Literal["closed", "open", "half_open"] = "closed"
+    failure_count: int = 0
+    success_count: int = 0
+    last_failure: float | None = None
+
+
+class HealthResponse(_Response):
+    """``GET /health``. ``docker_available`` is kept for reference clients: it reports whether the
+    backend can start sandboxes (runsc locally, the cluster API for the kubernetes backend)."""
+
+    status: Literal["healthy", "degraded"]
+    docker_available: bool
+    gvisor_available: bool
+    circuit_breaker: CircuitBreakerStatus = Field(default_factory=CircuitBreakerStatus)
+    version: str
+    production_mode: bool = False
+    queue_stats: QueueStatsResponse
+    backend: str | None = Field(default=None, description="'local' or 'kubernetes'")
+    runtime: str | None = Field(default=None, description="Isolation runtime in effect, e.g. 'runsc'")
+
+
+class JobTypeResponse(_Response):
+    name: str
+    requirements: list[str]
+    python_version: str
+    memory_limit: str
+    cpu_limit: float
+    timeout: int
+    session_enabled: bool = False
+    gpu_enabled: bool = False
+    gpu_vendor: str | None = None
+    image_exists: bool
+    network_enabled: bool = False
+    startup_timeout: int | None = None
+
+
+class ErrorResponse(_Response):
+    """Body of every non-validation HTTP error."""
+
+    detail: str
+    correlation_id: str | None = None
+
+
+class ValidationErrorItem(_Response):
+    loc: list[str | int]
+    msg: str
+    type: str
+    input: Any = None
+    ctx: dict[str, Any] | None = None
+
+
+class ValidationErrorResponse(_Response):
+    """Body of a 422 raised by request validation: a list-shaped ``detail``."""
+
+    detail: list[ValidationErrorItem]
+    correlation_id: str | None = None
+
+
+__all__ = [
+    "IDEMPOTENCY_KEY_MAX_ACCEPTED",
+    "TERMINAL_STATUSES",
+    "ArtifactInfo",
+    "AsyncExecuteResponse",
+    "CancelResponse",
+    "CircuitBreakerStatus",
+    "ErrorResponse",
+    "ExecuteRequest",
+    "ExecuteResponse",
+    "ExecutionError",
+    "ExecutionRecord",
+    "ExecutionRecordFull",
+    "ForkRequest",
+    "HealthResponse",
+    "JobStatusResponse",
+    "JobTypeResponse",
+    "PaginatedResponse",
+    "QueueStatsResponse",
+    "QueueStatus",
+    "RerunRequest",
+    "ResourceUsage",
+    "Timing",
+    "ValidationErrorItem",
+    "ValidationErrorResponse",
+]

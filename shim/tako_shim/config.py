@@ -1,0 +1,273 @@
+"""Server configuration: ``tako_vm.yaml`` plus ``TAKO_VM_<KEY>`` environment overrides.
+
+``load_settings`` is the only entry point. It reads the file (``--config``, else ``$TAKO_VM_CONFIG``,
+else ``./tako_vm.yaml`` if present, else built-in defaults), applies environment overrides and
+validates everything at once; any problem raises ``ConfigError`` whose message names the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "TAKO_VM_"
+DEFAULT_TENANT = "default"
+_MEMORY_RE = re.compile(r"^([1-9][0-9]*)([mg])$")
+_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_TENANT_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+def memory_limit_mb(value: str) -> int:
+    """``"512m"`` -> 512, ``"2g"`` -> 2048."""
+    match = _MEMORY_RE.match(value)
+    if not match:
+        raise ValueError(f"memory_limit {value!r} must look like '512m' or '2g'")
+    amount, unit = int(match.group(1)), match.group(2)
+    return amount * 1024 if unit == "g" else amount
+
+
+class JobTypeConfig(BaseModel):
+    """A pre-built environment a request selects with ``job_type``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    requirements: list[str] = Field(default_factory=list, max_length=50)
+    image: str | None = None  # container image (kubernetes backend); local runs use the host python
+    python_version: str = "3.11"
+    memory_limit: str = "512m"
+    cpu_limit: float = Field(default=1.0, ge=0.1, le=16)
+    timeout: int | None = Field(default=None, ge=1, le=86400)  # None: the server's default_timeout
+    startup_timeout: int = Field(default=120, ge=10, le=600)
+    environment: dict[str, str] = Field(default_factory=dict)
+    network_enabled: bool = False  # only the install phase ever gets egress; user code never does
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError("must be 1-64 characters of [a-zA-Z0-9_-]")
+        return value
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        mb = memory_limit_mb(value)
+        if not 64 <= mb <= 32 * 1024:
+            raise ValueError("must be between 64m and 32g")
+        return value
+
+    @field_validator("environment")
+    @classmethod
+    def _environment(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+                raise ValueError(f"environment variable name {key!r} is not a POSIX name")
+            if any(ord(ch) < 32 for ch in item):
+                raise ValueError(f"environment variable {key!r} contains control characters")
+        return value
+
+
+class KubernetesOptions(BaseModel):
+    """Options of the ``kubernetes`` backend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str = "tako-vm"  # namespace of the "default" tenant
+    tenant_namespaces: dict[str, str] = Field(default_factory=dict)  # tenant -> namespace (else tenant)
+    kubeconfig: str | None = None
+    in_cluster: bool = False
+
+
+class Settings(BaseModel):
+    """Every configuration key, its default and its bounds."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    backend: Literal["local", "kubernetes"] = "local"
+    production_mode: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    server_host: str = "127.0.0.1"
+    server_port: int = Field(default=8000, ge=0, le=65535)  # 0 = any free port
+    allow_unauthenticated_network_access: bool = False
+
+    api_auth_enabled: bool = False
+    api_keys: dict[str, str] = Field(default_factory=dict)  # key -> tenant; a YAML list maps to "default"
+    api_auth_header: str = "X-API-Key"
+    api_rate_limit_enabled: bool = True
+    api_rate_limit_requests: int = Field(default=120, ge=1, le=100_000)
+    api_rate_limit_window_seconds: int = Field(default=60, ge=1, le=3600)
+    api_max_payload_bytes: int = Field(default=2_097_152, ge=1024, le=104_857_600)
+
+    security_mode: Literal["strict", "permissive"] = "strict"
+    runsc_path: str | None = None
+    allow_runtime_requirements: bool = False
+    max_workers: int = Field(default=4, ge=1, le=64)
+    max_queue_size: int = Field(default=100, ge=1, le=10_000)
+    max_retry_attempts: int = Field(default=2, ge=1, le=10)
+    default_timeout: int = Field(default=30, ge=1, le=3600)
+    max_timeout: int = Field(default=300, ge=1, le=86400)
+    default_startup_timeout: int = Field(default=120, ge=10, le=600)
+    max_stdout_bytes: int = Field(default=65536, ge=1024, le=104_857_600)
+    max_stderr_bytes: int = Field(default=65536, ge=1024, le=104_857_600)
+    max_artifact_bytes: int = Field(default=10_485_760, ge=1024, le=1_073_741_824)
+    max_total_artifacts_bytes: int = Field(default=52_428_800, ge=1024, le=10_737_418_240)
+    execution_record_ttl_days: int = Field(default=30, ge=1, le=3650)
+    data_dir: Path = Field(default_factory=lambda: _default_data_dir())
+    job_types: list[JobTypeConfig] = Field(default_factory=list)
+    kubernetes: KubernetesOptions = Field(default_factory=KubernetesOptions)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys_to_tenants(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the env form: "key1,key2" or "key1=tenant-a,key2=tenant-b"
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list):
+            mapped: dict[str, str] = {}
+            for item in value:
+                if not isinstance(item, str):
+                    raise ValueError("each API key must be a string")
+                key, sep, tenant = item.partition("=")
+                mapped[key] = tenant if sep else DEFAULT_TENANT
+            return mapped
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_valid(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, tenant in value.items():
+            if len(key) < 16:
+                raise ValueError("each API key must be at least 16 characters")
+            if any(ord(ch) < 33 or ord(ch) > 126 for ch in key):
+                raise ValueError("API keys must be printable ASCII without spaces")
+            if not _TENANT_RE.match(tenant):
+                raise ValueError(f"tenant {tenant!r} must be a DNS label (it names a namespace)")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        if self.api_auth_enabled and not self.api_keys:
+            raise ValueError("api_keys: api_auth_enabled is true but no API keys are configured")
+        if self.default_timeout > self.max_timeout:
+            raise ValueError(
+                f"default_timeout: {self.default_timeout} exceeds max_timeout {self.max_timeout}"
+            )
+        names = [jt.name for jt in self.job_types]
+        if len(names) != len(set(names)):
+            raise ValueError("job_types: duplicate job type names")
+        for jt in self.job_types:
+            if jt.timeout is not None and jt.timeout > self.max_timeout:
+                raise ValueError(
+                    f"job_types.{jt.name}.timeout: {jt.timeout} exceeds max_timeout {self.max_timeout}"
+                )
+        if (
+            not self.api_auth_enabled
+            and not self.allow_unauthenticated_network_access
+            and not is_loopback(self.server_host)
+        ):
+            raise ValueError(
+                f"server_host: refusing to bind non-loopback address {self.server_host!r} without "
+                "authentication; set api_auth_enabled and api_keys (or "
+                "allow_unauthenticated_network_access: true)"
+            )
+        return self
+
+    def tenant_for_key(self, key: str) -> str | None:
+        return self.api_keys.get(key)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return Path(xdg) / "tako_vm" if xdg else Path.home() / ".tako_vm"
+
+
+def find_config_file(config_path: str | None, env: Mapping[str, str]) -> Path | None:
+    if config_path:
+        return Path(config_path)
+    if env.get("TAKO_VM_CONFIG"):
+        return Path(env["TAKO_VM_CONFIG"])
+    local = Path("tako_vm.yaml")
+    return local if local.is_file() else None
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """``TAKO_VM_MAX_WORKERS=8`` -> ``{"max_workers": "8"}`` for every top-level scalar key.
+
+    Nested keys use a double underscore: ``TAKO_VM_KUBERNETES__NAMESPACE``. Values are strings;
+    pydantic converts them (booleans accept true/false/1/0/yes/no).
+    """
+    overrides: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == "TAKO_VM_CONFIG":
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if "__" in key:
+            outer, inner = key.split("__", 1)
+            overrides.setdefault(outer, {})[inner] = value
+        else:
+            overrides[key] = value
+    return {k: v for k, v in overrides.items() if k in Settings.model_fields}
+
+
+def load_settings(
+    config_path: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """File, then ``TAKO_VM_*`` environment, then explicit ``overrides`` (CLI flags); validated once."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    path = find_config_file(config_path, env)
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror or exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: invalid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: the top level must be a mapping of keys")
+        raw.update(loaded)
+    for key, value in env_overrides(env).items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, path)) from None
+
+
+def format_validation_error(exc: ValidationError, path: Path | None) -> str:
+    where = f" in {path}" if path else ""
+    lines = [f"invalid configuration{where}:"]
+    for err in exc.errors(include_url=False):
+        key = ".".join(str(part) for part in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {key or 'config'}: {message}" if key else f"  {message}")
+    return "\n".join(lines)

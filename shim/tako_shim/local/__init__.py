@@ -1,0 +1,1 @@
+"""The local backend: SQLite history, a bounded worker pool and the runsc sandbox executor."""

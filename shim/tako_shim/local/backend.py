@@ -1,0 +1,394 @@
+"""The local backend: a bounded pool of asyncio workers running each job in its own runsc sandbox.
+
+- The queue holds at most ``max_queue_size`` waiting jobs (then ``Unavailable`` -> 503); ``max_workers``
+  worker tasks take jobs in submission order. ``/execute`` (sync) goes through the same queue.
+- History lives in SQLite under ``data_dir`` and survives restarts: at start-up, jobs that were queued
+  or running are queued again (nothing is marked ``interrupted`` because the process restarted).
+- Long-poll waiters wait on an ``asyncio.Event`` per job, set when the job's terminal row is written.
+- Sandbox failures that are not the user's (the executor raising) are retried up to
+  ``max_retry_attempts`` times, then recorded as ``failed``/``internal_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+from tako_shim.backends.base import (
+    Artifact,
+    Backend,
+    RecordFilter,
+    RecordPage,
+    Submission,
+    SubmitResult,
+)
+from tako_shim.config import Settings, memory_limit_mb
+from tako_shim.errors import BadRequest, Conflict, NotFound, Unavailable
+from tako_shim.jobs import canonical_json, sha256_hex
+from tako_shim.local import records
+from tako_shim.local.store import JobRow, JobStore
+from tako_vm import __version__
+from tako_vm.models.wire import (
+    TERMINAL_STATUSES,
+    ExecutionRecordFull,
+    HealthResponse,
+    JobStatusResponse,
+    QueueStatsResponse,
+    QueueStatus,
+)
+
+log = logging.getLogger(__name__)
+
+QUEUE_FULL = "Job queue is full. Try again later."
+IDEMPOTENCY_CONFLICT = "Idempotency key reused with different payload"
+RETENTION_INTERVAL_SECONDS = 3600
+
+
+class SandboxRunner(Protocol):
+    """What the backend needs from ``tako_shim.local.executor.LocalExecutor``."""
+
+    def runtime_info(self) -> dict[str, Any]: ...
+
+    async def run(self, job: Any, artifact_dir: Path, cancel: asyncio.Event | None = None) -> Any: ...
+
+
+def _real_executor(settings: Settings) -> SandboxRunner:
+    from tako_shim.local.executor import LocalExecutor
+
+    executor: SandboxRunner = LocalExecutor(
+        work_dir=settings.data_dir / "work",
+        security_mode=settings.security_mode,
+        runsc_path=settings.runsc_path,
+    )
+    return executor
+
+
+def _sandbox_job(
+    settings: Settings, row: JobRow, environment: dict[str, str], jt_memory: str, cpu: float
+) -> Any:
+    from tako_shim.local.executor import SandboxJob
+
+    return SandboxJob(
+        job_id=row.job_id,
+        code=row.code,
+        input_data=row.input_data,
+        requirements=row.requirements,
+        timeout=row.timeout,
+        startup_timeout=row.startup_timeout,
+        memory_limit_mb=memory_limit_mb(jt_memory),
+        cpu_limit=cpu,
+        environment=environment,
+        max_stdout_bytes=settings.max_stdout_bytes,
+        max_stderr_bytes=settings.max_stderr_bytes,
+        max_artifact_bytes=settings.max_artifact_bytes,
+        max_total_artifact_bytes=settings.max_total_artifacts_bytes,
+    )
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(
+        self,
+        settings: Settings,
+        executor_factory: Callable[[Settings], SandboxRunner] = _real_executor,
+        job_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        """``executor_factory``/``job_factory`` exist for queue unit tests; production uses runsc."""
+        super().__init__(settings)
+        self.store = JobStore(settings.data_dir / "tako_vm.sqlite3")
+        self._executor_factory = executor_factory
+        self._job_factory = job_factory or _sandbox_job
+        self._executor: SandboxRunner | None = None
+        self._runtime_info: dict[str, Any] = {}
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._pending: dict[str, None] = {}  # insertion-ordered: queue positions
+        self._cancels: dict[str, asyncio.Event] = {}  # running job -> its cancel switch
+        self._done: dict[str, asyncio.Event] = {}  # job -> event set once its terminal row is written
+        self._submit_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await asyncio.to_thread(self.store.open)
+        self._executor = self._executor_factory(self.settings)
+        self._runtime_info = self._executor.runtime_info()
+        await self._apply_retention()
+        for job_id in await asyncio.to_thread(self.store.requeue_unfinished):
+            self._enqueue(job_id)
+        if self._pending:
+            log.info("re-queued %d unfinished jobs from the previous run", len(self._pending))
+        self._tasks = [
+            asyncio.create_task(self._worker(n), name=f"tako-worker-{n}")
+            for n in range(self.settings.max_workers)
+        ]
+        self._tasks.append(asyncio.create_task(self._retention_loop(), name="tako-retention"))
+
+    async def close(self) -> None:
+        """Stop the workers; jobs still running stay ``running`` in SQLite and re-queue at next start."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await asyncio.to_thread(self.store.close)
+
+    # -- submission ---------------------------------------------------------------------------------
+
+    async def submit(self, tenant: str, submission: Submission) -> SubmitResult:
+        async with self._submit_lock:
+            if submission.idempotency_key:
+                existing = await asyncio.to_thread(self.store.find_by_key, tenant, submission.idempotency_key)
+                if existing is not None:
+                    if existing.fingerprint != submission.fingerprint:
+                        raise Conflict(IDEMPOTENCY_CONFLICT)
+                    return SubmitResult(existing.job_id, cast(QueueStatus, existing.status), created=False)
+            if len(self._pending) >= self.settings.max_queue_size:
+                raise Unavailable(QUEUE_FULL)
+            row = JobRow(
+                job_id=str(uuid.uuid4()),
+                tenant=tenant,
+                status="queued",
+                job_type=submission.job_type,
+                created_at=records.utc_now(),
+                code=submission.code,
+                input_data=submission.input_data,
+                requirements=list(submission.requirements),
+                timeout=submission.timeout,
+                startup_timeout=submission.startup_timeout,
+                code_hash=sha256_hex(submission.code),
+                input_hash=sha256_hex(canonical_json(submission.input_data)),
+                idempotency_key=submission.idempotency_key,
+                fingerprint=submission.fingerprint,
+                correlation_id=submission.correlation_id,
+                parent_execution_id=submission.parent_execution_id,
+                relationship=submission.relationship,
+            )
+            await asyncio.to_thread(self.store.insert, row)
+            self._enqueue(row.job_id)
+        return SubmitResult(row.job_id, "queued", created=True)
+
+    def _enqueue(self, job_id: str) -> None:
+        self._pending[job_id] = None
+        self._queue.put_nowait(job_id)
+
+    # -- reads --------------------------------------------------------------------------------------
+
+    async def _row(self, tenant: str, job_id: str) -> JobRow:
+        row = await asyncio.to_thread(self.store.get, tenant, job_id)
+        if row is None:
+            raise NotFound("Job not found")
+        return row
+
+    async def get_status(self, tenant: str, job_id: str) -> JobStatusResponse:
+        row = await self._row(tenant, job_id)
+        position = list(self._pending).index(job_id) + 1 if job_id in self._pending else None
+        return records.status_from_row(row, position)
+
+    async def get_record(self, tenant: str, job_id: str) -> ExecutionRecordFull:
+        return records.record_from_row(await self._row(tenant, job_id))
+
+    async def get_submission(self, tenant: str, job_id: str) -> Submission:
+        row = await self._row(tenant, job_id)
+        return Submission(
+            code=row.code,
+            input_data=row.input_data,
+            job_type=row.job_type,
+            timeout=row.timeout,
+            startup_timeout=row.startup_timeout,
+            requirements=row.requirements,
+            correlation_id=row.correlation_id,
+        )
+
+    async def wait_for(self, tenant: str, job_id: str, wait_seconds: float) -> ExecutionRecordFull | None:
+        # Register before reading, so a completion between the read and the wait still wakes us.
+        event = self._done.setdefault(job_id, asyncio.Event())
+        record = await self.get_record(tenant, job_id)
+        if record.status in TERMINAL_STATUSES:
+            if job_id not in self._pending and job_id not in self._cancels:
+                self._done.pop(job_id, None)
+            return record
+        try:
+            await asyncio.wait_for(event.wait(), wait_seconds)
+        except TimeoutError:
+            return None
+        return await self.get_record(tenant, job_id)
+
+    async def list_records(self, tenant: str, query: RecordFilter) -> RecordPage:
+        rows = await asyncio.to_thread(
+            self.store.list_rows,
+            tenant,
+            status=query.status,
+            job_type=query.job_type,
+            limit=query.limit + 1,
+            offset=query.offset,
+        )
+        return RecordPage(
+            records=[records.record_from_row(r) for r in rows[: query.limit]],
+            has_more=len(rows) > query.limit,
+        )
+
+    # -- control ------------------------------------------------------------------------------------
+
+    async def cancel(self, tenant: str, job_id: str) -> None:
+        row = await asyncio.to_thread(self.store.get, tenant, job_id)
+        if row is None or row.status in TERMINAL_STATUSES:
+            raise NotFound("Job not found or already completed")
+        if job_id in self._pending:
+            del self._pending[job_id]  # the worker skips ids no longer pending
+            await self._finish(
+                job_id, "cancelled", None, records.cancelled_outcome("Execution was cancelled by user")
+            )
+        elif job_id in self._cancels:
+            self._cancels[job_id].set()
+        else:
+            raise NotFound("Job not found or already completed")
+
+    async def get_artifact(self, tenant: str, job_id: str, name: str) -> Artifact:
+        if not name or "/" in name or "\\" in name or name in {".", ".."} or "\x00" in name:
+            raise BadRequest("Invalid artifact path")
+        record = await self.get_record(tenant, job_id)
+        info = next((a for a in record.artifacts if a.name == name), None)
+        if info is None:
+            raise NotFound("Artifact not found")
+        path = self._artifact_dir(job_id) / name
+        try:
+            content = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            raise NotFound("Artifact file not found") from None
+        return Artifact(
+            name=name,
+            content=content,
+            sha256=info.sha256,
+            content_type=info.content_type or "application/octet-stream",
+        )
+
+    async def pool_stats(self, tenant: str) -> QueueStatsResponse:
+        return QueueStatsResponse(
+            pending=len(self._pending),
+            running=len(self._cancels),
+            max_workers=self.settings.max_workers,
+            max_queue_size=self.settings.max_queue_size,
+        )
+
+    async def health(self) -> HealthResponse:
+        info = self._runtime_info
+        runtime = info.get("runtime")
+        available = bool(info.get("available", runtime is not None))
+        workers_alive = bool(self._tasks) and not any(t.done() for t in self._tasks)
+        return HealthResponse(
+            status="healthy" if available and workers_alive else "degraded",
+            docker_available=available,
+            gvisor_available=bool(info.get("gvisor", runtime == "runsc")),
+            version=__version__,
+            production_mode=self.settings.production_mode,
+            queue_stats=await self.pool_stats("default"),
+            backend=self.name,
+            runtime=runtime,
+        )
+
+    # -- workers ------------------------------------------------------------------------------------
+
+    def _artifact_dir(self, job_id: str) -> Path:
+        return self.settings.data_dir / "runs" / job_id / "artifacts"
+
+    async def _worker(self, number: int) -> None:
+        while True:
+            job_id = await self._queue.get()
+            if job_id not in self._pending:
+                continue  # cancelled while queued
+            del self._pending[job_id]
+            # From here on the job counts as running, so a cancel reaches it through this switch.
+            cancel = self._cancels[job_id] = asyncio.Event()
+            try:
+                await self._run(job_id, cancel)
+            except Exception as exc:  # a bug or a store failure: record it, keep the worker alive
+                log.exception("worker %d: job %s failed outside the sandbox", number, job_id)
+                await self._finish(job_id, "failed", None, records.internal_error_outcome(str(exc)))
+            finally:
+                self._cancels.pop(job_id, None)
+
+    async def _run(self, job_id: str, cancel: asyncio.Event) -> None:
+        row = await asyncio.to_thread(self.store.get_any_tenant, job_id)
+        if row is None or row.status in TERMINAL_STATUSES:
+            return
+        started_at = records.utc_now()
+        await asyncio.to_thread(self.store.mark_running, job_id, started_at)
+        if cancel.is_set():
+            status, outcome = "cancelled", records.cancelled_outcome("Execution was cancelled by user")
+        else:
+            status, outcome = await self._execute(row, cancel)
+        ended_at = records.utc_now()
+        await self._finish(job_id, status, records.duration_ms(started_at, ended_at), outcome, ended_at)
+
+    async def _execute(self, row: JobRow, cancel: asyncio.Event) -> tuple[str, dict[str, Any]]:
+        assert self._executor is not None
+        jt = self.resolver.job_type(row.job_type)
+        job = self._job_factory(self.settings, row, dict(jt.environment), jt.memory_limit, jt.cpu_limit)
+        artifact_dir = self._artifact_dir(row.job_id)
+        last_error = ""
+        for attempt in range(1, self.settings.max_retry_attempts + 1):
+            if artifact_dir.exists():
+                await asyncio.to_thread(shutil.rmtree, artifact_dir, True)
+            artifact_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                outcome = await self._executor.run(job, artifact_dir, cancel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an infrastructure failure, never the user's code: retry
+                last_error = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "job %s attempt %d failed in the sandbox layer: %s", row.job_id, attempt, last_error
+                )
+                if cancel.is_set():
+                    break
+                await asyncio.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
+                continue
+            result: dict[str, Any] = outcome.to_dict()
+            return str(result.pop("status")), result
+        if cancel.is_set():
+            return "cancelled", records.cancelled_outcome("Execution was cancelled by user")
+        return "failed", records.internal_error_outcome(f"sandbox failure: {last_error}")
+
+    async def _finish(
+        self,
+        job_id: str,
+        status: str,
+        duration: int | None,
+        outcome: dict[str, Any],
+        ended_at: str | None = None,
+    ) -> None:
+        await asyncio.to_thread(
+            self.store.finish,
+            job_id,
+            status=status,
+            ended_at=ended_at or records.utc_now(),
+            duration_ms=duration,
+            outcome=outcome,
+        )
+        event = self._done.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    # -- retention ----------------------------------------------------------------------------------
+
+    async def _apply_retention(self) -> None:
+        cutoff = (datetime.now(UTC) - timedelta(days=self.settings.execution_record_ttl_days)).isoformat()
+        deleted = await asyncio.to_thread(self.store.delete_finished_before, cutoff)
+        for job_id in deleted:
+            await asyncio.to_thread(shutil.rmtree, self.settings.data_dir / "runs" / job_id, True)
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RETENTION_INTERVAL_SECONDS)
+            await self._apply_retention()

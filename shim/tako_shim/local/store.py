@@ -1,0 +1,251 @@
+"""SQLite job history of the local backend (stdlib ``sqlite3``, WAL; call it through ``asyncio.to_thread``).
+
+One row per job holds what was submitted (code, input, resolved settings: enough to run it again
+after a restart, or to rerun/fork it) and, once terminal, the outcome as JSON. Terminal rows never
+change: ``finish`` only updates a row that is not terminal yet. Every read is scoped by tenant.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tako_vm.models.wire import TERMINAL_STATUSES
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL UNIQUE,
+    tenant TEXT NOT NULL,
+    status TEXT NOT NULL,
+    job_type TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    ended_at TEXT,
+    duration_ms INTEGER,
+    code TEXT NOT NULL,
+    input_json TEXT NOT NULL,
+    requirements_json TEXT NOT NULL,
+    timeout INTEGER NOT NULL,
+    startup_timeout INTEGER NOT NULL,
+    idempotency_key TEXT,
+    fingerprint TEXT,
+    correlation_id TEXT,
+    parent_execution_id TEXT,
+    relationship TEXT,
+    code_hash TEXT NOT NULL,
+    input_hash TEXT NOT NULL,
+    outcome_json TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_tenant_key ON jobs(tenant, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_tenant_seq ON jobs(tenant, seq);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+"""
+_TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES)) + ")"
+
+
+@dataclass
+class JobRow:
+    job_id: str
+    tenant: str
+    status: str
+    job_type: str
+    created_at: str
+    code: str
+    input_data: dict[str, Any]
+    requirements: list[str]
+    timeout: int
+    startup_timeout: int
+    code_hash: str
+    input_hash: str
+    started_at: str | None = None
+    ended_at: str | None = None
+    duration_ms: int | None = None
+    idempotency_key: str | None = None
+    fingerprint: str | None = None
+    correlation_id: str | None = None
+    parent_execution_id: str | None = None
+    relationship: str | None = None
+    outcome: dict[str, Any] = field(default_factory=dict)
+
+
+_COLUMNS = (
+    "job_id, tenant, status, job_type, created_at, started_at, ended_at, duration_ms, code, input_json, "
+    "requirements_json, timeout, startup_timeout, idempotency_key, fingerprint, correlation_id, "
+    "parent_execution_id, relationship, code_hash, input_hash, outcome_json"
+)
+
+
+def _row(values: sqlite3.Row) -> JobRow:
+    return JobRow(
+        job_id=values["job_id"],
+        tenant=values["tenant"],
+        status=values["status"],
+        job_type=values["job_type"],
+        created_at=values["created_at"],
+        started_at=values["started_at"],
+        ended_at=values["ended_at"],
+        duration_ms=values["duration_ms"],
+        code=values["code"],
+        input_data=json.loads(values["input_json"]),
+        requirements=json.loads(values["requirements_json"]),
+        timeout=values["timeout"],
+        startup_timeout=values["startup_timeout"],
+        idempotency_key=values["idempotency_key"],
+        fingerprint=values["fingerprint"],
+        correlation_id=values["correlation_id"],
+        parent_execution_id=values["parent_execution_id"],
+        relationship=values["relationship"],
+        code_hash=values["code_hash"],
+        input_hash=values["input_hash"],
+        outcome=json.loads(values["outcome_json"]) if values["outcome_json"] else {},
+    )
+
+
+class JobStore:
+    """A single SQLite connection guarded by a lock (statements are short; WAL keeps readers cheap)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._conn is None:
+                raise RuntimeError("job store is not open")
+            yield self._conn
+
+    def insert(self, row: JobRow) -> None:
+        with self._db() as db:
+            db.execute(
+                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({','.join('?' * 21)})",
+                (
+                    row.job_id,
+                    row.tenant,
+                    row.status,
+                    row.job_type,
+                    row.created_at,
+                    row.started_at,
+                    row.ended_at,
+                    row.duration_ms,
+                    row.code,
+                    json.dumps(row.input_data),
+                    json.dumps(row.requirements),
+                    row.timeout,
+                    row.startup_timeout,
+                    row.idempotency_key,
+                    row.fingerprint,
+                    row.correlation_id,
+                    row.parent_execution_id,
+                    row.relationship,
+                    row.code_hash,
+                    row.input_hash,
+                    json.dumps(row.outcome) if row.outcome else None,
+                ),
+            )
+
+    def get(self, tenant: str, job_id: str) -> JobRow | None:
+        with self._db() as db:
+            found = db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE tenant = ? AND job_id = ?", (tenant, job_id)
+            ).fetchone()
+        return _row(found) if found else None
+
+    def get_any_tenant(self, job_id: str) -> JobRow | None:
+        """For the worker only: it runs jobs of every tenant."""
+        with self._db() as db:
+            found = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return _row(found) if found else None
+
+    def find_by_key(self, tenant: str, key: str) -> JobRow | None:
+        with self._db() as db:
+            found = db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE tenant = ? AND idempotency_key = ?", (tenant, key)
+            ).fetchone()
+        return _row(found) if found else None
+
+    def mark_running(self, job_id: str, started_at: str) -> bool:
+        with self._db() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET status = 'running', started_at = ? WHERE job_id = ? AND status = 'queued'",
+                (started_at, job_id),
+            )
+        return cursor.rowcount == 1
+
+    def finish(
+        self,
+        job_id: str,
+        *,
+        status: str,
+        ended_at: str,
+        duration_ms: int | None,
+        outcome: dict[str, Any],
+    ) -> bool:
+        """Write the terminal state unless the row is already terminal; True if written."""
+        with self._db() as db:
+            cursor = db.execute(
+                "UPDATE jobs SET status = ?, ended_at = ?, duration_ms = ?, outcome_json = ? "
+                f"WHERE job_id = ? AND status NOT IN {_TERMINAL_SQL}",
+                (status, ended_at, duration_ms, json.dumps(outcome), job_id),
+            )
+        return cursor.rowcount == 1
+
+    def requeue_unfinished(self) -> list[str]:
+        """At start-up: running jobs go back to queued (the process restarted, not the job failed).
+
+        Returns every queued job id, oldest first.
+        """
+        with self._db() as db:
+            db.execute("UPDATE jobs SET status = 'queued', started_at = NULL WHERE status = 'running'")
+            rows = db.execute("SELECT job_id FROM jobs WHERE status = 'queued' ORDER BY seq").fetchall()
+        return [r["job_id"] for r in rows]
+
+    def list_rows(
+        self, tenant: str, *, status: str | None, job_type: str | None, limit: int, offset: int
+    ) -> list[JobRow]:
+        """Newest first."""
+        clauses, params = ["tenant = ?"], [tenant]
+        if status:
+            clauses.append("status = ?")
+            params.append(status)
+        if job_type:
+            clauses.append("job_type = ?")
+            params.append(job_type)
+        sql = f"SELECT {_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT ? OFFSET ?"
+        with self._db() as db:
+            rows = db.execute(sql, (*params, limit, offset)).fetchall()
+        return [_row(r) for r in rows]
+
+    def delete_finished_before(self, cutoff_iso: str) -> list[str]:
+        """Retention: delete terminal rows created before ``cutoff_iso``; returns their ids."""
+        with self._db() as db:
+            rows = db.execute(
+                f"SELECT job_id FROM jobs WHERE created_at < ? AND status IN {_TERMINAL_SQL}",
+                (cutoff_iso,),
+            ).fetchall()
+            db.execute(f"DELETE FROM jobs WHERE created_at < ? AND status IN {_TERMINAL_SQL}", (cutoff_iso,))
+        return [r["job_id"] for r in rows]

@@ -1,0 +1,27 @@
+"""Query-parameter models of the routes (validated like bodies: a bad value is a 422 naming it)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ViewQuery(_Query):
+    view: str | None = Field(
+        default=None, description="Use 'full' for extended response with artifacts, hashes, lineage"
+    )
+
+
+class ResultQuery(ViewQuery):
+    wait: bool = Field(default=False, description="If true, wait for job completion")
+    timeout: float = Field(default=30.0, ge=1.0, le=300.0, description="Max wait time in seconds (1-300)")
+
+
+class ListQuery(ViewQuery):
+    status: str | None = Field(default=None, description="Filter by status (e.g., 'succeeded', 'failed')")
+    job_type: str | None = Field(default=None, description="Filter by job type name")
+    limit: int = Field(default=100, ge=1, le=1000, description="Maximum records to return (1-1000)")
+    offset: int = Field(default=0, ge=0, description="Number of records to skip for pagination")

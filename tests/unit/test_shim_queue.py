@@ -1,0 +1,246 @@
+"""Queue, idempotency, tenancy and restart logic of the local backend, with a FAKE sandbox runner.
+
+The fake (``FakeSandboxRunner``) stands in for runsc only so the queue rules can be checked in
+milliseconds; the integration tests (tests/integration/test_shim_*.py) run the same paths with the
+real executor and real runsc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tako_shim.backends.base import Overrides, RecordFilter
+from tako_shim.config import Settings
+from tako_shim.errors import BadRequest, Conflict, InvalidRequest, NotFound, Unavailable
+from tako_shim.local.backend import LocalBackend
+from tako_vm.models.wire import ExecuteRequest
+
+
+@dataclass
+class FakeOutcome:
+    status: str
+    stdout: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "stdout": self.stdout,
+            "exit_code": 0 if self.status == "succeeded" else 1,
+        }
+
+
+@dataclass
+class FakeSandboxRunner:
+    """Runs nothing: 'executes' a job by echoing its code after an optional gate opens."""
+
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    started: list[str] = field(default_factory=list)
+    failures_left: int = 0
+
+    def runtime_info(self) -> dict[str, Any]:
+        return {"runtime": "fake", "available": True}
+
+    async def run(
+        self, job: dict[str, Any], artifact_dir: Path, cancel: asyncio.Event | None = None
+    ) -> FakeOutcome:
+        self.started.append(job["job_id"])
+        if self.failures_left:
+            self.failures_left -= 1
+            raise OSError("sandbox could not start")
+        gate = asyncio.ensure_future(self.gate.wait())
+        stop = asyncio.ensure_future(cancel.wait()) if cancel else None
+        await asyncio.wait([t for t in (gate, stop) if t], return_when=asyncio.FIRST_COMPLETED)
+        for task in (gate, stop):
+            if task:
+                task.cancel()
+        if cancel is not None and cancel.is_set():
+            return FakeOutcome("cancelled")
+        return FakeOutcome("succeeded", stdout=job["code"])
+
+
+def fake_job(
+    settings: Settings, row: Any, environment: dict[str, str], memory: str, cpu: float
+) -> dict[str, Any]:
+    return {"job_id": row.job_id, "code": row.code}
+
+
+def make_backend(tmp_path: Path, runner: FakeSandboxRunner, **overrides: Any) -> LocalBackend:
+    settings = Settings(data_dir=tmp_path, **overrides)
+    return LocalBackend(settings, executor_factory=lambda _: runner, job_factory=fake_job)
+
+
+def submission(backend: LocalBackend, code: str = "print(1)", **fields: Any) -> Any:
+    return backend.resolver.resolve(ExecuteRequest(code=code, **fields))
+
+
+async def test_jobs_run_in_order_and_long_poll_wakes_on_completion(tmp_path: Path) -> None:
+    runner = FakeSandboxRunner()
+    backend = make_backend(tmp_path, runner, max_workers=1)
+    await backend.start()
+    try:
+        first = await backend.submit("default", submission(backend, "print('a')"))
+        second = await backend.submit("default", submission(backend, "print('b')"))
+        await asyncio.sleep(0.05)
+        status = await backend.get_status("default", second.job_id)
+        assert status.status == "pending" and status.queue_position == 1
+        assert await backend.wait_for("default", first.job_id, 0.05) is None  # still gated
+        runner.gate.set()
+        record = await backend.wait_for("default", second.job_id, 5)
+        assert record is not None and record.status == "succeeded" and record.stdout == "print('b')"
+        assert runner.started == [first.job_id, second.job_id]
+    finally:
+        await backend.close()
+
+
+async def test_idempotency_is_per_tenant_and_conflicts_on_a_different_payload(tmp_path: Path) -> None:
+    backend = make_backend(tmp_path, FakeSandboxRunner())
+    await backend.start()
+    try:
+        key = "client-key-0001"
+        a = await backend.submit("team-a", submission(backend, idempotency_key=key))
+        again = await backend.submit("team-a", submission(backend, idempotency_key=key))
+        assert again.job_id == a.job_id and not again.created
+        other_tenant = await backend.submit("team-b", submission(backend, idempotency_key=key))
+        assert other_tenant.job_id != a.job_id
+        with pytest.raises(Conflict, match="Idempotency key reused with different payload"):
+            await backend.submit("team-a", submission(backend, "print(2)", idempotency_key=key))
+        with pytest.raises(NotFound):
+            await backend.get_record("team-b", a.job_id)
+    finally:
+        await backend.close()
+
+
+async def test_full_queue_refuses_without_burning_the_idempotency_key(tmp_path: Path) -> None:
+    runner = FakeSandboxRunner()
+    backend = make_backend(tmp_path, runner, max_workers=1, max_queue_size=1)
+    await backend.start()
+    try:
+        await backend.submit("default", submission(backend, "print(1)"))
+        await asyncio.sleep(0.05)  # the worker takes it: the queue is empty again
+        await backend.submit("default", submission(backend, "print(2)"))
+        with pytest.raises(Unavailable, match="queue is full"):
+            await backend.submit("default", submission(backend, "print(3)", idempotency_key="retry-me-123"))
+        runner.gate.set()
+        await asyncio.sleep(0.1)
+        accepted = await backend.submit(
+            "default", submission(backend, "print(3)", idempotency_key="retry-me-123")
+        )
+        assert accepted.created
+    finally:
+        await backend.close()
+
+
+async def test_cancel_queued_and_running_jobs(tmp_path: Path) -> None:
+    runner = FakeSandboxRunner()
+    backend = make_backend(tmp_path, runner, max_workers=1)
+    await backend.start()
+    try:
+        running = await backend.submit("default", submission(backend, "print(1)"))
+        queued = await backend.submit("default", submission(backend, "print(2)"))
+        await asyncio.sleep(0.05)
+        await backend.cancel("default", queued.job_id)
+        await backend.cancel("default", running.job_id)
+        for job_id in (running.job_id, queued.job_id):
+            record = await backend.wait_for("default", job_id, 5)
+            assert record is not None and record.status == "cancelled"
+        assert runner.started == [running.job_id]  # the queued one never reached the sandbox
+        with pytest.raises(NotFound, match="already completed"):
+            await backend.cancel("default", running.job_id)
+    finally:
+        await backend.close()
+
+
+async def test_queued_and_running_jobs_survive_a_restart(tmp_path: Path) -> None:
+    runner = FakeSandboxRunner()
+    backend = make_backend(tmp_path, runner, max_workers=1)
+    await backend.start()
+    ids = [(await backend.submit("default", submission(backend, f"print({i})"))).job_id for i in range(3)]
+    await asyncio.sleep(0.05)
+    await backend.close()  # one running, two queued: nothing is marked interrupted
+
+    runner2 = FakeSandboxRunner()
+    runner2.gate.set()
+    restarted = make_backend(tmp_path, runner2, max_workers=1)
+    await restarted.start()
+    try:
+        for job_id in ids:
+            record = await restarted.wait_for("default", job_id, 5)
+            assert record is not None and record.status == "succeeded", record
+        assert runner2.started == ids
+    finally:
+        await restarted.close()
+
+
+async def test_sandbox_infrastructure_failures_are_retried(tmp_path: Path) -> None:
+    runner = FakeSandboxRunner(failures_left=1)
+    runner.gate.set()
+    backend = make_backend(tmp_path, runner, max_retry_attempts=2)
+    await backend.start()
+    try:
+        job = await backend.submit("default", submission(backend))
+        record = await backend.wait_for("default", job.job_id, 5)
+        assert record is not None and record.status == "succeeded"
+        assert runner.started == [job.job_id, job.job_id]
+    finally:
+        await backend.close()
+
+
+async def test_rerun_and_fork_keep_the_parent_settings(tmp_path: Path) -> None:
+    runner = FakeSandboxRunner()
+    runner.gate.set()
+    backend = make_backend(tmp_path, runner, allow_runtime_requirements=True)
+    await backend.start()
+    try:
+        parent_sub = submission(backend, "print(1)", timeout=7, startup_timeout=33, requirements=["six"])
+        parent = await backend.submit("default", parent_sub)
+        await backend.wait_for("default", parent.job_id, 5)
+        rerun = await backend.rerun("default", parent.job_id, Overrides())
+        fork = await backend.fork("default", parent.job_id, Overrides(code="print(2)", timeout=9))
+        for child, code, timeout in ((rerun, "print(1)", 7), (fork, "print(2)", 9)):
+            sub = await backend.get_submission("default", child.job_id)
+            assert (sub.code, sub.timeout, sub.startup_timeout, sub.requirements) == (
+                code,
+                timeout,
+                33,
+                ["six"],
+            )
+            record = await backend.get_record("default", child.job_id)
+            assert record.parent_execution_id == parent.job_id
+        with pytest.raises(InvalidRequest, match="max_timeout"):
+            await backend.fork("default", parent.job_id, Overrides(code="x=1", timeout=301))
+    finally:
+        await backend.close()
+
+
+async def test_rerun_of_an_unfinished_job_is_refused(tmp_path: Path) -> None:
+    backend = make_backend(tmp_path, FakeSandboxRunner())
+    await backend.start()
+    try:
+        job = await backend.submit("default", submission(backend))
+        with pytest.raises(BadRequest, match="hasn't completed"):
+            await backend.rerun("default", job.job_id, Overrides())
+    finally:
+        await backend.close()
+
+
+async def test_history_pages_newest_first_with_filters(tmp_path: Path) -> None:
+    runner = FakeSandboxRunner()
+    runner.gate.set()
+    backend = make_backend(tmp_path, runner)
+    await backend.start()
+    try:
+        ids = [(await backend.submit("default", submission(backend, f"print({i})"))).job_id for i in range(5)]
+        for job_id in ids:
+            await backend.wait_for("default", job_id, 5)
+        page = await backend.list_records("default", RecordFilter(limit=2, offset=1))
+        assert [r.execution_id for r in page.records] == [ids[3], ids[2]] and page.has_more
+        done = await backend.list_records("default", RecordFilter(status="succeeded", limit=10))
+        assert len(done.records) == 5 and not done.has_more
+        assert (await backend.list_records("other", RecordFilter())).records == []
+    finally:
+        await backend.close()
