@@ -307,7 +307,7 @@ def test_shim_runs_the_kubernetes_backend_with_api_keys_from_a_secret(
     assert env["TAKO_VM_API_KEYS"]["valueFrom"] == {"secretKeyRef": {"name": "tako-api-keys", "key": "keys"}}
     assert env["TAKO_VM_API_AUTH_ENABLED"]["value"] == "true"
     assert env["TAKO_VM_SERVER_HOST"]["value"] == "0.0.0.0"
-    assert env["TAKO_VM_JOB_NAMESPACES"]["value"] == "tenant-alpha,tenant-beta,tenant-gamma"
+    assert env["TAKO_VM_KUBERNETES__NAMESPACE"]["value"] == "tenant-alpha"
     assert "value" not in env["TAKO_VM_API_KEYS"], "API keys never appear in the Deployment"
     assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     service = one(production_objects, "Service", "tako-shim", NAMESPACE)
@@ -455,3 +455,35 @@ def test_invalid_values_are_rejected_with_a_message_naming_the_field(
         # Rendering (helm template / install) enforces the same schema.
         with pytest.raises(helm.HelmError):
             chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+# --- the rendered configuration is what the processes actually read -----------------------------------
+
+
+def test_shim_environment_is_accepted_by_the_real_shim_configuration(
+    production_objects: list[Manifest],
+) -> None:
+    """Unknown TAKO_VM_* names are silently ignored by the shim, so every name must be a real key."""
+    from tako_shim.config import Settings, load_settings
+
+    deployment = one(production_objects, "Deployment", "tako-shim", NAMESPACE)
+    env: dict[str, str] = {}
+    for entry in deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if entry["name"] == "TAKO_VM_API_KEYS":
+            env[entry["name"]] = "k" * 20 + "=tenant-beta," + "d" * 20  # what the Secret would hold
+        else:
+            env[entry["name"]] = entry["value"]
+    for name in env:
+        if name.startswith("TAKO_VM_"):
+            assert name[len("TAKO_VM_") :].lower().split("__")[0] in Settings.model_fields, name
+    settings = load_settings(env=env)
+    assert settings.server_host == "0.0.0.0"
+    assert settings.server_port == 8000
+    assert settings.api_auth_enabled is True
+    assert settings.api_keys == {"k" * 20: "tenant-beta", "d" * 20: "default"}
+    assert settings.kubernetes.in_cluster is True
+    assert settings.kubernetes.namespace == "tenant-alpha"
+    assert (settings.default_timeout, settings.max_timeout) == (60, 900)
+    assert settings.allow_runtime_requirements is True
+    assert (settings.api_rate_limit_requests, settings.api_rate_limit_window_seconds) == (600, 60)
+    assert str(settings.data_dir).startswith("/tmp/"), "the root filesystem is read-only"
