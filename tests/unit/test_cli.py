@@ -1,0 +1,136 @@
+"""The `tako-vm` command's parsing, formatting and error paths (no server needed).
+
+Runs against a real server are in tests/integration/test_sdk_cli.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from tako_vm import cli
+from tako_vm.testing import free_port
+
+
+def _main(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        ({"status": "succeeded", "exit_code": 0}, 0),
+        ({"status": "failed", "exit_code": 3}, 3),
+        ({"status": "failed", "exit_code": None}, 1),
+        ({"status": "failed", "exit_code": -9}, 1),
+        ({"status": "timeout", "exit_code": None}, 124),
+        ({"status": "oom", "exit_code": 1}, 137),
+        ({"status": "cancelled"}, 130),
+    ],
+)
+def test_run_exit_code_follows_the_job(record: dict[str, object], expected: int) -> None:
+    assert cli.exit_code_for(record) == expected
+
+
+def test_input_must_be_a_json_object(tmp_path: Path) -> None:
+    assert cli.parse_input('{"n": 5}') == {"n": 5}
+    data = tmp_path / "in.json"
+    data.write_text('{"from": "file"}')
+    assert cli.parse_input(f"@{data}") == {"from": "file"}
+    with pytest.raises(cli.CommandError, match="--input: must be a JSON object"):
+        cli.parse_input("[1, 2]")
+    with pytest.raises(cli.CommandError, match="--input: not valid JSON"):
+        cli.parse_input("{nope")
+    with pytest.raises(cli.CommandError, match="--input: cannot read"):
+        cli.parse_input(f"@{tmp_path / 'missing.json'}")
+
+
+def test_executions_table_is_aligned_and_readable() -> None:
+    items = [
+        {
+            "execution_id": "a1",
+            "status": "succeeded",
+            "job_type": "default",
+            "exit_code": 0,
+            "duration_ms": 412,
+            "created_at": "2026-11-28T09:00:01.123456+00:00",
+            "error": None,
+        },
+        {
+            "execution_id": "b22222",
+            "status": "failed",
+            "job_type": "default",
+            "exit_code": 1,
+            "duration_ms": 2500,
+            "created_at": "2026-11-28T09:00:02+00:00",
+            "error": {"type": "runtime_error", "message": "boom"},
+        },
+    ]
+    table = cli.format_table(cli.execution_rows(items), cli.EXECUTION_COLUMNS).splitlines()
+    assert table[0].split() == [
+        "EXECUTION",
+        "ID",
+        "STATUS",
+        "JOB",
+        "TYPE",
+        "EXIT",
+        "DURATION",
+        "CREATED",
+        "ERROR",
+    ]
+    assert table[1].split() == ["a1", "succeeded", "default", "0", "412ms", "2026-11-28", "09:00:01"]
+    assert table[2].split()[-1] == "runtime_error" and "2.50s" in table[2]
+    assert table[1].index("succeeded") == table[0].index("STATUS") == table[2].index("failed")
+
+
+def test_progress_line_shows_queue_position_only_while_waiting() -> None:
+    assert cli.progress_line("j", {"status": "pending", "queue_position": 2}, 1.25) == (
+        "tako-vm: job j pending (queue position 2) after 1.2s"
+    )
+    assert cli.progress_line("j", {"status": "running", "queue_position": None}, 3) == (
+        "tako-vm: job j running after 3.0s"
+    )
+
+
+def test_config_prints_the_effective_settings_with_keys_masked(tmp_path: Path) -> None:
+    config = tmp_path / "tako_vm.yaml"
+    config.write_text("api_auth_enabled: true\napi_keys: ['secret-key-0123456789']\nmax_workers: 3\n")
+    code, out, _ = _main("--config", str(config), "config", "--json")
+    assert code == 0
+    shown = json.loads(out)
+    assert shown["max_workers"] == 3 and shown["default_timeout"] == 30
+    assert "secret-key-0123456789" not in out and list(shown["api_keys"]) == ["secr…(masked)"]
+    code, out, _ = _main("--config", str(config), "config")
+    assert code == 0 and "max_workers: 3" in out and "secret-key-0123456789" not in out
+
+
+def test_invalid_configuration_is_reported_with_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "tako_vm.yaml"
+    config.write_text("max_workers: 0\n")
+    code, _, err = _main("--config", str(config), "config")
+    assert code == cli.EXIT_USAGE and "max_workers" in err
+
+
+def test_missing_server_package_is_a_clear_message() -> None:
+    with pytest.raises(cli.CommandError, match=r"not available in this installation \(tako_shim.nowhere"):
+        cli._import_extra("tako_shim.nowhere", "tako-vm server", "server")
+
+
+def test_run_of_a_missing_file_fails_without_contacting_a_server(tmp_path: Path) -> None:
+    code, out, err = _main("run", str(tmp_path / "nope.py"), "--url", "http://127.0.0.1:9")
+    assert code == cli.EXIT_USAGE and "cannot read" in err and out == ""
+
+
+def test_unreachable_server_exits_3_with_the_reason() -> None:
+    code, _, err = _main("status", "--url", f"http://127.0.0.1:{free_port()}")
+    assert code == cli.EXIT_API and "ConnectError" in err
+
+
+def test_version() -> None:
+    code, out, _ = _main("version")
+    assert code == 0 and out.startswith("tako-vm ")
