@@ -1,0 +1,623 @@
+"""The local executor: runs one job in its own gVisor (runsc) sandbox, or two when it has requirements.
+
+Flow of ``LocalExecutor.run``:
+1. write the job's code, input and runner config into a private job directory;
+2. with requirements: an *install* sandbox (host network, /deps writable) runs ``runner.py install``;
+3. a *run* sandbox (no network, /deps read-only) runs ``runner.py run``;
+4. each sandbox prints one framed envelope; the deadline is also enforced from outside (``runsc kill``),
+   OOM is read from the sandbox's memory cgroup (runsc 2024 exits 1 on an OOM kill, not 137);
+5. ``tako_runner.outcome.classify`` turns envelopes + observations into an ``Outcome``; artifacts
+   embedded in the envelope are verified (sha256) and written to ``artifact_dir``.
+
+``security_mode="strict"`` refuses to work without a runsc that actually starts a sandbox;
+``"permissive"`` falls back to running the runner with the host Python (rlimits only, NO isolation)
+with a loud warning, and records ``runtime="none"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import resource
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tako_runner import runner as runner_module
+from tako_runner.outcome import Outcome, classify, parse_envelope
+from tako_shim.local import sandbox
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "Install gVisor's runsc with `bash scripts/install-system.sh` (puts the 2024 systrap build in "
+    ".tools/bin/runsc) or `apt-get install runsc`, and make sure it is on PATH or pass runsc_path / set "
+    "TAKO_VM_RUNSC. To run without a sandbox (NOT safe for untrusted code) set security_mode: permissive."
+)
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_PARENT = "tako-vm"
+CGROUP_CONTROLLERS = ("memory", "pids", "cpu")
+EXTERNAL_DEADLINE_MARGIN_S = 5.0  # slack over the runner's own deadline + kill grace
+EGRESS_PROBE_ALLOWANCE_S = 3.0
+KILL_GRACE_S = 2.0
+INSTALL_MEMORY_FLOOR_MB = 1024
+ENVELOPE_OVERHEAD_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SandboxJob:
+    job_id: str
+    code: str
+    input_data: dict[str, Any]
+    requirements: list[str]
+    timeout: int
+    startup_timeout: int
+    memory_limit_mb: int = 512
+    cpu_limit: float = 1.0
+    pids_limit: int = 100
+    environment: dict[str, str] = field(default_factory=dict)
+    max_stdout_bytes: int = 65536
+    max_stderr_bytes: int = 65536
+    max_artifact_bytes: int = 10 * 1024 * 1024
+    max_total_artifact_bytes: int = 50 * 1024 * 1024
+
+
+class SandboxUnavailable(Exception):
+    """Strict mode and no working runsc; the message says how to install it."""
+
+
+def validate_requirements(reqs: list[str]) -> None:
+    """Reject anything but plain ``name[extras] op version`` specs; the ValueError names the entry."""
+    runner_module.check_requirements(reqs)
+
+
+@dataclass
+class _SandboxResult:
+    envelope: dict[str, Any] | None
+    exit_code: int | None
+    oom_killed: bool
+    deadline_exceeded: bool
+    cancelled: bool
+    stderr: str
+
+
+class _TailBuffer:
+    """Keeps only the last ``limit`` bytes: the runner's frame is always at the very end."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > 2 * self.limit:
+            del self.data[: len(self.data) - self.limit]
+
+    def text(self) -> str:
+        return bytes(self.data[-self.limit :]).decode("utf-8", errors="replace")
+
+
+def _find_runsc(explicit: str | None) -> str | None:
+    candidates = [explicit, os.environ.get("TAKO_VM_RUNSC")]
+    repo_tools = Path(__file__).resolve().parents[3] / ".tools" / "bin" / "runsc"
+    candidates += [str(repo_tools), shutil.which("runsc"), "/usr/bin/runsc"]
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _host_dirs() -> dict[str, str | None]:
+    entries: dict[str, str | None] = {}
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = f"/{name}"
+        if os.path.islink(path):
+            entries[name] = os.readlink(path)
+        elif os.path.isdir(path):
+            entries[name] = None
+    return entries
+
+
+def _host_hard_limits() -> dict[str, int]:
+    limits = {}
+    for name in ("RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_FSIZE"):
+        hard = resource.getrlimit(getattr(resource, name))[1]
+        limits[name] = -1 if hard == resource.RLIM_INFINITY else int(hard)
+    return limits
+
+
+class LocalExecutor:
+    def __init__(
+        self, *, work_dir: Path, security_mode: str = "strict", runsc_path: str | None = None
+    ) -> None:
+        if security_mode not in ("strict", "permissive"):
+            raise ValueError(f"security_mode must be 'strict' or 'permissive', got {security_mode!r}")
+        self.work_dir = Path(work_dir).resolve()
+        self.security_mode = security_mode
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._state_dir = self.work_dir / "runsc-state"
+        self._jobs_dir = self.work_dir / "jobs"
+        self._jobs_dir.mkdir(exist_ok=True)
+        self._lock = threading.Lock()
+        self._host_dirs = _host_dirs()
+        self._hard_limits = _host_hard_limits()
+        self._prepare_shared_dirs()
+        self.runsc = _find_runsc(runsc_path)
+        self.platform: str | None = None
+        self.version: str | None = None
+        problem = self._probe_runsc()
+        if problem is None:
+            self.runtime = "runsc"
+            return
+        if security_mode == "strict":
+            raise SandboxUnavailable(f"gVisor runsc is not usable: {problem}. {INSTALL_HINT}")
+        self.runtime = "none"
+        log.warning(
+            "!!! SECURITY WARNING: runsc is not usable (%s); security_mode=permissive runs jobs with the "
+            "host Python and rlimits only: NO sandbox, NO network isolation. Never do this with untrusted "
+            "code. %s",
+            problem,
+            INSTALL_HINT,
+        )
+
+    # ------------------------------------------------------------------ setup and probing
+
+    def _prepare_shared_dirs(self) -> None:
+        rootfs = self.work_dir / "rootfs"
+        rootfs.mkdir(exist_ok=True)
+        for name, target in sandbox.rootfs_links(self._host_dirs).items():
+            path = rootfs / name
+            if target is not None:
+                if not path.is_symlink():
+                    path.symlink_to(target)
+            else:
+                path.mkdir(exist_ok=True)
+        for mode in ("run", "install"):
+            etc = self.work_dir / f"etc-{mode}"
+            etc.mkdir(exist_ok=True)
+            (etc / "ssl").mkdir(exist_ok=True)
+            resolv = None
+            if mode == "install":
+                with contextlib.suppress(OSError):
+                    resolv = Path("/etc/resolv.conf").read_text()
+            for name, content in sandbox.etc_files(with_resolv_conf=resolv).items():
+                (etc / name).write_text(content)
+        runner_dir = self.work_dir / "runner"
+        runner_dir.mkdir(exist_ok=True)
+        shutil.copyfile(runner_module.__file__, runner_dir / "runner.py")
+        for path in [rootfs, runner_dir, self.work_dir / "etc-run", self.work_dir / "etc-install"]:
+            path.chmod(0o755)
+        os.chmod(runner_dir / "runner.py", 0o444)
+
+    def _probe_runsc(self) -> str | None:
+        """None when runsc starts a real sandbox (python3 prints the gVisor kernel), else the reason."""
+        if self.runsc is None:
+            return "no runsc binary found"
+        try:
+            out = subprocess.run([self.runsc, "--version"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{self.runsc} --version failed: {exc}"
+        if out.returncode != 0:
+            return f"{self.runsc} --version exited {out.returncode}: {out.stderr.strip()[:200]}"
+        self.version = (
+            out.stdout.splitlines()[0].replace("runsc version ", "").strip() if out.stdout else None
+        )
+        if os.geteuid() != 0:
+            return "the local executor needs root to create sandboxes and cgroups (runsc rootful mode)"
+        errors = []
+        for platform in ("systrap", "ptrace"):
+            problem = self._smoke_test(platform)
+            if problem is None:
+                self.platform = platform
+                return None
+            errors.append(f"{platform}: {problem}")
+        return "runsc could not start a sandbox (" + "; ".join(errors) + ")"
+
+    def _smoke_test(self, platform: str) -> str | None:
+        job_dir = Path(tempfile.mkdtemp(prefix="probe-", dir=self._jobs_dir))
+        cid = f"tako-probe-{secrets.token_hex(4)}"
+        try:
+            code_dir, input_dir = job_dir / "code", job_dir / "input"
+            for d in (code_dir, input_dir):
+                d.mkdir()
+            (code_dir / "main.py").write_text("import os\nprint(os.uname().release)\n")
+            (code_dir / "job.json").write_text(json.dumps({"timeout": 20, "python": sandbox.SANDBOX_PYTHON}))
+            for p in (job_dir, code_dir, input_dir):
+                p.chmod(0o755)
+            bundle = self._write_bundle(
+                job_dir, "run", cid, None, SandboxJob("probe", "", {}, [], 20, 20), None
+            )
+            argv = [*self._runsc_argv(platform, "none"), "run", "--bundle", str(bundle), cid]
+            try:
+                proc = subprocess.run(argv, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                return "timed out starting a sandbox"
+            envelope = parse_envelope(proc.stdout.decode("utf-8", "replace"))
+            if proc.returncode != 0 or not envelope or envelope.get("exit_code") != 0:
+                detail = proc.stderr.decode("utf-8", "replace").strip()[-300:]
+                return f"probe sandbox exited {proc.returncode}: {detail}"
+            if envelope.get("stdout", "").strip() == os.uname().release:
+                return "the probe ran on the host kernel, not in gVisor"
+            return None
+        finally:
+            self._cleanup(platform, cid, job_dir)
+
+    def runtime_info(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            "version": self.version if self.runtime == "runsc" else None,
+            "platform": self.platform if self.runtime == "runsc" else None,
+            "runsc_path": self.runsc,
+            "security_mode": self.security_mode,
+        }
+
+    # ------------------------------------------------------------------ bundles
+
+    def _runsc_argv(self, platform: str | None, network: str) -> list[str]:
+        assert self.runsc is not None
+        return [
+            self.runsc,
+            "--root", str(self._state_dir),
+            f"--platform={platform or self.platform or 'ptrace'}",
+            f"--network={network}",
+            "--overlay2=none",
+        ]  # fmt: skip
+
+    def _write_bundle(
+        self, job_dir: Path, mode: str, cid: str, deps_dir: Path | None, job: SandboxJob, _unused: None
+    ) -> Path:
+        install = mode == "install"
+        memory_mb = max(job.memory_limit_mb, INSTALL_MEMORY_FLOOR_MB) if install else job.memory_limit_mb
+        cgroup = f"/{CGROUP_PARENT}/{cid}"
+        spec = sandbox.SandboxSpec(
+            mode=mode,
+            rootfs=str(self.work_dir / "rootfs"),
+            etc_dir=str(self.work_dir / ("etc-install" if install else "etc-run")),
+            runner_dir=str(self.work_dir / "runner"),
+            code_dir=str(job_dir / "code"),
+            input_dir=str(job_dir / "input"),
+            deps_dir=str(deps_dir) if deps_dir else None,
+            cgroup_path=cgroup,
+            memory_limit_bytes=memory_mb * sandbox.MIB,
+            pids_limit=job.pids_limit,
+            cpu_limit=job.cpu_limit,
+            tmp_size_bytes=(512 if install else 64) * sandbox.MIB,
+            output_size_bytes=job.max_total_artifact_bytes + sandbox.MIB,
+            max_file_bytes=max(job.max_total_artifact_bytes, 64 * sandbox.MIB) + sandbox.MIB,
+            host_hard_limits=self._hard_limits,
+            host_ssl_dir="/etc/ssl" if install and os.path.isdir("/etc/ssl") else None,
+        )
+        bundle = job_dir / f"bundle-{mode}"
+        bundle.mkdir(exist_ok=True)
+        (bundle / "config.json").write_text(
+            json.dumps(sandbox.build_oci_spec(spec, host_dirs=self._host_dirs))
+        )
+        self._create_cgroups(cid, spec.memory_limit_bytes, job.pids_limit, job.cpu_limit)
+        return bundle
+
+    def _create_cgroups(self, cid: str, memory_bytes: int, pids_limit: int, cpu_limit: float) -> None:
+        """Pre-create the sandbox's cgroups with their limits so that OOM counters survive the sandbox."""
+        settings = sandbox.cgroup_settings(memory_bytes, pids_limit, cpu_limit)
+        for controller in CGROUP_CONTROLLERS:
+            path = CGROUP_ROOT / controller / CGROUP_PARENT / cid
+            path.mkdir(parents=True, exist_ok=True)
+            for name, value in settings[controller].items():
+                (path / name).write_text(value)
+
+    def _oom_killed(self, cid: str) -> bool:
+        path = CGROUP_ROOT / "memory" / CGROUP_PARENT / cid / "memory.oom_control"
+        try:
+            fields = dict(line.split() for line in path.read_text().splitlines() if line.strip())
+        except OSError:
+            return False
+        return int(fields.get("oom_kill", "0")) > 0
+
+    def _cleanup(self, platform: str | None, cid: str, job_dir: Path | None) -> None:
+        if self.runsc is not None:
+            subprocess.run(
+                [*self._runsc_argv(platform, "none"), "delete", "-force", cid],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+        for controller in CGROUP_CONTROLLERS:
+            path = CGROUP_ROOT / controller / CGROUP_PARENT / cid
+            for _ in range(50):
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)
+        if job_dir is not None:
+            shutil.rmtree(job_dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ running
+
+    def _prepare_job_dir(self, job: SandboxJob) -> tuple[Path, Path | None]:
+        job_dir = Path(tempfile.mkdtemp(prefix=_safe_id(job.job_id)[:40] + "-", dir=self._jobs_dir))
+        code_dir, input_dir = job_dir / "code", job_dir / "input"
+        code_dir.mkdir()
+        input_dir.mkdir()
+        (code_dir / "main.py").write_text(job.code, encoding="utf-8")
+        (input_dir / "data.json").write_text(json.dumps(job.input_data), encoding="utf-8")
+        deps_dir = None
+        if job.requirements:
+            deps_dir = job_dir / "deps"
+            deps_dir.mkdir()
+            os.chown(deps_dir, sandbox.SANDBOX_UID, sandbox.SANDBOX_GID)
+        config = {
+            "timeout": job.timeout,
+            "startup_timeout": job.startup_timeout,
+            "requirements": list(job.requirements),
+            "deps_dir": "/deps",
+            "python": sandbox.SANDBOX_PYTHON,
+            "max_stdout_bytes": job.max_stdout_bytes,
+            "max_stderr_bytes": job.max_stderr_bytes,
+            "max_artifact_bytes": job.max_artifact_bytes,
+            "max_total_artifact_bytes": job.max_total_artifact_bytes,
+            "embed_artifacts": True,
+            "environment": dict(job.environment),
+            "egress_probe": True,
+            "egress_probe_timeout": 0,
+            "kill_grace_seconds": KILL_GRACE_S,
+        }
+        (code_dir / "job.json").write_text(json.dumps(config), encoding="utf-8")
+        for path in (job_dir, code_dir, input_dir):
+            path.chmod(0o755)
+        for path in (code_dir / "main.py", code_dir / "job.json", input_dir / "data.json"):
+            path.chmod(0o444)
+        return job_dir, deps_dir
+
+    async def run(self, job: SandboxJob, artifact_dir: Path, cancel: asyncio.Event | None = None) -> Outcome:
+        validate_requirements(job.requirements)
+        cancel = cancel or asyncio.Event()
+        started = time.monotonic()
+        if self.runtime != "runsc":
+            outcome = await asyncio.to_thread(self._run_unsandboxed, job, artifact_dir, cancel)
+        else:
+            outcome = await self._run_sandboxed(job, artifact_dir, cancel)
+        outcome.timing["total_ms"] = max(
+            outcome.timing.get("total_ms", 0), int((time.monotonic() - started) * 1000)
+        )
+        return outcome
+
+    async def _run_sandboxed(self, job: SandboxJob, artifact_dir: Path, cancel: asyncio.Event) -> Outcome:
+        job_dir, deps_dir = await asyncio.to_thread(self._prepare_job_dir, job)
+        try:
+            install: _SandboxResult | None = None
+            if job.requirements:
+                budget = job.startup_timeout + KILL_GRACE_S + EXTERNAL_DEADLINE_MARGIN_S
+                install = await self._sandbox(job, job_dir, deps_dir, "install", budget, cancel)
+                if (
+                    install.cancelled
+                    or install.oom_killed
+                    or install.deadline_exceeded
+                    or not install.envelope
+                    or install.envelope.get("error")
+                    or install.exit_code != 0
+                ):
+                    return self._classify(install, None)
+            budget = job.timeout + KILL_GRACE_S + EGRESS_PROBE_ALLOWANCE_S + EXTERNAL_DEADLINE_MARGIN_S
+            result = await self._sandbox(job, job_dir, deps_dir, "run", budget, cancel)
+            outcome = self._classify(install, result)
+            if result.envelope and not result.cancelled:
+                await asyncio.to_thread(_write_artifacts, result.envelope, artifact_dir)
+            return outcome
+        finally:
+            await asyncio.to_thread(shutil.rmtree, job_dir, True)
+
+    def _classify(self, install: _SandboxResult | None, run: _SandboxResult | None) -> Outcome:
+        last = run or install
+        assert last is not None
+        install_env = install.envelope if install else None
+        if install is not None and install.exit_code != 0 and install_env and not install_env.get("error"):
+            install_env = None  # an envelope only counts when the runner itself exited 0
+        outcome = classify(
+            install_env,
+            run.envelope if run else None,
+            exit_code=last.exit_code,
+            oom_killed=last.oom_killed,
+            deadline_exceeded=last.deadline_exceeded,
+            cancelled=last.cancelled,
+            runtime=self.runtime,
+        )
+        if outcome.error and outcome.error.get("type") == "internal_error" and last.stderr.strip():
+            outcome.error["message"] += f": {last.stderr.strip()[-500:]}"
+        return outcome
+
+    async def _sandbox(
+        self,
+        job: SandboxJob,
+        job_dir: Path,
+        deps_dir: Path | None,
+        mode: str,
+        budget_s: float,
+        cancel: asyncio.Event,
+    ) -> _SandboxResult:
+        cid = f"tako-{_safe_id(job.job_id)[:32]}-{mode}-{secrets.token_hex(4)}"
+        bundle = await asyncio.to_thread(self._write_bundle, job_dir, mode, cid, deps_dir, job, None)
+        network = "host" if mode == "install" else "none"
+        argv = [*self._runsc_argv(None, network), "run", "--bundle", str(bundle), cid]
+        limit = job.max_stdout_bytes * 2 + job.max_stderr_bytes * 2 + ENVELOPE_OVERHEAD_BYTES
+        if mode == "run":
+            limit += job.max_total_artifact_bytes * 2
+        out_buf, err_buf = _TailBuffer(limit), _TailBuffer(64 * 1024)
+        deadline_exceeded = cancelled = False
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            assert proc.stdout is not None and proc.stderr is not None
+            readers = asyncio.gather(_pump(proc.stdout, out_buf.feed), _pump(proc.stderr, err_buf.feed))
+            waiter = asyncio.ensure_future(proc.wait())
+            cancel_wait = asyncio.ensure_future(cancel.wait())
+            done, _ = await asyncio.wait(
+                {waiter, cancel_wait}, timeout=budget_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if waiter not in done:
+                cancelled = cancel.is_set()
+                deadline_exceeded = not cancelled
+                await asyncio.to_thread(self._kill, cid)
+                try:
+                    await asyncio.wait_for(asyncio.shield(waiter), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await waiter
+            cancel_wait.cancel()
+            try:
+                await asyncio.wait_for(readers, 10)
+            except TimeoutError:
+                readers.cancel()
+            exit_code = proc.returncode
+            oom = await asyncio.to_thread(self._oom_killed, cid)
+        finally:
+            await asyncio.to_thread(self._cleanup, None, cid, None)
+        envelope = parse_envelope(out_buf.text())
+        if exit_code != 0 and envelope is not None and not oom:
+            # The runner exits 0 right after printing its frame: a frame from a sandbox that ended
+            # otherwise was not printed by a runner that finished (user code may have killed it).
+            envelope = None
+        return _SandboxResult(envelope, exit_code, oom, deadline_exceeded, cancelled, err_buf.text())
+
+    def _kill(self, cid: str) -> None:
+        if self.runsc is None:
+            return
+        subprocess.run(
+            [*self._runsc_argv(None, "none"), "kill", cid, "KILL"], capture_output=True, timeout=30
+        )
+
+    # ------------------------------------------------------------------ permissive fallback
+
+    def _run_unsandboxed(self, job: SandboxJob, artifact_dir: Path, cancel: asyncio.Event) -> Outcome:
+        """NO isolation: the runner with the host Python in a temp dir, rlimits only (permissive mode)."""
+        log.warning(
+            "!!! running job %s WITHOUT a sandbox (security_mode=permissive, runsc unusable)", job.job_id
+        )
+        with tempfile.TemporaryDirectory(prefix="tako-unsandboxed-") as tmp:
+            root = Path(tmp)
+            for name in ("code", "input", "output", "tmp", "deps"):
+                (root / name).mkdir()
+            (root / "code" / "main.py").write_text(job.code, encoding="utf-8")
+            (root / "input" / "data.json").write_text(json.dumps(job.input_data), encoding="utf-8")
+            base = {
+                "timeout": job.timeout,
+                "startup_timeout": job.startup_timeout,
+                "requirements": list(job.requirements),
+                "deps_dir": str(root / "deps"),
+                "code_path": str(root / "code" / "main.py"),
+                "input_path": str(root / "input" / "data.json"),
+                "output_dir": str(root / "output"),
+                "work_dir": str(root / "tmp"),
+                "python": sys.executable,
+                "max_stdout_bytes": job.max_stdout_bytes,
+                "max_stderr_bytes": job.max_stderr_bytes,
+                "max_artifact_bytes": job.max_artifact_bytes,
+                "max_total_artifact_bytes": job.max_total_artifact_bytes,
+                "embed_artifacts": True,
+                "kill_all_processes": False,
+                "kill_grace_seconds": KILL_GRACE_S,
+                "environment": {
+                    **job.environment,
+                    "TAKO_INPUT_PATH": str(root / "input" / "data.json"),
+                    "TAKO_OUTPUT_DIR": str(root / "output"),
+                },
+            }
+            (root / "code" / "job.json").write_text(json.dumps(base))
+            install_env = None
+            if job.requirements:
+                install_env = self._run_runner_on_host("install", root, job, job.startup_timeout, cancel)[0]
+                if install_env is None or install_env.get("error"):
+                    return classify(
+                        install_env, None, exit_code=1, oom_killed=False, deadline_exceeded=False,
+                        cancelled=cancel.is_set(), runtime="none",
+                    )  # fmt: skip
+            envelope, exit_code, late = self._run_runner_on_host("run", root, job, job.timeout, cancel)
+            outcome = classify(
+                install_env, envelope, exit_code=exit_code, oom_killed=False, deadline_exceeded=late,
+                cancelled=cancel.is_set(), runtime="none",
+            )  # fmt: skip
+            if envelope:
+                _write_artifacts(envelope, artifact_dir)
+            return outcome
+
+    def _run_runner_on_host(
+        self, mode: str, root: Path, job: SandboxJob, seconds: int, cancel: asyncio.Event
+    ) -> tuple[dict[str, Any] | None, int | None, bool]:
+        memory = job.memory_limit_mb * sandbox.MIB
+
+        def limits() -> None:
+            for name, value in (("RLIMIT_AS", memory * 4), ("RLIMIT_FSIZE", job.max_total_artifact_bytes)):
+                kind = getattr(resource, name)
+                hard = resource.getrlimit(kind)[1]
+                capped = value if hard == resource.RLIM_INFINITY else min(value, hard)
+                resource.setrlimit(kind, (capped, capped))
+
+        argv = [
+            sys.executable,
+            "-I",
+            runner_module.__file__,
+            mode,
+            "--config",
+            str(root / "code" / "job.json"),
+        ]
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=limits, start_new_session=True,
+        )  # fmt: skip
+        budget = time.monotonic() + seconds + KILL_GRACE_S + EXTERNAL_DEADLINE_MARGIN_S
+        late = False
+        while proc.poll() is None:
+            if cancel.is_set() or time.monotonic() > budget:
+                late = not cancel.is_set()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, 9)
+                break
+            time.sleep(0.05)
+        stdout, _ = proc.communicate()
+        envelope = parse_envelope(stdout.decode("utf-8", "replace"))
+        return envelope, proc.returncode, late
+
+
+async def _pump(stream: asyncio.StreamReader, sink: Callable[[bytes], None]) -> None:
+    while chunk := await stream.read(65536):
+        sink(chunk)
+
+
+def _safe_id(job_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "-", job_id) or "job"
+
+
+def _write_artifacts(envelope: dict[str, Any], artifact_dir: Path) -> None:
+    """Decode the artifacts embedded in the run envelope, verify their sha256 and write them out."""
+    items = envelope.get("artifacts") or []
+    if not items:
+        return
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    for item in items:
+        name = str(item.get("name", ""))
+        if not name or "/" in name or name.startswith(".") or "data_b64" not in item:
+            continue
+        data = base64.b64decode(item["data_b64"])
+        if hashlib.sha256(data).hexdigest() != item.get("sha256"):
+            log.warning("artifact %s failed its sha256 check; dropped", name)
+            continue
+        (artifact_dir / name).write_bytes(data)
