@@ -1,0 +1,63 @@
+"""Operator-wide settings that shape the objects built for a PythonJob (pure data, no I/O).
+
+The operator's entry point fills this from its command line / environment; the builders and the status
+computation only ever receive it as an argument, so tests construct it directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Where a job Pod may never send traffic during the install phase: RFC 1918, carrier-grade NAT,
+# loopback, link-local (which holds the cloud metadata address 169.254.169.254), and the IPv6 equivalents.
+PRIVATE_IPV4_RANGES: tuple[str, ...] = (
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+)
+PRIVATE_IPV6_RANGES: tuple[str, ...] = ("fc00::/7", "fe80::/10", "::1/128")
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """Knobs for the built Pods, policies and status. Defaults are the secure, documented ones."""
+
+    runtime_class_name: str | None = "gvisor"  # None only for clusters without gVisor (tests, kind smoke)
+    run_as_user: int = 1000
+    run_as_group: int = 1000
+    deadline_grace_seconds: int = 30  # activeDeadlineSeconds = startup + timeout + this
+    termination_grace_seconds: int = 5
+    tmp_size_limit: str = "100Mi"
+    output_size_limit: str = "64Mi"
+    deps_size_limit: str = "1Gi"
+    # caps the runner applies inside the sandbox (the contract's values)
+    max_stdout_bytes: int = 65_536
+    max_stderr_bytes: int = 65_536
+    max_artifact_bytes: int = 10 * 1024 * 1024
+    max_total_artifact_bytes: int = 50 * 1024 * 1024
+    # caps for what lands in PythonJob.status (etcd budget, see docs/crds.md)
+    status_stream_bytes: int = 8192
+    status_output_bytes: int = 16_384
+    # install-phase egress: DNS to these pods, HTTPS to public addresses only
+    egress_probe: bool = True
+    dns_namespace: str = "kube-system"
+    dns_pod_labels: dict[str, str] = field(default_factory=lambda: {"k8s-app": "kube-dns"})
+    install_egress_ipv6: bool = True
+    # upper bounds for spec.resources overrides
+    max_memory: str = "32Gi"
+    min_memory: str = "64Mi"
+    max_cpu: str = "16"
+    min_cpu: str = "100m"
+
+    def __post_init__(self) -> None:
+        if self.run_as_user <= 0 or self.run_as_group <= 0:
+            raise ValueError("run_as_user and run_as_group must be non-root (> 0)")
+        if not 256 <= self.status_stream_bytes <= 16_000:
+            raise ValueError("status_stream_bytes must be 256..16000 (the CRD allows 16384 characters)")
+        if not 0 <= self.status_output_bytes <= 262_144:
+            raise ValueError("status_output_bytes must be 0..262144")
+        if self.deadline_grace_seconds < 0:
+            raise ValueError("deadline_grace_seconds must be >= 0")
