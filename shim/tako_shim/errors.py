@@ -52,3 +52,7 @@ class Unavailable(ShimError):
     """Queue full, backend starting, or the sandbox runtime is missing."""
 
     status = 503
+
+
+class BackendStartError(Exception):
+    """The backend cannot start (e.g. strict mode without a working runsc); the server refuses to run."""

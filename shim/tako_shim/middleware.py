@@ -36,6 +36,7 @@ SECURITY_HEADERS = {
 }
 UNAUTHORIZED = "Missing or invalid API key."
 RATE_LIMITED = "Rate limit exceeded. Try again later."
+MAX_ECHOED_INPUT = 200
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 LIMITER_KEY: web.AppKey[FixedWindowLimiter] = web.AppKey("limiter")
@@ -53,6 +54,8 @@ class RequestValidationFailed(Exception):
         items: list[dict[str, Any]] = json.loads(self.error.json(include_url=False))
         for item in items:
             item["loc"] = [self.where, *item.get("loc", [])]
+            if isinstance(item.get("input"), str) and len(item["input"]) > MAX_ECHOED_INPUT:
+                item["input"] = item["input"][:MAX_ECHOED_INPUT] + "..."  # never echo 2 MiB back
         return items
 
 
@@ -118,6 +121,7 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
         response = json_error(500, "Internal server error", correlation_id)
     response.headers[CORRELATION_HEADER] = correlation_id
     response.headers.update(SECURITY_HEADERS)
+    response.headers["Server"] = "tako-vm"  # no framework or version banner
     return response
 
 

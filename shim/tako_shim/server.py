@@ -10,6 +10,7 @@ from aiohttp import web
 from tako_shim.app import create_app
 from tako_shim.backends import make_backend
 from tako_shim.config import ConfigError, Settings, load_settings
+from tako_shim.errors import BackendStartError
 
 
 def build_settings(
@@ -42,4 +43,8 @@ def run_server(config_path: str | None, backend: str | None, host: str | None, p
         file=sys.stderr,
         flush=True,
     )
-    web.run_app(app, host=settings.server_host, port=settings.server_port, print=None, access_log=None)
+    try:
+        web.run_app(app, host=settings.server_host, port=settings.server_port, print=None, access_log=None)
+    except BackendStartError as exc:
+        print(f"tako-vm server: cannot start the {settings.backend} backend: {exc}", file=sys.stderr)
+        raise SystemExit(3) from None

@@ -258,7 +258,7 @@ class HealthResponse(_Response):
     status: Literal["healthy", "degraded"]
     docker_available: bool
     gvisor_available: bool
-    circuit_breaker: CircuitBreakerStatus = Field(default_factory=CircuitBreakerStatus)
+    circuit_breaker: CircuitBreakerStatus
     version: str
     production_mode: bool = False
     queue_stats: QueueStatsResponse

@@ -30,13 +30,14 @@ from tako_shim.backends.base import (
     SubmitResult,
 )
 from tako_shim.config import Settings, memory_limit_mb
-from tako_shim.errors import BadRequest, Conflict, NotFound, Unavailable
+from tako_shim.errors import BackendStartError, BadRequest, Conflict, InvalidRequest, NotFound, Unavailable
 from tako_shim.jobs import canonical_json, sha256_hex
 from tako_shim.local import records
 from tako_shim.local.store import JobRow, JobStore
 from tako_vm import __version__
 from tako_vm.models.wire import (
     TERMINAL_STATUSES,
+    CircuitBreakerStatus,
     ExecutionRecordFull,
     HealthResponse,
     JobStatusResponse,
@@ -70,6 +71,12 @@ def _real_executor(settings: Settings) -> SandboxRunner:
     return executor
 
 
+def _validate_requirements(requirements: list[str]) -> None:
+    from tako_shim.local.executor import validate_requirements
+
+    validate_requirements(requirements)
+
+
 def _sandbox_job(
     settings: Settings, row: JobRow, environment: dict[str, str], jt_memory: str, cpu: float
 ) -> Any:
@@ -100,12 +107,14 @@ class LocalBackend(Backend):
         settings: Settings,
         executor_factory: Callable[[Settings], SandboxRunner] = _real_executor,
         job_factory: Callable[..., Any] | None = None,
+        validate_requirements: Callable[[list[str]], None] | None = None,
     ) -> None:
         """``executor_factory``/``job_factory`` exist for queue unit tests; production uses runsc."""
         super().__init__(settings)
         self.store = JobStore(settings.data_dir / "tako_vm.sqlite3")
         self._executor_factory = executor_factory
         self._job_factory = job_factory or _sandbox_job
+        self._validate_requirements = validate_requirements or _validate_requirements
         self._executor: SandboxRunner | None = None
         self._runtime_info: dict[str, Any] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
@@ -120,7 +129,12 @@ class LocalBackend(Backend):
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await asyncio.to_thread(self.store.open)
-        self._executor = self._executor_factory(self.settings)
+        try:  # probing runsc starts a sandbox: keep it off the event loop
+            self._executor = await asyncio.to_thread(self._executor_factory, self.settings)
+        except Exception as exc:
+            if type(exc).__name__ != "SandboxUnavailable":
+                raise
+            raise BackendStartError(str(exc)) from exc
         self._runtime_info = self._executor.runtime_info()
         await self._apply_retention()
         for job_id in await asyncio.to_thread(self.store.requeue_unfinished):
@@ -146,6 +160,11 @@ class LocalBackend(Backend):
     # -- submission ---------------------------------------------------------------------------------
 
     async def submit(self, tenant: str, submission: Submission) -> SubmitResult:
+        if submission.requirements:
+            try:
+                self._validate_requirements(submission.requirements)
+            except ValueError as exc:
+                raise InvalidRequest(f"requirements: {exc}") from None
         async with self._submit_lock:
             if submission.idempotency_key:
                 existing = await asyncio.to_thread(self.store.find_by_key, tenant, submission.idempotency_key)
@@ -282,14 +301,14 @@ class LocalBackend(Backend):
         )
 
     async def health(self) -> HealthResponse:
-        info = self._runtime_info
-        runtime = info.get("runtime")
-        available = bool(info.get("available", runtime is not None))
+        runtime = self._runtime_info.get("runtime")
+        gvisor = runtime == "runsc"  # "none": permissive mode without a sandbox
         workers_alive = bool(self._tasks) and not any(t.done() for t in self._tasks)
         return HealthResponse(
-            status="healthy" if available and workers_alive else "degraded",
-            docker_available=available,
-            gvisor_available=bool(info.get("gvisor", runtime == "runsc")),
+            status="healthy" if gvisor and workers_alive else "degraded",
+            docker_available=runtime is not None,
+            gvisor_available=gvisor,
+            circuit_breaker=CircuitBreakerStatus(),
             version=__version__,
             production_mode=self.settings.production_mode,
             queue_stats=await self.pool_stats("default"),

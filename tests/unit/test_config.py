@@ -1,0 +1,112 @@
+"""Configuration: tako_vm.yaml + TAKO_VM_* overrides, validated at start-up with errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tako_shim.config import ConfigError, Settings, load_settings
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "tako_vm.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_match_the_contract(tmp_path: Path) -> None:
+    settings = load_settings(None, env={}, overrides={"data_dir": str(tmp_path)})
+    assert (
+        settings.max_workers,
+        settings.max_queue_size,
+        settings.default_timeout,
+        settings.max_timeout,
+    ) == (
+        4,
+        100,
+        30,
+        300,
+    )
+    assert settings.server_host == "127.0.0.1" and settings.security_mode == "strict"
+    assert settings.api_max_payload_bytes == 2 * 1024 * 1024
+    assert (settings.api_rate_limit_requests, settings.api_rate_limit_window_seconds) == (120, 60)
+    assert not settings.allow_runtime_requirements and settings.backend == "local"
+
+
+def test_environment_overrides_the_file_and_flags_override_both(tmp_path: Path) -> None:
+    path = write(tmp_path, "max_workers: 2\nmax_queue_size: 7\nkubernetes:\n  namespace: from-file\n")
+    env = {
+        "TAKO_VM_MAX_WORKERS": "6",
+        "TAKO_VM_ALLOW_RUNTIME_REQUIREMENTS": "yes",
+        "TAKO_VM_KUBERNETES__IN_CLUSTER": "1",
+    }
+    settings = load_settings(path, env=env, overrides={"server_port": 9999})
+    assert settings.max_workers == 6 and settings.max_queue_size == 7
+    assert settings.allow_runtime_requirements is True
+    assert settings.kubernetes.namespace == "from-file" and settings.kubernetes.in_cluster is True
+    assert settings.server_port == 9999
+
+
+def test_config_file_found_through_tako_vm_config(tmp_path: Path) -> None:
+    path = write(tmp_path, "max_queue_size: 3\n")
+    assert load_settings(None, env={"TAKO_VM_CONFIG": path}).max_queue_size == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "key"),
+    [
+        ("max_workers: 0\n", {}, "max_workers"),
+        ("bogus_key: 1\n", {}, "bogus_key: unknown key"),
+        ("", {"TAKO_VM_MAX_QUEUE_SIZE": "lots"}, "max_queue_size"),
+        ("security_mode: lax\n", {}, "security_mode"),
+        ("default_timeout: 400\n", {}, "default_timeout"),
+        ("job_types:\n  - name: big\n    timeout: 900\n", {}, "job_types.big.timeout"),
+        ("job_types:\n  - name: 'bad name'\n", {}, "job_types.0.name"),
+        ("api_auth_enabled: true\n", {}, "api_keys"),
+        ("api_keys: ['short']\n", {}, "api_keys"),
+    ],
+)
+def test_invalid_values_name_the_key(tmp_path: Path, text: str, env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), env=env)
+    assert key in str(info.value)
+
+
+def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "max_workers: [\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_settings(path, env={})
+
+
+def test_non_loopback_bind_without_auth_is_refused() -> None:
+    with pytest.raises(ConfigError, match="server_host: refusing to bind non-loopback"):
+        load_settings(None, env={"TAKO_VM_SERVER_HOST": "0.0.0.0"})
+    authed = load_settings(
+        None,
+        env={
+            "TAKO_VM_SERVER_HOST": "0.0.0.0",
+            "TAKO_VM_API_AUTH_ENABLED": "true",
+            "TAKO_VM_API_KEYS": "k-0123456789abcdef",
+        },
+    )
+    assert authed.server_host == "0.0.0.0"
+    assert load_settings(None, env={}, overrides={"server_host": "::1"}).server_host == "::1"
+
+
+def test_api_keys_map_to_tenants() -> None:
+    plain = Settings(api_keys=["k-0123456789abcdef"])  # type: ignore[arg-type]
+    assert plain.tenant_for_key("k-0123456789abcdef") == "default"
+    mapped = Settings(api_keys={"k-aaaaaaaaaaaaaaaa": "team-a", "k-bbbbbbbbbbbbbbbb": "team-b"})
+    assert mapped.tenant_for_key("k-bbbbbbbbbbbbbbbb") == "team-b"
+    assert mapped.tenant_for_key("nope") is None
+    from_env = load_settings(None, env={"TAKO_VM_API_KEYS": "k-aaaaaaaaaaaaaaaa=team-a,k-cccccccccccccccc"})
+    assert from_env.api_keys == {"k-aaaaaaaaaaaaaaaa": "team-a", "k-cccccccccccccccc": "default"}
+    with pytest.raises(ConfigError, match="DNS label"):
+        load_settings(None, env={"TAKO_VM_API_KEYS": "k-aaaaaaaaaaaaaaaa=Team_A"})
+
+
+def test_the_example_config_at_the_repo_root_is_valid() -> None:
+    root = Path(__file__).resolve().parents[2]
+    settings = load_settings(str(root / "tako_vm.yaml"), env={})
+    assert settings.server_host == "127.0.0.1"
