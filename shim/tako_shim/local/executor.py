@@ -189,7 +189,8 @@ class LocalExecutor:
         for mode in ("run", "install"):
             etc = self.work_dir / f"etc-{mode}"
             etc.mkdir(exist_ok=True)
-            (etc / "ssl").mkdir(exist_ok=True)
+            if mode == "install":
+                (etc / "ssl").mkdir(exist_ok=True)  # mount point for the host's CA certificates
             resolv = None
             if mode == "install":
                 with contextlib.suppress(OSError):

@@ -1,0 +1,35 @@
+"""Fixtures for the sandbox tier: a real LocalExecutor over real runsc (skipped, with the reason, when
+runsc cannot start a sandbox on this machine)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sandbox_support import Sandbox
+
+from tako_shim.local.executor import LocalExecutor, SandboxUnavailable
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def executor() -> Iterator[LocalExecutor]:
+    os.environ["PATH"] = f"{REPO / '.tools' / 'bin'}:{os.environ.get('PATH', '')}"
+    work = Path(tempfile.mkdtemp(prefix="tako-sandbox-tests-"))
+    try:
+        ex = LocalExecutor(work_dir=work, security_mode="strict")
+    except SandboxUnavailable as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        pytest.skip(f"runsc cannot start a sandbox here: {exc}")
+    yield ex
+    shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def sx(executor: LocalExecutor, tmp_path: Path) -> Sandbox:
+    return Sandbox(executor, tmp_path)

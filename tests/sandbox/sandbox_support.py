@@ -1,0 +1,39 @@
+"""Helpers for the sandbox tests (kept out of conftest so test modules can import them by a unique name)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tako_runner.outcome import Outcome
+from tako_shim.local.executor import LocalExecutor, SandboxJob
+
+
+def make_job(code: str, **overrides: Any) -> SandboxJob:
+    fields: dict[str, Any] = {
+        "job_id": overrides.pop("job_id", "t"),
+        "code": code,
+        "input_data": overrides.pop("input_data", {}),
+        "requirements": overrides.pop("requirements", []),
+        "timeout": overrides.pop("timeout", 10),
+        "startup_timeout": overrides.pop("startup_timeout", 60),
+    }
+    fields.update(overrides)
+    return SandboxJob(**fields)
+
+
+class Sandbox:
+    """Runs snippets through the shared executor; artifacts land under the test's tmp_path."""
+
+    def __init__(self, executor: LocalExecutor, tmp_path: Path) -> None:
+        self.executor = executor
+        self.artifacts = tmp_path / "artifacts"
+
+    async def run(self, code: str, **overrides: Any) -> Outcome:
+        return await self.executor.run(make_job(code, **overrides), self.artifacts)
+
+    async def assert_healthy(self) -> None:
+        """The executor still runs an ordinary job correctly after an attack."""
+        outcome = await self.run("print('still healthy')", job_id="health")
+        assert outcome.status == "succeeded", outcome
+        assert outcome.stdout == "still healthy\n"
