@@ -487,3 +487,59 @@ def test_shim_environment_is_accepted_by_the_real_shim_configuration(
     assert settings.allow_runtime_requirements is True
     assert (settings.api_rate_limit_requests, settings.api_rate_limit_window_seconds) == (600, 60)
     assert str(settings.data_dir).startswith("/tmp/"), "the root filesystem is read-only"
+
+
+def test_operator_environment_is_accepted_by_the_real_operator_configuration(
+    production_objects: list[Manifest],
+) -> None:
+    from tako_operator.main import config_from_env
+
+    deployment = one(production_objects, "Deployment", "tako-operator", NAMESPACE)
+    env = {
+        e["name"]: e["value"]
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        if "value" in e
+    }
+    config = config_from_env(env)
+    assert config.max_concurrent == 50
+    assert config.limits.max_attempts == 2
+    assert config.limits.default_ttl_seconds == 86400
+
+
+def test_shim_arguments_parse_with_the_real_cli(production_objects: list[Manifest]) -> None:
+    from tako_vm.cli import build_parser
+
+    deployment = one(production_objects, "Deployment", "tako-shim", NAMESPACE)
+    args = build_parser().parse_args(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert (args.command, args.backend) == ("server", "kubernetes")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="`tako-vm operator` does not accept --peering/--liveness yet (tako_operator.main.run_operator "
+    "supports both); the chart needs them for HA and the liveness probe",
+)
+def test_operator_arguments_parse_with_the_real_cli(production_objects: list[Manifest]) -> None:
+    from tako_vm.cli import build_parser
+
+    deployment = one(production_objects, "Deployment", "tako-operator", NAMESPACE)
+    try:
+        args = build_parser().parse_args(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+    except SystemExit as exit_:
+        raise AssertionError("argparse rejected the chart's operator arguments") from exit_
+    assert args.command == "operator"
+    assert args.namespace == ["tenant-alpha", "tenant-beta", "tenant-gamma"]
+
+
+def test_a_default_job_type_per_job_namespace(production_objects: list[Manifest]) -> None:
+    job_types = of_kind(production_objects, "PythonJobType")
+    assert sorted(t["metadata"]["namespace"] for t in job_types) == [
+        "tenant-alpha",
+        "tenant-beta",
+        "tenant-gamma",
+    ]
+    for job_type in job_types:
+        assert job_type["metadata"]["name"] == "default"
+        assert job_type["spec"]["image"].startswith("python:3.11.14-slim-bookworm@sha256:")
+        assert job_type["spec"]["resources"] == {"memory": "1Gi", "cpu": "2"}
+    assert of_kind(render({"jobs": {"defaultJobType": {"create": False}}}), "PythonJobType") == []
