@@ -1,0 +1,85 @@
+"""examples/: the seed's `run_python` as a LangChain StructuredTool and as an OpenAI tool definition,
+invoked the way an agent framework invokes them (no model call) against a real server process."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import jsonschema
+import pytest
+from langchain_core.messages import ToolMessage
+
+import tako_vm
+from tako_vm.testing import local_server
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
+FIB50 = "a, b = 0, 1\nfor _ in range(50):\n    a, b = b, a + b\nprint(a)\n"
+
+pytestmark = [
+    pytest.mark.sandbox,
+    pytest.mark.skipif(
+        shutil.which("runsc", path=RUNSC_PATH) is None,
+        reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ModuleType]]:
+    settings = {"security_mode": "strict", "max_workers": 2, "api_rate_limit_enabled": False}
+    with local_server(
+        tmp_path_factory.mktemp("examples-server"), settings, env={"PATH": RUNSC_PATH}
+    ) as server:
+        sys.path.insert(0, str(ROOT / "examples"))
+        try:
+            loaded = {name: importlib.import_module(name) for name in ("langchain_tool", "openai_tool")}
+            tako_vm.configure(server.url)  # after import: the examples configure localhost:8000 verbatim
+            yield loaded
+        finally:
+            sys.path.remove(str(ROOT / "examples"))
+            tako_vm.configure()
+
+
+def test_langchain_tool_computes_fibonacci_in_the_sandbox(examples: dict[str, ModuleType]) -> None:
+    tool = examples["langchain_tool"].python_sandbox
+    assert tool.name == "run_python"
+    assert tool.invoke({"code": FIB50}) == "12586269025\n"
+
+
+def test_langchain_tool_call_from_a_model_returns_a_tool_message(examples: dict[str, ModuleType]) -> None:
+    tool = examples["langchain_tool"].python_sandbox
+    call = {"type": "tool_call", "id": "call-1", "name": "run_python", "args": {"code": "print(1/0)"}}
+    message = tool.invoke(call)
+    assert isinstance(message, ToolMessage) and message.tool_call_id == "call-1"
+    assert "Traceback (most recent call last)" in message.content
+    assert "ZeroDivisionError: division by zero" in message.content
+
+
+async def test_langchain_tool_ainvoke_uses_the_async_wrapper(examples: dict[str, ModuleType]) -> None:
+    tool = examples["langchain_tool"].python_sandbox
+    assert tool.coroutine is not None
+    assert await tool.ainvoke({"code": "print('async ok')", "requirements": []}) == "async ok\n"
+
+
+def test_langchain_args_schema_is_what_the_model_sees(examples: dict[str, ModuleType]) -> None:
+    schema = examples["langchain_tool"].python_sandbox.tool_call_schema.model_json_schema()
+    assert schema["required"] == ["code"] and set(schema["properties"]) == {"code", "requirements"}
+
+
+def test_openai_tool_definition_and_dispatch(examples: dict[str, ModuleType]) -> None:
+    openai_tool = examples["openai_tool"]
+    (definition,) = openai_tool.TOOLS
+    assert definition["type"] == "function" and definition["function"]["name"] == "run_python"
+    arguments = json.dumps({"code": FIB50})  # exactly what `call.function.arguments` holds
+    jsonschema.validate(json.loads(arguments), definition["function"]["parameters"])
+    assert openai_tool.handle_tool_call("run_python", arguments) == "12586269025\n"
+    failed = openai_tool.handle_tool_call("run_python", json.dumps({"code": "import nosuchmodule"}))
+    assert failed.startswith("Execution failed.") and "ModuleNotFoundError" in failed
+    assert "unknown tool" in openai_tool.handle_tool_call("browse", "{}")

@@ -1,0 +1,104 @@
+"""The seed document's snippets (docs "Agent Integration"), verbatim in examples/run_python_tool.py,
+run with our SDK against a real server process (local backend, runsc sandboxes).
+
+The snippet's own `tako_vm.configure("http://localhost:8000")` runs verbatim at import; the fixture
+then points the default client at the test server's port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import tako_vm
+from tako_vm.testing import local_server
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
+FIB50 = "a, b = 0, 1\nfor _ in range(50):\n    a, b = b, a + b\nprint(a)\n"
+
+pytestmark = [
+    pytest.mark.sandbox,
+    pytest.mark.skipif(
+        shutil.which("runsc", path=RUNSC_PATH) is None,
+        reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
+    settings = {"security_mode": "strict", "max_workers": 2, "api_rate_limit_enabled": False}
+    with local_server(tmp_path_factory.mktemp("seed-server"), settings, env={"PATH": RUNSC_PATH}) as server:
+        sys.path.insert(0, str(ROOT / "examples"))
+        try:
+            sys.modules.pop("run_python_tool", None)  # import afresh so the seed's configure() line runs now
+            tako_vm.configure("http://127.0.0.1:9")
+            module = importlib.import_module("run_python_tool")
+            assert tako_vm.get_client().config.base_url == "http://localhost:8000"  # the seed's own line ran
+            tako_vm.configure(server.url)
+            yield module
+        finally:
+            sys.path.remove(str(ROOT / "examples"))
+            tako_vm.configure()
+
+
+def test_run_python_returns_the_50th_fibonacci_number(seed: ModuleType) -> None:
+    assert seed.run_python(FIB50) == "12586269025\n"
+
+
+def test_a_failing_snippet_returns_the_traceback_text(seed: ModuleType) -> None:
+    text = seed.run_python("def f(x):\n    return 1 / x\n\nprint(f(0))\n")
+    assert text.startswith("Execution failed.\nstderr:\nTraceback (most recent call last):")
+    assert 'File "/code/main.py", line 4, in <module>' in text
+    assert "ZeroDivisionError: division by zero" in text
+    assert "error: {'type': 'runtime_error'" in text
+
+
+def test_no_output_is_reported_as_such(seed: ModuleType) -> None:
+    assert seed.run_python("x = 1") == "(no output)"
+
+
+async def test_arun_python_keeps_the_event_loop_free(seed: ModuleType) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    beat = asyncio.create_task(ticker())
+    started = time.monotonic()
+    threaded, native = await asyncio.gather(
+        seed.arun_python("import time\ntime.sleep(1)\nprint('thread')"),
+        _native(seed, "import time\ntime.sleep(1)\nprint('native')"),
+    )
+    elapsed = time.monotonic() - started
+    beat.cancel()
+    assert (threaded, native) == ("thread\n", "native\n")
+    assert ticks >= elapsed / 0.01 * 0.5
+
+
+async def _native(seed: ModuleType, code: str) -> str:
+    async with tako_vm.AsyncClient(tako_vm.get_client().config.base_url) as client:
+        result: str = await seed.arun_python_native(code, client=client)
+        return result
+
+
+def test_history_rerun_and_fork_from_the_seed_text(seed: ModuleType) -> None:
+    """The seed's "Concurrency and history": list_executions(), rerun(job_id), fork."""
+    job_id = tako_vm.submit_code("print('audited')", requirements=[], timeout=60)
+    assert tako_vm.get_result(job_id, timeout=120)["stdout"] == "audited\n"
+    assert job_id in {item["execution_id"] for item in tako_vm.list_executions()["items"]}
+    again = tako_vm.get_result(tako_vm.rerun(job_id), timeout=120)
+    forked = tako_vm.get_result(tako_vm.fork(job_id, "print('forked')"), timeout=120)
+    assert (again["stdout"], forked["stdout"]) == ("audited\n", "forked\n")
