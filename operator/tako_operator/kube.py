@@ -1,0 +1,302 @@
+"""The operator's only module that talks to the Kubernetes API.
+
+It wraps the official (blocking) `kubernetes` client: every public coroutine runs the call in a
+worker thread with `asyncio.to_thread`, so the kopf event loop never blocks. Objects go in and
+come out as plain dicts (`_preload_content=False`), the same shape the pure builders produce.
+
+Configuration: in-cluster service account when `KUBERNETES_SERVICE_HOST` is set, otherwise the
+file named by `$KUBECONFIG` (read at call time, not at import time) or `~/.kube/config`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiException
+
+GROUP = "takovm.dev"
+VERSION = "v1alpha1"
+JOBS = "pythonjobs"
+JOB_TYPES = "pythonjobtypes"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the API server is and how to authenticate (also handed to kopf's own client)."""
+
+    server: str
+    ca_path: str | None = None
+    insecure: bool = False
+    token: str | None = None
+    cert_path: str | None = None
+    key_path: str | None = None
+    default_namespace: str | None = None
+
+
+class Kube:
+    """Typed, plain-dict access to the resources the operator manages."""
+
+    def __init__(self, api_client: Any, connection: Connection) -> None:
+        self.api_client = api_client
+        self.connection = connection
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.networking = kubernetes.client.NetworkingV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+
+    # -- generic plumbing -----------------------------------------------------------------------
+
+    @staticmethod
+    async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    @staticmethod
+    def _json(response: Any) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(response.data or b"{}")
+        return data
+
+    async def _create(self, fn: Any, namespace: str, body: dict[str, Any]) -> bool:
+        """Create `body`; False if it already exists (deterministic names make this idempotent)."""
+        try:
+            await self._call(fn, namespace, body=body, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    async def _delete(self, fn: Any, name: str, namespace: str, **kwargs: Any) -> bool:
+        try:
+            await self._call(fn, name, namespace, _preload_content=False, **kwargs)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    # -- owned objects --------------------------------------------------------------------------
+
+    async def create_pod(self, pod: dict[str, Any]) -> bool:
+        return await self._create(self.core.create_namespaced_pod, pod["metadata"]["namespace"], pod)
+
+    async def create_configmap(self, configmap: dict[str, Any]) -> bool:
+        namespace = configmap["metadata"]["namespace"]
+        return await self._create(self.core.create_namespaced_config_map, namespace, configmap)
+
+    async def create_network_policy(self, policy: dict[str, Any]) -> bool:
+        namespace = policy["metadata"]["namespace"]
+        return await self._create(self.networking.create_namespaced_network_policy, namespace, policy)
+
+    async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            response = await self._call(
+                self.core.read_namespaced_pod, name, namespace, _preload_content=False
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return self._json(response)
+
+    async def read_log(self, namespace: str, pod: str, container: str) -> str | None:
+        """The container's log, or None when there is none (yet)."""
+        try:
+            response = await self._call(
+                self.core.read_namespaced_pod_log,
+                pod,
+                namespace,
+                container=container,
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status in (400, 404):
+                return None
+            raise
+        data: bytes = response.data or b""
+        return data.decode("utf-8", errors="replace")
+
+    async def remove_pod_label(self, namespace: str, pod: str, label: str) -> bool:
+        try:
+            await self._call(
+                self.core.patch_namespaced_pod,
+                pod,
+                namespace,
+                body={"metadata": {"labels": {label: None}}},
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def delete_pod(self, namespace: str, name: str) -> bool:
+        return await self._delete(self.core.delete_namespaced_pod, name, namespace, grace_period_seconds=0)
+
+    async def delete_configmap(self, namespace: str, name: str) -> bool:
+        return await self._delete(self.core.delete_namespaced_config_map, name, namespace)
+
+    async def delete_network_policy(self, namespace: str, name: str) -> bool:
+        return await self._delete(self.networking.delete_namespaced_network_policy, name, namespace)
+
+    # -- PythonJob / PythonJobType ----------------------------------------------------------------
+
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            response = await self._call(
+                self.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                JOBS,
+                name,
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return self._json(response)
+
+    async def get_job_type(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            response = await self._call(
+                self.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                JOB_TYPES,
+                name,
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return self._json(response)
+
+    async def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        try:
+            await self._call(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                JOBS,
+                name,
+                {"status": status},
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def patch_job_metadata(self, namespace: str, name: str, metadata: dict[str, Any]) -> bool:
+        try:
+            await self._call(
+                self.custom.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                JOBS,
+                name,
+                {"metadata": metadata},
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def delete_job(self, namespace: str, name: str) -> bool:
+        try:
+            await self._call(
+                self.custom.delete_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                JOBS,
+                name,
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    # -- events -----------------------------------------------------------------------------------
+
+    async def emit_event(self, job: dict[str, Any], reason: str, message: str, type_: str = "Normal") -> None:
+        """A core/v1 Event on the PythonJob; failures to emit are not fatal to reconciliation."""
+        meta = job["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "PythonJob",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid", ""),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "source": {"component": "tako-vm-operator"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        with contextlib.suppress(ApiException):
+            await self._call(
+                self.core.create_namespaced_event, meta["namespace"], body=event, _preload_content=False
+            )
+
+
+def load_connection(kubeconfig: str | None = None) -> tuple[Any, Connection]:
+    """Build an API client: in-cluster config if available, else `kubeconfig` or `$KUBECONFIG`."""
+    configuration = kubernetes.client.Configuration()
+    namespace: str | None = None
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+        ns_file = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+        if os.path.exists(ns_file):
+            with open(ns_file) as fh:
+                namespace = fh.read().strip()
+    else:
+        path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        path = path.split(os.pathsep)[0]
+        kubernetes.config.load_kube_config(config_file=path, client_configuration=configuration)
+        _contexts, active = kubernetes.config.list_kube_config_contexts(config_file=path)
+        namespace = (active or {}).get("context", {}).get("namespace")
+    token: str | None = None
+    auth = configuration.api_key.get("authorization") or configuration.api_key.get("BearerToken")
+    if auth:
+        token = auth.removeprefix("Bearer ").strip()
+    connection = Connection(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        token=token,
+        cert_path=configuration.cert_file,
+        key_path=configuration.key_file,
+        default_namespace=namespace,
+    )
+    return kubernetes.client.ApiClient(configuration), connection
+
+
+def connect(kubeconfig: str | None = None) -> Kube:
+    api_client, connection = load_connection(kubeconfig)
+    return Kube(api_client, connection)
