@@ -13,17 +13,14 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-from tako_runner.outcome import classify
+from tako_operator import objects
+from tako_operator import status as status_mod
+from tako_operator.builders import JobRejected
+from tako_operator.settings import OperatorSettings
+from tako_vm.models.crd import PythonJob
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Timeout", "OOM", "Cancelled"})
 ACTIVE_PHASES = frozenset({"Pending", "Running"})
-PHASE_BY_OUTCOME = {
-    "succeeded": "Succeeded",
-    "failed": "Failed",
-    "timeout": "Timeout",
-    "oom": "OOM",
-    "cancelled": "Cancelled",
-}
 
 JOB_CONTAINER = "job"
 INSTALL_CONTAINER = "install"
@@ -38,7 +35,6 @@ INFRA_POD_REASONS = frozenset({"Evicted", "NodeLost", "Preempting", "Shutdown", 
 IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 PERMANENT_IMAGE_REASONS = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 
-MAX_STREAM_CHARS = 16384  # status.stdout / status.stderr bound in the CRD
 MAX_MESSAGE_CHARS = 1024
 
 
@@ -64,12 +60,14 @@ class Observed:
     pod: dict[str, Any] | None = None
     logs: dict[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
+    settings: OperatorSettings = field(default_factory=OperatorSettings)
+    queue_position: int | None = None
 
 
 @dataclass
 class Plan:
     status: dict[str, Any] = field(default_factory=dict)
-    create_attempt: int | None = None  # create ConfigMaps, policies and the Pod for this attempt
+    create: list[dict[str, Any]] = field(default_factory=list)  # in order; the Pod comes last
     delete_pod: str | None = None
     remove_egress: bool = False  # drop the install egress label and the install policy
     cleanup: bool = False  # delete the job's ConfigMaps and policies (finished)
@@ -126,33 +124,18 @@ def waiting_reason(pod: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def logs_needed(pod: dict[str, Any] | None) -> list[str]:
-    """Which container logs `plan` needs for this Pod (only once the job has finished in it)."""
-    if pod is None or pod_finished(pod) is None:
+def logs_needed(pod: dict[str, Any] | None, cancel: bool = False) -> list[str]:
+    """Which container logs `plan` needs for this Pod: those of containers that have terminated, once
+    the job is over in it (or is being cancelled)."""
+    if pod is None:
         return []
-    names = [JOB_CONTAINER]
-    if terminated(pod, INSTALL_CONTAINER) is not None:
-        names.insert(0, INSTALL_CONTAINER)
+    over = cancel or status_mod.pod_finished(pod) or terminated(pod, INSTALL_CONTAINER) is not None
+    if not over:
+        return []
+    names = [n for n in (INSTALL_CONTAINER, JOB_CONTAINER) if terminated(pod, n) is not None]
+    if cancel and JOB_CONTAINER not in names:
+        names.append(JOB_CONTAINER)
     return names
-
-
-def pod_finished(pod: dict[str, Any]) -> str | None:
-    """'container' when the job container (or a failed install) terminated; 'infra' when the
-    infrastructure ended the Pod; 'deadline' on activeDeadlineSeconds; None while it runs."""
-    status = pod.get("status") or {}
-    reason = status.get("reason") or ""
-    if reason == "DeadlineExceeded":
-        return "deadline"
-    if reason in INFRA_POD_REASONS or status.get("phase") == "Unknown":
-        return "infra"
-    if terminated(pod, JOB_CONTAINER) is not None:
-        return "container"
-    install = terminated(pod, INSTALL_CONTAINER)
-    if install is not None and install.get("exitCode", 0) != 0:
-        return "container"
-    if status.get("phase") in ("Succeeded", "Failed"):
-        return "container"
-    return None
 
 
 def job_key(job: dict[str, Any]) -> tuple[str, str]:
@@ -178,135 +161,56 @@ def backoff_seconds(attempt: int, limits: Limits) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# the terminal record
+# status records (built by status.py; the operator adds the fields it owns)
 
 
-def _clip(text: str, limit: int) -> tuple[str, bool]:
-    if len(text) <= limit:
-        return text, False
-    notice = f"\n[TRUNCATED {len(text) - limit} chars]"
-    return text[: limit - len(notice)] + notice, True
+def _model(observed: Observed) -> PythonJob:
+    return objects.job_model(observed.job)
 
 
-def outcome_status(outcome: dict[str, Any], now: datetime.datetime) -> dict[str, Any]:
-    """Map a `tako_runner.outcome.Outcome` dict to the CRD's status fields."""
-    stdout, out_cut = _clip(outcome.get("stdout") or "", MAX_STREAM_CHARS)
-    stderr, err_cut = _clip(outcome.get("stderr") or "", MAX_STREAM_CHARS)
-    timing = outcome.get("timing") or {}
-    phase = PHASE_BY_OUTCOME[outcome["status"]]
-    status: dict[str, Any] = {
+def failed_status(observed: Observed, error_type: str, message: str, phase: str = "Failed") -> dict[str, Any]:
+    """A terminal record for a failure the operator detected itself (no runner envelope)."""
+    model = _model(observed)
+    error = {"type": error_type, "message": message[:4096], "phase": "startup"}
+    text = f"{error_type}: {message}"[:MAX_MESSAGE_CHARS]
+    previous = (observed.job.get("status") or {}).get("conditions") or []
+    generation = model.metadata.get("generation")
+    fields: dict[str, Any] = {
         "phase": phase,
-        "exitCode": outcome.get("exit_code"),
-        "stdout": stdout,
-        "stderr": stderr,
-        "stdoutTruncated": bool(outcome.get("stdout_truncated")) or out_cut,
-        "stderrTruncated": bool(outcome.get("stderr_truncated")) or err_cut,
-        "output": outcome.get("output"),
-        "error": outcome.get("error"),
-        "timing": {
-            "startupMs": int(timing.get("startup_ms") or 0),
-            "depInstallMs": int(timing.get("dep_install_ms") or 0),
-            "executionMs": int(timing.get("execution_ms") or 0),
-            "totalMs": int(timing.get("total_ms") or 0),
-            "phaseAtExit": timing.get("phase_at_exit") or "failed",
-        },
-        "artifacts": [
-            {
-                "name": a.get("name"),
-                "sizeBytes": a.get("size_bytes"),
-                "sha256": a.get("sha256"),
-                "contentType": a.get("content_type"),
-            }
-            for a in outcome.get("artifacts") or []
-        ],
-        "runtime": outcome.get("runtime"),
-        "finishedAt": format_time(now),
+        "error": error,
+        "message": text,
+        "finishedAt": status_mod.format_time(observed.now),
+        "conditions": status_mod.conditions_for(phase, text, generation, observed.now, previous),
     }
-    error = outcome.get("error") or {}
-    status["message"] = (error.get("message") or f"job {phase.lower()}")[:MAX_MESSAGE_CHARS]
-    return status
+    if generation is not None:
+        fields["observedGeneration"] = int(generation)
+    return fields
 
 
-def conditions_for(
-    phase: str, reason: str, message: str, now: datetime.datetime, previous: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """kstatus-style conditions: Ready plus Succeeded/Failed; transition times kept when unchanged."""
-    finished = phase in TERMINAL_PHASES
-    wanted = {
-        "Ready": "True" if finished else "False",
-        "Succeeded": "True" if phase == "Succeeded" else ("False" if finished else "Unknown"),
-        "Failed": "True" if finished and phase != "Succeeded" else ("False" if finished else "Unknown"),
-    }
-    old = {c.get("type"): c for c in previous}
-    result = []
-    for kind, value in wanted.items():
-        before = old.get(kind) or {}
-        changed = before.get("status") != value
-        result.append(
-            {
-                "type": kind,
-                "status": value,
-                "reason": reason,
-                "message": message[:MAX_MESSAGE_CHARS],
-                "lastTransitionTime": format_time(now) if changed else before.get("lastTransitionTime"),
-            }
-        )
+def _events_for_finish(record: dict[str, Any]) -> list[tuple[str, str, str]]:
+    phase = record.get("phase", "")
+    kind = "Normal" if phase == "Succeeded" else "Warning"
+    return [(kind, phase, str(record.get("message") or phase))]
+
+
+def _finish(observed: Observed, result: Plan, record: dict[str, Any]) -> Plan:
+    result.status = record
+    result.cleanup = True
+    result.released = True
+    if observed.pod is not None:
+        result.delete_pod = observed.pod["metadata"]["name"]
+    result.events.extend(_events_for_finish(record))
     return result
+
+
+def _deadline_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """The Pod as the kubelet reports it after activeDeadlineSeconds (used for the operator's bound)."""
+    copy = {**pod, "status": {**(pod.get("status") or {}), "phase": "Failed", "reason": "DeadlineExceeded"}}
+    return copy
 
 
 # ---------------------------------------------------------------------------------------------
 # the plan
-
-
-def _status(observed: Observed, phase: str, reason: str, message: str, **fields: Any) -> dict[str, Any]:
-    job = observed.job
-    old = job.get("status") or {}
-    status = {"phase": phase, "message": message[:MAX_MESSAGE_CHARS], **fields}
-    status["observedGeneration"] = (job.get("metadata") or {}).get("generation", 1)
-    status["conditions"] = conditions_for(phase, reason, message, observed.now, old.get("conditions") or [])
-    return status
-
-
-def _finish(
-    observed: Observed,
-    plan: Plan,
-    *,
-    install_log: str | None = None,
-    job_log: str | None = None,
-    exit_code: int | None = None,
-    oom: bool = False,
-    deadline: bool = False,
-    cancelled: bool = False,
-    error: dict[str, Any] | None = None,
-) -> Plan:
-    from tako_runner.outcome import parse_envelope
-
-    install_env = parse_envelope(install_log) if install_log else None
-    run_env = parse_envelope(job_log) if job_log else None
-    outcome = classify(
-        install_env,
-        run_env,
-        exit_code=exit_code,
-        oom_killed=oom,
-        deadline_exceeded=deadline,
-        cancelled=cancelled,
-        runtime="gvisor",
-    ).to_dict()
-    if error is not None:
-        outcome["status"] = "failed"
-        outcome["error"] = error
-    record = outcome_status(outcome, observed.now)
-    reason = (outcome.get("error") or {}).get("type") or "Completed"
-    record.update(_status(observed, record["phase"], reason, record["message"]))
-    plan.status = record
-    plan.cleanup = True
-    plan.released = True
-    pod = observed.pod
-    if pod is not None:
-        plan.delete_pod = pod["metadata"]["name"]
-    event_type = "Normal" if record["phase"] == "Succeeded" else "Warning"
-    plan.events.append((event_type, record["phase"], record["message"]))
-    return plan
 
 
 def plan(observed: Observed) -> Plan:
@@ -316,6 +220,7 @@ def plan(observed: Observed) -> Plan:
     phase = status.get("phase") or ""
     now = observed.now
     limits = observed.limits
+    settings = observed.settings
     result = Plan()
 
     # 1. Finished: clean up leftovers and delete the job after its TTL.
@@ -332,79 +237,53 @@ def plan(observed: Observed) -> Plan:
                 result.requeue_after = remaining
         return result
 
+    model = _model(observed)
+    pod = observed.pod
+
     # 2. Cancelled (the spec's switch): stop whatever runs, record it.
     if spec.get("cancel"):
-        return _finish(observed, result, cancelled=True)
+        if pod is None:
+            return _finish(observed, result, status_mod.cancelled_before_start(model, now))
+        return _finish(observed, result, status_mod.compute_status(model, pod, observed.logs, now, settings))
 
     # 3. Unknown job type: nothing can run; say which type is missing.
     if observed.job_type is None:
-        name = spec.get("jobType") or "default"
-        error = {
-            "type": "job_type_not_found",
-            "message": f"PythonJobType {name!r} not found",
-            "phase": "startup",
-        }
-        return _finish(observed, result, error=error)
+        name = objects.job_type_name(job)
+        message = f"spec.jobType: PythonJobType {name!r} not found in namespace {model.namespace!r}"
+        return _finish(observed, result, status_mod.rejected_status(model, message, now))
 
     # 4. Not admitted yet: Queued, in creation order (the caller decides admission).
     if not observed.admitted:
-        if phase != "Queued":
-            result.status = _status(
-                observed,
-                "Queued",
-                "Queued",
-                "waiting for a free slot (operator concurrency limit)",
-                queuedAt=status.get("queuedAt") or format_time(now),
-            )
-            result.events.append(("Normal", "Queued", "waiting for a free slot"))
+        if (
+            phase != "Queued"
+            or status.get("message")
+            != status_mod.queued_status(model, now, observed.queue_position)["message"]
+        ):
+            result.status = status_mod.queued_status(model, now, observed.queue_position)
+            if phase != "Queued":
+                result.events.append(("Normal", "Queued", result.status["message"]))
         return result
 
     attempts = int(status.get("attempts") or 0)
-    pod = observed.pod
-    type_fields = {"jobTypeResolved": (spec.get("jobType") or "default")[:63]}
 
     # 5. Admitted and no Pod: create the first attempt, or retry after an infrastructure loss.
     if pod is None:
         if attempts == 0:
-            result.create_attempt = 1
-            result.status = _status(
-                observed,
-                "Pending",
-                "PodCreated",
-                "pod created for attempt 1",
-                attempts=1,
-                queuedAt=status.get("queuedAt") or format_time(now),
-                **type_fields,
-            )
-            result.events.append(("Normal", "Admitted", "attempt 1 started"))
-            return result
+            return _create_attempt(observed, result, 1)
         return _retry_or_fail(observed, result, attempts, "the pod disappeared before the job finished")
 
     # 6. The Pod exists: follow it (attempt 1 may exist before its status write landed).
     attempts = max(attempts, 1)
-    ended = pod_finished(pod)
-    if ended == "infra":
-        reason = (pod.get("status") or {}).get("reason") or "NodeLost"
+    pod_status = pod.get("status") or {}
+    reason = pod_status.get("reason") or ""
+    if reason in INFRA_POD_REASONS or pod_status.get("phase") == "Unknown":
         result.delete_pod = pod["metadata"]["name"]
-        return _retry_or_fail(observed, result, attempts, f"pod ended by the infrastructure ({reason})")
-    if ended == "deadline":
-        return _finish(
-            observed,
-            result,
-            job_log=observed.logs.get(JOB_CONTAINER),
-            install_log=observed.logs.get(INSTALL_CONTAINER),
-            deadline=True,
+        return _retry_or_fail(
+            observed, result, attempts, f"pod ended by the infrastructure ({reason or 'Unknown'})"
         )
-    if ended == "container":
-        job_state = terminated(pod, JOB_CONTAINER) or terminated(pod, INSTALL_CONTAINER) or {}
-        return _finish(
-            observed,
-            result,
-            install_log=observed.logs.get(INSTALL_CONTAINER),
-            job_log=observed.logs.get(JOB_CONTAINER),
-            exit_code=job_state.get("exitCode"),
-            oom=job_state.get("reason") == "OOMKilled",
-        )
+    if status_mod.pod_finished(pod) or _install_failed(pod):
+        record = status_mod.compute_status(model, _as_finished(pod), observed.logs, now, settings)
+        return _finish(observed, result, record)
 
     # Still running. Install finished -> close egress before user code may start.
     labels = (pod.get("metadata") or {}).get("labels") or {}
@@ -417,36 +296,70 @@ def plan(observed: Observed) -> Plan:
     startup = startup_timeout_seconds(job, observed.job_type)
     pull = waiting_reason(pod)
     if pull is not None and (pull[0] in PERMANENT_IMAGE_REASONS or age > startup):
-        error = {
-            "type": "image_pull_error",
-            "message": f"{pull[0]}: {pull[1]}".strip(": ")[:4096],
-            "phase": "startup",
-        }
-        return _finish(observed, result, error=error)
+        record = failed_status(observed, "image_pull_error", f"{pull[0]}: {pull[1]}".strip(": "))
+        return _finish(observed, result, record)
 
     # Operator-side bound, in case both the runner deadline and activeDeadlineSeconds fail.
     bound = startup + timeout_seconds(job, observed.job_type) + limits.deadline_grace_seconds
     if age > bound:
-        return _finish(observed, result, deadline=True)
+        record = status_mod.compute_status(model, _deadline_pod(pod), observed.logs, now, settings)
+        return _finish(observed, result, record)
 
-    pod_phase = (pod.get("status") or {}).get("phase") or "Pending"
-    fields: dict[str, Any] = {"attempts": attempts, "podName": pod["metadata"]["name"], **type_fields}
-    if pod_phase == "Running":
-        fields["startedAt"] = status.get("startedAt") or format_time(now)
-        wanted_phase, reason, message = "Running", "PodRunning", f"attempt {attempts} running"
-    else:
-        wanted_phase, reason, message = "Pending", "PodPending", f"attempt {attempts} starting"
-        if pull is not None:
-            reason, message = pull[0], f"image pull failing: {pull[1]}"[:MAX_MESSAGE_CHARS]
-    if (
-        phase != wanted_phase
-        or status.get("podName") != fields["podName"]
-        or status.get("message") != message
-    ):
-        result.status = _status(observed, wanted_phase, reason, message, **fields)
-        if phase != wanted_phase:
-            result.events.append(("Normal", wanted_phase, message))
-    result.requeue_after = max(1.0, min(bound - age, 30.0))
+    wanted = status_mod.compute_status(model, pod, {}, now, settings)
+    wanted["attempts"] = attempts
+    if pull is not None:
+        wanted["message"] = f"{pull[0]}: {pull[1]}"[:MAX_MESSAGE_CHARS]
+    if status_mod.status_changed(status, wanted):
+        result.status = wanted
+        if wanted.get("phase") != phase:
+            result.events.append(
+                ("Normal", str(wanted.get("phase")), f"attempt {attempts}: {wanted['message']}")
+            )
+    result.requeue_after = max(0.5, min(bound - age + 0.1, 30.0))
+    return result
+
+
+def _install_failed(pod: dict[str, Any]) -> bool:
+    install = terminated(pod, INSTALL_CONTAINER)
+    return install is not None and install.get("exitCode", 0) != 0
+
+
+def _as_finished(pod: dict[str, Any]) -> dict[str, Any]:
+    """A failed install ends the Pod (restartPolicy Never): report it as finished even if the kubelet
+    has not flipped the phase yet."""
+    if _install_failed(pod) and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+        return {**pod, "status": {**(pod.get("status") or {}), "phase": "Failed"}}
+    return pod
+
+
+def _create_attempt(observed: Observed, result: Plan, attempt: int) -> Plan:
+    """Build everything attempt `attempt` needs; a job the builders reject fails with their reason."""
+    assert observed.job_type is not None
+    try:
+        result.create = objects.attempt_objects(observed.job, observed.job_type, observed.settings, attempt)
+    except JobRejected as exc:
+        return _finish(observed, result, status_mod.rejected_status(_model(observed), exc, observed.now))
+    model = _model(observed)
+    pod = result.create[-1]
+    record = status_mod.compute_status(model, None, {}, observed.now, observed.settings)
+    record.update(
+        phase="Pending",
+        attempts=attempt,
+        podName=pod["metadata"]["name"],
+        message=f"attempt {attempt}: pod created",
+    )
+    status = observed.job.get("status") or {}
+    if not status.get("queuedAt"):
+        record["queuedAt"] = status_mod.format_time(observed.now)
+    record["conditions"] = status_mod.conditions_for(
+        "Pending",
+        record["message"],
+        model.metadata.get("generation"),
+        observed.now,
+        status.get("conditions") or [],
+    )
+    result.status = record
+    result.events.append(("Normal", "Admitted" if attempt == 1 else "Retried", f"attempt {attempt} started"))
     return result
 
 
@@ -454,41 +367,40 @@ def _retry_or_fail(observed: Observed, result: Plan, attempts: int, why: str) ->
     """Infrastructure failures are retried with backoff up to max_attempts; then the job fails."""
     limits = observed.limits
     if attempts >= limits.max_attempts:
-        error = {
-            "type": "infrastructure_error",
-            "message": f"{why}; gave up after {attempts} attempts",
-            "phase": "startup",
-        }
-        return _finish(observed, result, error=error)
+        record = failed_status(observed, "infrastructure_error", f"{why}; gave up after {attempts} attempts")
+        return _finish(observed, result, record)
     annotations = (observed.job.get("metadata") or {}).get("annotations") or {}
     retry_at = parse_time(annotations.get(RETRY_AT))
     if retry_at is None or annotations.get(RETRY_ATTEMPT) != str(attempts + 1):
         delay = backoff_seconds(attempts, limits)
         result.annotations = {
-            RETRY_AT: format_time(observed.now + datetime.timedelta(seconds=delay)),
+            RETRY_AT: format_time_precise(observed.now + datetime.timedelta(seconds=delay)),
             RETRY_ATTEMPT: str(attempts + 1),
         }
-        result.status = _status(
-            observed,
-            "Pending",
-            "Retrying",
-            f"{why}; retrying as attempt {attempts + 1} in {delay:g}s",
-            attempts=attempts,
-        )
-        result.events.append(("Warning", "Retrying", result.status["message"]))
+        message = f"{why}; retrying as attempt {attempts + 1} in {delay:g}s"
+        model = _model(observed)
+        status = observed.job.get("status") or {}
+        result.status = {
+            "phase": "Pending",
+            "message": message[:MAX_MESSAGE_CHARS],
+            "attempts": attempts,
+            "conditions": status_mod.conditions_for(
+                "Pending",
+                message,
+                model.metadata.get("generation"),
+                observed.now,
+                status.get("conditions") or [],
+            ),
+        }
+        result.events.append(("Warning", "Retrying", message))
         result.requeue_after = delay
         return result
     wait = (retry_at - observed.now).total_seconds()
     if wait > 0:
         result.requeue_after = wait
         return result
-    result.create_attempt = attempts + 1
-    result.status = _status(
-        observed,
-        "Pending",
-        "PodCreated",
-        f"pod created for attempt {attempts + 1}",
-        attempts=attempts + 1,
-    )
-    result.events.append(("Normal", "Retried", f"attempt {attempts + 1} started"))
-    return result
+    return _create_attempt(observed, result, attempts + 1)
+
+
+def format_time_precise(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

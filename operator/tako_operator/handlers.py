@@ -1,0 +1,274 @@
+"""kopf handlers (thin) and the Reconciler that carries out `reconcile.plan` through kube.py.
+
+Triggers: every PythonJob watch event, every event of a Pod owned by a PythonJob, and wake-ups the
+plan asks for (deadlines, retry backoff, TTL). All of them funnel into `Reconciler.reconcile`, which
+is idempotent and serialised per job. An in-memory kopf index of all PythonJobs feeds admission
+(kopf fills indexes from the initial listing before any handler runs, so a restarted operator knows
+every admitted job before it admits a new one) and the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from tako_operator import objects
+from tako_operator.admission import Admission, Entry, Key, entry_for
+from tako_operator.kube import GROUP, JOBS, VERSION, Kube
+from tako_operator.metrics import Metrics
+from tako_operator.reconcile import (
+    EGRESS_LABEL,
+    TERMINAL_PHASES,
+    Limits,
+    Observed,
+    Plan,
+    job_key,
+    logs_needed,
+    plan,
+)
+from tako_operator.settings import OperatorSettings
+from tako_operator.status import status_changed
+
+log = logging.getLogger("tako_operator")
+INDEX_KEY = "jobs"
+
+
+@dataclass
+class OperatorConfig:
+    max_concurrent: int = 10
+    limits: Limits = field(default_factory=Limits)
+    builder_settings: OperatorSettings = field(default_factory=OperatorSettings)
+    default_image: str | None = None  # image of the built-in `default` job type
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, config: OperatorConfig, metrics: Metrics) -> None:
+        self.kube = kube
+        self.config = config
+        self.metrics = metrics
+        self.admission = Admission(limit=config.max_concurrent)
+        self.locks: dict[Key, asyncio.Lock] = {}
+        self.admission_lock = asyncio.Lock()
+        self.wakeups: dict[Key, asyncio.TimerHandle] = {}
+        self.entries: list[Entry] = []
+        metrics.bind(lambda: self.entries, lambda: self.admission.waiting(self.entries))
+
+    # -- entry points ---------------------------------------------------------------------------
+
+    async def on_job_event(
+        self, event_type: str | None, job: dict[str, Any], entries: Iterable[Entry]
+    ) -> None:
+        self.entries = list(entries)
+        if event_type == "DELETED":
+            await self.forget(job)
+            return
+        await self.reconcile(job)
+
+    async def poke(self, namespace: str, name: str) -> None:
+        """Reconcile a job by name, reading it fresh from the API."""
+        job = await self.kube.get_job(namespace, name)
+        if job is not None:
+            await self.reconcile(job)
+
+    # -- the loop body ------------------------------------------------------------------------
+
+    async def reconcile(self, job: dict[str, Any]) -> None:
+        key = job_key(job)
+        lock = self.locks.setdefault(key, asyncio.Lock())
+        started = time.monotonic()
+        async with lock:
+            fresh = await self.kube.get_job(*key)
+            if fresh is None or (fresh.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            observed = await self.observe(fresh)
+            result = plan(observed)
+            await self.apply(fresh, observed, result)
+        self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+
+    async def observe(self, job: dict[str, Any]) -> Observed:
+        key = job_key(job)
+        status = job.get("status") or {}
+        terminal = status.get("phase") in TERMINAL_PHASES
+        job_type = await self.resolve_job_type(job)
+        admitted = False
+        if not terminal and not (job.get("spec") or {}).get("cancel"):
+            async with self.admission_lock:
+                self.admission.prune(self.entries)
+                admitted = self.admission.decide(key, self.entries)
+        pod = None
+        attempt = int(status.get("attempts") or 0)
+        if job_type is not None and (admitted or terminal or attempt > 0):
+            pod_name = status.get("podName") or objects.pod_name(job, max(attempt, 1))
+            pod = await self.kube.get_pod(key[0], pod_name)
+        logs: dict[str, str] = {}
+        cancel = bool((job.get("spec") or {}).get("cancel"))
+        for container in logs_needed(pod, cancel):
+            assert pod is not None
+            text = await self.kube.read_log(key[0], pod["metadata"]["name"], container)
+            if text is not None:
+                logs[container] = text
+        return Observed(
+            job=job,
+            now=_now(),
+            admitted=admitted,
+            job_type=job_type,
+            pod=pod,
+            logs=logs,
+            limits=self.config.limits,
+            settings=self.config.builder_settings,
+            queue_position=self.queue_position(key) if not admitted else None,
+        )
+
+    def queue_position(self, key: Key) -> int | None:
+        waiting = self.admission.waiting(self.entries)
+        return waiting.index(key) + 1 if key in waiting else None
+
+    async def resolve_job_type(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        name = objects.job_type_name(job)
+        found = await self.kube.get_job_type(job["metadata"]["namespace"], name)
+        return objects.resolve_job_type(name, found, self.config.default_image)
+
+    async def apply(self, job: dict[str, Any], observed: Observed, result: Plan) -> None:
+        namespace, name = job_key(job)
+        status = result.status
+        for obj in result.create:
+            await self.create(obj)
+        if result.annotations:
+            await self.kube.patch_job_metadata(namespace, name, {"annotations": result.annotations})
+        if status and status_changed(job.get("status"), status):
+            await self.kube.patch_job_status(namespace, name, status)
+        if result.remove_egress and observed.pod is not None:
+            await self.kube.remove_pod_label(namespace, observed.pod["metadata"]["name"], EGRESS_LABEL)
+            await self.kube.delete_network_policy(namespace, objects.install_policy_name(job))
+        for event_type, reason, message in result.events:
+            await self.kube.emit_event(job, reason, message, event_type)
+        if result.delete_pod:
+            await self.kube.delete_pod(namespace, result.delete_pod)
+        if result.cleanup:
+            await self.cleanup(job)
+        if result.released:
+            async with self.admission_lock:
+                self.admission.release((namespace, name))
+            self.wake_queue()
+        if result.delete_job:
+            await self.kube.delete_job(namespace, name)
+        elif result.requeue_after is not None:
+            self.schedule((namespace, name), result.requeue_after)
+
+    async def create(self, obj: dict[str, Any]) -> None:
+        kind = obj.get("kind")
+        if kind == "Pod":
+            await self.kube.create_pod(obj)
+        elif kind == "ConfigMap":
+            await self.kube.create_configmap(obj)
+        elif kind == "NetworkPolicy":
+            await self.kube.create_network_policy(obj)
+        else:
+            raise ValueError(f"unexpected object kind {kind!r} from the builders")
+
+    async def cleanup(self, job: dict[str, Any]) -> None:
+        """Delete what the job owned except the finished record (owner references do this on a
+        real cluster too; doing it here frees resources at once and covers emulators)."""
+        namespace = job["metadata"]["namespace"]
+        for cm in objects.owned_configmap_names(job):
+            await self.kube.delete_configmap(namespace, cm)
+        for policy in objects.owned_policy_names(job):
+            await self.kube.delete_network_policy(namespace, policy)
+
+    async def forget(self, job: dict[str, Any]) -> None:
+        """The PythonJob is gone (deleted = cancelled if it was running): remove what it owned."""
+        key = job_key(job)
+        status = job.get("status") or {}
+        attempts = int(status.get("attempts") or 0)
+        if attempts:
+            await self.kube.delete_pod(key[0], status.get("podName") or objects.pod_name(job, attempts))
+        await self.cleanup(job)
+        async with self.admission_lock:
+            self.admission.forget(key)
+        handle = self.wakeups.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+        self.locks.pop(key, None)
+        self.wake_queue()
+
+    # -- wake-ups ---------------------------------------------------------------------------------
+
+    def schedule(self, key: Key, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        old = self.wakeups.pop(key, None)
+        if old is not None:
+            old.cancel()
+        self.wakeups[key] = loop.call_later(max(delay, 0.05), self._spawn_poke, key)
+
+    def _spawn_poke(self, key: Key) -> None:
+        self.wakeups.pop(key, None)
+        task = asyncio.get_running_loop().create_task(self.poke(*key))
+        task.add_done_callback(_log_failure)
+
+    def wake_queue(self) -> None:
+        """A slot may be free: reconcile the oldest waiting jobs so they are admitted in order."""
+        waiting = self.admission.waiting(self.entries)
+        for key in waiting[: max(self.config.max_concurrent, 1)]:
+            self.schedule(key, 0.0)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("reconcile failed: %r", task.exception(), exc_info=task.exception())
+
+
+def _owned_by_job(body: kopf.Body, **_: Any) -> bool:
+    owners = (body.get("metadata") or {}).get("ownerReferences") or []
+    return any(o.get("kind") == "PythonJob" and o.get("apiVersion") == f"{GROUP}/{VERSION}" for o in owners)
+
+
+def _job_owner(body: kopf.Body) -> str | None:
+    for owner in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if owner.get("kind") == "PythonJob":
+            return str(owner.get("name"))
+    return None
+
+
+def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
+    """Attach the handlers to `registry` (one registry per operator instance)."""
+
+    @kopf.on.login(id="login", registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        c = reconciler.kube.connection
+        return kopf.ConnectionInfo(
+            server=c.server,
+            ca_path=c.ca_path,
+            insecure=c.insecure,
+            token=c.token,
+            certificate_path=c.cert_path,
+            private_key_path=c.key_path,
+            default_namespace=c.default_namespace,
+        )
+
+    @kopf.index(GROUP, VERSION, JOBS, id="tako_jobs", registry=registry)
+    def tako_jobs(body: kopf.Body, **_: Any) -> dict[str, Entry]:
+        return {INDEX_KEY: entry_for(copy.deepcopy(dict(body)))}
+
+    @kopf.on.event(GROUP, VERSION, JOBS, id="job_event", registry=registry)
+    async def job_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
+        entries = kwargs["tako_jobs"].get(INDEX_KEY, [])
+        await reconciler.on_job_event(type, copy.deepcopy(dict(body)), entries)
+
+    @kopf.on.event("v1", "pods", id="pod_event", when=_owned_by_job, registry=registry)
+    async def pod_event(body: kopf.Body, namespace: str | None, **kwargs: Any) -> None:
+        reconciler.entries = list(kwargs["tako_jobs"].get(INDEX_KEY, []))
+        owner = _job_owner(body)
+        if owner is not None and namespace:
+            await reconciler.poke(namespace, owner)

@@ -1,0 +1,172 @@
+"""Entry points: `run_operator` (blocking, called by `tako-vm operator`) and `operate` (a coroutine
+that tests run in a thread of their own with a stop flag).
+
+Connection: in-cluster service account if `KUBERNETES_SERVICE_HOST` is set, else `$KUBECONFIG`
+(or ~/.kube/config). kopf's own client gets the same credentials through a login handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from tako_operator import handlers
+from tako_operator.handlers import OperatorConfig, Reconciler
+from tako_operator.kube import connect
+from tako_operator.metrics import Metrics
+from tako_operator.reconcile import Limits
+from tako_operator.settings import OperatorSettings
+
+log = logging.getLogger("tako_operator")
+
+
+@dataclass
+class OperatorOptions:
+    namespaces: list[str] | None = None
+    all_namespaces: bool = False
+    peering: str | None = None
+    standalone: bool = True
+    priority: int = 0
+    liveness: str | None = None
+    metrics_port: int | None = None
+    kubeconfig: str | None = None
+    config: OperatorConfig = field(default_factory=lambda: config_from_env(os.environ))
+    # kopf tuning (tests shorten these)
+    watch_server_timeout: int = 300
+    peering_lifetime: int = 60
+    peering_interval: float = 30.0
+
+
+def config_from_env(env: os._Environ[str] | dict[str, str]) -> OperatorConfig:
+    """Operator knobs from TAKO_OPERATOR_* variables (the Helm chart sets them)."""
+
+    def number(name: str, default: float) -> float:
+        raw = env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {raw!r}")
+        return value
+
+    ttl_raw = env.get("TAKO_OPERATOR_DEFAULT_TTL_SECONDS", "3600")
+    limits = Limits(
+        max_attempts=int(number("TAKO_OPERATOR_MAX_ATTEMPTS", 3)) or 1,
+        retry_backoff_seconds=number("TAKO_OPERATOR_RETRY_BACKOFF_SECONDS", 5.0),
+        retry_backoff_max_seconds=number("TAKO_OPERATOR_RETRY_BACKOFF_MAX_SECONDS", 300.0),
+        deadline_grace_seconds=number("TAKO_OPERATOR_DEADLINE_GRACE_SECONDS", 30.0),
+        default_ttl_seconds=None
+        if ttl_raw in ("", "none")
+        else int(number("TAKO_OPERATOR_DEFAULT_TTL_SECONDS", 3600)),
+    )
+    max_concurrent = int(number("TAKO_OPERATOR_MAX_CONCURRENT_JOBS", 10))
+    if max_concurrent < 1:
+        raise ValueError("TAKO_OPERATOR_MAX_CONCURRENT_JOBS must be >= 1")
+    return OperatorConfig(
+        max_concurrent=max_concurrent,
+        limits=limits,
+        builder_settings=builder_settings_from_env(env),
+        default_image=env.get("TAKO_VM_DEFAULT_JOB_IMAGE") or None,
+    )
+
+
+def builder_settings_from_env(env: os._Environ[str] | dict[str, str]) -> OperatorSettings:
+    """The builders' settings; the Helm chart sets TAKO_VM_RUNTIME_CLASS_NAME."""
+    runtime_class = env.get("TAKO_VM_RUNTIME_CLASS_NAME", "gvisor").strip()
+    return OperatorSettings(runtime_class_name=runtime_class or None)
+
+
+def _kopf_settings(options: OperatorOptions) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.watching.server_timeout = options.watch_server_timeout
+    settings.watching.client_timeout = options.watch_server_timeout + 10
+    settings.watching.reconnect_backoff = 0.5
+    settings.posting.level = logging.WARNING
+    settings.peering.lifetime = options.peering_lifetime
+    settings.peering.stealth = True
+    if options.peering:
+        settings.peering.name = options.peering
+        settings.peering.mandatory = True
+    settings.peering.priority = options.priority
+    settings.networking.request_timeout = 30.0
+    settings.execution.max_workers = 4
+    # Explicit namespaces need no namespace scanning (and no RBAC to list namespaces).
+    namespaces = options.namespaces or []
+    settings.scanning.disabled = (
+        not options.all_namespaces
+        and bool(namespaces)
+        and not any("*" in ns or "!" in ns for ns in namespaces)
+    )
+    return settings
+
+
+async def operate(
+    options: OperatorOptions,
+    stop_flag: asyncio.Event | threading.Event | None = None,
+    ready_flag: asyncio.Event | threading.Event | None = None,
+) -> None:
+    """Run the operator until `stop_flag` is set (or forever)."""
+    kube = connect(options.kubeconfig)
+    metrics = Metrics()
+    reconciler = Reconciler(kube, options.config, metrics)
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, reconciler)
+    server = None
+    if options.metrics_port is not None:
+        server = metrics.serve(options.metrics_port)
+    namespaces = [] if options.all_namespaces else list(options.namespaces or [])
+    if not namespaces and not options.all_namespaces:
+        default_ns = kube.connection.default_namespace
+        if default_ns is None:
+            raise ValueError("give --namespace (repeatable) or --all-namespaces")
+        namespaces = [default_ns]
+    standalone = options.standalone and options.peering is None
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=_kopf_settings(options),
+            clusterwide=options.all_namespaces,
+            namespaces=namespaces,
+            standalone=standalone,
+            peering_name=options.peering,
+            priority=options.priority,
+            liveness_endpoint=options.liveness,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    finally:
+        if server is not None:
+            server[0].shutdown()
+        kube.api_client.close()
+
+
+def run_operator(
+    namespaces: list[str] | None,
+    all_namespaces: bool,
+    peering: str | None,
+    standalone: bool,
+    liveness: str | None,
+    metrics_port: int | None,
+    **extra: Any,
+) -> None:
+    """Blocking entry point for `tako-vm operator`."""
+    options = OperatorOptions(
+        namespaces=namespaces,
+        all_namespaces=all_namespaces,
+        peering=peering,
+        standalone=standalone,
+        liveness=liveness,
+        metrics_port=metrics_port,
+        **extra,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(operate(options))
