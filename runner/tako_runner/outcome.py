@@ -80,7 +80,7 @@ _EXCEPTION_TYPES = {
     "MemoryError": "oom",
     "OSError": "os_error",
 }
-_EXCEPTION_LINE_RE = re.compile(r"^([A-Za-z_][\w.]*?)(?:\.)?([A-Za-z_]\w*)(?::\s?(.*))?$")
+_EXCEPTION_LINE_RE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*)(?::\s?(.*))?$")
 MAX_ERROR_MESSAGE = 4096
 
 
@@ -161,9 +161,9 @@ def classify_error(exit_code: int | None, stderr: str) -> tuple[str, str]:
     line = _last_exception_line(stderr)
     if line:
         match = _EXCEPTION_LINE_RE.match(line)
-        if match and match.group(2) in _EXCEPTION_TYPES:
-            return _EXCEPTION_TYPES[match.group(2)], line
-        if match and match.group(2).endswith(("Error", "Exception")):
+        if match and match.group(1) in _EXCEPTION_TYPES:
+            return _EXCEPTION_TYPES[match.group(1)], line
+        if match and match.group(1).endswith(("Error", "Exception")):
             return "runtime_error", line
     if exit_code is None:
         return "unknown", "no exit code"

@@ -112,7 +112,10 @@ class _TailBuffer:
 
 
 def _find_runsc(explicit: str | None) -> str | None:
-    candidates = [explicit, os.environ.get("TAKO_VM_RUNSC")]
+    """An explicit path is authoritative; otherwise $TAKO_VM_RUNSC, the project's .tools/bin, PATH."""
+    if explicit:
+        return explicit if os.path.isfile(explicit) and os.access(explicit, os.X_OK) else None
+    candidates = [os.environ.get("TAKO_VM_RUNSC")]
     repo_tools = Path(__file__).resolve().parents[3] / ".tools" / "bin" / "runsc"
     candidates += [str(repo_tools), shutil.which("runsc"), "/usr/bin/runsc"]
     for candidate in candidates:
