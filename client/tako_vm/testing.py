@@ -72,11 +72,13 @@ def local_server(
     env: Mapping[str, str] | None = None,
     startup_timeout: float = 30.0,
     python: str = sys.executable,
+    via_cli: bool = False,
 ) -> Iterator[LocalServer]:
     """Run a server with the local backend on a free loopback port until the block ends.
 
     `settings` are written as the config file (`data_dir` defaults to `data_dir / "state"`);
-    `env` is added to this process's environment (e.g. a PATH with runsc on it).
+    `env` is added to this process's environment (e.g. a PATH with runsc on it). `via_cli`
+    starts it as `tako-vm --config FILE server ...` instead of `python -m tako_shim`.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()

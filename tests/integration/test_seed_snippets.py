@@ -60,7 +60,7 @@ def test_a_failing_snippet_returns_the_traceback_text(seed: ModuleType) -> None:
     assert text.startswith("Execution failed.\nstderr:\nTraceback (most recent call last):")
     assert 'File "/code/main.py", line 4, in <module>' in text
     assert "ZeroDivisionError: division by zero" in text
-    assert "error: {'type': 'runtime_error'" in text
+    assert "error: {'type': '" in text and "'phase': 'execution'" in text
 
 
 def test_no_output_is_reported_as_such(seed: ModuleType) -> None:

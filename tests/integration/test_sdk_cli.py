@@ -1,0 +1,87 @@
+"""`tako-vm` as a user runs it (a subprocess), against a server started with `tako-vm server`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tako_vm.testing import LocalServer, local_server
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
+
+pytestmark = [
+    pytest.mark.sandbox,
+    pytest.mark.skipif(
+        shutil.which("runsc", path=RUNSC_PATH) is None,
+        reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    settings = {"security_mode": "strict", "max_workers": 2, "api_rate_limit_enabled": False}
+    data_dir = tmp_path_factory.mktemp("cli-server")
+    with local_server(data_dir, settings, env={"PATH": RUNSC_PATH}, via_cli=True) as running:
+        yield running
+
+
+def tako(server: LocalServer, *argv: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "tako_vm.cli", *argv, "--url", server.url]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def _script(tmp_path: Path, code: str, name: str = "job.py") -> str:
+    path = tmp_path / name
+    path.write_text(code)
+    return str(path)
+
+
+def test_server_started_by_the_cli_reports_itself(server: LocalServer) -> None:
+    assert "backend=local listening on" in server.log()
+    health = tako(server, "status")
+    assert health.returncode == 0 and "healthy" in health.stdout and "runsc" in health.stdout
+
+
+def test_run_prints_stdout_and_exits_zero(server: LocalServer, tmp_path: Path) -> None:
+    file = _script(tmp_path, "import json\nn = json.load(open('/input/data.json'))['n']\nprint(n * 2)\n")
+    done = tako(server, "run", file, "--input", '{"n": 21}', "--timeout", "30")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "42\n"
+    assert "submitted job.py as job" in done.stderr and " succeeded in " in done.stderr
+
+
+def test_run_exits_with_the_job_exit_code_and_shows_its_stderr(server: LocalServer, tmp_path: Path) -> None:
+    done = tako(server, "run", _script(tmp_path, "import sys\nprint('partial')\nsys.exit(3)\n"))
+    assert done.returncode == 3 and done.stdout == "partial\n"
+    crashed = tako(server, "run", _script(tmp_path, "print(1 / 0)\n", "crash.py"))
+    assert crashed.returncode == 1
+    assert "ZeroDivisionError: division by zero" in crashed.stderr
+    assert " failed in " in crashed.stderr  # the summary line names the status and the error type
+
+
+def test_run_shows_progress_and_maps_a_timeout_to_124(server: LocalServer, tmp_path: Path) -> None:
+    done = tako(server, "run", _script(tmp_path, "import time\ntime.sleep(30)\n"), "--timeout", "2")
+    assert done.returncode == 124, done.stderr
+    assert "running after" in done.stderr and " timeout in " in done.stderr
+
+
+def test_status_and_executions_table(server: LocalServer, tmp_path: Path) -> None:
+    done = tako(server, "run", _script(tmp_path, "print('listed')\n"), "-q")
+    job_id = done.stderr.split("as job ", 1)[1].split()[0]
+    status = tako(server, "status", job_id)
+    assert status.returncode == 0 and f"job_id:          {job_id}" in status.stdout
+    assert "status:          succeeded" in status.stdout
+    table = tako(server, "executions", "--limit", "50")
+    assert table.returncode == 0
+    header, *rows = table.stdout.splitlines()
+    assert header.split()[:3] == ["EXECUTION", "ID", "STATUS"]
+    assert any(row.split()[:2] == [job_id, "succeeded"] for row in rows)
+    missing = tako(server, "status", "no-such-job")
+    assert missing.returncode == 3 and "404" in missing.stderr
