@@ -4,6 +4,7 @@
 tests, the operator (kopf) and the node agent can all talk to it over real HTTP from any thread.
 
 What it adds on top of kmock (each one emulates an API-server behaviour kmock lacks, and says so):
+- `metadata.generateName` is honoured on create (kmock would key every such object by name None);
 - every resource the product uses is declared watchable, including the backbone resources kopf
   needs (CRDs, namespaces, events), or kopf waits silently forever;
 - on create, the emulator fills `metadata.uid`, `creationTimestamp` and `generation` like the
@@ -78,6 +79,8 @@ class _Emulator(kmock.KubernetesEmulator):
             if request.resource is not None and request.resource.plural:
                 self.creations[request.resource.plural] += 1
             meta = data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:5]}"
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", _now_iso())
             meta.setdefault("generation", 1)
