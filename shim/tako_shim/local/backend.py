@@ -68,6 +68,10 @@ def _real_executor(settings: Settings) -> SandboxRunner:
         security_mode=settings.security_mode,
         runsc_path=settings.runsc_path,
     )
+    if settings.warm_pool_size > 0:
+        from tako_shim.local.warmpool import warm_pool_for
+
+        executor = warm_pool_for(executor, settings)
     return executor
 
 
@@ -136,6 +140,9 @@ class LocalBackend(Backend):
                 raise
             raise BackendStartError(str(exc)) from exc
         self._runtime_info = self._executor.runtime_info()
+        start_pool = getattr(self._executor, "start", None)  # the warm pool (local/warmpool.py)
+        if start_pool is not None:
+            await start_pool()
         await self._apply_retention()
         for job_id in await asyncio.to_thread(self.store.requeue_unfinished):
             self._enqueue(job_id)
@@ -155,6 +162,9 @@ class LocalBackend(Backend):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        close_pool = getattr(self._executor, "close", None)
+        if close_pool is not None:
+            await close_pool()
         await asyncio.to_thread(self.store.close)
 
     # -- submission ---------------------------------------------------------------------------------
@@ -211,6 +221,8 @@ class LocalBackend(Backend):
 
     async def get_status(self, tenant: str, job_id: str) -> JobStatusResponse:
         row = await self._row(tenant, job_id)
+        if row.status == "queued" and job_id in self._cancels:
+            row.status = "running"  # a worker took it; its row is being updated
         position = list(self._pending).index(job_id) + 1 if job_id in self._pending else None
         return records.status_from_row(row, position)
 
