@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -172,9 +171,17 @@ def cmd_operator(args: argparse.Namespace) -> int:
     run_operator: Callable[..., Any] | None = getattr(main, "run_operator", None)
     if run_operator is None:
         raise CommandError("tako-vm operator: tako_operator.main has no run_operator() in this build")
-    wanted = {"config_path": args.config, "namespaces": args.namespace or None, "kubeconfig": args.kubeconfig}
-    accepted = inspect.signature(run_operator).parameters
-    run_operator(**{name: value for name, value in wanted.items() if name in accepted})
+    if args.namespace and args.all_namespaces:
+        raise CommandError("--namespace and --all-namespaces are mutually exclusive")
+    run_operator(
+        namespaces=args.namespace or None,
+        all_namespaces=args.all_namespaces,
+        peering=args.peering,
+        standalone=args.peering is None,
+        liveness=args.liveness,
+        metrics_port=args.metrics_port,
+        kubeconfig=args.kubeconfig,
+    )
     return 0
 
 
@@ -306,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     operator = commands.add_parser("operator", help="run the Kubernetes operator")
     operator.add_argument("--namespace", action="append", help="watch only this namespace (repeatable)")
+    operator.add_argument("--all-namespaces", action="store_true", help="watch PythonJobs in every namespace")
+    operator.add_argument(
+        "--peering", help="kopf peering object for active/standby replicas (default: standalone)"
+    )
+    operator.add_argument("--liveness", help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    operator.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     operator.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster or ~/.kube/config)")
 
     run = commands.add_parser(

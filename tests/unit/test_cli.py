@@ -134,3 +134,30 @@ def test_unreachable_server_exits_3_with_the_reason() -> None:
 def test_version() -> None:
     code, out, _ = _main("version")
     assert code == 0 and out.startswith("tako-vm ")
+
+
+def test_operator_command_forwards_the_chart_flags_to_run_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real `run_operator` is replaced by a recorder (it would block serving a cluster), and the
+    recorded call is then bound against the real signature so the two cannot drift apart."""
+    import inspect
+
+    from tako_operator import main as operator_main
+
+    real = operator_main.run_operator
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(operator_main, "run_operator", lambda **kwargs: calls.append(kwargs))
+    argv = [
+        "operator",
+        "--namespace=a",
+        "--namespace=b",
+        "--peering=tako",
+        "--liveness=http://0.0.0.0:8080/healthz",
+    ]
+    code, _, err = _main(*argv)
+    assert code == 0, err
+    (call,) = calls
+    assert call["namespaces"] == ["a", "b"] and call["peering"] == "tako" and call["standalone"] is False
+    assert call["liveness"] == "http://0.0.0.0:8080/healthz" and call["all_namespaces"] is False
+    inspect.signature(real).bind(**call)
+    code, _, err = _main("operator", "--namespace=a", "--all-namespaces")
+    assert code == cli.EXIT_USAGE and "mutually exclusive" in err
