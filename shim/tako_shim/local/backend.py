@@ -63,7 +63,7 @@ class SandboxRunner(Protocol):
 def _real_executor(settings: Settings) -> SandboxRunner:
     from tako_shim.local.executor import LocalExecutor
 
-    executor: SandboxRunner = LocalExecutor(
+    local = LocalExecutor(
         work_dir=settings.data_dir / "work",
         security_mode=settings.security_mode,
         runsc_path=settings.runsc_path,
@@ -71,7 +71,8 @@ def _real_executor(settings: Settings) -> SandboxRunner:
     if settings.warm_pool_size > 0:
         from tako_shim.local.warmpool import warm_pool_for
 
-        executor = warm_pool_for(executor, settings)
+        return warm_pool_for(local, settings)
+    executor: SandboxRunner = local
     return executor
 
 
