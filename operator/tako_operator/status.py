@@ -17,7 +17,7 @@ from typing import Any
 from tako_operator.builders import INSTALL_CONTAINER, JOB_CONTAINER, JobRejected
 from tako_operator.settings import OperatorSettings
 from tako_runner.outcome import Outcome, classify, parse_envelope
-from tako_vm.models.crd import TERMINAL_PHASES, PythonJob
+from tako_vm.models.crd import STATUS_ARTIFACTS_MAX, TERMINAL_PHASES, PythonJob
 
 PHASE_BY_OUTCOME = {
     "succeeded": "Succeeded",
@@ -30,7 +30,6 @@ FAILURE_PHASES = frozenset({"Failed", "Timeout", "OOM"})
 ADMITTED_PHASES = frozenset({"Pending", "Running", *TERMINAL_PHASES})
 MESSAGE_MAX = 1024
 ERROR_MESSAGE_MAX = 4096
-ARTIFACTS_MAX = 64
 
 
 def format_time(moment: datetime.datetime) -> str:
@@ -187,10 +186,12 @@ def outcome_fields(outcome: Outcome, settings: OperatorSettings) -> dict[str, An
                 "name": str(a["name"])[:255],
                 "sizeBytes": int(a.get("size_bytes") or 0),
                 "sha256": a["sha256"],
-                **({"contentType": a["content_type"]} if a.get("content_type") else {}),
+                **({"contentType": str(a["content_type"])[:127]} if a.get("content_type") else {}),
             }
-            for a in outcome.artifacts[:ARTIFACTS_MAX]
+            for a in outcome.artifacts[:STATUS_ARTIFACTS_MAX]
         ]
+        if len(outcome.artifacts) > STATUS_ARTIFACTS_MAX:
+            fields["artifactsOmitted"] = len(outcome.artifacts) - STATUS_ARTIFACTS_MAX
     if outcome.runtime:
         fields["runtime"] = outcome.runtime
     return fields

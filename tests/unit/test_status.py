@@ -339,3 +339,43 @@ def test_default_job_type_is_usable_for_status_paths() -> None:
     # the built-in default type builds a job.json the runner accepts
     config = builders.runner_config(make_job(), DEFAULT_JOB_TYPE, SETTINGS)
     assert config["timeout"] == 30
+
+
+# --- the etcd budget (docs/crds.md states these numbers) ---------------------------------------------
+
+WORST_CASE_STATUS_BYTES = 60_000
+
+
+def _json_bytes(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def test_worst_case_status_fits_the_documented_budget() -> None:
+    """Every field at its cap (streams of multi-byte text, output just under its cap, 100 artifacts with
+    maximal names): the status stays under WORST_CASE_STATUS_BYTES and within the CRD."""
+    from tako_runner.outcome import Outcome
+
+    worst = Outcome(
+        status="failed", exit_code=1, stdout="é" * 100_000, stderr="x" * 100_000,
+        stdout_truncated=True, stderr_truncated=True, output={"b": "y" * 16_000},
+        error={"type": "runtime_error", "message": "m" * 10_000, "phase": "execution"},
+        timing={"startup_ms": 1, "dep_install_ms": 1, "execution_ms": 1, "total_ms": 1,
+                "phase_at_exit": "failed"},
+        artifacts=[{"name": f"{i:03d}" + "n" * 252, "size_bytes": 10**7, "sha256": "a" * 64,
+                    "content_type": "c" * 300} for i in range(100)],
+        runtime="gvisor",
+    )  # fmt: skip
+    fields = status.outcome_fields(worst, SETTINGS)
+    fields.update(podName="p" * 253, startedAt=STARTED, finishedAt=FINISHED, duration="59m59s", attempts=3,
+                  queuedAt=STARTED, message="z" * 5000)  # fmt: skip
+    result = check_valid(status._finish(make_job(), fields, NOW))
+    assert _json_bytes(result) <= WORST_CASE_STATUS_BYTES
+    assert len(result["artifacts"]) == 32
+    assert result["artifactsOmitted"] == 68
+
+
+def test_typical_status_is_small(tmp_path: pathlib.Path) -> None:
+    job = make_job(code="print('hello from gVisor')\n")
+    log = run_real_runner(tmp_path, job)
+    result = check_valid(status.compute_status(job, pod(exited(0), phase="Succeeded"), {"job": log}, NOW))
+    assert _json_bytes(result) <= 2_000

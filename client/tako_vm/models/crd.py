@@ -30,6 +30,7 @@ TIMEOUT_MIN, TIMEOUT_MAX = 1, 86_400
 STARTUP_TIMEOUT_MIN, STARTUP_TIMEOUT_MAX = 10, 600
 STATUS_STREAM_MAX_CHARS = 16_384
 POD_LABELS_MAX = 16
+STATUS_ARTIFACTS_MAX = 32
 
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 CONFIGMAP_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
@@ -191,7 +192,7 @@ class Artifact(_Observed):
     name: str = Field(min_length=1, max_length=255)
     size_bytes: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    content_type: str | None = Field(default=None, max_length=255)
+    content_type: str | None = Field(default=None, max_length=127)
 
 
 class PythonJobStatus(_Observed):
@@ -211,7 +212,8 @@ class PythonJobStatus(_Observed):
     error: JobError | None = None
     timing: Timing | None = None
     duration: str | None = Field(default=None, max_length=32)
-    artifacts: list[Artifact] | None = Field(default=None, max_length=64)
+    artifacts: list[Artifact] | None = Field(default=None, max_length=STATUS_ARTIFACTS_MAX)
+    artifacts_omitted: int | None = Field(default=None, ge=0)
     attempts: int | None = Field(default=None, ge=0, le=100)
     pod_name: str | None = Field(default=None, max_length=253)
     runtime: str | None = Field(default=None, max_length=63)
