@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import tako_vm
+from tako_vm.models.wire import ExecutionRecordFull, JobStatusResponse, PaginatedResponse
 from tako_vm.testing import LocalServer, local_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +75,9 @@ def test_input_output_and_artifacts_round_trip(client: tako_vm.Client) -> None:
     assert record["status"] == "succeeded" and record["output"] == {"double": 42}
     assert "report.txt" in {artifact["name"] for artifact in record["artifacts"]}
     assert client.download_artifact(job_id, "report.txt") == b"n was 21"
+    ExecutionRecordFull.model_validate(record)  # what the SDK hands back matches the wire models
+    JobStatusResponse.model_validate(client.get_status(job_id))
+    PaginatedResponse.model_validate(client.list_executions(limit=2))
     with pytest.raises(tako_vm.NotFoundError):
         client.download_artifact(job_id, "absent.txt")
 
