@@ -99,7 +99,8 @@ class JobResolver:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._types: dict[str, JobTypeConfig] = {DEFAULT_JOB_TYPE: JobTypeConfig(name=DEFAULT_JOB_TYPE)}
+        builtin = JobTypeConfig(name=DEFAULT_JOB_TYPE, startup_timeout=settings.default_startup_timeout)
+        self._types: dict[str, JobTypeConfig] = {DEFAULT_JOB_TYPE: builtin}
         self._types.update({jt.name: jt for jt in settings.job_types})
 
     def job_type(self, name: str | None) -> JobTypeConfig:
