@@ -468,3 +468,15 @@ def test_runner_configmap_ships_the_runner_and_is_named_by_its_content() -> None
     assert cm["metadata"]["name"] == builders.runner_configmap_name()
     assert cm["metadata"]["name"].startswith("tako-runner-")
     assert "ownerReferences" not in cm["metadata"]
+
+
+def test_builders_and_status_import_neither_kopf_nor_the_kubernetes_client() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, tako_operator.builders, tako_operator.status, tako_operator.settings\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'kopf', 'kubernetes', 'aiohttp'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
