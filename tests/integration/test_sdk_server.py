@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 import tako_vm
@@ -189,3 +190,32 @@ def test_transport_errors_are_typed_when_nothing_listens() -> None:
     with tako_vm.Client("http://127.0.0.1:9", max_retries=0) as client, pytest.raises(tako_vm.TransportError):
         client.health()
     assert issubclass(tako_vm.TransportError, tako_vm.TakoVMError)
+
+
+class LoseFirstResponse(httpx.BaseTransport):
+    """A flaky network: the first request reaches the real server, but its answer never comes back."""
+
+    def __init__(self) -> None:
+        self.real = httpx.HTTPTransport()
+        self.sent = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent += 1
+        response = self.real.handle_request(request)
+        if self.sent == 1:
+            response.read()
+            raise httpx.ReadError("connection reset after the server accepted the job")
+        return response
+
+
+def test_a_lost_answer_is_retried_with_the_same_key_and_runs_the_code_once(server: LocalServer) -> None:
+    marker = f"ran-once-{time.monotonic_ns()}"
+    flaky = LoseFirstResponse()
+    with tako_vm.Client(server.url, transport=flaky) as client:
+        job_id = client.submit_code(f"print({marker!r})", timeout=30)
+        assert flaky.sent == 2
+        assert client.get_result(job_id, timeout=60)["stdout"] == marker + "\n"
+        runs = [
+            item for item in client.list_executions(limit=1000)["items"] if item["stdout"] == marker + "\n"
+        ]
+    assert [run["execution_id"] for run in runs] == [job_id]
