@@ -113,6 +113,18 @@ def now_ms() -> int:
 # --------------------------------------------------------------------------- capture
 
 
+def utf8_boundary(data: bytes) -> int:
+    """Length of ``data`` without a trailing, incomplete UTF-8 character (so no character is split)."""
+    lead = len(data) - 1
+    while lead >= 0 and len(data) - lead <= 4 and (data[lead] & 0xC0) == 0x80:
+        lead -= 1
+    if lead < 0 or len(data) - lead > 4:
+        return len(data)
+    first = data[lead]
+    needed = 2 if 0xC0 <= first < 0xE0 else 3 if 0xE0 <= first < 0xF0 else 4 if 0xF0 <= first < 0xF8 else 1
+    return lead if len(data) - lead < needed else len(data)
+
+
 class Capture:
     """Keeps the first ``limit`` bytes of a stream and counts the rest."""
 
@@ -134,13 +146,7 @@ class Capture:
     def text(self) -> str:
         data = bytes(self.data)
         if self.truncated:
-            cut = len(data)
-            # Back off to a UTF-8 character boundary so no character is split.
-            while cut > 0 and cut > len(data) - 4 and (data[cut - 1] & 0xC0) == 0x80:
-                cut -= 1
-            if cut > 0 and data[cut - 1] >= 0xC0:
-                cut -= 1
-            data = data[:cut]
+            data = data[: utf8_boundary(data)]
         text = data.decode("utf-8", errors="replace")
         if self.truncated:
             text += f"\n\n[TRUNCATED: output exceeded {self.limit} bytes]"
