@@ -8,6 +8,7 @@ real executor and real runsc.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,3 +245,29 @@ async def test_history_pages_newest_first_with_filters(tmp_path: Path) -> None:
         assert (await backend.list_records("other", RecordFilter())).records == []
     finally:
         await backend.close()
+
+
+async def test_retention_deletes_old_finished_records_and_their_files(tmp_path: Path) -> None:
+    runner = FakeSandboxRunner()
+    runner.gate.set()
+    backend = make_backend(tmp_path, runner, execution_record_ttl_days=1)
+    await backend.start()
+    old = await backend.submit("default", submission(backend, "print('old')"))
+    await backend.wait_for("default", old.job_id, 5)
+    fresh = await backend.submit("default", submission(backend, "print('new')"))
+    await backend.wait_for("default", fresh.job_id, 5)
+    await backend.close()
+    run_dir = tmp_path / "runs" / old.job_id
+    assert run_dir.exists()
+    with sqlite3.connect(tmp_path / "tako_vm.sqlite3") as db:
+        db.execute("UPDATE jobs SET created_at = '2000-01-01T00:00:00+00:00' WHERE job_id = ?", (old.job_id,))
+
+    restarted = make_backend(tmp_path, FakeSandboxRunner(), execution_record_ttl_days=1)
+    await restarted.start()
+    try:
+        with pytest.raises(NotFound):
+            await restarted.get_record("default", old.job_id)
+        assert (await restarted.get_record("default", fresh.job_id)).status == "succeeded"
+        assert not run_dir.exists()
+    finally:
+        await restarted.close()
