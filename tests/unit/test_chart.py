@@ -514,11 +514,6 @@ def test_shim_arguments_parse_with_the_real_cli(production_objects: list[Manifes
     assert (args.command, args.backend) == ("server", "kubernetes")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`tako-vm operator` does not accept --peering/--liveness yet (tako_operator.main.run_operator "
-    "supports both); the chart needs them for HA and the liveness probe",
-)
 def test_operator_arguments_parse_with_the_real_cli(production_objects: list[Manifest]) -> None:
     from tako_vm.cli import build_parser
 
@@ -529,6 +524,9 @@ def test_operator_arguments_parse_with_the_real_cli(production_objects: list[Man
         raise AssertionError("argparse rejected the chart's operator arguments") from exit_
     assert args.command == "operator"
     assert args.namespace == ["tenant-alpha", "tenant-beta", "tenant-gamma"]
+    assert args.peering == "tako-vm"
+    assert args.liveness == "http://0.0.0.0:8080/healthz"
+    assert args.metrics_port == 9090
 
 
 def test_a_default_job_type_per_job_namespace(production_objects: list[Manifest]) -> None:
