@@ -123,10 +123,10 @@ async def test_permissive_mode_falls_back_loudly_and_records_the_runtime(
     )
     assert "SECURITY WARNING" in caplog.text
     assert fallback.runtime_info()["runtime"] == "none"
-    code = "import json, os\nprint(json.load(open(os.environ['TAKO_INPUT_PATH']))['a'])\n"
+    code = "import json, os\nprint(json.load(open(os.environ['TAKO_INPUT_PATH']))['a'], os.getuid())\n"
     outcome = await fallback.run(make_job(code, input_data={"a": 42}), tmp_path / "art")
     assert outcome.status == "succeeded", outcome
-    assert outcome.stdout == "42\n"
+    assert outcome.stdout == "42 65534\n"  # dropped to nobody even without a sandbox
     assert outcome.runtime == "none"
     slow = await fallback.run(make_job("import time\ntime.sleep(100)", timeout=1), tmp_path / "art")
     assert slow.status == "timeout"

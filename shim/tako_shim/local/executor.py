@@ -546,6 +546,9 @@ class LocalExecutor:
                 },
             }
             (root / "code" / "job.json").write_text(json.dumps(base))
+            if os.geteuid() == 0:  # never run user code as root, even without a sandbox
+                for path in [root, *root.rglob("*")]:
+                    os.chown(path, sandbox.SANDBOX_UID, sandbox.SANDBOX_GID)
             install_env = None
             if job.requirements:
                 install_env = self._run_runner_on_host("install", root, job, job.startup_timeout, cancel)[0]
@@ -583,9 +586,12 @@ class LocalExecutor:
             "--config",
             str(root / "code" / "job.json"),
         ]
+        as_nobody: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            as_nobody = {"user": sandbox.SANDBOX_UID, "group": sandbox.SANDBOX_GID, "extra_groups": []}
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            preexec_fn=limits, start_new_session=True,
+            preexec_fn=limits, start_new_session=True, **as_nobody,
         )  # fmt: skip
         budget = time.monotonic() + seconds + KILL_GRACE_S + EXTERNAL_DEADLINE_MARGIN_S
         late = False
