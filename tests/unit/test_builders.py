@@ -480,3 +480,10 @@ def test_builders_and_status_import_neither_kopf_nor_the_kubernetes_client() -> 
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_malformed_user_label_key_is_rejected() -> None:
+    job = make_job()
+    job.spec.pod_labels = {"bad key!": "v"}  # the CRD cannot check key syntax (CEL cost); the builder does
+    with pytest.raises(JobRejected, match="not a valid label"):
+        builders.build_pod(job, DEFAULT_JOB_TYPE, SETTINGS, 1)

@@ -285,6 +285,7 @@ def test_more_bad_specs_are_rejected_by_schema_and_model(spec: dict[str, Any], f
     [
         ({"code": "   \n"}, "blank"),
         ({"code": "x", "podLabels": {"takovm.dev/job": "spoof"}}, "reserved prefix"),
+        ({"code": "x", "podLabels": {"bad key!": "v"}}, "not a valid label key"),
         ({"code": "x", "parentJob": "a"}, "together"),
         ({"code": "x", "inputData": {"blob": "x" * models.INPUT_MAX_SERIALIZED_BYTES}}, "inputData"),
     ],
