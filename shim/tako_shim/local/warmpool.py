@@ -31,6 +31,7 @@ import os
 import secrets
 import shutil
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,7 @@ class WarmPool:
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
         self.stats = {"warm_runs": 0, "cold_runs": 0, "started": 0, "start_failures": 0}
+        self.used_sandboxes: deque[str] = deque(maxlen=1000)  # container ids, in the order jobs took them
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -245,6 +247,7 @@ class WarmPool:
         ex = self.executor
         cid = f"tako-warm-{secrets.token_hex(6)}"
         job_dir = await asyncio.to_thread(self._make_job_dir)
+        process: asyncio.subprocess.Process | None = None
         try:
             bundle = await asyncio.to_thread(ex._write_bundle, job_dir, "run", cid, None, self.template, None)
             config_path = bundle / "config.json"
@@ -272,7 +275,10 @@ class WarmPool:
                 raise RuntimeError(f"warm sandbox {cid} did not become ready: {line!r} {detail}")
             return WarmSandbox(cid, job_dir, process, time.monotonic())
         except BaseException:
-            await asyncio.to_thread(ex._cleanup, None, cid, job_dir)
+            if process is not None and process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+            await asyncio.shield(asyncio.to_thread(ex._cleanup, None, cid, job_dir))
             raise
 
     def _make_job_dir(self) -> Path:
@@ -318,6 +324,7 @@ class WarmPool:
         ex = self.executor
         executor_module.validate_requirements(job.requirements)
         started = time.monotonic()
+        self.used_sandboxes.append(sandbox.cid)
         process = sandbox.process
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
         try:
