@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from tako_shim.backends.base import (
     Artifact,
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 QUEUE_FULL = "Job queue is full. Try again later."
 IDEMPOTENCY_CONFLICT = "Idempotency key reused with different payload"
 RETENTION_INTERVAL_SECONDS = 3600
+T = TypeVar("T")
 
 
 class SandboxRunner(Protocol):
@@ -128,12 +131,19 @@ class LocalBackend(Backend):
         self._done: dict[str, asyncio.Event] = {}  # job -> event set once its terminal row is written
         self._submit_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        # SQLite gets its own thread: the default pool is shared with the sandbox layer's blocking calls.
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tako-sqlite")
+
+    async def _db(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._db_thread, functools.partial(call, *args, **kwargs)
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        await asyncio.to_thread(self.store.open)
+        await self._db(self.store.open)
         try:  # probing runsc starts a sandbox: keep it off the event loop
             self._executor = await asyncio.to_thread(self._executor_factory, self.settings)
         except Exception as exc:
@@ -145,7 +155,7 @@ class LocalBackend(Backend):
         if start_pool is not None:
             await start_pool()
         await self._apply_retention()
-        for job_id in await asyncio.to_thread(self.store.requeue_unfinished):
+        for job_id in await self._db(self.store.requeue_unfinished):
             self._enqueue(job_id)
         if self._pending:
             log.info("re-queued %d unfinished jobs from the previous run", len(self._pending))
@@ -166,7 +176,8 @@ class LocalBackend(Backend):
         close_pool = getattr(self._executor, "close", None)
         if close_pool is not None:
             await close_pool()
-        await asyncio.to_thread(self.store.close)
+        await self._db(self.store.close)
+        self._db_thread.shutdown(wait=False)
 
     # -- submission ---------------------------------------------------------------------------------
 
@@ -178,7 +189,7 @@ class LocalBackend(Backend):
                 raise InvalidRequest(f"requirements: {exc}") from None
         async with self._submit_lock:
             if submission.idempotency_key:
-                existing = await asyncio.to_thread(self.store.find_by_key, tenant, submission.idempotency_key)
+                existing = await self._db(self.store.find_by_key, tenant, submission.idempotency_key)
                 if existing is not None:
                     if existing.fingerprint != submission.fingerprint:
                         raise Conflict(IDEMPOTENCY_CONFLICT)
@@ -204,7 +215,7 @@ class LocalBackend(Backend):
                 parent_execution_id=submission.parent_execution_id,
                 relationship=submission.relationship,
             )
-            await asyncio.to_thread(self.store.insert, row)
+            await self._db(self.store.insert, row)
             self._enqueue(row.job_id)
         return SubmitResult(row.job_id, "queued", created=True)
 
@@ -215,7 +226,7 @@ class LocalBackend(Backend):
     # -- reads --------------------------------------------------------------------------------------
 
     async def _row(self, tenant: str, job_id: str) -> JobRow:
-        row = await asyncio.to_thread(self.store.get, tenant, job_id)
+        row = await self._db(self.store.get, tenant, job_id)
         if row is None:
             raise NotFound("Job not found")
         return row
@@ -257,7 +268,7 @@ class LocalBackend(Backend):
         return await self.get_record(tenant, job_id)
 
     async def list_records(self, tenant: str, query: RecordFilter) -> RecordPage:
-        rows = await asyncio.to_thread(
+        rows = await self._db(
             self.store.list_rows,
             tenant,
             status=query.status,
@@ -273,7 +284,7 @@ class LocalBackend(Backend):
     # -- control ------------------------------------------------------------------------------------
 
     async def cancel(self, tenant: str, job_id: str) -> None:
-        row = await asyncio.to_thread(self.store.get, tenant, job_id)
+        row = await self._db(self.store.get, tenant, job_id)
         if row is None or row.status in TERMINAL_STATUSES:
             raise NotFound("Job not found or already completed")
         if job_id in self._pending:
@@ -351,11 +362,11 @@ class LocalBackend(Backend):
                 self._cancels.pop(job_id, None)
 
     async def _run(self, job_id: str, cancel: asyncio.Event) -> None:
-        row = await asyncio.to_thread(self.store.get_any_tenant, job_id)
+        row = await self._db(self.store.get_any_tenant, job_id)
         if row is None or row.status in TERMINAL_STATUSES:
             return
         started_at = records.utc_now()
-        await asyncio.to_thread(self.store.mark_running, job_id, started_at)
+        await self._db(self.store.mark_running, job_id, started_at)
         if cancel.is_set():
             status, outcome = "cancelled", records.cancelled_outcome("Execution was cancelled by user")
         else:
@@ -400,7 +411,7 @@ class LocalBackend(Backend):
         outcome: dict[str, Any],
         ended_at: str | None = None,
     ) -> None:
-        await asyncio.to_thread(
+        await self._db(
             self.store.finish,
             job_id,
             status=status,
@@ -416,7 +427,7 @@ class LocalBackend(Backend):
 
     async def _apply_retention(self) -> None:
         cutoff = (datetime.now(UTC) - timedelta(days=self.settings.execution_record_ttl_days)).isoformat()
-        deleted = await asyncio.to_thread(self.store.delete_finished_before, cutoff)
+        deleted = await self._db(self.store.delete_finished_before, cutoff)
         for job_id in deleted:
             await asyncio.to_thread(shutil.rmtree, self.settings.data_dir / "runs" / job_id, True)
 
