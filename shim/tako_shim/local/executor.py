@@ -522,6 +522,7 @@ class LocalExecutor:
                 (root / name).mkdir()
             (root / "code" / "main.py").write_text(job.code, encoding="utf-8")
             (root / "input" / "data.json").write_text(json.dumps(job.input_data), encoding="utf-8")
+            shutil.copyfile(runner_module.__file__, root / "runner.py")
             base = {
                 "timeout": job.timeout,
                 "startup_timeout": job.startup_timeout,
@@ -531,7 +532,7 @@ class LocalExecutor:
                 "input_path": str(root / "input" / "data.json"),
                 "output_dir": str(root / "output"),
                 "work_dir": str(root / "tmp"),
-                "python": sys.executable,
+                "python": _fallback_python(),
                 "max_stdout_bytes": job.max_stdout_bytes,
                 "max_stderr_bytes": job.max_stderr_bytes,
                 "max_artifact_bytes": job.max_artifact_bytes,
@@ -579,9 +580,9 @@ class LocalExecutor:
                 resource.setrlimit(kind, (capped, capped))
 
         argv = [
-            sys.executable,
+            _fallback_python(),
             "-I",
-            runner_module.__file__,
+            str(root / "runner.py"),
             mode,
             "--config",
             str(root / "code" / "job.json"),
@@ -605,6 +606,11 @@ class LocalExecutor:
         stdout, _ = proc.communicate()
         envelope = parse_envelope(stdout.decode("utf-8", "replace"))
         return envelope, proc.returncode, late
+
+
+def _fallback_python() -> str:
+    """The sandboxes' interpreter when it exists (a venv under /root is not reachable as nobody)."""
+    return sandbox.SANDBOX_PYTHON if os.path.exists(sandbox.SANDBOX_PYTHON) else sys.executable
 
 
 async def _pump(stream: asyncio.StreamReader, sink: Callable[[bytes], None]) -> None:
