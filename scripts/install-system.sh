@@ -1,42 +1,69 @@
 #!/usr/bin/env bash
-# Installs the system pieces the project needs on a fresh Debian 12 machine (idempotent):
-#   - gVisor's runsc: the 2024 build from Debian trixie (systrap platform) into .tools/bin/runsc,
-#     without touching the system's apt sources; Debian bookworm's runsc as the fallback;
-#   - the Python that sandboxes run: Debian's /usr/bin/python3 with pip (python3-pip), bound
-#     read-only into every sandbox (see docs/sandbox.md).
+# Installs the system pieces the project needs on a fresh Debian 12 machine (idempotent, fast when
+# everything is already there: no network access at all on a second run):
+#   - gVisor's runsc: the 2024 build from Debian trixie (systrap platform, ~20x faster than ptrace on
+#     syscall-heavy code) into .tools/bin/runsc, taken with a private apt list dir so the system's apt
+#     sources are never changed; Debian bookworm's runsc (2022, ptrace only) as the fallback;
+#   - the Python that sandboxes run: Debian's /usr/bin/python3 with pip (python3-pip). The host's /usr
+#     is bound read-only into every sandbox, so that interpreter (and its stdlib) is what user code and
+#     the runner see; pip is needed by the install sandbox (`python3 -m pip install --target /deps`).
+#     See docs/sandbox.md.
+# Environment: TAKO_RUNSC_RETRY=1 retries the trixie download when a previous run fell back to bookworm.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="$root/.tools"
 mkdir -p "$tools/bin"
+say() { echo "install-system: $*"; }
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    say "apt-get not found: this script supports Debian/Ubuntu. Install runsc (gVisor) and python3 with pip" >&2
+    say "yourself and put runsc on PATH (or set TAKO_VM_RUNSC)." >&2
+    exit 1
+fi
 
 need_apt=()
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
-/usr/bin/python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
-command -v runsc >/dev/null 2>&1 || need_apt+=(runsc)
+has_pip='import importlib.util, sys; sys.exit(importlib.util.find_spec("pip") is None)'
+/usr/bin/python3 -c "$has_pip" >/dev/null 2>&1 || need_apt+=(python3-pip)
+[ -x /usr/bin/runsc ] || need_apt+=(runsc)
 if [ ${#need_apt[@]} -gt 0 ]; then
-    echo "install-system: apt-get install ${need_apt[*]}"
+    say "apt-get install ${need_apt[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-if [ ! -x "$tools/bin/runsc" ] || ! "$tools/bin/runsc" --version >/dev/null 2>&1; then
+have_trixie_runsc() {
+    [ -x "$tools/bin/runsc" ] && [ ! -L "$tools/bin/runsc" ] && "$tools/bin/runsc" --version >/dev/null 2>&1
+}
+
+if ! have_trixie_runsc && { [ ! -e "$tools/bin/runsc" ] || [ "${TAKO_RUNSC_RETRY:-0}" = 1 ]; }; then
     work="$tools/trixie"
     rm -rf "$work"
     mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/x"
     echo 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main' \
         > "$work/sources.list"
+    # apt verifies the package against the signed trixie index (debian-archive-keyring).
     opts=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/nonexistent
           -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache")
     if apt-get "${opts[@]}" update -qq >/dev/null 2>&1 \
         && (cd "$work" && apt-get "${opts[@]}" download runsc >/dev/null 2>&1) \
         && dpkg -x "$work"/runsc_*.deb "$work/x" \
         && "$work/x/usr/bin/runsc" --version >/dev/null 2>&1; then
-        cp "$work/x/usr/bin/runsc" "$tools/bin/runsc"
-        echo "install-system: runsc (trixie, systrap) -> $tools/bin/runsc"
+        rm -f "$tools/bin/runsc"
+        install -m 0755 "$work/x/usr/bin/runsc" "$tools/bin/runsc"
+        say "runsc (Debian trixie build, systrap) -> $tools/bin/runsc"
     else
-        echo "install-system: trixie runsc unavailable; using Debian bookworm's /usr/bin/runsc (ptrace)" >&2
-        ln -sf /usr/bin/runsc "$tools/bin/runsc"
+        say "trixie runsc unavailable; using Debian bookworm's /usr/bin/runsc (ptrace platform, slower)" >&2
+        ln -sfn /usr/bin/runsc "$tools/bin/runsc"
     fi
     rm -rf "$work"
 fi
-"$tools/bin/runsc" --version | head -1
+
+version="$("$tools/bin/runsc" --version 2>&1)" || { say "runsc at $tools/bin/runsc does not run" >&2; exit 1; }
+say "${version%%$'\n'*}"
+say "sandbox python: $(/usr/bin/python3 -c 'import importlib.metadata as m, platform
+print("/usr/bin/python3", platform.python_version(), "with pip", m.version("pip"))')"
+if [ ! -d /sys/fs/cgroup/memory ]; then
+    say "WARNING: no cgroup v1 memory controller at /sys/fs/cgroup/memory; the local executor's memory" >&2
+    say "limits and OOM detection need it (cgroup v2-only hosts are not supported yet)" >&2
+fi
