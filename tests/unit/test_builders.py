@@ -7,17 +7,20 @@ import copy
 import ipaddress
 import json
 import pathlib
+import re
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tako_operator import builders
 from tako_operator.builders import JobRejected
 from tako_operator.settings import OperatorSettings
 from tako_runner import runner
-from tako_vm.models.crd import DEFAULT_JOB_TYPE, PythonJob, PythonJobTypeSpec
+from tako_vm.models.crd import DEFAULT_JOB_TYPE, LABEL_VALUE_PATTERN, PythonJob, PythonJobTypeSpec
 
 K8S_VERSION = "1.32"
 SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "crds" / "samples"
@@ -487,3 +490,28 @@ def test_a_malformed_user_label_key_is_rejected() -> None:
     job.spec.pod_labels = {"bad key!": "v"}  # the CRD cannot check key syntax (CEL cost); the builder does
     with pytest.raises(JobRejected, match="not a valid label"):
         builders.build_pod(job, DEFAULT_JOB_TYPE, SETTINGS, 1)
+
+
+# --- properties over arbitrary names ----------------------------------------------------------------
+
+
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+job_names = st.from_regex(DNS_SUBDOMAIN, fullmatch=True).filter(lambda n: len(n) <= 253)
+
+
+@given(name=job_names, attempt=st.integers(min_value=1, max_value=100))
+def test_child_names_are_always_valid_and_distinct(name: str, attempt: int) -> None:
+    names = [
+        builders.child_name(name, s) for s in ("code", "deny", "install-egress", "pod", f"pod-a{attempt}")
+    ]
+    for child in names:
+        assert len(child) <= 253
+        assert DNS_SUBDOMAIN.fullmatch(child), child
+    assert len(set(names)) == len(names)
+
+
+@given(value=st.text(max_size=300))
+def test_label_safe_always_yields_a_valid_label_value(value: str) -> None:
+    label = builders.label_safe(value)
+    assert len(label) <= 63
+    assert re.fullmatch(LABEL_VALUE_PATTERN, label), label

@@ -17,6 +17,8 @@ import sys
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from test_crd_schema import schema_errors
 
 from tako_operator import builders, status
@@ -379,3 +381,12 @@ def test_typical_status_is_small(tmp_path: pathlib.Path) -> None:
     log = run_real_runner(tmp_path, job)
     result = check_valid(status.compute_status(job, pod(exited(0), phase="Succeeded"), {"job": log}, NOW))
     assert _json_bytes(result) <= 2_000
+
+
+@given(text=st.text(max_size=3000), limit=st.integers(min_value=256, max_value=2000))
+def test_clip_stream_never_exceeds_its_budget(text: str, limit: int) -> None:
+    out, cut = status.clip_stream(text, limit)
+    assert len(out.encode()) <= limit
+    assert cut == (len(text.encode()) > limit)
+    if not cut:
+        assert out == text
