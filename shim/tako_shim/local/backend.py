@@ -256,7 +256,12 @@ class LocalBackend(Backend):
     async def wait_for(self, tenant: str, job_id: str, wait_seconds: float) -> ExecutionRecordFull | None:
         # Register before reading, so a completion between the read and the wait still wakes us.
         event = self._done.setdefault(job_id, asyncio.Event())
-        record = await self.get_record(tenant, job_id)
+        try:
+            record = await self.get_record(tenant, job_id)
+        except NotFound:
+            if job_id not in self._pending and job_id not in self._cancels:
+                self._done.pop(job_id, None)  # no event per unknown id
+            raise
         if record.status in TERMINAL_STATUSES:
             if job_id not in self._pending and job_id not in self._cancels:
                 self._done.pop(job_id, None)
