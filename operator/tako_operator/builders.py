@@ -439,6 +439,8 @@ def build_pod(
     }
     if init_containers:
         spec["initContainers"] = init_containers
+    if job_type.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": ref.name} for ref in job_type.image_pull_secrets]
     if settings.runtime_class_name:
         spec["runtimeClassName"] = settings.runtime_class_name
     metadata = _child_metadata(job, pod_name(job, attempt), "job")

@@ -515,3 +515,11 @@ def test_label_safe_always_yields_a_valid_label_value(value: str) -> None:
     label = builders.label_safe(value)
     assert len(label) <= 63
     assert re.fullmatch(LABEL_VALUE_PATTERN, label), label
+
+
+def test_image_pull_secrets_come_from_the_job_type() -> None:
+    typed = PythonJobTypeSpec.model_validate(
+        {"image": "registry.example.com/x:1", "imagePullSecrets": [{"name": "reg"}]}
+    )
+    assert pod_for(PLAIN, typed)["spec"]["imagePullSecrets"] == [{"name": "reg"}]
+    assert "imagePullSecrets" not in pod_for(PLAIN)["spec"]

@@ -259,6 +259,12 @@ class EnvVar(_Spec):
         return name
 
 
+class LocalObjectReference(_Spec):
+    """A reference by name to an object in the same namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+
+
 class JobTypeResources(_Spec):
     """Memory and CPU for each job of a type (requests equal limits)."""
 
@@ -271,6 +277,7 @@ class PythonJobTypeSpec(_Spec):
 
     description: str | None = Field(default=None, max_length=1024)
     image: str = Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")
+    image_pull_secrets: list[LocalObjectReference] | None = Field(default=None, max_length=8)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     python_version: str = Field(default="3.11", pattern=r"^3\.[0-9]{1,2}$")
     requirements: list[Annotated[str, Field(min_length=1, max_length=REQUIREMENT_MAX_CHARS)]] | None = Field(
