@@ -51,7 +51,16 @@ async def parse_body(request: web.Request, model: type[Model], *, empty_ok: bool
     if empty_ok and not raw.strip():
         raw = b"{}"
     try:
-        return model.model_validate_json(raw)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problem = {
+            "type": "json_invalid",
+            "loc": [],
+            "msg": f"Invalid JSON: body is not UTF-8 ({exc.reason})",
+        }
+        raise RequestValidationFailed("body", [problem]) from None
+    try:
+        return model.model_validate_json(text)
     except ValidationError as exc:
         raise RequestValidationFailed("body", exc) from None
 

@@ -45,13 +45,19 @@ LIMITER_KEY: web.AppKey[FixedWindowLimiter] = web.AppKey("limiter")
 class RequestValidationFailed(Exception):
     """A pydantic validation failure of one request part (``body``, ``query`` or ``path``)."""
 
-    def __init__(self, where: str, error: ValidationError) -> None:
+    def __init__(self, where: str, error: ValidationError | list[dict[str, Any]]) -> None:
         super().__init__(str(error))
         self.where = where
         self.error = error
 
     def detail(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = json.loads(self.error.json(include_url=False))
+        if isinstance(self.error, ValidationError):
+            try:
+                items: list[dict[str, Any]] = json.loads(self.error.json(include_url=False))
+            except ValueError:  # an input that cannot be echoed as JSON: leave the inputs out
+                items = json.loads(self.error.json(include_url=False, include_input=False))
+        else:
+            items = [dict(item) for item in self.error]
         for item in items:
             item["loc"] = [self.where, *item.get("loc", [])]
             if isinstance(item.get("input"), str) and len(item["input"]) > MAX_ECHOED_INPUT:

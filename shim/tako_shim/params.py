@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SQLITE_MAX_INTEGER = 2**63 - 1
 
 
 class _Query(BaseModel):
@@ -25,3 +27,10 @@ class ListQuery(ViewQuery):
     job_type: str | None = Field(default=None, description="Filter by job type name")
     limit: int = Field(default=100, ge=1, le=1000, description="Maximum records to return (1-1000)")
     offset: int = Field(default=0, ge=0, description="Number of records to skip for pagination")
+
+    @field_validator("offset")
+    @classmethod
+    def _offset_storable(cls, value: int) -> int:
+        if value > SQLITE_MAX_INTEGER:
+            raise ValueError(f"offset must be at most {SQLITE_MAX_INTEGER}")
+        return value

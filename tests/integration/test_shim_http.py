@@ -89,6 +89,31 @@ def test_bad_input_gets_the_contract_error_never_a_500(
     assert body["correlation_id"] == response.headers["X-Correlation-ID"]
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"code": "\xff\xfe print(1)"}',  # not UTF-8
+        b'{"code": "\\ud800 print(1)"}',  # a lone surrogate escape
+        b'{"code": "print(1)", "timeout": 1e400}',
+        b'{"code": "print(1)", "input_data": {"n": 123456789012345678901234567890}}',
+        b"",
+    ],
+)
+def test_hostile_bodies_are_client_errors(http: httpx.Client, raw: bytes) -> None:
+    response = http.post("/execute/async", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code in {200, 422}, response.text[:300]
+    if response.status_code == 422:
+        assert isinstance(response.json()["detail"], list)
+    else:  # a big integer in input_data is valid JSON: it runs
+        assert wait(http, response.json()["job_id"])["status"] == "succeeded"
+
+
+def test_huge_offset_is_a_422(http: httpx.Client) -> None:
+    response = http.get("/executions", params={"offset": 2**64})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", "offset"]
+    assert http.get("/executions", params={"offset": 2**63 - 1}).json()["items"] == []
+
+
 def test_chunked_body_over_the_cap_is_413(http: httpx.Client) -> None:
     def chunks() -> Iterator[bytes]:
         yield b'{"code": "'
