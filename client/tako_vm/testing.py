@@ -70,7 +70,7 @@ def local_server(
     settings: Mapping[str, Any] | None = None,
     *,
     env: Mapping[str, str] | None = None,
-    startup_timeout: float = 30.0,
+    startup_timeout: float = 90.0,
     python: str = sys.executable,
     via_cli: bool = False,
 ) -> Iterator[LocalServer]:
