@@ -43,6 +43,26 @@ import json, sys, time
 import tako_vm
 
 FIB50 = "a, b = 0, 1\nfor _ in range(50):\n    a, b = b, a + b\nprint(a)\n"
+from dataclasses import dataclass
+
+
+@dataclass
+class Rect:
+    width: float
+    height: float
+
+
+@dataclass
+class Area:
+    area: float
+
+
+def area(rect: Rect) -> Area:
+    if rect.width < 0:
+        raise ValueError("negative width")
+    return Area(rect.width * rect.height)
+
+
 scenario, url = sys.argv[1], sys.argv[2]
 key = sys.argv[3] if len(sys.argv) > 3 else None
 tako_vm.configure(url, headers={"X-API-Key": key} if key else None)
@@ -106,6 +126,15 @@ elif scenario == "auth_with_key":
     out["record"] = tako_vm.get_result(job_id, timeout=120)
     tako_vm.configure(url, headers={"Authorization": "Bearer " + key})
     out["bearer"] = tako_vm.get_status(job_id)["status"]
+elif scenario == "typed_and_server_info":
+    result = tako_vm.send(area, Rect(3.0, 4.5), timeout=30)
+    out["send"] = {"type": type(result).__name__, "area": result.area}
+    raw = tako_vm.send_raw(area, Rect(-1.0, 2.0), timeout=30)
+    out["send_raw"] = {"success": raw.success, "stderr": raw.stderr}
+    out["health"] = tako_vm.health()
+    out["pool"] = tako_vm.pool_stats()
+    out["job_types"] = tako_vm.list_job_types()
+    out["missing"] = error(lambda: tako_vm.get_status("no-such-job"))
 else:
     raise SystemExit("unknown scenario " + scenario)
 print(json.dumps(out))
@@ -237,3 +266,13 @@ def test_401_without_a_key_when_auth_is_on(reference: tuple[Path, Path], auth_se
     )
     authorised = drive(reference, "auth_with_key", auth_server.url, API_KEY)
     assert authorised["record"]["stdout"] == "authorised\n" and authorised["bearer"] == "succeeded"
+
+
+def test_typed_send_and_server_info(reference: tuple[Path, Path], server: LocalServer) -> None:
+    out = drive(reference, "typed_and_server_info", server.url)
+    assert out["send"] == {"type": "Area", "area": 13.5}
+    assert out["send_raw"]["success"] is False and "ValueError: negative width" in out["send_raw"]["stderr"]
+    assert out["health"]["status"] == "healthy" and out["health"]["gvisor_available"] is True
+    assert set(out["pool"]) >= {"pending", "running", "max_workers", "max_queue_size"}
+    assert isinstance(out["job_types"], list)
+    assert out["missing"] is not None and out["missing"]["status_code"] == 404
