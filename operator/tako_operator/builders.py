@@ -471,9 +471,13 @@ def build_install_egress_policy(job: PythonJob, settings: OperatorSettings | Non
     addresses only (never private, cluster-internal, loopback or link-local ranges, so never the cloud
     metadata address 169.254.169.254). The operator removes the label once the install step ended."""
     settings = settings or OperatorSettings()
-    public: list[dict[str, Any]] = [{"ipBlock": {"cidr": "0.0.0.0/0", "except": list(PRIVATE_IPV4_RANGES)}}]
+    extra_v4 = [c for c in settings.extra_denied_cidrs if ":" not in c]
+    extra_v6 = [c for c in settings.extra_denied_cidrs if ":" in c]
+    public: list[dict[str, Any]] = [
+        {"ipBlock": {"cidr": "0.0.0.0/0", "except": [*PRIVATE_IPV4_RANGES, *extra_v4]}}
+    ]
     if settings.install_egress_ipv6:
-        public.append({"ipBlock": {"cidr": "::/0", "except": list(PRIVATE_IPV6_RANGES)}})
+        public.append({"ipBlock": {"cidr": "::/0", "except": [*PRIVATE_IPV6_RANGES, *extra_v6]}})
     dns_peer = {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.dns_namespace}},
         "podSelector": {"matchLabels": dict(settings.dns_pod_labels)},

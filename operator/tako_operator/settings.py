@@ -8,17 +8,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Where a job Pod may never send traffic during the install phase: RFC 1918, carrier-grade NAT,
-# loopback, link-local (which holds the cloud metadata address 169.254.169.254), and the IPv6 equivalents.
+# Where a job Pod may never send traffic during the install phase: "this network", RFC 1918, carrier-grade
+# NAT (which holds Alibaba's metadata 100.100.100.200), loopback, link-local (the cloud metadata address
+# 169.254.169.254), Azure's platform endpoint, and the IPv6 equivalents: unique-local (AWS's fd00:ec2::254),
+# link-local, loopback, IPv4-mapped and NAT64 prefixes (which could reach the IPv4 ranges above).
 PRIVATE_IPV4_RANGES: tuple[str, ...] = (
+    "0.0.0.0/8",
     "10.0.0.0/8",
     "172.16.0.0/12",
     "192.168.0.0/16",
     "100.64.0.0/10",
     "127.0.0.0/8",
     "169.254.0.0/16",
+    "168.63.129.16/32",
 )
-PRIVATE_IPV6_RANGES: tuple[str, ...] = ("fc00::/7", "fe80::/10", "::1/128")
+PRIVATE_IPV6_RANGES: tuple[str, ...] = (
+    "fc00::/7",
+    "fe80::/10",
+    "::1/128",
+    "::ffff:0:0/96",
+    "64:ff9b::/96",
+    "64:ff9b:1::/48",
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,7 @@ class OperatorSettings:
     dns_namespace: str = "kube-system"
     dns_pod_labels: dict[str, str] = field(default_factory=lambda: {"k8s-app": "kube-dns"})
     install_egress_ipv6: bool = True
+    extra_denied_cidrs: tuple[str, ...] = ()  # e.g. the cluster's own public node or service ranges
     # upper bounds for spec.resources overrides
     max_memory: str = "32Gi"
     min_memory: str = "64Mi"

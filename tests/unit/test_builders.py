@@ -385,7 +385,8 @@ def _allowed(policy: dict[str, Any], address: str, port: int, protocol: str = "T
 @pytest.mark.parametrize(
     "address",
     ["169.254.169.254", "10.96.0.1", "10.0.0.10", "172.16.5.4", "192.168.1.1", "100.64.0.1", "127.0.0.1",
-     "fd00::1", "fe80::1", "::1", "fd00:ec2::254"],
+     "100.100.100.200", "168.63.129.16", "0.0.0.0",
+     "fd00::1", "fe80::1", "::1", "fd00:ec2::254", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe"],
 )  # fmt: skip
 def test_install_egress_never_reaches_internal_ranges_or_cloud_metadata(address: str) -> None:
     policy = builders.build_install_egress_policy(WITH_REQS)
@@ -523,3 +524,43 @@ def test_image_pull_secrets_come_from_the_job_type() -> None:
     )
     assert pod_for(PLAIN, typed)["spec"]["imagePullSecrets"] == [{"name": "reg"}]
     assert "imagePullSecrets" not in pod_for(PLAIN)["spec"]
+
+
+# --- golden snapshots: a reviewer sees every change to the built manifests in the diff -----------------
+
+GOLDEN = pathlib.Path(__file__).parent / "test_builders_golden"
+
+
+def _golden_objects() -> dict[str, dict[str, Any]]:
+    pod = builders.build_pod(WITH_REQS, PIP_TYPE, SETTINGS, 1)
+    # the runner ConfigMap is named by the runner's hash; keep the snapshot independent of runner edits
+    for volume in pod["spec"]["volumes"]:
+        if volume["name"] == "runner":
+            volume["configMap"]["name"] = "tako-runner-<sha256[:10]>"
+    return {
+        "pod-with-requirements.yaml": pod,
+        "code-configmap.yaml": builders.build_code_configmap(WITH_REQS, PIP_TYPE, SETTINGS),
+        "deny-all-policy.yaml": builders.build_deny_all_policy(WITH_REQS),
+        "install-egress-policy.yaml": builders.build_install_egress_policy(WITH_REQS),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_golden_objects()))
+def test_built_objects_match_their_golden_snapshot(name: str) -> None:
+    """Regenerate after an intended change with TAKO_UPDATE_GOLDEN=1 and review the diff."""
+    import os
+
+    rendered = yaml.safe_dump(_golden_objects()[name], sort_keys=False, width=110)
+    path = GOLDEN / name
+    if os.environ.get("TAKO_UPDATE_GOLDEN") == "1":
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(rendered)
+    assert path.read_text() == rendered, f"{name} changed; if intended, rerun with TAKO_UPDATE_GOLDEN=1"
+
+
+def test_extra_denied_cidrs_are_excluded_too() -> None:
+    settings = OperatorSettings(extra_denied_cidrs=("203.0.113.0/24", "2001:db8::/32"))
+    policy = validate(builders.build_install_egress_policy(WITH_REQS, settings))
+    assert not _allowed(policy, "203.0.113.7", 443)
+    assert not _allowed(policy, "2001:db8::1", 443)
+    assert _allowed(policy, "198.51.100.7", 443)
