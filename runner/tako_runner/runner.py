@@ -16,24 +16,23 @@ Keep this file importable on Python 3.8+ and free of third-party and project imp
 
 from __future__ import annotations
 
-import argparse
-import base64
 import contextlib
 import hashlib
 import json
-import mimetypes
 import os
 import re
 import resource
 import selectors
 import signal
-import socket
 import stat as stat_mod
 import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # keeps the runner's start-up imports minimal
+    from typing import Any
 
 ENVELOPE_VERSION = 1
 HEADER = "TAKO-ENVELOPE-V1"
@@ -350,6 +349,8 @@ def do_install(config: dict[str, Any], t0: int) -> dict[str, Any]:
 
 
 def _tcp_open(host: str, port: int, wait: float) -> bool:
+    import socket
+
     try:
         with socket.create_connection((host, port), timeout=wait):
             return True
@@ -358,6 +359,8 @@ def _tcp_open(host: str, port: int, wait: float) -> bool:
 
 
 def _dns_open(hostname: str) -> bool:
+    import socket
+
     try:
         return bool(socket.getaddrinfo(hostname, 443))
     except OSError:
@@ -434,6 +437,9 @@ def collect_artifacts(config: dict[str, Any]) -> tuple[list[dict[str, Any]], lis
         names = sorted(os.listdir(config["output_dir"]))
     except OSError:
         return kept, skipped
+    if names:
+        import base64
+        import mimetypes
     for name in names:
         path = os.path.join(config["output_dir"], name)
         try:
@@ -564,22 +570,41 @@ def protect_self() -> None:
         pass
 
 
+USAGE = "usage: runner.py {install,run} [--config PATH]"
+
+
+def parse_args(argv: list[str]) -> tuple[str, str]:
+    """``install|run [--config PATH]`` (argparse costs tens of ms of start-up inside gVisor)."""
+    mode, config = None, "/code/job.json"
+    rest = list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--config" and rest:
+            config = rest.pop(0)
+        elif arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+        elif arg in ("install", "run") and mode is None:
+            mode = arg
+        else:
+            raise SystemExit(f"{USAGE}\nrunner.py: unexpected argument {arg!r}")
+    if mode is None:
+        raise SystemExit(USAGE)
+    return mode, config
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="runner.py", description="Tako VM in-sandbox runner")
-    parser.add_argument("mode", choices=["install", "run"])
-    parser.add_argument("--config", default="/code/job.json")
-    args = parser.parse_args(argv)
+    mode, config_path = parse_args(sys.argv[1:] if argv is None else argv)
     t0 = now_ms()
     protect_self()
     config: dict[str, Any] = dict(DEFAULTS)
     try:
-        config = load_config(args.config)
-        envelope = do_install(config, t0) if args.mode == "install" else do_run(config, t0)
+        config = load_config(config_path)
+        envelope = do_install(config, t0) if mode == "install" else do_run(config, t0)
     except Exception as exc:
         kill_everything_else(config)
         envelope = {
             "v": ENVELOPE_VERSION,
-            "mode": args.mode,
+            "mode": mode,
             "exit_code": None,
             "error": {
                 "type": "internal_error",

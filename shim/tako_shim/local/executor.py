@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import glob
 import hashlib
 import json
 import logging
@@ -331,7 +332,10 @@ class LocalExecutor:
         return int(fields.get("oom_kill", "0")) > 0
 
     def _cleanup(self, platform: str | None, cid: str, job_dir: Path | None) -> None:
-        if self.runsc is not None:
+        """Remove the container (only if runsc left state behind: `runsc run` cleans up after itself
+        when the sandbox ends on its own), its cgroups and the job directory."""
+        leftover = any(self._state_dir.glob(f"{glob.escape(cid)}_*")) if self._state_dir.exists() else False
+        if self.runsc is not None and leftover:
             subprocess.run(
                 [*self._runsc_argv(platform, "none"), "delete", "-force", cid],
                 capture_output=True,
