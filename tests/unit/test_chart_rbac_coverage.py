@@ -1,0 +1,200 @@
+"""The chart's operator RBAC is sufficient for the real operator, not just minimal on paper.
+
+The real operator (kopf + tako_operator, with peering) runs against kmock (tests/integration's
+KubeHarness; kmock stands in for the API server, which cannot run here, and has no RBAC of its own)
+while jobs go through their lives: created, run, succeeded, failed, cancelled, expired by TTL.
+Every request it makes is recorded and must be allowed by the Role/ClusterRole the chart renders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+
+from kube_harness import KubeHarness, wait_for  # noqa: E402
+
+from tako_operator.handlers import OperatorConfig  # noqa: E402
+from tako_operator.main import OperatorOptions, operate  # noqa: E402
+from tako_operator.reconcile import Limits  # noqa: E402
+from tako_operator.settings import OperatorSettings  # noqa: E402
+from tako_runner.outcome import frame_envelope  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+PEERING = "tako-vm"
+Rule = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
+
+
+def rendered_rules(namespace: str) -> tuple[set[Rule], set[Rule]]:
+    """(namespaced rules in `namespace`, cluster-wide rules) of the operator, as the chart renders them."""
+    values = {"jobs": {"namespaces": [namespace]}, "fullnameOverride": "tako"}
+    with helm.Chart.load(ROOT / "charts" / "tako-vm") as chart:
+        rendered = chart.render(values, name="tako", namespace="tako-system")
+    objects = [
+        doc
+        for path, text in rendered.items()
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if isinstance(doc, dict)
+    ]
+
+    def expand(role: dict[str, Any]) -> set[Rule]:
+        return {
+            (group, resource, verb)
+            for rule in role["rules"]
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        }
+
+    (role,) = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == "tako-operator"]
+    (cluster_role,) = [
+        o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "tako-operator"
+    ]
+    return expand(role), expand(cluster_role)
+
+
+def verb_of(request: Any) -> str:
+    action = request.action.value
+    if action == "UPDATE":
+        return "update" if request.method.value == "PUT" else "patch"
+    return {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "DELETE": "delete"}[action]
+
+
+class Operator:
+    def __init__(self, options: OperatorOptions) -> None:
+        self.stop_flag, self.ready_flag = threading.Event(), threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.options = options
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(operate(self.options, stop_flag=self.stop_flag, ready_flag=self.ready_flag))
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> Operator:
+        self.thread.start()
+        assert self.ready_flag.wait(timeout=20), f"operator did not start: {self.error!r}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_flag.set()
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeHarness]:
+    with KubeHarness() as harness:
+        yield harness
+
+
+def job(name: str, code: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "takovm.dev/v1alpha1",
+        "kind": "PythonJob",
+        "metadata": {"name": name},
+        "spec": {"code": code, **spec},
+    }
+
+
+def pod_of(kube: KubeHarness, name: str) -> str:
+    def find() -> str | None:
+        status = (kube.get("pythonjobs", name) or {}).get("status") or {}
+        return status.get("podName")
+
+    found: str = wait_for(find, timeout=20, what=f"a pod for {name}")
+    return found
+
+
+def finish(kube: KubeHarness, pod: str, exit_code: int, stderr: str = "") -> None:
+    body = {"v": 1, "exit_code": exit_code, "stdout": "x\n", "stderr": stderr, "timing": {"total_ms": 5}}
+    kube.set_log(pod, "job", frame_envelope(body))
+    kube.patch_status(
+        "pods",
+        pod,
+        {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "containerStatuses": [
+                {"name": "job", "state": {"terminated": {"exitCode": exit_code, "reason": "Completed"}}}
+            ],
+        },
+    )
+
+
+def phase(kube: KubeHarness, name: str) -> str | None:
+    return ((kube.get("pythonjobs", name) or {}).get("status") or {}).get("phase")
+
+
+def test_every_request_of_the_real_operator_is_allowed_by_the_chart_rbac(
+    kube: KubeHarness, tmp_path: pathlib.Path
+) -> None:
+    kube.create(
+        "kopfpeerings", {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING}}
+    )
+    options = OperatorOptions(
+        namespaces=[kube.namespace],
+        peering=PEERING,
+        standalone=False,
+        kubeconfig=str(kube.kubeconfig(tmp_path)),
+        config=OperatorConfig(
+            max_concurrent=10,
+            limits=Limits(
+                max_attempts=2,
+                retry_backoff_seconds=0.2,
+                retry_backoff_max_seconds=1.0,
+                deadline_grace_seconds=30.0,
+                default_ttl_seconds=3600,
+            ),
+            builder_settings=OperatorSettings(),
+        ),
+        watch_server_timeout=5,
+        peering_lifetime=5,
+        peering_interval=0.5,
+    )
+    with Operator(options):
+        kube.create("pythonjobs", job("ok", "print('x')", ttlSecondsAfterFinished=1))
+        finish(kube, pod_of(kube, "ok"), 0)
+        kube.create("pythonjobs", job("bad", "1/0"))
+        finish(kube, pod_of(kube, "bad"), 1, "ZeroDivisionError: division by zero")
+        kube.create("pythonjobs", job("stop", "import time; time.sleep(60)"))
+        pod_of(kube, "stop")
+        kube.patch("pythonjobs", "stop", {"spec": {"cancel": True}})
+        for name, wanted in [("bad", "Failed"), ("stop", "Cancelled")]:
+            wait_for(lambda n=name, w=wanted: phase(kube, n) == w, timeout=20, what=f"{name} {wanted}")
+        # ttlSecondsAfterFinished 1: the operator deletes the finished job.
+        wait_for(lambda: kube.get("pythonjobs", "ok") is None, timeout=20, what="ok deleted after its TTL")
+
+    namespaced, cluster_wide = rendered_rules(kube.namespace)
+    used: set[Rule] = set()
+    for request in list(kube._emulator):
+        if request.resource is None or request.action is None or not request.resource.plural:
+            continue  # discovery (/api, /apis/G/V): allowed to every authenticated user
+        if request.headers.get("User-Agent", "").startswith("python-httpx/"):
+            continue  # the test itself (KubeHarness's client), playing user and kubelet
+        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        rule = (request.resource.group or "", resource, verb_of(request))
+        if request.namespace:
+            assert request.namespace == kube.namespace, f"request outside the job namespace: {request}"
+            assert rule in namespaced, (
+                f"the operator needs {rule} in its namespace; the chart's Role lacks it"
+            )
+        else:
+            assert rule in cluster_wide, (
+                f"the operator needs cluster-wide {rule}; the chart's ClusterRole lacks it"
+            )
+        used.add(rule)
+    assert ("", "pods", "create") in used and ("takovm.dev", "pythonjobs", "delete") in used
+    assert ("kopf.dev", "kopfpeerings", "patch") in used, "peering was exercised"
