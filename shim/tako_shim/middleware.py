@@ -24,6 +24,7 @@ from tako_shim.config import DEFAULT_TENANT, Settings
 from tako_shim.errors import PayloadTooLarge, RateLimited, ShimError, Unauthorized
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("tako_shim.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 EXEMPT_PATHS = frozenset({"/health", "/openapi.json"})
@@ -106,6 +107,7 @@ def _correlation_id(request: web.Request) -> str:
 async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
     correlation_id = _correlation_id(request)
     request["correlation_id"] = correlation_id
+    started = time.monotonic()
     response: web.StreamResponse
     try:
         response = await handler(request)
@@ -128,6 +130,15 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
     response.headers[CORRELATION_HEADER] = correlation_id
     response.headers.update(SECURITY_HEADERS)
     response.headers["Server"] = "tako-vm"  # no framework or version banner
+    access_log.info(
+        "%s %s %d %.1fms tenant=%s correlation_id=%s",
+        request.method,
+        request.path,
+        response.status,
+        (time.monotonic() - started) * 1000,
+        request.get("tenant"),
+        correlation_id,
+    )
     return response
 
 
