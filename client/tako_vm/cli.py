@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -220,9 +221,13 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         try:
             record = wait_with_progress(client, job_id, err, quiet=args.quiet)
         except KeyboardInterrupt:
-            client.cancel(job_id)
+            with contextlib.suppress(TakoVMError):  # it may have finished meanwhile
+                client.cancel(job_id)
             print(f"\ntako-vm: cancelled job {job_id}", file=err)
             return JOB_EXIT_CODES["cancelled"]
+    if args.json:
+        print(json.dumps(record, indent=2, sort_keys=True), file=out)
+        return exit_code_for(record)
     if record.get("stdout"):
         out.write(record["stdout"])
         out.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,8 @@ def test_run_prints_stdout_and_exits_zero(server: LocalServer, tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     assert done.stdout == "42\n"
     assert "submitted job.py as job" in done.stderr and " succeeded in " in done.stderr
+    as_json = tako(server, "run", file, "--input", '{"n": 5}', "--json", "-q")
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["stdout"] == "10\n"
 
 
 def test_run_exits_with_the_job_exit_code_and_shows_its_stderr(server: LocalServer, tmp_path: Path) -> None:
