@@ -101,3 +101,13 @@ async def test_unknown_package_fails_as_dependency_error(sx: Sandbox) -> None:
     assert outcome.error["type"] == "dependency_error" and outcome.error["phase"] == "startup"
     assert "never runs" not in outcome.stdout
     assert outcome.timing["phase_at_exit"] == "startup"
+
+
+@pytest.mark.slow
+async def test_install_past_startup_timeout_is_a_startup_timeout(sx: Sandbox) -> None:
+    outcome = await sx.run("print('never runs')", requirements=["six==1.16.0"], startup_timeout=1)
+    assert outcome.status == "timeout", outcome
+    assert outcome.error is not None
+    assert outcome.error["type"] == "startup_timeout" and outcome.error["phase"] == "startup"
+    assert "never runs" not in outcome.stdout
+    await sx.assert_healthy()
