@@ -70,12 +70,12 @@ def one(objects: list[Manifest], kind: str, name: str, namespace: str | None = N
     return found[0]
 
 
-def pod_specs(objects: list[Manifest]) -> Iterator[tuple[str, Manifest]]:
+def pod_specs(objects: list[Manifest]) -> Iterator[tuple[str, str, Manifest]]:
     for obj in objects:
         if obj["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
-            yield obj["metadata"]["name"], obj["spec"]["template"]["spec"]
+            yield obj["kind"], obj["metadata"]["name"], obj["spec"]["template"]["spec"]
         elif obj["kind"] == "Pod":
-            yield obj["metadata"]["name"], obj["spec"]
+            yield obj["kind"], obj["metadata"]["name"], obj["spec"]
 
 
 @pytest.fixture(scope="module")
@@ -256,8 +256,8 @@ def test_rbac_create_false_renders_no_rbac() -> None:
 def test_every_container_runs_non_root_read_only_without_privileges(values_file: pathlib.Path | None) -> None:
     objects = render(yaml.safe_load(values_file.read_text()) if values_file else None)
     specs = list(pod_specs(objects))
-    assert len(specs) >= 2
-    for name, spec in specs:
+    assert sorted(kind for kind, _, _ in specs) == ["Deployment", "Deployment", "Pod"]  # + the helm test Pod
+    for kind, name, spec in specs:
         pod_context = spec["securityContext"]
         assert pod_context["runAsNonRoot"] is True, name
         assert pod_context["seccompProfile"] == {"type": "RuntimeDefault"}, name
@@ -269,7 +269,8 @@ def test_every_container_runs_non_root_read_only_without_privileges(values_file:
             assert context["privileged"] is False, name
             assert context["capabilities"] == {"drop": ["ALL"]}, name
             assert context["seccompProfile"] == {"type": "RuntimeDefault"}, name
-            assert "livenessProbe" in container, name
+            if kind == "Deployment":
+                assert "livenessProbe" in container, name
             assert container["resources"]["requests"] and container["resources"]["limits"]["memory"], name
 
 
@@ -442,6 +443,11 @@ def test_every_default_value_is_described_by_the_schema() -> None:
         ({"operator": {"image": {"digest": "latest"}}}, "at '/operator/image/digest'"),
         ({"shim": {"config": {"maxTimeout": 100000}}}, "at '/shim/config/maxTimeout': maximum"),
         ({"replicas": 3}, "additional properties 'replicas' not allowed"),
+        (
+            {"apiKeys": {"value": "short=tako-jobs"}},
+            "at '/apiKeys/value': 'short=tako-jobs' does not match pattern",
+        ),
+        ({"apiKeys": {"value": "k" * 20 + "=Not_A_Namespace"}}, "at '/apiKeys/value'"),
         ({"shim": {"replicas": 3}}, "additional properties 'replicas' not allowed"),
     ],
 )
@@ -541,3 +547,41 @@ def test_a_default_job_type_per_job_namespace(production_objects: list[Manifest]
         assert job_type["spec"]["image"].startswith("python:3.11.14-slim-bookworm@sha256:")
         assert job_type["spec"]["resources"] == {"memory": "1Gi", "cpu": "2"}
     assert of_kind(render({"jobs": {"defaultJobType": {"create": False}}}), "PythonJobType") == []
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"shim": {"config": {"defaultTimeout": 600, "maxTimeout": 300}}},
+            "shim.config.defaultTimeout (600) must not exceed shim.config.maxTimeout (300)",
+        ),
+        (
+            {"apiKeys": {"value": "k" * 20 + "=tako-jobs," + "j" * 20 + "=elsewhere"}},
+            'apiKeys.value: tenant "elsewhere" is not one of jobs.namespaces [tako-jobs]',
+        ),
+        ({"networkPolicy": {"apiServerPorts": []}}, "at '/networkPolicy/apiServerPorts': minItems"),
+    ],
+)
+def test_inconsistent_values_fail_rendering_with_a_message_naming_the_values(
+    values: dict[str, Any], message: str
+) -> None:
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmError) as raised:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    assert message in str(raised.value)
+
+
+def test_api_keys_for_known_tenants_render() -> None:
+    value = "k" * 20 + "=tako-jobs," + "d" * 20
+    secret = one(render({"apiKeys": {"value": value}}), "Secret", "tako-tako-vm-api-keys", NAMESPACE)
+    import base64
+
+    assert base64.b64decode(secret["data"]["api-keys"]).decode() == value
+
+
+def test_helm_test_pod_checks_the_shim_health_through_its_service(default_objects: list[Manifest]) -> None:
+    pod = one(default_objects, "Pod", "tako-tako-vm-test-connection", NAMESPACE)
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = pod["spec"]["containers"]
+    assert "http://tako-tako-vm-shim:8000/health" in container["command"][-1]
+    assert pod["spec"]["automountServiceAccountToken"] is False
