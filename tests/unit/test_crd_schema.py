@@ -431,3 +431,13 @@ def test_spec_round_trips_in_camel_case() -> None:
     assert dumped == {"code": "print(1)", "timeoutSeconds": 5, "inputData": {"a": 1}, "jobType": "default",
                       "cancel": False}  # fmt: skip
     assert models.PythonJobSpec.model_validate(dumped) == spec
+
+
+def test_every_phase_maps_to_a_contract_status() -> None:
+    from tako_vm.models.wire import TERMINAL_STATUSES
+
+    phases = crd_schema("PythonJob")["properties"]["status"]["properties"]["phase"]["enum"]
+    assert set(models.CONTRACT_STATUS_BY_PHASE) == set(phases)
+    terminal = {models.CONTRACT_STATUS_BY_PHASE[p] for p in models.TERMINAL_PHASES}
+    assert terminal == set(TERMINAL_STATUSES)
+    assert set(models.CONTRACT_STATUS_BY_PHASE.values()) == set(TERMINAL_STATUSES) | {"queued", "running"}

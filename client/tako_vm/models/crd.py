@@ -58,6 +58,17 @@ ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Timeout", "OOM", "Cancelled"]
 TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed", "Timeout", "OOM", "Cancelled"})
+# PythonJob phase -> the REST contract's record status (GET /jobs/{id} shows "pending" for queued jobs).
+CONTRACT_STATUS_BY_PHASE: dict[str, str] = {
+    "Pending": "queued",
+    "Queued": "queued",
+    "Running": "running",
+    "Succeeded": "succeeded",
+    "Failed": "failed",
+    "Timeout": "timeout",
+    "OOM": "oom",
+    "Cancelled": "cancelled",
+}
 RunnerPhase = Literal["startup", "execution", "completed", "failed"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
