@@ -7,6 +7,7 @@ answers 503 until it is ready. All errors become JSON at one place (``middleware
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
@@ -19,10 +20,12 @@ from tako_shim.config import Settings
 from tako_shim.errors import NotFound, WaitTimeout
 from tako_shim.middleware import LIMITER_KEY, SETTINGS_KEY, FixedWindowLimiter, RequestValidationFailed
 from tako_shim.openapi import RouteSpec, build_openapi
-from tako_shim.params import ListQuery, ResultQuery, ViewQuery
+from tako_shim.params import DeadLetterQuery, ListQuery, ResultQuery, ViewQuery
 from tako_vm.models.wire import (
     AsyncExecuteResponse,
     CancelResponse,
+    DeadLetterEntry,
+    DLQStatsResponse,
     ExecuteRequest,
     ExecuteResponse,
     ExecutionRecord,
@@ -234,6 +237,39 @@ async def pool_stats(request: web.Request) -> web.Response:
     return reply(await backend.pool_stats(tenant))
 
 
+async def dlq_stats(request: web.Request) -> web.Response:
+    backend, tenant = _ctx(request)
+    counts = Counter(r.error.type for r in await backend.dead_letters(tenant) if r.error is not None)
+    return reply(DLQStatsResponse(total=sum(counts.values()), by_error_type=dict(counts)))
+
+
+async def dlq_list(request: web.Request) -> web.Response:
+    backend, tenant = _ctx(request)
+    query = parse_query(request, DeadLetterQuery)
+    records = await backend.dead_letters(tenant, query.error_type)
+    window = records[query.offset : query.offset + query.limit]
+    items = [
+        DeadLetterEntry(
+            id=r.execution_id,
+            job_id=r.execution_id,
+            job_data={"job_type": r.job_type, "code_hash": r.code_hash, "input_hash": r.input_hash},
+            error_type=r.error.type if r.error else "unknown",
+            error_message=r.error.message if r.error else "",
+            created_at=r.created_at,
+        ).model_dump(mode="json")
+        for r in window
+    ]
+    return reply(
+        PaginatedResponse(
+            items=items,
+            limit=query.limit,
+            offset=query.offset,
+            has_more=len(records) > query.offset + query.limit,
+            count=len(items),
+        )
+    )
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(request.app[OPENAPI_KEY])
 
@@ -341,6 +377,17 @@ ROUTES: list[RouteSpec] = [
         errors={404: "Unknown"},
     ),
     RouteSpec("GET", "/pool/stats", pool_stats, "Queue statistics", response=QueueStatsResponse),
+    RouteSpec(
+        "GET", "/dlq/stats", dlq_stats, "Infrastructure failures by error type", response=DLQStatsResponse
+    ),
+    RouteSpec(
+        "GET",
+        "/dlq",
+        dlq_list,
+        "Infrastructure failures (a view over failed records)",
+        response=PaginatedResponse,
+        query=DeadLetterQuery,
+    ),
     RouteSpec("GET", "/openapi.json", openapi, "This document"),
 ]
 

@@ -34,3 +34,9 @@ class ListQuery(ViewQuery):
         if value > SQLITE_MAX_INTEGER:
             raise ValueError(f"offset must be at most {SQLITE_MAX_INTEGER}")
         return value
+
+
+class DeadLetterQuery(_Query):
+    error_type: str | None = Field(default=None, description="Filter by error type")
+    limit: int = Field(default=100, ge=1, le=1000, description="Maximum entries to return (1-1000)")
+    offset: int = Field(default=0, ge=0, description="Number of entries to skip")

@@ -267,3 +267,12 @@ def test_job_types_health_and_openapi(http: httpx.Client) -> None:
     )
     spec = http.get("/openapi.json").json()
     assert "/execute/async" in spec["paths"] and "ExecuteRequest" in spec["components"]["schemas"]
+
+
+def test_dead_letters_hold_infrastructure_failures_only(http: httpx.Client) -> None:
+    failed = http.post("/execute", json={"code": "raise SystemExit(3)"}).json()
+    assert failed["success"] is False  # the user's failure: a record, never a dead letter
+    stats = http.get("/dlq/stats").json()
+    assert stats == {"total": 0, "by_error_type": {}}
+    page = http.get("/dlq", params={"limit": 5}).json()
+    assert page["items"] == [] and page["limit"] == 5 and page["has_more"] is False

@@ -271,3 +271,24 @@ async def test_retention_deletes_old_finished_records_and_their_files(tmp_path: 
         assert not run_dir.exists()
     finally:
         await restarted.close()
+
+
+async def test_exhausted_sandbox_retries_become_internal_errors_listed_as_dead_letters(
+    tmp_path: Path,
+) -> None:
+    runner = FakeSandboxRunner(failures_left=2)
+    runner.gate.set()
+    backend = make_backend(tmp_path, runner, max_retry_attempts=2)
+    await backend.start()
+    try:
+        broken = await backend.submit("default", submission(backend, "print('infra')"))
+        record = await backend.wait_for("default", broken.job_id, 10)
+        assert record is not None and record.status == "failed"
+        assert record.error is not None and record.error.type == "internal_error"
+        assert "sandbox could not start" in record.error.message
+        fine = await backend.submit("default", submission(backend, "print('ok')"))
+        await backend.wait_for("default", fine.job_id, 5)
+        assert [r.execution_id for r in await backend.dead_letters("default")] == [broken.job_id]
+        assert await backend.dead_letters("other-tenant") == []
+    finally:
+        await backend.close()

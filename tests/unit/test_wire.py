@@ -20,9 +20,7 @@ NOT_SERVED = {
         "post",
         "/job-types/{name}/build",
     ),  # job types are configuration / PythonJobType objects, not image builds
-    ("get", "/dlq/stats"),  # infrastructure failures are retried, then recorded as error.type internal_error
-    ("get", "/dlq"),
-    ("delete", "/dlq/{entry_id}"),
+    ("delete", "/dlq/{entry_id}"),  # /dlq is a view over failed records, which are never deleted by hand
 }
 
 

@@ -281,6 +281,27 @@ class JobTypeResponse(_Response):
     startup_timeout: int | None = None
 
 
+class DLQStatsResponse(_Response):
+    """``GET /dlq/stats``: jobs that failed for infrastructure reasons (after server-side retries)."""
+
+    total: int = Field(description="Total number of entries in DLQ")
+    by_error_type: dict[str, int] = Field(description="Breakdown by error type")
+
+
+class DeadLetterEntry(_Response):
+    """One ``GET /dlq`` item: a view of a ``failed`` record whose error is not the user's code."""
+
+    id: str = Field(description="The execution id (this server keeps no separate DLQ table)")
+    job_id: str
+    job_data: dict[str, Any] = Field(default_factory=dict)
+    error_type: str
+    error_message: str
+    retry_count: int = 0
+    created_at: str
+    client_ip: str | None = None
+    correlation_id: str | None = None
+
+
 class ErrorResponse(_Response):
     """Body of every non-validation HTTP error."""
 
@@ -310,6 +331,8 @@ __all__ = [
     "AsyncExecuteResponse",
     "CancelResponse",
     "CircuitBreakerStatus",
+    "DLQStatsResponse",
+    "DeadLetterEntry",
     "ErrorResponse",
     "ExecuteRequest",
     "ExecuteResponse",

@@ -43,6 +43,10 @@ __all__ = [
 ]
 
 
+DEAD_LETTER_SCAN = 1000
+INFRASTRUCTURE_ERRORS = frozenset({"internal_error", "service_unavailable", "config_error"})
+
+
 @dataclass(frozen=True)
 class SubmitResult:
     job_id: str
@@ -132,6 +136,15 @@ class Backend(ABC):
         """``overrides.code`` on the parent's input, keeping the parent's settings unless overridden."""
         parent = await self.get_submission(tenant, job_id)
         return await self.submit(tenant, self.resolver.derive(parent, job_id, "fork", overrides))
+
+    async def dead_letters(self, tenant: str, error_type: str | None = None) -> list[ExecutionRecordFull]:
+        """Failed records whose error is infrastructure, not user code (newest first, last 1000 failures).
+
+        There is no separate dead-letter table: the records are the truth, this is a view over them.
+        """
+        page = await self.list_records(tenant, RecordFilter(status="failed", limit=DEAD_LETTER_SCAN))
+        wanted = {error_type} if error_type else INFRASTRUCTURE_ERRORS
+        return [r for r in page.records if r.error is not None and r.error.type in wanted]
 
     async def job_types(self, tenant: str) -> list[JobTypeResponse]:
         """The job types a tenant may use (from configuration; a backend may add its own)."""
