@@ -208,8 +208,14 @@ def classify(
     frame); ``exit_code`` is the exit code of the sandbox / container that ran the run phase (or of the
     install sandbox when the run never started); ``oom_killed`` comes from the memory cgroup or the
     container status; ``deadline_exceeded`` means the outside watchdog fired; ``cancelled`` a user cancel.
+    A run envelope only counts when ``exit_code`` is 0 (or unknown): see the forgery note in docs/sandbox.md.
     Precedence: cancelled > oom > install failure > deadline > runner-reported result.
     """
+    if run_envelope is not None and exit_code not in (0, None) and not oom_killed:
+        # The runner exits 0 right after printing its frame. A frame from a sandbox / container that ended
+        # otherwise was not printed by a runner that finished: user code can write to the runner's stdout
+        # (/proc/1/fd/1 under gVisor) and then kill it, so such a frame is never trusted.
+        run_envelope = None
     run = run_envelope or {}
     install_failed = bool(install_envelope and install_envelope.get("error"))
     install_done = install_envelope is not None and not install_failed

@@ -225,15 +225,15 @@ def test_oom_from_the_cgroup_beats_a_missing_envelope() -> None:
 
 
 @pytest.mark.parametrize(
-    ("install", "run", "phase", "kind"),
+    ("install", "run", "exit_code", "phase", "kind"),
     [
-        (None, None, "startup", "startup_timeout"),
-        (env(mode="install"), None, "execution", "execution_timeout"),
-        (None, env(exit_code=0), "execution", "execution_timeout"),
+        (None, None, None, "startup", "startup_timeout"),
+        (env(mode="install"), None, 137, "execution", "execution_timeout"),
+        (None, env(exit_code=0), 0, "execution", "execution_timeout"),
     ],
 )
-def test_outside_deadline(install: Any, run: Any, phase: str, kind: str) -> None:
-    out = outcome_of(install, run, exit_code=137, deadline_exceeded=True)
+def test_outside_deadline(install: Any, run: Any, exit_code: int | None, phase: str, kind: str) -> None:
+    out = outcome_of(install, run, exit_code=exit_code, deadline_exceeded=True)
     assert out.status == "timeout"
     assert out.error is not None and out.error["type"] == kind and out.error["phase"] == phase
 
@@ -271,3 +271,16 @@ def test_classify_error_uses_the_last_unindented_line() -> None:
     assert classify_error(1, stderr) == ("key_error", "KeyError: 'k'")
     assert classify_error(1, "some text\n  indented last line\n")[0] == "runtime_error"
     assert classify_error(None, "")[0] == "unknown"
+
+
+@pytest.mark.parametrize("container_exit", [137, 1, 2, 143])
+def test_an_envelope_from_a_runner_that_did_not_exit_0_is_not_trusted(container_exit: int) -> None:
+    """User code can write a frame to the runner's stdout and then kill the runner: never a success."""
+    forged = env(exit_code=0, stdout="forged", output={"forged": True})
+    out = outcome_of(None, forged, exit_code=container_exit)
+    assert out.status == "failed" and out.output is None and out.stdout == ""
+    assert out.error is not None and out.error["type"] in ("killed", "internal_error")
+
+
+def test_an_envelope_counts_when_the_exit_code_is_unknown() -> None:
+    assert outcome_of(None, env(exit_code=0), exit_code=None).status == "succeeded"

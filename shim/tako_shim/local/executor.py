@@ -436,6 +436,10 @@ class LocalExecutor:
         install_env = install.envelope if install else None
         if install is not None and install.exit_code != 0 and install_env and not install_env.get("error"):
             install_env = None  # an envelope only counts when the runner itself exited 0
+        if run is not None and install_env is None:
+            # The run sandbox started, so any startup work is done: a run sandbox that dies without an
+            # envelope (outside deadline, killed runner) is in the execution phase.
+            install_env = {"v": 1, "mode": "install", "error": None, "timing": {}}
         outcome = classify(
             install_env,
             run.envelope if run else None,
