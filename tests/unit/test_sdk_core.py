@@ -18,6 +18,7 @@ from tako_vm.errors import (
     AuthenticationError,
     ClientError,
     ConflictError,
+    MalformedResponseError,
     NotFoundError,
     RateLimitError,
     ServerError,
@@ -180,8 +181,6 @@ def test_error_mapping_details() -> None:
 
 
 def test_job_id_parser_refuses_bodies_without_one() -> None:
-    from tako_vm.errors import MalformedResponseError
-
     with pytest.raises(MalformedResponseError, match="job_id"):
         core.parse_job_id(_response(200, {"status": "queued"}))
     assert core.parse_job_id(_response(200, {"job_id": "abc", "status": "queued"})) == "abc"
