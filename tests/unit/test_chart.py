@@ -114,8 +114,6 @@ def test_default_values_render_and_every_object_passes_strict_validation(
         "Deployment",
         "Service",
         "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
         "Role",
         "RoleBinding",
         "NetworkPolicy",
@@ -178,10 +176,6 @@ OPERATOR_NAMESPACED_RULES = {
     ("events.k8s.io", "events"): {"create", "patch"},
     ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
 }
-OPERATOR_CLUSTER_RULES = {
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
-    ("", "namespaces"): {"list", "watch"},
-}
 SHIM_NAMESPACED_RULES = {
     ("takovm.dev", "pythonjobs"): {"create", "get", "list", "watch", "patch"},
     ("takovm.dev", "pythonjobs/status"): {"get"},
@@ -203,8 +197,8 @@ def flatten_rules(role: Manifest) -> dict[tuple[str, str], set[str]]:
 
 
 def test_operator_rbac_is_exactly_what_reconcile_needs(production_objects: list[Manifest]) -> None:
-    cluster_role = one(production_objects, "ClusterRole", "tako-operator")
-    assert flatten_rules(cluster_role) == OPERATOR_CLUSTER_RULES
+    assert of_kind(production_objects, "ClusterRole") == [], "the operator needs nothing cluster-wide"
+    assert of_kind(production_objects, "ClusterRoleBinding") == []
     for tenant in ("tenant-alpha", "tenant-beta", "tenant-gamma"):
         role = one(production_objects, "Role", "tako-operator", tenant)
         assert flatten_rules(role) == OPERATOR_NAMESPACED_RULES
@@ -237,7 +231,7 @@ def test_shim_rbac_is_limited_to_pythonjobs_in_tenant_namespaces(production_obje
 
 
 def test_no_role_anywhere_uses_a_wildcard_or_touches_secrets(default_objects: list[Manifest]) -> None:
-    roles = of_kind(default_objects, "Role") + of_kind(default_objects, "ClusterRole")
+    roles = of_kind(default_objects, "Role")
     assert roles
     for role in roles:
         resources = flatten_rules(role)

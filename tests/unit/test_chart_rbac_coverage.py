@@ -59,10 +59,10 @@ def rendered_rules(namespace: str) -> tuple[set[Rule], set[Rule]]:
         }
 
     (role,) = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == "tako-operator"]
-    (cluster_role,) = [
+    cluster_roles = [
         o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "tako-operator"
     ]
-    return expand(role), expand(cluster_role)
+    return expand(role), {rule for cluster_role in cluster_roles for rule in expand(cluster_role)}
 
 
 def verb_of(request: Any) -> str:
