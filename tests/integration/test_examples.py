@@ -15,7 +15,6 @@ import jsonschema
 import pytest
 from langchain_core.messages import ToolMessage
 
-import tako_vm
 from tako_vm.testing import local_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,13 +37,18 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Mod
         tmp_path_factory.mktemp("examples-server"), settings, env={"PATH": RUNSC_PATH}
     ) as server:
         sys.path.insert(0, str(ROOT / "examples"))
+        # The SDK module the examples will import (tests/unit/test_layout.py may have re-imported tako_vm).
+        sdk = importlib.import_module("tako_vm")
         try:
+            for name in ("run_python_tool", "langchain_tool", "openai_tool"):
+                sys.modules.pop(name, None)
             loaded = {name: importlib.import_module(name) for name in ("langchain_tool", "openai_tool")}
-            tako_vm.configure(server.url)  # after import: the examples configure localhost:8000 verbatim
+            assert loaded["openai_tool"].run_python.__globals__["tako_vm"] is sdk
+            sdk.configure(server.url)  # after import: the examples configure localhost:8000 verbatim
             yield loaded
         finally:
             sys.path.remove(str(ROOT / "examples"))
-            tako_vm.configure()
+            sdk.configure()
 
 
 def test_langchain_tool_computes_fibonacci_in_the_sandbox(examples: dict[str, ModuleType]) -> None:

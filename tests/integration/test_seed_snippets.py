@@ -18,7 +18,6 @@ from types import ModuleType
 
 import pytest
 
-import tako_vm
 from tako_vm.testing import local_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,16 +38,19 @@ def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
     settings = {"security_mode": "strict", "max_workers": 2, "api_rate_limit_enabled": False}
     with local_server(tmp_path_factory.mktemp("seed-server"), settings, env={"PATH": RUNSC_PATH}) as server:
         sys.path.insert(0, str(ROOT / "examples"))
+        # The SDK module the snippet imports (tests/unit/test_layout.py may have re-imported tako_vm).
+        sdk = importlib.import_module("tako_vm")
         try:
             sys.modules.pop("run_python_tool", None)  # import afresh so the seed's configure() line runs now
-            tako_vm.configure("http://127.0.0.1:9")
+            sdk.configure("http://127.0.0.1:9")
             module = importlib.import_module("run_python_tool")
-            assert tako_vm.get_client().config.base_url == "http://localhost:8000"  # the seed's own line ran
-            tako_vm.configure(server.url)
+            assert module.tako_vm is sdk
+            assert sdk.get_client().config.base_url == "http://localhost:8000"  # the seed's own line ran
+            sdk.configure(server.url)
             yield module
         finally:
             sys.path.remove(str(ROOT / "examples"))
-            tako_vm.configure()
+            sdk.configure()
 
 
 def test_run_python_returns_the_50th_fibonacci_number(seed: ModuleType) -> None:
@@ -89,16 +91,18 @@ async def test_arun_python_keeps_the_event_loop_free(seed: ModuleType) -> None:
 
 
 async def _native(seed: ModuleType, code: str) -> str:
-    async with tako_vm.AsyncClient(tako_vm.get_client().config.base_url) as client:
+    sdk = seed.tako_vm
+    async with sdk.AsyncClient(sdk.get_client().config.base_url) as client:
         result: str = await seed.arun_python_native(code, client=client)
         return result
 
 
 def test_history_rerun_and_fork_from_the_seed_text(seed: ModuleType) -> None:
     """The seed's "Concurrency and history": list_executions(), rerun(job_id), fork."""
-    job_id = tako_vm.submit_code("print('audited')", requirements=[], timeout=60)
-    assert tako_vm.get_result(job_id, timeout=120)["stdout"] == "audited\n"
-    assert job_id in {item["execution_id"] for item in tako_vm.list_executions()["items"]}
-    again = tako_vm.get_result(tako_vm.rerun(job_id), timeout=120)
-    forked = tako_vm.get_result(tako_vm.fork(job_id, "print('forked')"), timeout=120)
+    sdk = seed.tako_vm
+    job_id = sdk.submit_code("print('audited')", requirements=[], timeout=60)
+    assert sdk.get_result(job_id, timeout=120)["stdout"] == "audited\n"
+    assert job_id in {item["execution_id"] for item in sdk.list_executions()["items"]}
+    again = sdk.get_result(sdk.rerun(job_id), timeout=120)
+    forked = sdk.get_result(sdk.fork(job_id, "print('forked')"), timeout=120)
     assert (again["stdout"], forked["stdout"]) == ("audited\n", "forked\n")
