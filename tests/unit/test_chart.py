@@ -529,6 +529,25 @@ def test_operator_arguments_parse_with_the_real_cli(production_objects: list[Man
     assert args.metrics_port == 9090
 
 
+def test_operator_arguments_reach_the_operator_entry_point(
+    production_objects: list[Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tako-vm operator <chart args>` starts the operator with peering (HA), liveness and metrics."""
+    import tako_operator.main
+    from tako_vm import cli
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(tako_operator.main, "run_operator", lambda **kwargs: calls.append(kwargs))
+    deployment = one(production_objects, "Deployment", "tako-operator", NAMESPACE)
+    assert cli.main(deployment["spec"]["template"]["spec"]["containers"][0]["args"]) == 0
+    (kwargs,) = calls
+    assert kwargs["namespaces"] == ["tenant-alpha", "tenant-beta", "tenant-gamma"]
+    assert kwargs["all_namespaces"] is False
+    assert (kwargs["peering"], kwargs["standalone"]) == ("tako-vm", False)
+    assert kwargs["liveness"] == "http://0.0.0.0:8080/healthz"
+    assert kwargs["metrics_port"] == 9090
+
+
 def test_a_default_job_type_per_job_namespace(production_objects: list[Manifest]) -> None:
     job_types = of_kind(production_objects, "PythonJobType")
     assert sorted(t["metadata"]["namespace"] for t in job_types) == [
