@@ -1,0 +1,62 @@
+"""Executor pieces that need no runsc: artifact verification, output tail, job directory layout."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import stat
+from pathlib import Path
+
+from tako_shim.local import executor as ex
+
+
+def artifact(name: str, data: bytes, sha: str | None = None) -> dict[str, object]:
+    return {
+        "name": name,
+        "size_bytes": len(data),
+        "sha256": sha or hashlib.sha256(data).hexdigest(),
+        "content_type": "application/octet-stream",
+        "data_b64": base64.b64encode(data).decode(),
+    }
+
+
+def test_artifacts_are_written_only_when_name_and_sha256_check_out(tmp_path: Path) -> None:
+    envelope = {
+        "artifacts": [
+            artifact("good.txt", b"fine"),
+            artifact("tampered.txt", b"evil", sha="0" * 64),
+            artifact("../escape.txt", b"x"),
+            artifact(".hidden", b"x"),
+            artifact("", b"x"),
+        ]
+    }
+    ex._write_artifacts(envelope, tmp_path / "art")
+    assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["good.txt"]
+    assert (tmp_path / "art" / "good.txt").read_bytes() == b"fine"
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_tail_buffer_keeps_the_end_where_the_frame_is() -> None:
+    buf = ex._TailBuffer(10)
+    for chunk in (b"a" * 15, b"b" * 7, b"0123456789"):
+        buf.feed(chunk)
+    assert buf.text() == "0123456789"
+    assert len(buf.data) <= 20
+
+
+def test_job_directory_is_read_only_for_the_sandbox(tmp_path: Path) -> None:
+    executor = ex.LocalExecutor.__new__(ex.LocalExecutor)  # no runsc probe: only the file layout is tested
+    executor._jobs_dir = tmp_path
+    job = ex.SandboxJob("j/1 x", "print(1)", {"a": 1}, ["six"], 5, 30, environment={"K": "V"})
+    job_dir, deps_dir = executor._prepare_job_dir(job)
+    assert job_dir.name.startswith("j-1-x-")
+    assert (job_dir / "code" / "main.py").read_text() == "print(1)"
+    assert json.loads((job_dir / "input" / "data.json").read_text()) == {"a": 1}
+    config = json.loads((job_dir / "code" / "job.json").read_text())
+    assert config["requirements"] == ["six"] and config["environment"] == {"K": "V"}
+    assert config["embed_artifacts"] is True and config["egress_probe"] is True
+    assert config["python"] == "/usr/bin/python3"
+    for path in ("code/main.py", "code/job.json", "input/data.json"):
+        assert stat.S_IMODE((job_dir / path).stat().st_mode) == 0o444
+    assert deps_dir == job_dir / "deps" and deps_dir.stat().st_uid == 65534
