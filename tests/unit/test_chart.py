@@ -357,7 +357,18 @@ def test_network_policies_limit_operator_and_shim_to_dns_and_the_api_server(
     assert policies["tako-shim"]["ingress"] == [
         {
             "ports": [{"protocol": "TCP", "port": 8000}],
-            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "agents"}}}],
+            "from": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "agents"}}},
+                {
+                    "podSelector": {
+                        "matchLabels": {
+                            "app.kubernetes.io/name": "tako-vm",
+                            "app.kubernetes.io/instance": "tako",
+                            "app.kubernetes.io/component": "test",
+                        }
+                    }
+                },
+            ],
         }
     ]
     assert {p["port"] for p in policies["tako-operator"]["ingress"][0]["ports"]} == {8080, 9090}
@@ -592,7 +603,19 @@ def test_api_keys_for_known_tenants_render() -> None:
     assert base64.b64decode(secret["data"]["api-keys"]).decode() == value
 
 
-def test_helm_test_pod_checks_the_shim_health_through_its_service(default_objects: list[Manifest]) -> None:
+def test_helm_test_pod_checks_the_shim_health_through_its_service(
+    default_objects: list[Manifest], production_objects: list[Manifest]
+) -> None:
+    test_pod = one(production_objects, "Pod", "tako-test-connection", NAMESPACE)
+    shim_policy = one(production_objects, "NetworkPolicy", "tako-shim", NAMESPACE)
+    allowed = [
+        peer["podSelector"]["matchLabels"]
+        for peer in shim_policy["spec"]["ingress"][0]["from"]
+        if "podSelector" in peer
+    ]
+    assert any(labels.items() <= test_pod["metadata"]["labels"].items() for labels in allowed), (
+        "the shim policy admits the test"
+    )
     pod = one(default_objects, "Pod", "tako-tako-vm-test-connection", NAMESPACE)
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     (container,) = pod["spec"]["containers"]
