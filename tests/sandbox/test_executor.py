@@ -148,3 +148,21 @@ async def test_latency_of_print_1_is_recorded(executor: LocalExecutor, tmp_path:
         times.append(time.monotonic() - started)
         assert outcome.stdout == "1\n"
     print(f"executor print(1): {json.dumps(sorted(round(t, 3) for t in times))} s")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not Path("/usr/bin/runsc").exists(), reason="Debian bookworm's /usr/bin/runsc is not installed"
+)
+async def test_bookworm_runsc_fallback_works_on_ptrace(tmp_path: Path) -> None:
+    """The fallback install-system.sh uses when the trixie build cannot be fetched."""
+    old = LocalExecutor(work_dir=tmp_path / "w", runsc_path="/usr/bin/runsc")
+    info = old.runtime_info()
+    assert info["runtime"] == "runsc" and info["platform"] in ("ptrace", "systrap")
+    outcome = await old.run(make_job("import os\nprint(os.uname().release)"), tmp_path / "art")
+    assert outcome.status == "succeeded" and outcome.stdout == "4.4.0\n"
+    bomb = await old.run(
+        make_job("b = []\nwhile True:\n    b.append(bytearray(16 << 20))\n", memory_limit_mb=256),
+        tmp_path / "art",
+    )
+    assert bomb.status == "oom", bomb
