@@ -14,7 +14,6 @@ import copy
 import datetime
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +21,7 @@ import kopf
 
 from tako_operator import objects
 from tako_operator.admission import Admission, Entry, Key, entry_for
-from tako_operator.kube import GROUP, JOBS, VERSION, Kube
+from tako_operator.kube import GROUP, JOB_TYPES, JOBS, VERSION, Kube
 from tako_operator.metrics import Metrics
 from tako_operator.reconcile import (
     EGRESS_LABEL,
@@ -39,6 +38,7 @@ from tako_operator.status import status_changed
 
 log = logging.getLogger("tako_operator")
 INDEX_KEY = "jobs"
+JOB_INDEX, POD_INDEX, TYPE_INDEX = "tako_jobs", "tako_pods", "tako_job_types"
 
 
 @dataclass
@@ -63,29 +63,34 @@ class Reconciler:
         self.admission_lock = asyncio.Lock()
         self.wakeups: dict[Key, asyncio.TimerHandle] = {}
         self.entries: list[Entry] = []
+        # kopf's in-memory indexes (live views, filled before any handler runs): pods owned by
+        # PythonJobs and PythonJobTypes, so a reconcile reads them without API calls.
+        self.pod_index: Any = None
+        self.type_index: Any = None
         metrics.bind(lambda: self.entries, lambda: self.admission.waiting(self.entries))
 
     # -- entry points ---------------------------------------------------------------------------
 
-    async def on_job_event(
-        self, event_type: str | None, job: dict[str, Any], entries: Iterable[Entry]
-    ) -> None:
-        self.entries = list(entries)
+    async def on_job_event(self, event_type: str | None, job: dict[str, Any]) -> None:
         if event_type == "DELETED":
             await self.forget(job)
             return
-        await self.reconcile(job)
+        await self.reconcile(job_key(job))
+
+    def bind_indexes(self, kwargs: dict[str, Any]) -> None:
+        self.entries = list(kwargs[JOB_INDEX].get(INDEX_KEY, []))
+        self.pod_index = kwargs[POD_INDEX]
+        self.type_index = kwargs[TYPE_INDEX]
 
     async def poke(self, namespace: str, name: str) -> None:
         """Reconcile a job by name, reading it fresh from the API."""
-        job = await self.kube.get_job(namespace, name)
-        if job is not None:
-            await self.reconcile(job)
+        await self.reconcile((namespace, name))
 
     # -- the loop body ------------------------------------------------------------------------
 
-    async def reconcile(self, job: dict[str, Any]) -> None:
-        key = job_key(job)
+    async def reconcile(self, key: Key) -> None:
+        """One pass for the job `key`. The job is read inside the per-job lock: a watch event's body
+        may already be older than what another pass just wrote."""
         lock = self.locks.setdefault(key, asyncio.Lock())
         started = time.monotonic()
         async with lock:
@@ -111,7 +116,7 @@ class Reconciler:
         attempt = int(status.get("attempts") or 0)
         if job_type is not None and (admitted or terminal or attempt > 0):
             pod_name = status.get("podName") or objects.pod_name(job, max(attempt, 1))
-            pod = await self.kube.get_pod(key[0], pod_name)
+            pod = await self.find_pod(key[0], pod_name)
         logs: dict[str, str] = {}
         cancel = bool((job.get("spec") or {}).get("cancel"))
         for container in logs_needed(pod, cancel):
@@ -128,16 +133,22 @@ class Reconciler:
             logs=logs,
             limits=self.config.limits,
             settings=self.config.builder_settings,
-            queue_position=self.queue_position(key) if not admitted else None,
         )
 
-    def queue_position(self, key: Key) -> int | None:
-        waiting = self.admission.waiting(self.entries)
-        return waiting.index(key) + 1 if key in waiting else None
+    async def find_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.pod_index is None:
+            return await self.kube.get_pod(namespace, name)
+        found = list(self.pod_index.get((namespace, name), []))
+        return copy.deepcopy(found[-1]) if found else None
 
     async def resolve_job_type(self, job: dict[str, Any]) -> dict[str, Any] | None:
         name = objects.job_type_name(job)
-        found = await self.kube.get_job_type(job["metadata"]["namespace"], name)
+        namespace = job["metadata"]["namespace"]
+        if self.type_index is None:
+            found = await self.kube.get_job_type(namespace, name)
+        else:
+            stored = list(self.type_index.get((namespace, name), []))
+            found = copy.deepcopy(stored[-1]) if stored else None
         return objects.resolve_job_type(name, found, self.config.default_image)
 
     async def apply(self, job: dict[str, Any], observed: Observed, result: Plan) -> None:
@@ -257,18 +268,28 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
             default_namespace=c.default_namespace,
         )
 
-    @kopf.index(GROUP, VERSION, JOBS, id="tako_jobs", registry=registry)
+    @kopf.index(GROUP, VERSION, JOBS, id=JOB_INDEX, registry=registry)
     def tako_jobs(body: kopf.Body, **_: Any) -> dict[str, Entry]:
         return {INDEX_KEY: entry_for(copy.deepcopy(dict(body)))}
 
+    @kopf.index("v1", "pods", id=POD_INDEX, when=_owned_by_job, registry=registry)
+    def tako_pods(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
+        return {(namespace or "", name): copy.deepcopy(dict(body))}
+
+    @kopf.index(GROUP, VERSION, JOB_TYPES, id=TYPE_INDEX, registry=registry)
+    def tako_job_types(
+        body: kopf.Body, namespace: str | None, name: str, **_: Any
+    ) -> dict[Key, dict[str, Any]]:
+        return {(namespace or "", name): copy.deepcopy(dict(body))}
+
     @kopf.on.event(GROUP, VERSION, JOBS, id="job_event", registry=registry)
     async def job_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
-        entries = kwargs["tako_jobs"].get(INDEX_KEY, [])
-        await reconciler.on_job_event(type, copy.deepcopy(dict(body)), entries)
+        reconciler.bind_indexes(kwargs)
+        await reconciler.on_job_event(type, copy.deepcopy(dict(body)))
 
     @kopf.on.event("v1", "pods", id="pod_event", when=_owned_by_job, registry=registry)
     async def pod_event(body: kopf.Body, namespace: str | None, **kwargs: Any) -> None:
-        reconciler.entries = list(kwargs["tako_jobs"].get(INDEX_KEY, []))
+        reconciler.bind_indexes(kwargs)
         owner = _job_owner(body)
         if owner is not None and namespace:
             await reconciler.poke(namespace, owner)

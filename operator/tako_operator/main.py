@@ -129,7 +129,7 @@ async def operate(
         if default_ns is None:
             raise ValueError("give --namespace (repeatable) or --all-namespaces")
         namespaces = [default_ns]
-    standalone = options.standalone and options.peering is None
+    standalone = options.standalone
     try:
         await kopf.operator(
             registry=registry,

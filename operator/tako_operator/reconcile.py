@@ -61,7 +61,6 @@ class Observed:
     logs: dict[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     settings: OperatorSettings = field(default_factory=OperatorSettings)
-    queue_position: int | None = None
 
 
 @dataclass
@@ -252,19 +251,15 @@ def plan(observed: Observed) -> Plan:
         message = f"spec.jobType: PythonJobType {name!r} not found in namespace {model.namespace!r}"
         return _finish(observed, result, status_mod.rejected_status(model, message, now))
 
-    # 4. Not admitted yet: Queued, in creation order (the caller decides admission).
-    if not observed.admitted:
-        if (
-            phase != "Queued"
-            or status.get("message")
-            != status_mod.queued_status(model, now, observed.queue_position)["message"]
-        ):
-            result.status = status_mod.queued_status(model, now, observed.queue_position)
-            if phase != "Queued":
-                result.events.append(("Normal", "Queued", result.status["message"]))
-        return result
-
     attempts = int(status.get("attempts") or 0)
+
+    # 4. Not admitted yet: Queued, in creation order (the caller decides admission). A job that
+    # has had an attempt keeps its slot, whatever a stale admission view says.
+    if not observed.admitted and attempts == 0:
+        if phase != "Queued":
+            result.status = status_mod.queued_status(model, now)
+            result.events.append(("Normal", "Queued", result.status["message"]))
+        return result
 
     # 5. Admitted and no Pod: create the first attempt, or retry after an infrastructure loss.
     if pod is None:

@@ -52,7 +52,7 @@ class OperatorThread:
 
     def start(self) -> OperatorThread:
         self.thread.start()
-        if not self.ready_flag.wait(timeout=15):
+        if not self.ready_flag.wait(timeout=60):
             raise AssertionError(f"operator did not become ready: {self.error!r}")
         return self
 
@@ -127,7 +127,7 @@ class FakeKubelet:
     def __init__(self, kube: KubeHarness) -> None:
         self.kube = kube
 
-    def wait_pod(self, job: str, timeout: float = 10.0) -> dict[str, Any]:
+    def wait_pod(self, job: str, timeout: float = 30.0) -> dict[str, Any]:
         def find() -> dict[str, Any] | None:
             status = (self.kube.get("pythonjobs", job) or {}).get("status") or {}
             name = status.get("podName")
@@ -184,7 +184,7 @@ def phase_of(kube: KubeHarness, name: str) -> str | None:
     return ((job or {}).get("status") or {}).get("phase")
 
 
-def wait_phase(kube: KubeHarness, name: str, phase: str, timeout: float = 10.0) -> dict[str, Any]:
+def wait_phase(kube: KubeHarness, name: str, phase: str, timeout: float = 30.0) -> dict[str, Any]:
     wait_for(lambda: phase_of(kube, name) == phase, timeout=timeout, what=f"{name} to reach {phase}")
     job = kube.get("pythonjobs", name)
     assert job is not None

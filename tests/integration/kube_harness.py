@@ -72,9 +72,21 @@ class _Emulator(kmock.KubernetesEmulator):
     """kmock's emulator plus API-server defaulting of uid/creationTimestamp/generation on create."""
 
     creations: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    # Pods in the order they were created, and the peak number alive at once (exact: counted
+    # inside the server, not by polling).
+    pod_order: list[str] = attrs.field(factory=list, init=False)
+    pods_alive: int = attrs.field(default=0, init=False)
+    pods_peak: int = attrs.field(default=0, init=False)
 
     async def _handle(self, request: rendering.Request) -> Any:
         data = request.data
+        is_pod = (
+            request.resource is not None and request.resource.plural == "pods" and not request.subresource
+        )
+        key = (request.resource, request.namespace, request.name)
+        deleting = is_pod and request.action == enums.action.DELETE and bool(request.name)
+        if deleting and key in self.objects and not self.objects[key].deleted:
+            self.pods_alive -= 1
         if request.action == enums.action.CREATE and isinstance(data, dict):
             if request.resource is not None and request.resource.plural:
                 self.creations[request.resource.plural] += 1
@@ -87,7 +99,12 @@ class _Emulator(kmock.KubernetesEmulator):
             meta.setdefault("resourceVersion", "1")
             if request.namespace and not meta.get("namespace"):
                 meta["namespace"] = request.namespace
-        return await super()._handle(request)
+        response = await super()._handle(request)
+        if is_pod and request.action == enums.action.CREATE and response.status < 300:
+            self.pod_order.append(str((request.data or {}).get("metadata", {}).get("name")))
+            self.pods_alive += 1
+            self.pods_peak = max(self.pods_peak, self.pods_alive)
+        return response
 
 
 def _now_iso() -> str:
@@ -248,9 +265,17 @@ class KubeHarness:
         """How many create requests for `plural` (e.g. "pods") the emulator has served."""
         return int(self._emulator.creations[plural])
 
+    @property
+    def pod_order(self) -> list[str]:
+        return list(self._emulator.pod_order)
+
+    @property
+    def pods_peak(self) -> int:
+        return int(self._emulator.pods_peak)
+
 
 def wait_for(
-    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition"
+    predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
 ) -> Any:
     """Poll `predicate` until it returns a truthy value; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _events(kube: KubeHarness, job: str) -> list[str]:
-    return [e.get("reason", "") for e in kube.list("events") if (e.get("involvedObject") or {}).get("name") == job]
+    return [
+        e.get("reason", "") for e in kube.list("events") if (e.get("involvedObject") or {}).get("name") == job
+    ]
 
 
 def test_sample_job_creates_secure_pod_policy_and_configmap(kube: KubeHarness, run_operator: Any) -> None:
@@ -92,7 +94,11 @@ def test_success_records_result_deletes_pod_and_emits_events(
     assert status["exitCode"] == 0
     assert status["output"] == {"answer": 42}
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
-    assert conditions["Ready"] == "True" and conditions["Succeeded"] == "True" and conditions["Failed"] == "False"
+    assert (
+        conditions["Ready"] == "True"
+        and conditions["Succeeded"] == "True"
+        and conditions["Failed"] == "False"
+    )
     wait_for(lambda: kube.get("pods", pod) is None, what="pod deleted after the result was recorded")
     wait_for(lambda: kube.get("configmaps", "ok-code") is None, what="code configmap cleaned up")
     assert "Succeeded" in _events(kube, "ok")
@@ -104,7 +110,10 @@ def test_user_failure_is_classified_and_not_retried(
     run_operator()
     kube.create("pythonjobs", sample_job("boom", code="1/0"))
     pod = kubelet.wait_pod("boom")["metadata"]["name"]
-    stderr = 'Traceback (most recent call last):\n  File "/code/main.py", line 1\nZeroDivisionError: division by zero\n'
+    stderr = (
+        'Traceback (most recent call last):\n  File "/code/main.py", line 1\n'
+        "ZeroDivisionError: division by zero\n"
+    )
     kubelet.run(pod)
     kubelet.terminate(pod, 1, envelope(1, "", stderr))
     status = wait_phase(kube, "boom", "Failed")["status"]
@@ -115,7 +124,9 @@ def test_user_failure_is_classified_and_not_retried(
     assert kube.creations("pods") == 1, "a user-code failure must never be retried"
 
 
-def test_runner_timeout_and_active_deadline(kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet) -> None:
+def test_runner_timeout_and_active_deadline(
+    kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet
+) -> None:
     run_operator()
     kube.create("pythonjobs", sample_job("slow", timeoutSeconds=1))
     kube.create("pythonjobs", sample_job("stuck", timeoutSeconds=1))
@@ -179,7 +190,9 @@ def test_deleting_a_job_removes_its_pod(kube: KubeHarness, run_operator: Any, ku
     wait_for(lambda: not kube.list("networkpolicies"), what="policies of a deleted job removed")
 
 
-def test_eviction_is_retried_with_a_new_pod(kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet) -> None:
+def test_eviction_is_retried_with_a_new_pod(
+    kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet
+) -> None:
     run_operator()
     kube.create("pythonjobs", sample_job("evicted"))
     first = kubelet.wait_pod("evicted")["metadata"]["name"]
@@ -200,7 +213,9 @@ def test_eviction_is_retried_with_a_new_pod(kube: KubeHarness, run_operator: Any
     assert "Retrying" in _events(kube, "evicted")
 
 
-def test_infrastructure_retries_are_bounded(kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet) -> None:
+def test_infrastructure_retries_are_bounded(
+    kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet
+) -> None:
     run_operator(max_attempts=2)
     kube.create("pythonjobs", sample_job("flaky"))
     for attempt in (1, 2):
@@ -240,7 +255,9 @@ def test_image_pull_failure_is_reported_not_retried(
     assert kube.creations("pods") == 1
 
 
-def test_finished_job_is_deleted_after_ttl(kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet) -> None:
+def test_finished_job_is_deleted_after_ttl(
+    kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet
+) -> None:
     run_operator()
     kube.create("pythonjobs", sample_job("short", ttlSecondsAfterFinished=1))
     kube.create("pythonjobs", sample_job("kept"))
@@ -283,7 +300,11 @@ def test_job_type_resolution(kube: KubeHarness, run_operator: Any, kubelet: Fake
     assert container["image"] == "registry.example/science:1"
     assert container["resources"]["limits"] == {"memory": "1Gi", "cpu": "2"}
     code = kube.get("configmaps", "typed-code")
-    assert code is not None and '"MODE": "fast"' in code["data"]["job.json"] and '"timeout": 77' in code["data"]["job.json"]
+    assert (
+        code is not None
+        and '"MODE": "fast"' in code["data"]["job.json"]
+        and '"timeout": 77' in code["data"]["job.json"]
+    )
     plain = kubelet.wait_pod("plain")
     assert plain["spec"]["containers"][0]["image"] == "python:3.11-slim"  # the built-in default
 
@@ -318,10 +339,15 @@ def test_requirements_open_install_egress_then_close_it(
         },
     )
     wait_for(
-        lambda: "takovm.dev/egress" not in ((kube.get("pods", name) or {}).get("metadata") or {}).get("labels", {}),
+        lambda: (
+            "takovm.dev/egress"
+            not in ((kube.get("pods", name) or {}).get("metadata") or {}).get("labels", {})
+        ),
         what="egress label removed",
     )
-    wait_for(lambda: kube.get("networkpolicies", "deps-install-egress") is None, what="install policy removed")
+    wait_for(
+        lambda: kube.get("networkpolicies", "deps-install-egress") is None, what="install policy removed"
+    )
     assert kube.get("networkpolicies", "deps-deny") is not None, "deny-all stays"
     kubelet.succeed(name)
     wait_phase(kube, "deps", "Succeeded")

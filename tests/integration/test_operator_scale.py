@@ -1,0 +1,206 @@
+"""Admission under load, restart recovery, high availability and metrics of the real operator."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import FakeKubelet, envelope, sample_job, wait_phase
+from kube_harness import KubeHarness, wait_for
+
+pytestmark = pytest.mark.timeout(240)
+REPO = Path(__file__).resolve().parents[2]
+
+
+class BusyKubelet:
+    """Completes every Pod shortly after it appears, from a background thread."""
+
+    def __init__(self, kube: KubeHarness, delay: float = 0.1) -> None:
+        self.kube = kube
+        self.kubelet = FakeKubelet(kube)
+        self.delay = delay
+        self.stop = threading.Event()
+        self.done: set[str] = set()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            for pod in self.kube.list("pods"):
+                name = pod["metadata"]["name"]
+                if name not in self.done:
+                    self.kubelet.succeed(name, stdout=f"{name}\n")
+                    self.done.add(name)
+            time.sleep(0.2)
+
+    def __enter__(self) -> BusyKubelet:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+@pytest.mark.slow
+def test_concurrency_limit_holds_with_20_jobs(kube: KubeHarness, run_operator: Any) -> None:
+    limit = 3
+    run_operator(max_concurrent=limit)
+    names = [f"job-{i:02d}" for i in range(20)]
+    for name in names:
+        kube.create("pythonjobs", sample_job(name, code=f"print({name!r})"))
+    queued = wait_for(
+        lambda: (
+            sum(1 for j in kube.list("pythonjobs") if (j.get("status") or {}).get("phase") == "Queued") >= 15
+        ),
+        what="jobs beyond the limit to be Queued",
+    )
+    assert queued
+
+    def all_done() -> list[dict[str, Any]] | None:
+        jobs = kube.list("pythonjobs")
+        done = [j for j in jobs if (j.get("status") or {}).get("phase") == "Succeeded"]
+        return jobs if len(done) == len(names) else None
+
+    with BusyKubelet(kube):
+        jobs = wait_for(all_done, timeout=150, interval=0.5, what="all 20 jobs to succeed")
+    for job in jobs:
+        assert job["status"]["stdout"] == f"{job['metadata']['name']}-pod\n"
+    assert kube.pods_peak <= limit, f"{kube.pods_peak} pods alive at once with a limit of {limit}"
+    assert kube.creations("pods") == 20
+    order = [names.index(pod.removesuffix("-pod")) for pod in kube.pod_order]
+    for position, index in enumerate(order):
+        assert index < position + limit, f"job {index} admitted ahead of older queued jobs: {order}"
+
+
+def _operator_process(kube: KubeHarness, tmp_path: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kube.kubeconfig(tmp_path)),
+        "TAKO_OPERATOR_RETRY_BACKOFF_SECONDS": "0.2",
+    }
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tako_operator", "--namespace", kube.namespace, *args],
+        env=env,
+        cwd=REPO,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.mark.slow
+def test_killed_operator_resumes_and_finishes_the_job_exactly_once(kube: KubeHarness, tmp_path: Path) -> None:
+    """SIGKILL the operator while a job runs; the Pod finishes while no operator is up; a new
+    operator process (found through $KUBECONFIG) records the result once, with one Pod."""
+    log = tmp_path / "operator.log"
+    kubelet = FakeKubelet(kube)
+    first = _operator_process(kube, tmp_path, "--standalone", log=log)
+    try:
+        kube.create("pythonjobs", sample_job("survivor"))
+        pod = kubelet.wait_pod("survivor", timeout=60)["metadata"]["name"]
+        kubelet.run(pod)
+        wait_phase(kube, "survivor", "Running", timeout=30)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    kubelet.terminate(pod, 0, envelope(0, "once\n"))
+    second = _operator_process(kube, tmp_path, "--standalone", log=log)
+    try:
+        status = wait_phase(kube, "survivor", "Succeeded", timeout=60)["status"]
+        assert status["stdout"] == "once\n"
+        assert status["attempts"] == 1
+        wait_for(lambda: kube.get("pods", pod) is None, what="pod deleted by the new operator")
+        time.sleep(1.0)  # any duplicate work would show up by now
+        assert kube.creations("pods") == 1
+        finished = [
+            e
+            for e in kube.list("events")
+            if e.get("reason") == "Succeeded" and e["involvedObject"]["name"] == "survivor"
+        ]
+        assert len(finished) == 1, finished
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=20)
+
+
+@pytest.mark.slow
+def test_restart_keeps_admission_slots(kube: KubeHarness, run_operator: Any) -> None:
+    """A restarted operator counts the jobs already admitted before admitting new ones."""
+    first = run_operator(max_concurrent=2)
+    for name in ("a-1", "a-2", "a-3"):
+        kube.create("pythonjobs", sample_job(name))
+    wait_for(lambda: len(kube.list("pods")) == 2, what="two admitted pods")
+    wait_phase(kube, "a-3", "Queued")
+    first.stop()
+    run_operator(max_concurrent=2)
+    kube.create("pythonjobs", sample_job("a-4"))
+    time.sleep(1.5)
+    assert len(kube.list("pods")) == 2, "the restarted operator exceeded the limit"
+    assert (kube.get("pythonjobs", "a-4") or {})["status"]["phase"] == "Queued"
+
+
+@pytest.mark.slow
+def test_two_replicas_never_both_act(kube: KubeHarness, tmp_path: Path) -> None:
+    """kopf peering: with two replicas under one peering name, only the higher priority acts."""
+    low_log, high_log = tmp_path / "low.log", tmp_path / "high.log"
+    # The peering object is installed with the chart; kopf refuses a mandatory peering without it.
+    kube.create(
+        "kopfpeerings",
+        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "tako"}, "status": {}},
+    )
+    low = _operator_process(kube, tmp_path, "--peering", "tako", "--priority", "10", log=low_log)
+    high = _operator_process(kube, tmp_path, "--peering", "tako", "--priority", "20", log=high_log)
+    try:
+        wait_for(
+            lambda: "Pausing" in low_log.read_text(), timeout=60, what="the lower-priority replica to pause"
+        )
+        kube.create("pythonjobs", sample_job("ha"))
+        pod = FakeKubelet(kube).wait_pod("ha", timeout=30)["metadata"]["name"]
+        FakeKubelet(kube).succeed(pod)
+        wait_phase(kube, "ha", "Succeeded", timeout=30)
+        assert kube.creations("pods") == 1
+        assert "Pausing" not in high_log.read_text()
+        assert "ha-pod" not in low_log.read_text(), "the paused replica handled the job"
+    finally:
+        for proc in (low, high):
+            proc.send_signal(signal.SIGTERM)
+        for proc in (low, high):
+            proc.wait(timeout=20)
+
+
+def test_metrics_endpoint(
+    kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet, unused_tcp_port: int
+) -> None:
+    run_operator(max_concurrent=1, metrics_port=unused_tcp_port)
+    kube.create("pythonjobs", sample_job("m-1"))
+    kube.create("pythonjobs", sample_job("m-2"))
+    pod = kubelet.wait_pod("m-1")["metadata"]["name"]
+    wait_phase(kube, "m-2", "Queued")
+
+    def scrape() -> str:
+        return httpx.get(f"http://127.0.0.1:{unused_tcp_port}/metrics").text
+
+    def scrape_until(needle: str) -> str:
+        def probe() -> str | None:
+            text = scrape()
+            return text if needle in text else None
+
+        found: str = wait_for(probe, what=f"metrics to show {needle}")
+        return found
+
+    text = scrape_until("takovm_admission_queue_length 1.0")
+    assert 'takovm_jobs{phase="Queued"} 1.0' in text
+    assert 'takovm_jobs{phase="Pending"} 1.0' in text
+    assert "takovm_reconcile_seconds_count" in text
+    kubelet.succeed(pod)
+    wait_phase(kube, "m-1", "Succeeded")
+    text = scrape_until('takovm_jobs{phase="Succeeded"} 1.0')
+    assert "takovm_admission_queue_length 0.0" in text
