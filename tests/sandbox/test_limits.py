@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from pathlib import Path
 
 import pytest
 from sandbox_support import Sandbox
@@ -138,3 +140,41 @@ async def test_artifact_caps_skip_big_files(sx: Sandbox) -> None:
     assert [a["name"] for a in outcome.artifacts] == ["small.txt"]
     assert (sx.artifacts / "small.txt").read_text() == "s" * 100
     assert not (sx.artifacts / "big.txt").exists()
+
+
+def read_job_cgroups(job_id: str) -> dict[str, str] | None:
+    """The host cgroup settings of a running job's run sandbox, or None when it has none (yet / any more)."""
+    dirs = list(Path("/sys/fs/cgroup/memory/tako-vm").glob(f"tako-{job_id}-run-*"))
+    if not dirs:
+        return None
+    cid = dirs[0].name
+    try:
+        return {
+            "memory": (dirs[0] / "memory.limit_in_bytes").read_text().strip(),
+            "cpu": Path(f"/sys/fs/cgroup/cpu/tako-vm/{cid}/cpu.cfs_quota_us").read_text().strip(),
+            "pids": Path(f"/sys/fs/cgroup/pids/tako-vm/{cid}/pids.max").read_text().strip(),
+            "procs": (dirs[0] / "cgroup.procs").read_text().strip(),
+        }
+    except OSError:
+        return None
+
+
+async def test_host_cgroup_limits_are_applied_while_the_job_runs(sx: Sandbox) -> None:
+    code = "import time\ntime.sleep(3)\n"
+    task = asyncio.create_task(
+        sx.run(code, job_id="cgcheck", memory_limit_mb=300, cpu_limit=0.5, pids_limit=30)
+    )
+    found: dict[str, str] | None = None
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        found = await asyncio.to_thread(read_job_cgroups, "cgcheck")
+        if found and found["procs"]:
+            break
+    outcome = await task
+    assert outcome.status == "succeeded", outcome
+    assert found is not None
+    assert found["memory"] == str(300 * 1024 * 1024)
+    assert found["cpu"] == "50000"  # 0.5 CPU per 100 ms period
+    assert int(found["pids"]) >= 30
+    assert found["procs"], "the sandbox's processes run inside the limited cgroup"
+    assert await asyncio.to_thread(read_job_cgroups, "cgcheck") is None  # removed afterwards
