@@ -71,6 +71,9 @@ EXPECTED: list[tuple[str, list[str]]] = [
     ("cancel", ["condition=Ready", "jsonpath={.status.phase}=Cancelled"]),
 ]
 
+# Sample job types name images from an example registry; on kind they run on the default job image.
+IMAGE_OVERRIDES = {"data-science": "python:3.11-slim"}
+
 EGRESS_PROBE = """
 import socket
 targets = [("1.1.1.1", 443), ("8.8.8.8", 53), ("kubernetes.default.svc", 443), ("pypi.org", 443)]
@@ -151,6 +154,9 @@ def test_apply_sample_and_wait(cluster: str, sample: str, conditions: list[str])
     kubectl("apply", "-n", JOBS, "-f", str(SAMPLES / f"{sample}.yaml"))
     for kind, name in sample_names(sample):
         kubectl("get", "-n", JOBS, f"{kind}/{name}")
+        if kind == "pythonjobtype" and name in IMAGE_OVERRIDES:
+            patch = json.dumps({"spec": {"image": IMAGE_OVERRIDES[name]}})
+            kubectl("patch", "-n", JOBS, f"{kind}/{name}", "--type=merge", "-p", patch)
         for condition in conditions:
             kubectl("wait", "-n", JOBS, f"--for={condition}", f"{kind}/{name}", "--timeout=300s", timeout=330)
 
