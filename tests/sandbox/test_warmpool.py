@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from sandbox_support import Sandbox, make_job
 
 from tako_runner.outcome import frame_envelope
 from tako_shim.local.executor import LocalExecutor
-from tako_shim.local.warmpool import WarmPool, fits
+from tako_shim.local.warmpool import WarmPool, fits, job_config
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -192,3 +193,14 @@ def test_disabled_pool_runs_everything_cold(executor: LocalExecutor, tmp_path: P
     assert warm.runtime_info()["warm_pool_size"] == 0
     with pytest.raises(ValueError, match="warm_pool_size"):
         WarmPool(executor, -1)
+
+
+def test_warm_runner_config_is_the_cold_one_without_the_boot_time_probe(executor: LocalExecutor) -> None:
+    job = make_job("print(1)", environment={"A": "b"}, timeout=7, max_stdout_bytes=2048)
+    staged, _ = executor._prepare_job_dir(job)
+    try:
+        cold = json.loads((staged / "code" / "job.json").read_text())
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    assert cold["egress_probe"] is True
+    assert job_config(job) == {**cold, "egress_probe": False}
