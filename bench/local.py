@@ -19,7 +19,7 @@ THINK_TIME_S = 0.3  # between rounds, like an agent between tool calls; lets the
 def latency(root: Path, quick: bool) -> dict[str, Any]:
     """submit -> result of print(1) through the SDK (warm pool on / off), interleaved with a bare
     ``runsc run`` of the same code and ``python3 -c`` on the host, in a random order per round."""
-    rounds = 6 if quick else 40
+    rounds = 6 if quick else 30
     bare = BareRunsc(root / "bare")
     with (
         server(root, "warm", warm_pool_size=2) as warm_srv,

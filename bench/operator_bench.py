@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 
 KEEP_REQUESTS = 8
-CAP_S = 150.0  # per burst, after the last PythonJob was created
+CAP_S = 120.0  # per burst, after the last PythonJob was created
 
 
 def _fast_harness(namespace: str) -> Any:
