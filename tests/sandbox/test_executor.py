@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import secrets
+import subprocess
 import time
 from pathlib import Path
 
@@ -166,3 +168,32 @@ async def test_bookworm_runsc_fallback_works_on_ptrace(tmp_path: Path) -> None:
         tmp_path / "art",
     )
     assert bomb.status == "oom", bomb
+
+
+def test_a_restarted_executor_removes_sandboxes_a_crashed_one_left_running(
+    executor: LocalExecutor, tmp_path: Path
+) -> None:
+    work = tmp_path / "w"
+    first = LocalExecutor(work_dir=work)
+    cid = f"tako-crashed-run-{secrets.token_hex(4)}"
+    job_dir = work / "jobs" / "crashed"
+    (job_dir / "code").mkdir(parents=True)
+    (job_dir / "input").mkdir()
+    (job_dir / "code" / "job.json").write_text(json.dumps({"timeout": 600}))
+    (job_dir / "code" / "main.py").write_text("import time\ntime.sleep(600)\n")
+    for path in (job_dir, job_dir / "code", job_dir / "input"):
+        path.chmod(0o755)
+    bundle = first._write_bundle(job_dir, "run", cid, None, make_job("", timeout=600), None)
+    argv = [*first._runsc_argv(None, "none"), "run", "--detach", "--bundle", str(bundle), cid]
+    try:
+        # as if the server died mid-job: the sandbox keeps running without its `runsc run` parent
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        assert list((work / "runsc-state").glob(f"{cid}_*"))
+
+        LocalExecutor(work_dir=work)  # the restarted server
+
+        assert not list((work / "runsc-state").glob(f"{cid}_*"))
+        assert not Path(f"/sys/fs/cgroup/memory/tako-vm/{cid}").exists()
+        assert not job_dir.exists()
+    finally:
+        first._cleanup(None, cid, None)

@@ -166,6 +166,7 @@ class LocalExecutor:
         problem = self._probe_runsc()
         if problem is None:
             self.runtime = "runsc"
+            self._reap_stale()
             return
         if security_mode == "strict":
             raise SandboxUnavailable(f"gVisor runsc is not usable: {problem}. {INSTALL_HINT}")
@@ -260,6 +261,16 @@ class LocalExecutor:
             return None
         finally:
             self._cleanup(platform, cid, job_dir)
+
+    def _reap_stale(self) -> None:
+        """Remove sandboxes, cgroups and job dirs a previous process with this work_dir left behind (a crash
+        leaves the Sentry running, since `runsc run` is only its parent)."""
+        stale = {p.name.split("_sandbox:")[0] for p in self._state_dir.glob("*_sandbox:*.state")}
+        for cid in sorted(stale):
+            log.warning("removing stale sandbox %s left by a previous run", cid)
+            self._cleanup(None, cid, None)
+        for leftover in self._jobs_dir.iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def runtime_info(self) -> dict[str, Any]:
         return {
