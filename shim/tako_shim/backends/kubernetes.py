@@ -1,4 +1,271 @@
-"""Kubernetes backend of the shim: PythonJob objects are the store.
+"""The kubernetes backend: every job is a ``PythonJob`` object; the operator runs it, the cluster keeps it.
 
-Owned by the shim-kubernetes-backend helper (h9). Work in progress: do not edit from other areas.
+- ``submit`` creates a PythonJob in the tenant's namespace (tenant = namespace, so one tenant never
+  reads another's jobs). With an idempotency key the name is derived from (tenant, key): a retry
+  meets 409 AlreadyExists and gets the existing job back, or ``Conflict`` if the fingerprint
+  annotation differs.
+- Status, records and history are read from the objects (``kube_translate`` does the mapping);
+  history lists the namespace with a label selector for ``job_type`` and filters, sorts (newest
+  first) and pages in the shim.
+- ``wait_for`` subscribes to the process's shared watch (``kubernetes_watch``), so any replica answers
+  a long-poll for any job.
+- ``cancel`` sets ``spec.cancel``; rerun and fork (in ``Backend``) create new objects with
+  ``spec.parentJob``/``spec.relationship``.
+
+Not here: artifact contents (the cluster keeps artifact metadata in status, not the bytes) and a
+queue cap in the shim (the operator's concurrency limit queues jobs; a ResourceQuota on
+``count/pythonjobs.takovm.dev`` caps a namespace).
 """
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from tako_shim.backends.base import Artifact, Backend, RecordFilter, RecordPage, Submission, SubmitResult
+from tako_shim.backends.kubernetes_api import KubeApi, KubeApiError
+from tako_shim.backends.kubernetes_watch import JobWatch
+from tako_shim.config import Settings
+from tako_shim.errors import (
+    BackendStartError,
+    BadRequest,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    ShimError,
+    Unavailable,
+)
+from tako_shim.kube_translate import (
+    cancel_patch,
+    code_ref,
+    count_active,
+    fingerprint_of,
+    is_job_name,
+    is_terminal,
+    job_name,
+    job_object,
+    job_type_selector,
+    namespace_for,
+    page_of,
+    record_from_job,
+    status_from_job,
+    submission_from_job,
+)
+from tako_vm import __version__
+from tako_vm.models.wire import (
+    CircuitBreakerStatus,
+    ExecutionRecordFull,
+    HealthResponse,
+    JobStatusResponse,
+    QueueStatsResponse,
+    QueueStatus,
+)
+
+IDEMPOTENCY_CONFLICT = "Idempotency key reused with different payload"
+NOT_FOUND = "Job not found"
+HEALTH_CACHE_SECONDS = 5.0
+HEALTH_PROBE_SECONDS = 5.0
+ARTIFACTS_NOT_RETAINED = (
+    "Artifact contents are not retained by the kubernetes backend (status lists name, size and sha256)"
+)
+
+
+class KubernetesBackend(Backend):
+    name = "kubernetes"
+
+    def __init__(self, settings: Settings, api: KubeApi | None = None) -> None:
+        """``api`` is for tests that bring their own connection; normally ``start`` connects."""
+        super().__init__(settings)
+        self._api = api
+        self._watch: JobWatch | None = None
+        self._health_cache: tuple[float, QueueStatsResponse | None] = (-HEALTH_CACHE_SECONDS, None)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._api is None:
+            try:
+                self._api = await KubeApi.connect(self.settings.kubernetes)
+            except Exception as exc:  # no kubeconfig, unreadable service account, bad certificate
+                raise BackendStartError(f"cannot load the Kubernetes configuration: {exc}") from exc
+        self._watch = JobWatch(self._api)
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            await self._watch.close()
+        if self._api is not None:
+            await self._api.close()
+
+    @property
+    def api(self) -> KubeApi:
+        if self._api is None:
+            raise Unavailable("The kubernetes backend is not started")
+        return self._api
+
+    @property
+    def watch(self) -> JobWatch:
+        if self._watch is None:
+            raise Unavailable("The kubernetes backend is not started")
+        return self._watch
+
+    def _namespace(self, tenant: str) -> str:
+        return namespace_for(tenant, self.settings.kubernetes)
+
+    async def _call(self, coro: Any) -> Any:
+        """Await an API call, turning API failures into the contract's errors."""
+        try:
+            return await coro
+        except KubeApiError as exc:
+            raise api_failure(exc) from None
+
+    async def _job(self, tenant: str, job_id: str) -> dict[str, Any]:
+        if not is_job_name(job_id):
+            raise NotFound(NOT_FOUND)
+        job: dict[str, Any] | None = await self._call(self.api.get_job(self._namespace(tenant), job_id))
+        if job is None:
+            raise NotFound(NOT_FOUND)
+        return job
+
+    # -- submission ---------------------------------------------------------------------------------
+
+    async def submit(self, tenant: str, submission: Submission) -> SubmitResult:
+        namespace = self._namespace(tenant)
+        name = job_name(tenant, submission.idempotency_key)
+        preinstalled = self.resolver.job_type(submission.job_type).requirements
+        body = job_object(name, namespace, tenant, submission, preinstalled)
+        try:
+            await self.api.create_job(namespace, body)
+        except KubeApiError as exc:
+            if exc.status != 409 or not submission.idempotency_key:
+                raise api_failure(exc) from None
+            existing = await self._call(self.api.get_job(namespace, name))
+            if existing is None:  # deleted (TTL) between the create and the read: create again
+                await self._call(self.api.create_job(namespace, body))
+                return SubmitResult(name, "queued", created=True)
+            if fingerprint_of(existing) != submission.fingerprint:
+                raise Conflict(IDEMPOTENCY_CONFLICT) from None
+            return SubmitResult(name, _queue_status(existing), created=False)
+        return SubmitResult(name, "queued", created=True)
+
+    # -- reads --------------------------------------------------------------------------------------
+
+    async def get_status(self, tenant: str, job_id: str) -> JobStatusResponse:
+        return status_from_job(await self._job(tenant, job_id))
+
+    async def get_record(self, tenant: str, job_id: str) -> ExecutionRecordFull:
+        return record_from_job(await self._job(tenant, job_id))
+
+    async def get_submission(self, tenant: str, job_id: str) -> Submission:
+        job = await self._job(tenant, job_id)
+        code = (job.get("spec") or {}).get("code")
+        ref = code_ref(job)
+        if ref is not None:
+            configmap = await self._call(self.api.get_configmap(self._namespace(tenant), ref[0]))
+            code = ((configmap or {}).get("data") or {}).get(ref[1])
+            if code is None:
+                raise BadRequest(f"spec.codeRef: key {ref[1]!r} of ConfigMap {ref[0]!r} is gone")
+        jt = self.resolver.job_type(None)
+        return submission_from_job(
+            job,
+            code=str(code),
+            default_timeout=jt.timeout or self.settings.default_timeout,
+            default_startup_timeout=jt.startup_timeout,
+        )
+
+    async def wait_for(self, tenant: str, job_id: str, wait_seconds: float) -> ExecutionRecordFull | None:
+        if not is_job_name(job_id):
+            raise NotFound(NOT_FOUND)
+        namespace = self._namespace(tenant)
+        deadline = time.monotonic() + wait_seconds
+        # Subscribe before reading, so a completion between the read and the wait still wakes us.
+        async with self.watch.subscribe(namespace, job_id) as sub:
+            job = await self._job(tenant, job_id)
+            while not is_terminal(job):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not await sub.next_change(remaining):
+                    return None
+                if sub.deleted:
+                    raise NotFound(NOT_FOUND)
+                if sub.latest is not None:
+                    job = sub.latest
+            return record_from_job(job)
+
+    async def list_records(self, tenant: str, query: RecordFilter) -> RecordPage:
+        jobs = await self._call(
+            self.api.list_jobs(self._namespace(tenant), job_type_selector(query.job_type))
+        )
+        return page_of(jobs, query)
+
+    # -- control ------------------------------------------------------------------------------------
+
+    async def cancel(self, tenant: str, job_id: str) -> None:
+        try:
+            job = await self._job(tenant, job_id)
+        except NotFound:
+            raise NotFound("Job not found or already completed") from None
+        if is_terminal(job):
+            raise NotFound("Job not found or already completed")
+        patched = await self._call(self.api.patch_job(self._namespace(tenant), job_id, cancel_patch()))
+        if patched is None:
+            raise NotFound("Job not found or already completed")
+
+    async def get_artifact(self, tenant: str, job_id: str, name: str) -> Artifact:
+        if not name or "/" in name or "\\" in name or name in {".", ".."} or "\x00" in name:
+            raise BadRequest("Invalid artifact path")
+        record = await self.get_record(tenant, job_id)
+        if not any(a.name == name for a in record.artifacts):
+            raise NotFound("Artifact not found")
+        raise NotFound(ARTIFACTS_NOT_RETAINED)
+
+    async def pool_stats(self, tenant: str) -> QueueStatsResponse:
+        queued, running = count_active(await self._call(self.api.list_jobs(self._namespace(tenant))))
+        return QueueStatsResponse(
+            pending=queued,
+            running=running,
+            max_workers=self.settings.max_workers,
+            max_queue_size=self.settings.max_queue_size,
+        )
+
+    async def health(self) -> HealthResponse:
+        """Reachability of the API and the default tenant's counts, measured at most every few seconds
+        (probes call this often; listing a namespace of 10,000 jobs on each would be wasteful)."""
+        checked_at, stats = self._health_cache
+        if time.monotonic() - checked_at > HEALTH_CACHE_SECONDS:
+            try:
+                stats = await asyncio.wait_for(self.pool_stats("default"), HEALTH_PROBE_SECONDS)
+            except (Unavailable, TimeoutError):
+                stats = None
+            self._health_cache = (time.monotonic(), stats)
+        reachable = stats is not None
+        return HealthResponse(
+            status="healthy" if reachable else "degraded",
+            docker_available=reachable,
+            gvisor_available=reachable,
+            circuit_breaker=CircuitBreakerStatus(),
+            version=__version__,
+            production_mode=self.settings.production_mode,
+            queue_stats=stats
+            or QueueStatsResponse(
+                pending=0,
+                running=0,
+                max_workers=self.settings.max_workers,
+                max_queue_size=self.settings.max_queue_size,
+            ),
+            backend=self.name,
+            runtime="gvisor",
+        )
+
+
+def api_failure(exc: KubeApiError) -> ShimError:
+    """The contract's error for a failed API call (the API's own message kept for operators)."""
+    if exc.status == 422:
+        return InvalidRequest(f"the Kubernetes API rejected the job: {exc.message}")
+    if exc.status == 403:
+        return Unavailable(f"the shim is not allowed to do this in the namespace: {exc.message}")
+    return Unavailable(f"Kubernetes API unavailable: {exc}")
+
+
+def _queue_status(job: dict[str, Any]) -> QueueStatus:
+    record = record_from_job(job)
+    return record.status

@@ -1,0 +1,256 @@
+"""The shim's only module that talks to the Kubernetes API.
+
+Requests go through ``aiohttp`` (natively async, so a watch stream is cancellable and never holds a
+thread). The official ``kubernetes`` package is used only to *read the configuration*, once, in a
+worker thread: in-cluster service account (``in_cluster``, or ``KUBERNETES_SERVICE_HOST`` set and no
+kubeconfig given), else the kubeconfig named by the ``kubeconfig`` option or ``$KUBECONFIG`` (read at
+start, not import), else ``~/.kube/config``. Its token refresh hook (rotated service-account tokens,
+exec plugins) is asked for the ``Authorization`` header on every request.
+
+Objects go in and come out as plain dicts. Errors are ``KubeApiError`` with the API's status code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from tako_shim.config import KubernetesOptions
+
+JOBS_PATH = "/apis/takovm.dev/v1alpha1/namespaces/{namespace}/pythonjobs"
+CONFIGMAP_PATH = "/api/v1/namespaces/{namespace}/configmaps/{name}"
+LIST_CHUNK = 500
+WATCH_SERVER_TIMEOUT_SECONDS = 290
+REQUEST_TIMEOUT_SECONDS = 30
+
+
+class KubeApiError(Exception):
+    """The API answered with an error status (``status`` 0: it could not be reached)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class WatchExpired(Exception):
+    """The watch's resourceVersion is too old (410 Gone): list again."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    server: str
+    ssl: ssl.SSLContext | bool
+    authorization: Callable[[], str | None]
+
+
+def _load_connection(options: KubernetesOptions) -> Connection:
+    """Blocking: read the in-cluster or kubeconfig credentials with the official client's loaders."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    kubeconfig = options.kubeconfig or os.environ.get("KUBECONFIG")
+    if options.in_cluster or (not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST")):
+        config.load_incluster_config(client_configuration=cfg)
+    else:
+        config.load_kube_config(
+            config_file=kubeconfig or os.path.expanduser("~/.kube/config"), client_configuration=cfg
+        )
+    context: ssl.SSLContext | bool = False
+    if cfg.host.startswith("https"):
+        if cfg.verify_ssl:
+            context = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+        else:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if cfg.cert_file:
+            context.load_cert_chain(cfg.cert_file, cfg.key_file)
+
+    def authorization() -> str | None:
+        token = cfg.get_api_key_with_prefix("authorization")
+        if token:
+            return str(token)
+        if cfg.username or cfg.password:
+            return str(cfg.get_basic_auth_token())
+        return None
+
+    return Connection(server=cfg.host.rstrip("/"), ssl=context, authorization=authorization)
+
+
+class KubeApi:
+    """Typed, plain-dict access to PythonJobs (and a ConfigMap read for ``codeRef`` code)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10),
+            headers={"Accept": "application/json", "User-Agent": "tako-shim"},
+        )
+
+    @classmethod
+    async def connect(cls, options: KubernetesOptions) -> KubeApi:
+        return cls(await asyncio.to_thread(_load_connection, options))
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        auth = self.connection.authorization()
+        if auth:
+            headers["Authorization"] = auth
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        try:
+            async with self._session.request(
+                method,
+                self.connection.server + path,
+                params=params,
+                data=json.dumps(body) if body is not None else None,
+                headers=self._headers(content_type if body is not None else None),
+                ssl=self.connection.ssl,
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
+            ) as response:
+                text = await response.text()
+                if response.status >= 400:
+                    raise _api_error(response.status, text)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise KubeApiError(0, "Unreachable", f"{type(exc).__name__}: {exc}") from None
+        data: dict[str, Any] = json.loads(text) if text else {}
+        return data
+
+    @staticmethod
+    def _jobs(namespace: str, name: str | None = None) -> str:
+        path = JOBS_PATH.format(namespace=quote(namespace, safe=""))
+        return f"{path}/{quote(name, safe='')}" if name else path
+
+    # -- PythonJobs -------------------------------------------------------------------------------
+
+    async def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create; ``KubeApiError(409)`` when the name is taken."""
+        return await self._request("POST", self._jobs(namespace), body=body)
+
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._request("GET", self._jobs(namespace, name))
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        """JSON merge patch; ``None`` if the job is gone."""
+        try:
+            return await self._request(
+                "PATCH",
+                self._jobs(namespace, name),
+                body=patch,
+                content_type="application/merge-patch+json",
+            )
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list_jobs(self, namespace: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        """Every PythonJob in ``namespace`` matching the selector, in chunks (``limit``/``continue``)."""
+        items: list[dict[str, Any]] = []
+        params: dict[str, str] = {"limit": str(LIST_CHUNK)}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        while True:
+            page = await self._request("GET", self._jobs(namespace), params=params)
+            items.extend(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            params["continue"] = str(token)
+
+    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            path = CONFIGMAP_PATH.format(namespace=quote(namespace, safe=""), name=quote(name, safe=""))
+            return await self._request("GET", path)
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def watch_jobs(self, namespace: str, resource_version: str | None) -> AsyncIterator[dict[str, Any]]:
+        """Watch events (``{"type", "object"}``) until the server ends the stream.
+
+        Without ``resource_version`` the server first sends every existing job as ``ADDED`` (the
+        list part of list-then-watch). Raises ``WatchExpired`` on 410 Gone, ``KubeApiError`` otherwise.
+        """
+        params = {
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(WATCH_SERVER_TIMEOUT_SECONDS),
+        }
+        if resource_version:
+            params["resourceVersion"] = resource_version
+        try:
+            async with self._session.get(
+                self.connection.server + self._jobs(namespace),
+                params=params,
+                headers=self._headers(),
+                ssl=self.connection.ssl,
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=WATCH_SERVER_TIMEOUT_SECONDS + 30),
+            ) as response:
+                if response.status == 410:
+                    raise WatchExpired(await response.text())
+                if response.status >= 400:
+                    raise _api_error(response.status, await response.text())
+                buffer = b""
+                async for chunk in response.content.iter_any():
+                    buffer += chunk
+                    while b"\n" in buffer:
+                        line, buffer = buffer.split(b"\n", 1)
+                        if line.strip():
+                            yield _watch_event(line)
+                if buffer.strip():
+                    yield _watch_event(buffer)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise KubeApiError(0, "Unreachable", f"{type(exc).__name__}: {exc}") from None
+
+
+def _watch_event(line: bytes) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads(line)
+    if event.get("type") == "ERROR":
+        status = event.get("object") or {}
+        if status.get("code") == 410:
+            raise WatchExpired(str(status.get("message") or "resourceVersion too old"))
+        raise KubeApiError(int(status.get("code") or 500), "WatchError", str(status.get("message") or event))
+    return event
+
+
+def _api_error(status: int, text: str) -> KubeApiError:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    return KubeApiError(status, str(body.get("reason") or status), str(body.get("message") or text[:500]))
