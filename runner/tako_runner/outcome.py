@@ -95,11 +95,13 @@ def parse_envelope(text: str) -> dict[str, Any] | None:
     """Return the last well-formed envelope in ``text``, or None when there is none."""
     found: dict[str, Any] | None = None
     for match in _HEADER_RE.finditer(text):
-        length = int(match.group(1))
+        # The body is one line (ASCII JSON has no raw newline), so only the line right after a header can
+        # be its body: every line is examined at most once and crafted input parses in linear time.
         start = match.end()
-        body = text[start : start + length]
-        if len(body) != length or not text.startswith("\n" + END_MARKER, start + length):
+        line_end = text.find("\n", start)
+        if line_end - start != int(match.group(1)) or not text.startswith(END_MARKER, line_end + 1):
             continue
+        body = text[start:line_end]
         try:
             raw = body.encode("ascii")
         except UnicodeEncodeError:

@@ -284,3 +284,18 @@ def test_an_envelope_from_a_runner_that_did_not_exit_0_is_not_trusted(container_
 
 def test_an_envelope_counts_when_the_exit_code_is_unknown() -> None:
     assert outcome_of(None, env(exit_code=0), exit_code=None).status == "succeeded"
+
+
+def test_crafted_header_floods_parse_in_linear_time() -> None:
+    """User code can write header lines to the runner's stdout; parsing must not go quadratic."""
+    import time
+
+    header = f"TAKO-ENVELOPE-V1 1000000 {'f' * 64}\n"
+    width = len(f"TAKO-ENVELOPE-V1 {0:010d} {'e' * 64}\n")
+    sharing_one_end = "".join(f"TAKO-ENVELOPE-V1 {(2999 - i) * width:010d} {'e' * 64}\n" for i in range(3000))
+    real = frame_envelope(env(stdout="real"))
+    for crafted in (header * 20_000 + "x" * 1_000_000, sharing_one_end + "\nTAKO-ENVELOPE-END\n"):
+        started = time.monotonic()
+        assert parse_envelope(crafted) is None
+        assert parse_envelope(crafted + real) == env(stdout="real")
+        assert time.monotonic() - started < 2.0  # quadratic parsing takes minutes on these inputs
