@@ -6,6 +6,7 @@ Every rendered object is checked against the upstream Kubernetes schemas in stri
 
 from __future__ import annotations
 
+import base64
 import pathlib
 from collections.abc import Iterator
 from typing import Any
@@ -390,6 +391,16 @@ def test_notes_print_how_to_call_the_api() -> None:
     assert 'curl -s -X POST $TAKO_VM_URL/execute -H "X-API-Key: $TAKO_VM_API_KEY"' in text
     assert "tako_vm.configure(" in text
     assert "get secret tako-tako-vm-api-keys" in text
+    # The printed pipeline yields the bare key of the first "key=tenant" entry.
+    import subprocess
+
+    command = next(line for line in text.splitlines() if "export TAKO_VM_API_KEY=" in line)
+    pipeline = command.split("| ", 1)[1].rstrip(")")
+    encoded = base64.b64encode(("k" * 20 + "=tako-jobs," + "d" * 20).encode()).decode()
+    result = subprocess.run(
+        ["sh", "-c", f"echo {encoded} | {pipeline}"], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "k" * 20
 
 
 # --- values.schema.json ------------------------------------------------------------------------------
@@ -598,8 +609,6 @@ def test_inconsistent_values_fail_rendering_with_a_message_naming_the_values(
 def test_api_keys_for_known_tenants_render() -> None:
     value = "k" * 20 + "=tako-jobs," + "d" * 20
     secret = one(render({"apiKeys": {"value": value}}), "Secret", "tako-tako-vm-api-keys", NAMESPACE)
-    import base64
-
     assert base64.b64decode(secret["data"]["api-keys"]).decode() == value
 
 
