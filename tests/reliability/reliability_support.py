@@ -35,7 +35,9 @@ def wait_result(http: httpx.Client, job_id: str, timeout: int = 90) -> dict[str,
 
 def sandbox_processes(marker: str) -> dict[int, str]:
     """Live processes whose command line mentions ``marker`` (e.g. a server's data directory), by pid."""
-    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True, check=True
+    ).stdout
     found: dict[int, str] = {}
     for line in out.splitlines():
         pid, _, args = line.strip().partition(" ")
