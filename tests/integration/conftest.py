@@ -122,7 +122,10 @@ def envelope(exit_code: int = 0, stdout: str = "", stderr: str = "", **extra: An
 
 
 class FakeKubelet:
-    """Moves Pods in the emulator through a kubelet's status changes (kmock has no kubelet)."""
+    """Moves Pods in the emulator through a kubelet's status changes (kmock has no kubelet).
+
+    Like the real runner, a container that printed an envelope exits 0 (the user's exit code is in
+    the envelope); `classify` ignores envelopes from containers that exited otherwise."""
 
     def __init__(self, kube: KubeHarness) -> None:
         self.kube = kube

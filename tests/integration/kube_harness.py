@@ -133,7 +133,7 @@ class KubeHarness:
     def __enter__(self) -> KubeHarness:
         self._thread.start()
         self.url = self._run(self._start())
-        self.http = httpx.Client(base_url=self.url, timeout=10.0)
+        self.http = httpx.Client(base_url=self.url, timeout=60.0)
         return self
 
     def __exit__(self, *exc: object) -> None:

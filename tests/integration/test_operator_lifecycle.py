@@ -115,7 +115,8 @@ def test_user_failure_is_classified_and_not_retried(
         "ZeroDivisionError: division by zero\n"
     )
     kubelet.run(pod)
-    kubelet.terminate(pod, 1, envelope(1, "", stderr))
+    # The runner exits 0 after reporting; the user's exit code travels in the envelope.
+    kubelet.terminate(pod, 0, envelope(1, "", stderr))
     status = wait_phase(kube, "boom", "Failed")["status"]
     assert status["error"]["type"] == "division_error"
     assert status["exitCode"] == 1
@@ -133,7 +134,7 @@ def test_runner_timeout_and_active_deadline(
     # The runner's own deadline: it reports execution_timeout in its envelope.
     slow = kubelet.wait_pod("slow")["metadata"]["name"]
     timeout_env = envelope(-9, "partial\n", error={"type": "execution_timeout", "message": "exceeded 1s"})
-    kubelet.terminate(slow, 1, timeout_env)
+    kubelet.terminate(slow, 0, timeout_env)
     status = wait_phase(kube, "slow", "Timeout")["status"]
     assert status["error"]["type"] == "execution_timeout"
     assert status["stdout"] == "partial\n"

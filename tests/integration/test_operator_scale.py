@@ -105,7 +105,7 @@ def test_killed_operator_resumes_and_finishes_the_job_exactly_once(kube: KubeHar
     first = _operator_process(kube, tmp_path, "--standalone", log=log)
     try:
         kube.create("pythonjobs", sample_job("survivor"))
-        pod = kubelet.wait_pod("survivor", timeout=60)["metadata"]["name"]
+        pod = kubelet.wait_pod("survivor", timeout=120)["metadata"]["name"]
         kubelet.run(pod)
         wait_phase(kube, "survivor", "Running", timeout=30)
     finally:
@@ -114,7 +114,7 @@ def test_killed_operator_resumes_and_finishes_the_job_exactly_once(kube: KubeHar
     kubelet.terminate(pod, 0, envelope(0, "once\n"))
     second = _operator_process(kube, tmp_path, "--standalone", log=log)
     try:
-        status = wait_phase(kube, "survivor", "Succeeded", timeout=60)["status"]
+        status = wait_phase(kube, "survivor", "Succeeded", timeout=120)["status"]
         assert status["stdout"] == "once\n"
         assert status["attempts"] == 1
         wait_for(lambda: kube.get("pods", pod) is None, what="pod deleted by the new operator")
@@ -142,9 +142,10 @@ def test_restart_keeps_admission_slots(kube: KubeHarness, run_operator: Any) -> 
     first.stop()
     run_operator(max_concurrent=2)
     kube.create("pythonjobs", sample_job("a-4"))
-    time.sleep(1.5)
+    wait_phase(kube, "a-4", "Queued")
+    time.sleep(1.0)
     assert len(kube.list("pods")) == 2, "the restarted operator exceeded the limit"
-    assert (kube.get("pythonjobs", "a-4") or {})["status"]["phase"] == "Queued"
+    assert kube.creations("pods") == 2
 
 
 @pytest.mark.slow
@@ -197,7 +198,7 @@ def test_metrics_endpoint(
         return found
 
     text = scrape_until("takovm_admission_queue_length 1.0")
-    assert 'takovm_jobs{phase="Queued"} 1.0' in text
+    text = scrape_until('takovm_jobs{phase="Queued"} 1.0')
     assert 'takovm_jobs{phase="Pending"} 1.0' in text
     assert "takovm_reconcile_seconds_count" in text
     kubelet.succeed(pod)
