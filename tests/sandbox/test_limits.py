@@ -12,9 +12,12 @@ from sandbox_support import Sandbox
 
 pytestmark = pytest.mark.sandbox
 
-# The outside deadline is timeout + kill grace (2 s) + egress probe allowance (3 s) + margin (5 s);
-# the runner's own deadline fires first: timeout + at most the 2 s TERM->KILL grace + sandbox teardown.
-TIMEOUT_BOUND_S = 4.0
+# Two stated bounds. The runner stops user code within timeout + the 2 s TERM->KILL grace (measured inside
+# the sandbox as execution_ms, so machine load barely moves it). The whole job returns within
+# timeout + 10 s: the outside watchdog (timeout + 2 s grace + 3 s egress allowance + 5 s margin) kills the
+# sandbox if the runner has not ended it by then.
+STOP_BOUND_S = 2.0 + 1.0
+RESULT_BOUND_S = 10.0
 
 
 async def test_memory_bomb_ends_as_oom(sx: Sandbox) -> None:
@@ -52,7 +55,7 @@ async def test_exponential_fork_bomb_ends_at_the_deadline(sx: Sandbox) -> None:
     outcome = await sx.run(code, timeout=3, pids_limit=50)
     elapsed = time.monotonic() - started
     assert outcome.status == "timeout", outcome
-    assert elapsed < 3 + TIMEOUT_BOUND_S + 2, elapsed
+    assert elapsed < 3 + RESULT_BOUND_S, elapsed
     await sx.assert_healthy()
 
 
@@ -87,7 +90,8 @@ async def test_endless_code_ends_as_timeout_at_the_deadline(sx: Sandbox, code: s
         "phase": "execution",
     }
     assert outcome.timing["phase_at_exit"] == "execution"
-    assert 2 <= elapsed < 2 + TIMEOUT_BOUND_S, elapsed
+    assert 2 <= elapsed < 2 + RESULT_BOUND_S, elapsed
+    assert 2000 <= outcome.timing["execution_ms"] < (2 + STOP_BOUND_S) * 1000, outcome.timing
     await sx.assert_healthy()
 
 
@@ -96,7 +100,10 @@ async def test_sigterm_ignoring_code_is_killed_after_the_grace(sx: Sandbox) -> N
     started = time.monotonic()
     outcome = await sx.run(code, timeout=2)
     assert outcome.status == "timeout", outcome
-    assert time.monotonic() - started < 2 + TIMEOUT_BOUND_S
+    assert time.monotonic() - started < 2 + RESULT_BOUND_S
+    assert 4000 <= outcome.timing["execution_ms"] < (2 + STOP_BOUND_S) * 1000, (
+        outcome.timing
+    )  # KILL after grace
 
 
 async def test_one_gigabyte_write_hits_the_size_cap(sx: Sandbox) -> None:
