@@ -87,7 +87,7 @@ async def test_cancel_kills_the_sandbox(executor: LocalExecutor, tmp_path: Path)
     started = time.monotonic()
     cancel.set()
     outcome = await task
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10  # kill + teardown, generous for a loaded machine
     assert outcome.status == "cancelled"
     assert outcome.error is not None and outcome.error["type"] == "cancelled"
 

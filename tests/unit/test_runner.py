@@ -118,7 +118,7 @@ def test_deadline_terms_then_kills_and_reports_execution_timeout(box: Path) -> N
     )
     started = time.monotonic()
     envelope, _, _ = run_runner(box, code, timeout=1, kill_grace_seconds=0.5)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10  # 1 s timeout + 0.5 s grace; generous for a loaded machine
     assert envelope["error"]["type"] == "execution_timeout" and envelope["error"]["phase"] == "execution"
     assert envelope["exit_code"] == 137  # SIGKILL after SIGTERM was ignored
     assert envelope["stdout"] == "started\n"
@@ -131,7 +131,7 @@ def test_background_children_holding_the_pipes_do_not_hang_the_runner(box: Path)
     )
     started = time.monotonic()
     envelope, _, _ = run_runner(box, code)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10  # the sleeping child (60 s) must not hold the runner
     assert envelope["exit_code"] == 0 and envelope["stdout"] == "parent done\n"
 
 
