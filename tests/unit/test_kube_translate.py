@@ -1,0 +1,202 @@
+"""Pure REST <-> PythonJob translation (tako_shim.kube_translate), without any API server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tako_shim.backends.base import RecordFilter, Submission
+from tako_shim.config import KubernetesOptions, Settings
+from tako_shim.errors import InvalidRequest
+from tako_shim.jobs import JobResolver
+from tako_shim.kube_translate import (
+    ANNOTATION_FINGERPRINT,
+    count_active,
+    fingerprint_of,
+    is_job_name,
+    job_name,
+    job_object,
+    job_type_selector,
+    namespace_for,
+    page_of,
+    record_from_job,
+    status_from_job,
+    submission_from_job,
+)
+from tako_vm.models.crd import CONTRACT_STATUS_BY_PHASE, PythonJob, PythonJobStatus
+from tako_vm.models.wire import ExecuteRequest, ExecutionRecordFull
+
+
+def submission(**overrides: Any) -> Submission:
+    fields: dict[str, Any] = {
+        "code": "print('hi')",
+        "input_data": {"n": 1},
+        "job_type": "default",
+        "timeout": 30,
+        "startup_timeout": 120,
+    }
+    return Submission(**{**fields, **overrides})
+
+
+def finished_job(name: str = "job-1", created: str = "2026-01-01T00:00:00Z", **status: Any) -> dict[str, Any]:
+    body = job_object(name, "ns", "default", submission())
+    body["metadata"]["creationTimestamp"] = created
+    base = {
+        "phase": "Succeeded",
+        "exitCode": 0,
+        "stdout": "hi\n",
+        "stderr": "",
+        "stdoutTruncated": True,
+        "output": {"a": 1},
+        "timing": {"startupMs": 5, "executionMs": 10, "totalMs": 15, "phaseAtExit": "completed"},
+        "artifacts": [{"name": "r.txt", "sizeBytes": 3, "sha256": "a" * 64, "contentType": "text/plain"}],
+        "runtime": "gvisor",
+        "startedAt": "2026-01-01T00:00:01Z",
+        "finishedAt": "2026-01-01T00:00:03.5Z",
+    }
+    body["status"] = {**base, **status}
+    PythonJobStatus.model_validate(body["status"])  # the fixture is a status the CRD allows
+    return body
+
+
+def test_tenant_is_a_namespace() -> None:
+    options = KubernetesOptions(namespace="tako-vm", tenant_namespaces={"acme": "team-acme"})
+    assert namespace_for("default", options) == "tako-vm"
+    assert namespace_for("acme", options) == "team-acme"
+    assert namespace_for("globex", options) == "globex"
+
+
+def test_names_from_idempotency_keys_are_deterministic_and_scoped_per_tenant() -> None:
+    assert job_name("a", "order-12345") == job_name("a", "order-12345")
+    assert job_name("a", "order-12345") != job_name("b", "order-12345")
+    assert job_name("a", "order-12345") != job_name("a", "order-12346")
+    assert job_name("a", None) != job_name("a", None)
+    for name in (job_name("a", "k" * 128), job_name("a", None)):
+        assert is_job_name(name) and len(name) == 36
+
+
+@pytest.mark.parametrize("value", ["", "UPPER", "a_b", "..", "-a", "a" * 254, "a/b", "a\x00"])
+def test_anything_that_cannot_name_an_object_is_rejected_before_the_api(value: str) -> None:
+    assert not is_job_name(value)
+
+
+def test_job_object_carries_the_submission_labels_and_annotations() -> None:
+    sub = submission(
+        requirements=["numpy==1.26"],
+        idempotency_key="order-12345",
+        fingerprint="f" * 64,
+        correlation_id="corr-1",
+    )
+    body = job_object("n1", "ns", "acme", sub)
+    job = PythonJob.model_validate(body)  # a valid PythonJob by the CRD's model
+    assert job.name == "n1" and job.namespace == "ns"
+    assert job.spec.code == "print('hi')" and job.spec.input_data == {"n": 1}
+    assert job.spec.timeout_seconds == 30 and job.spec.startup_timeout_seconds == 120
+    assert job.spec.requirements == ["numpy==1.26"] and job.spec.idempotency_key == "order-12345"
+    assert body["spec"]["jobType"] == "default" and "cancel" not in body["spec"]
+    assert body["metadata"]["labels"]["takovm.dev/job-type"] == "default"
+    assert body["metadata"]["annotations"][ANNOTATION_FINGERPRINT] == "f" * 64
+    assert body["metadata"]["annotations"]["takovm.dev/tenant"] == "acme"
+    assert fingerprint_of(body) == "f" * 64
+
+
+def test_the_job_types_preinstalled_requirements_are_not_installed_again() -> None:
+    sub = submission(requirements=["pandas==2.2.3", "tqdm"])
+    assert job_object("n", "ns", "t", sub, ["pandas==2.2.3"])["spec"]["requirements"] == ["tqdm"]
+    assert (
+        "requirements"
+        not in job_object("n", "ns", "t", submission(requirements=["pandas"]), ["pandas"])["spec"]
+    )
+
+
+def test_lineage_is_written_for_reruns_and_forks() -> None:
+    body = job_object("n", "ns", "t", submission(parent_execution_id="parent-1", relationship="fork"))
+    assert body["spec"]["parentJob"] == "parent-1" and body["spec"]["relationship"] == "fork"
+
+
+def test_a_job_type_the_crd_cannot_hold_is_a_422_naming_the_field() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        job_object("n", "ns", "t", submission(job_type="Data_Science"))
+    assert caught.value.detail.startswith("job_type:") and "DNS label" in caught.value.detail
+
+
+def test_every_phase_maps_to_the_contract_status() -> None:
+    for phase_name, expected in CONTRACT_STATUS_BY_PHASE.items():
+        job = finished_job(phase=phase_name)
+        assert record_from_job(job).status == expected
+    no_status = job_object("n", "ns", "t", submission())
+    assert record_from_job(
+        {**no_status, "metadata": {**no_status["metadata"], "creationTimestamp": "x"}}
+    ).status == ("queued"), "a job the operator has not seen yet is queued"
+
+
+def test_record_from_a_finished_job() -> None:
+    record = record_from_job(finished_job())
+    ExecutionRecordFull.model_validate(record.model_dump())
+    assert record.execution_id == "job-1" and record.status == "succeeded"
+    assert record.stdout == "hi\n" and record.stdout_truncated and not record.stderr_truncated
+    assert record.output == {"a": 1} and record.exit_code == 0 and record.runtime == "gvisor"
+    assert record.duration_ms == 2500
+    assert record.created_at == "2026-01-01T00:00:00+00:00"
+    assert record.timing is not None and record.timing.execution_ms == 10
+    assert record.timing.phase_at_exit == "completed"
+    assert [a.name for a in record.artifacts] == ["r.txt"] and record.artifacts[0].size_bytes == 3
+    assert record.job_version == "default@latest" and record.code_hash and record.input_hash
+    assert record.slim().model_dump().keys() <= set(record.model_dump())
+
+
+def test_record_of_a_failure_keeps_the_error() -> None:
+    job = finished_job(
+        phase="Failed",
+        exitCode=1,
+        stdout="",
+        stderr="NameError: x",
+        error={"type": "name_error", "message": "NameError: x", "phase": "execution"},
+    )
+    record = record_from_job(job)
+    assert record.status == "failed" and record.error is not None
+    assert (record.error.type, record.error.phase) == ("name_error", "execution")
+
+
+def test_status_reads_pending_for_queued_jobs_and_carries_duration_when_done() -> None:
+    queued = finished_job(phase="Queued")
+    queued["status"] = {"phase": "Queued"}
+    assert status_from_job(queued).status == "pending" and status_from_job(queued).duration_ms is None
+    done = status_from_job(finished_job())
+    assert done.status == "succeeded" and done.duration_ms == 2500 and done.job_id == "job-1"
+
+
+def test_submission_round_trip_and_kubectl_defaults() -> None:
+    resolver = JobResolver(Settings())
+    original = resolver.resolve(ExecuteRequest(code="print(2)", input_data={"k": [1]}, timeout=12))
+    body = job_object("n", "ns", "t", original)
+    again = submission_from_job(body, code="print(2)", default_timeout=30, default_startup_timeout=120)
+    assert (again.code, again.input_data, again.timeout, again.startup_timeout, again.job_type) == (
+        "print(2)",
+        {"k": [1]},
+        12,
+        original.startup_timeout,
+        "default",
+    )
+    kubectl_job = {"metadata": {"name": "x"}, "spec": {"code": "print(3)"}}
+    defaults = submission_from_job(
+        kubectl_job, code="print(3)", default_timeout=30, default_startup_timeout=99
+    )
+    assert (defaults.timeout, defaults.startup_timeout, defaults.input_data) == (30, 99, {})
+
+
+def test_history_is_newest_first_filtered_and_paged() -> None:
+    jobs = [finished_job(f"job-{n}", created=f"2026-01-01T00:00:0{n}Z") for n in range(5)]
+    jobs[1]["status"] = {"phase": "Running"}
+    jobs[2]["spec"]["jobType"] = "science@v2"
+    page = page_of(jobs, RecordFilter(limit=2))
+    assert [r.execution_id for r in page.records] == ["job-4", "job-3"] and page.has_more
+    last = page_of(jobs, RecordFilter(limit=2, offset=4))
+    assert [r.execution_id for r in last.records] == ["job-0"] and not last.has_more
+    assert [r.execution_id for r in page_of(jobs, RecordFilter(status="running")).records] == ["job-1"]
+    assert [r.execution_id for r in page_of(jobs, RecordFilter(job_type="science")).records] == ["job-2"]
+    assert count_active(jobs) == (0, 1)
+    assert (
+        job_type_selector("science@v2") == "takovm.dev/job-type=science" and job_type_selector(None) is None
+    )
