@@ -54,5 +54,33 @@ class Unavailable(ShimError):
     status = 503
 
 
+class StorageUnavailable(Unavailable):
+    """The job history store cannot be written right now (raised by ``local/store.py``).
+
+    A transient condition of the server, never of the request: the boundary answers 503 with a
+    ``Retry-After``, and the worker retries its terminal writes instead of giving up on the job.
+    """
+
+    retry_after_seconds = 5
+
+    def __init__(self, detail: str, *, cause: str = "") -> None:
+        super().__init__(detail, headers={"Retry-After": str(self.retry_after_seconds)})
+        self.cause = cause
+
+
+class StorageBusy(StorageUnavailable):
+    """SQLite stayed locked past its busy timeout (a backup tool or a second server holds the lock)."""
+
+
+class StorageFull(StorageUnavailable):
+    """The disk holding the job history database is full."""
+
+    retry_after_seconds = 30
+
+
+STORAGE_BUSY = "The job history database is busy (locked by another process). Try again later."
+STORAGE_FULL = "The server is out of disk space: the job history database cannot be written. Try again later."
+
+
 class BackendStartError(Exception):
     """The backend cannot start (e.g. strict mode without a working runsc); the server refuses to run."""

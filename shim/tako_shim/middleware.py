@@ -1,6 +1,7 @@
 """The HTTP boundary: correlation IDs, security headers, error translation, rate limit, auth, payload cap.
 
-Order (outermost first): ``boundary`` (correlation ID + headers + every error -> JSON, once), then
+Order (outermost first): ``boundary`` (correlation ID + headers + every error -> JSON, once; a
+``StorageBusy``/``StorageFull`` from the job store becomes a 503 with ``Retry-After``), then
 ``payload_cap``, ``rate_limit`` (meters failed-auth requests too), ``authenticate`` (resolves the
 tenant). ``/health`` and ``/openapi.json`` are exempt from rate limiting and auth.
 """
@@ -21,7 +22,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from tako_shim.config import DEFAULT_TENANT, Settings
-from tako_shim.errors import PayloadTooLarge, RateLimited, ShimError, Unauthorized
+from tako_shim.errors import PayloadTooLarge, RateLimited, ShimError, StorageUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("tako_shim.access")
@@ -111,6 +112,9 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
     response: web.StreamResponse
     try:
         response = await handler(request)
+    except StorageUnavailable as exc:  # locked database / full disk: the server's state, not the request
+        log.warning("storage unavailable: %s (correlation id %s)", exc.cause or exc.detail, correlation_id)
+        response = json_error(exc.status, exc.detail, correlation_id, exc.headers)
     except ShimError as exc:
         response = json_error(exc.status, exc.detail, correlation_id, exc.headers)
     except RequestValidationFailed as exc:

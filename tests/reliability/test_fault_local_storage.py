@@ -90,12 +90,6 @@ def test_history_stays_readable_and_intact_while_the_database_is_locked(
     assert integrity(database(server)) == "ok"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (shim, local backend/middleware): sqlite3.OperationalError 'database is locked' from "
-    "store.insert reaches the boundary as a bare 500 'Internal server error'; it should be a 503 "
-    "saying the job history database is busy (and a Retry-After)",
-)
 def test_a_submission_while_the_database_is_locked_gets_a_clear_503(
     server: LocalServer, http: httpx.Client
 ) -> None:
@@ -106,13 +100,6 @@ def test_a_submission_while_the_database_is_locked_gets_a_clear_503(
     assert integrity(database(server)) == "ok"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (shim, local/backend._worker/_finish): when the terminal write hits 'database is "
-    "locked', the job's real outcome is thrown away and it is recorded failed/internal_error; if the "
-    "lock outlasts two busy timeouts the second write raises out of the worker, the worker task dies "
-    "and the job stays 'running' until a restart",
-)
 def test_a_job_finishing_during_a_long_lock_keeps_its_real_outcome_and_the_worker_survives(
     server: LocalServer, http: httpx.Client
 ) -> None:
@@ -206,12 +193,6 @@ def test_disk_full_keeps_history_intact_and_the_server_recovers_by_itself(
     assert integrity(tiny_disk / "state" / "tako_vm.sqlite3") == "ok"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (shim, local backend/middleware): on a full disk store.insert raises "
-    "sqlite3.OperationalError 'database or disk is full', answered as a bare 500 'Internal server "
-    "error'; it should be a 503 whose detail says the server is out of disk space",
-)
 def test_disk_full_submission_gets_a_clear_503(
     tiny_disk: Path, runsc_path: str, http_factory: Callable[[str], httpx.Client]
 ) -> None:

@@ -7,13 +7,19 @@
 - Long-poll waiters wait on an ``asyncio.Event`` per job, set when the job's terminal row is written.
 - Sandbox failures that are not the user's (the executor raising) are retried up to
   ``max_retry_attempts`` times, then recorded as ``failed``/``internal_error``.
+- Storage faults (``StorageBusy``: database locked; ``StorageFull``: disk full) reach clients as 503s from
+  the boundary. A worker never dies of one and never loses a finished job's outcome: the outcome is
+  served from memory at once and its terminal write is retried with backoff until it lands (or, after
+  ``TERMINAL_WRITE_GIVE_UP_SECONDS``, stays in memory and the job re-runs at the next start).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import itertools
 import logging
 import shutil
 import uuid
@@ -32,7 +38,15 @@ from tako_shim.backends.base import (
     SubmitResult,
 )
 from tako_shim.config import Settings, memory_limit_mb
-from tako_shim.errors import BackendStartError, BadRequest, Conflict, InvalidRequest, NotFound, Unavailable
+from tako_shim.errors import (
+    BackendStartError,
+    BadRequest,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    StorageUnavailable,
+    Unavailable,
+)
 from tako_shim.jobs import canonical_json, sha256_hex
 from tako_shim.local import records
 from tako_shim.local.store import JobRow, JobStore
@@ -52,7 +66,33 @@ log = logging.getLogger(__name__)
 QUEUE_FULL = "Job queue is full. Try again later."
 IDEMPOTENCY_CONFLICT = "Idempotency key reused with different payload"
 RETENTION_INTERVAL_SECONDS = 3600
+# A terminal write that meets a locked database or a full disk is retried with doubling delays (capped)
+# for this long; a lock outlasting it is an outage, logged as an error.
+TERMINAL_WRITE_FIRST_DELAY_SECONDS = 0.5
+TERMINAL_WRITE_MAX_DELAY_SECONDS = 10.0
+TERMINAL_WRITE_GIVE_UP_SECONDS = 600.0
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class TerminalState:
+    """A finished job's outcome, kept in memory until its row is written."""
+
+    status: str
+    ended_at: str
+    duration_ms: int | None
+    outcome: dict[str, Any]
+
+    def applied_to(self, row: JobRow) -> JobRow:
+        if row.status in TERMINAL_STATUSES:
+            return row  # the row is already written (terminal rows never change)
+        return dataclasses.replace(
+            row,
+            status=self.status,
+            ended_at=self.ended_at,
+            duration_ms=self.duration_ms,
+            outcome=self.outcome,
+        )
 
 
 class SandboxRunner(Protocol):
@@ -128,7 +168,8 @@ class LocalBackend(Backend):
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._pending: dict[str, None] = {}  # insertion-ordered: queue positions
         self._cancels: dict[str, asyncio.Event] = {}  # running job -> its cancel switch
-        self._done: dict[str, asyncio.Event] = {}  # job -> event set once its terminal row is written
+        self._done: dict[str, asyncio.Event] = {}  # job -> event set once its terminal state is known
+        self._unsaved: dict[str, TerminalState] = {}  # finished jobs whose terminal write has not landed
         self._submit_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         # SQLite gets its own thread: the default pool is shared with the sandbox layer's blocking calls.
@@ -229,7 +270,12 @@ class LocalBackend(Backend):
         row = await self._db(self.store.get, tenant, job_id)
         if row is None:
             raise NotFound("Job not found")
-        return row
+        return self._as_known(row)
+
+    def _as_known(self, row: JobRow) -> JobRow:
+        """The row with its finished-but-unsaved outcome applied: readers never see a write that lags."""
+        unsaved = self._unsaved.get(row.job_id)
+        return unsaved.applied_to(row) if unsaved is not None else row
 
     async def get_status(self, tenant: str, job_id: str) -> JobStatusResponse:
         row = await self._row(tenant, job_id)
@@ -282,7 +328,7 @@ class LocalBackend(Backend):
             offset=query.offset,
         )
         return RecordPage(
-            records=[records.record_from_row(r) for r in rows[: query.limit]],
+            records=[records.record_from_row(self._as_known(r)) for r in rows[: query.limit]],
             has_more=len(rows) > query.limit,
         )
 
@@ -290,13 +336,22 @@ class LocalBackend(Backend):
 
     async def cancel(self, tenant: str, job_id: str) -> None:
         row = await self._db(self.store.get, tenant, job_id)
-        if row is None or row.status in TERMINAL_STATUSES:
+        if row is None or self._as_known(row).status in TERMINAL_STATUSES:
             raise NotFound("Job not found or already completed")
         if job_id in self._pending:
             del self._pending[job_id]  # the worker skips ids no longer pending
-            await self._finish(
-                job_id, "cancelled", None, records.cancelled_outcome("Execution was cancelled by user")
+            cancelled = TerminalState(
+                "cancelled",
+                records.utc_now(),
+                None,
+                records.cancelled_outcome("Execution was cancelled by user"),
             )
+            try:  # one attempt: the client learns whether the cancel is durable (503 if not)
+                await self._write_terminal(job_id, cancelled)
+            except StorageUnavailable:
+                self._enqueue(job_id)  # still queued (at the back); a stale queue entry is skipped
+                raise
+            self._wake(job_id)
         elif job_id in self._cancels:
             self._cancels[job_id].set()
         else:
@@ -360,7 +415,7 @@ class LocalBackend(Backend):
             cancel = self._cancels[job_id] = asyncio.Event()
             try:
                 await self._run(job_id, cancel)
-            except Exception as exc:  # a bug or a store failure: record it, keep the worker alive
+            except Exception as exc:  # a bug or an unreadable store: record it, keep the worker alive
                 log.exception("worker %d: job %s failed outside the sandbox", number, job_id)
                 await self._finish(job_id, "failed", None, records.internal_error_outcome(str(exc)))
             finally:
@@ -371,7 +426,10 @@ class LocalBackend(Backend):
         if row is None or row.status in TERMINAL_STATUSES:
             return
         started_at = records.utc_now()
-        await self._db(self.store.mark_running, job_id, started_at)
+        try:
+            await self._db(self.store.mark_running, job_id, started_at)
+        except StorageUnavailable as exc:  # the row stays 'queued' until the terminal write; run it anyway
+            log.warning("job %s: could not mark it running (%s); running it anyway", job_id, exc.cause)
         if cancel.is_set():
             status, outcome = "cancelled", records.cancelled_outcome("Execution was cancelled by user")
         else:
@@ -416,14 +474,62 @@ class LocalBackend(Backend):
         outcome: dict[str, Any],
         ended_at: str | None = None,
     ) -> None:
+        """Make the terminal state known at once, then write it, retrying storage faults; never raises.
+
+        Until the write lands, readers get the outcome from ``_unsaved``. A write that keeps failing
+        for ``TERMINAL_WRITE_GIVE_UP_SECONDS`` is logged as an error and the outcome stays in memory
+        (the row is still unfinished, so the job runs again after a restart).
+        """
+        state = TerminalState(status, ended_at or records.utc_now(), duration, outcome)
+        self._unsaved[job_id] = state
+        self._wake(job_id)
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + TERMINAL_WRITE_GIVE_UP_SECONDS
+        delay = TERMINAL_WRITE_FIRST_DELAY_SECONDS
+        for attempt in itertools.count(1):
+            try:
+                await self._write_terminal(job_id, state)
+            except StorageUnavailable as exc:
+                if loop.time() + delay > give_up_at:
+                    log.error(
+                        "job %s: terminal state (%s) still not written after %d attempts (%s); kept in "
+                        "memory, the job re-runs after a restart",
+                        job_id,
+                        status,
+                        attempt,
+                        exc.cause,
+                    )
+                    return
+                log.warning(
+                    "job %s: terminal write attempt %d failed (%s); retrying in %.2fs",
+                    job_id,
+                    attempt,
+                    exc.cause,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, TERMINAL_WRITE_MAX_DELAY_SECONDS)
+            except Exception:  # not a storage fault: a bug; keep the outcome in memory, keep the worker
+                log.exception("job %s: terminal write failed; outcome kept in memory", job_id)
+                return
+            else:
+                if attempt > 1:
+                    log.info("job %s: terminal state written after %d attempts", job_id, attempt)
+                return
+
+    async def _write_terminal(self, job_id: str, state: TerminalState) -> None:
+        """One attempt at the terminal row; on success the in-memory copy is no longer needed."""
         await self._db(
             self.store.finish,
             job_id,
-            status=status,
-            ended_at=ended_at or records.utc_now(),
-            duration_ms=duration,
-            outcome=outcome,
+            status=state.status,
+            ended_at=state.ended_at,
+            duration_ms=state.duration_ms,
+            outcome=state.outcome,
         )
+        self._unsaved.pop(job_id, None)
+
+    def _wake(self, job_id: str) -> None:
         event = self._done.pop(job_id, None)
         if event is not None:
             event.set()
@@ -439,4 +545,7 @@ class LocalBackend(Backend):
     async def _retention_loop(self) -> None:
         while True:
             await asyncio.sleep(RETENTION_INTERVAL_SECONDS)
-            await self._apply_retention()
+            try:
+                await self._apply_retention()
+            except Exception:  # e.g. a locked database: try again next round, keep the task alive
+                log.exception("retention pass failed; retrying in %ds", RETENTION_INTERVAL_SECONDS)

@@ -3,6 +3,9 @@
 One row per job holds what was submitted (code, input, resolved settings: enough to run it again
 after a restart, or to rerun/fork it) and, once terminal, the outcome as JSON. Terminal rows never
 change: ``finish`` only updates a row that is not terminal yet. Every read is scoped by tenant.
+
+A locked database or a full disk surfaces as ``StorageBusy``/``StorageFull`` (503 at the HTTP boundary),
+never as a raw ``sqlite3.OperationalError``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tako_shim.errors import STORAGE_BUSY, STORAGE_FULL, StorageBusy, StorageFull, StorageUnavailable
 from tako_vm.models.wire import TERMINAL_STATUSES
 
 _SCHEMA = """
@@ -49,6 +53,20 @@ CREATE INDEX IF NOT EXISTS jobs_tenant_seq ON jobs(tenant, seq);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 """
 _TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES)) + ")"
+# Primary result codes (https://sqlite.org/rescode.html); extended codes keep them in the low byte.
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
+
+
+def storage_error(exc: sqlite3.Error) -> StorageUnavailable | None:
+    """The typed, transient error a SQLite failure stands for, or ``None`` if it is something else."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    message = str(exc)
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED) or "database is locked" in message:
+        return StorageBusy(STORAGE_BUSY, cause=message)
+    if primary == _SQLITE_FULL or "database or disk is full" in message:
+        return StorageFull(STORAGE_FULL, cause=message)
+    return None
 
 
 @dataclass
@@ -112,14 +130,18 @@ def _row(values: sqlite3.Row) -> JobRow:
 class JobStore:
     """A single SQLite connection guarded by a lock (statements are short; WAL keeps readers cheap)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_seconds: float = 5.0) -> None:
+        """``busy_timeout_seconds``: how long a statement waits for another connection's lock."""
         self.path = path
+        self.busy_timeout_seconds = busy_timeout_seconds
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout_seconds, check_same_thread=False, isolation_level=None
+        )
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -137,7 +159,13 @@ class JobStore:
         with self._lock:
             if self._conn is None:
                 raise RuntimeError("job store is not open")
-            yield self._conn
+            try:
+                yield self._conn
+            except sqlite3.OperationalError as exc:
+                typed = storage_error(exc)
+                if typed is None:
+                    raise
+                raise typed from exc
 
     def insert(self, row: JobRow) -> None:
         with self._db() as db:
