@@ -62,7 +62,7 @@ class Reconciler:
         self.locks: dict[Key, asyncio.Lock] = {}
         self.admission_lock = asyncio.Lock()
         self.wakeups: dict[Key, asyncio.TimerHandle] = {}
-        self.entries: list[Entry] = []
+        self.job_index: Any = None
         # kopf's in-memory indexes (live views, filled before any handler runs): pods owned by
         # PythonJobs and PythonJobTypes, so a reconcile reads them without API calls.
         self.pod_index: Any = None
@@ -77,8 +77,15 @@ class Reconciler:
             return
         await self.reconcile(job_key(job))
 
+    @property
+    def entries(self) -> list[Entry]:
+        """Every watched PythonJob, as kopf's live index sees it now."""
+        if self.job_index is None:
+            return []
+        return list(self.job_index.get(INDEX_KEY, []))
+
     def bind_indexes(self, kwargs: dict[str, Any]) -> None:
-        self.entries = list(kwargs[JOB_INDEX].get(INDEX_KEY, []))
+        self.job_index = kwargs[JOB_INDEX]
         self.pod_index = kwargs[POD_INDEX]
         self.type_index = kwargs[TYPE_INDEX]
 
@@ -110,8 +117,9 @@ class Reconciler:
         admitted = False
         if not terminal and not (job.get("spec") or {}).get("cancel"):
             async with self.admission_lock:
-                self.admission.prune(self.entries)
-                admitted = self.admission.decide(key, self.entries)
+                entries = self.entries
+                self.admission.prune(entries)
+                admitted = self.admission.decide(key, entries)
         pod = None
         attempt = int(status.get("attempts") or 0)
         if job_type is not None and (admitted or terminal or attempt > 0):

@@ -158,7 +158,10 @@ def run_operator(
     metrics_port: int | None,
     **extra: Any,
 ) -> None:
-    """Blocking entry point for `tako-vm operator`."""
+    """Blocking entry point for `tako-vm operator`. `metrics_port` falls back to $TAKO_VM_METRICS_PORT
+    (set by the Helm chart)."""
+    if metrics_port is None and os.environ.get("TAKO_VM_METRICS_PORT", "").strip().isdigit():
+        metrics_port = int(os.environ["TAKO_VM_METRICS_PORT"])
     options = OperatorOptions(
         namespaces=namespaces,
         all_namespaces=all_namespaces,

@@ -16,7 +16,7 @@ import pytest
 from conftest import FakeKubelet, envelope, sample_job, wait_phase
 from kube_harness import KubeHarness, wait_for
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -51,7 +51,7 @@ class BusyKubelet:
 
 @pytest.mark.slow
 def test_concurrency_limit_holds_with_20_jobs(kube: KubeHarness, run_operator: Any) -> None:
-    limit = 3
+    limit = 4
     run_operator(max_concurrent=limit)
     names = [f"job-{i:02d}" for i in range(20)]
     for name in names:
@@ -70,7 +70,7 @@ def test_concurrency_limit_holds_with_20_jobs(kube: KubeHarness, run_operator: A
         return jobs if len(done) == len(names) else None
 
     with BusyKubelet(kube):
-        jobs = wait_for(all_done, timeout=150, interval=0.5, what="all 20 jobs to succeed")
+        jobs = wait_for(all_done, timeout=200, interval=0.5, what="all 20 jobs to succeed")
     for job in jobs:
         assert job["status"]["stdout"] == f"{job['metadata']['name']}-pod\n"
     assert kube.pods_peak <= limit, f"{kube.pods_peak} pods alive at once with a limit of {limit}"
@@ -80,7 +80,11 @@ def test_concurrency_limit_holds_with_20_jobs(kube: KubeHarness, run_operator: A
         assert index < position + limit, f"job {index} admitted ahead of older queued jobs: {order}"
 
 
-def _operator_process(kube: KubeHarness, tmp_path: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
+def _operator_process(
+    kube: KubeHarness, tmp_path: Path, *args: str, log: Path, cli: bool = False
+) -> subprocess.Popen[bytes]:
+    """The operator as its own process, configured only through $KUBECONFIG; `cli` runs it as
+    `tako-vm operator` (the product's command), else as `python -m tako_operator`."""
     env = {
         **os.environ,
         "KUBECONFIG": str(kube.kubeconfig(tmp_path)),
@@ -88,7 +92,16 @@ def _operator_process(kube: KubeHarness, tmp_path: Path, *args: str, log: Path) 
     }
     env.pop("KUBERNETES_SERVICE_HOST", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "tako_operator", "--namespace", kube.namespace, *args],
+        [
+            *(
+                [str(Path(sys.executable).parent / "tako-vm"), "operator"]
+                if cli
+                else [sys.executable, "-m", "tako_operator"]
+            ),
+            "--namespace",
+            kube.namespace,
+            *args,
+        ],
         env=env,
         cwd=REPO,
         stdout=log.open("ab"),
@@ -112,7 +125,7 @@ def test_killed_operator_resumes_and_finishes_the_job_exactly_once(kube: KubeHar
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
     kubelet.terminate(pod, 0, envelope(0, "once\n"))
-    second = _operator_process(kube, tmp_path, "--standalone", log=log)
+    second = _operator_process(kube, tmp_path, log=log, cli=True)
     try:
         status = wait_phase(kube, "survivor", "Succeeded", timeout=120)["status"]
         assert status["stdout"] == "once\n"
