@@ -79,6 +79,12 @@ async def start_shim(kube: KubeHarness, tmp_path: Path) -> AsyncIterator[Callabl
         await shim.server.close()
 
 
+def shim_requests(kube: KubeHarness) -> list[Any]:
+    """The requests the emulator served to the shim (kmock records them; the harness keeps the emulator
+    private, so this reaches in)."""
+    return [r for r in kube._emulator if r.headers.get("User-Agent") == "tako-shim"]
+
+
 def pod_of(kube: KubeHarness, kubelet: FakeKubelet, job: str) -> str:
     return str(kubelet.wait_pod(job)["metadata"]["name"])
 
@@ -126,7 +132,9 @@ async def test_long_poll_wakes_from_the_watch_and_expires_with_408(
         asyncio.create_task(shim.http.get(f"/jobs/{job_id}/result", params={"wait": "true", "timeout": 30}))
         for _ in range(5)
     ]
-    await asyncio.sleep(0.5)
+    registered_by = time.monotonic() + 10
+    while shim.backend.watch.waiter_count() < 5 and time.monotonic() < registered_by:
+        await asyncio.sleep(0.05)
     assert shim.backend.watch.waiter_count() == 5
     finished_at = time.monotonic()
     await asyncio.to_thread(kubelet.succeed, pod, "1\n")
@@ -135,6 +143,8 @@ async def test_long_poll_wakes_from_the_watch_and_expires_with_408(
     assert time.monotonic() - finished_at < 10, "woken by the watch, not by the 30 s wait expiring"
     stats = shim.backend.watch.stats[kube.namespace]
     assert stats.streams_opened == 1, "one shared watch for every waiter in the namespace"
+    watches = [r for r in shim_requests(kube) if r.params.get("watch") == "true"]
+    assert len(watches) == 1, "the API server saw one watch request"
     assert shim.backend.watch.waiter_count() == 0
 
 
@@ -187,6 +197,10 @@ async def test_idempotent_replay_returns_the_same_job_and_a_changed_payload_is_4
     assert first.json()["job_id"] == again.json()["job_id"]
     assert kube.creations("pythonjobs") == 2, "the retry reached the API and met 409 AlreadyExists"
     assert len(kube.list("pythonjobs")) == 1, "and created nothing"
+    sent = shim_requests(kube)
+    assert sent and all(r.headers.get("Authorization") == "Bearer test-token" for r in sent), (
+        "every API call carries the kubeconfig's token"
+    )
     job = kube.get("pythonjobs", first.json()["job_id"])
     assert job is not None and job["metadata"]["annotations"]["takovm.dev/fingerprint"]
     assert job["spec"]["idempotencyKey"] == "order-12345"

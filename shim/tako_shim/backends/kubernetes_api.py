@@ -77,7 +77,7 @@ def _load_connection(options: KubernetesOptions) -> Connection:
             context.load_cert_chain(cfg.cert_file, cfg.key_file)
 
     def authorization() -> str | None:
-        token = cfg.get_api_key_with_prefix("authorization")
+        token = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
         if token:
             return str(token)
         if cfg.username or cfg.password:
