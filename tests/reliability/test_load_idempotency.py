@@ -84,6 +84,7 @@ async def collect(url: str, ids: dict[int, str]) -> dict[int, dict[str, Any]]:
     return records
 
 
+@pytest.mark.timeout(1500)  # ~4 min on a quiet 2-core machine; much longer when it is shared
 def test_1000_submissions_from_50_clients_with_retries_run_exactly_once(
     tmp_path: Path, runsc_path: str
 ) -> None:
