@@ -18,7 +18,7 @@ import httpx
 import pytest
 from aiohttp.test_utils import TestServer
 from conftest import FakeKubelet, wait_phase
-from kube_harness import KubeHarness
+from kube_harness import KubeHarness, wait_for
 
 from tako_shim.app import create_app
 from tako_shim.backends.kubernetes import KubernetesBackend
@@ -114,6 +114,20 @@ async def test_submit_creates_a_pythonjob_and_the_result_comes_back(
     assert record["output"] == {"answer": 42} and record["exit_code"] == 0
     assert record["execution_id"] == job_id and record["job_type"] == "default"
     assert (await shim.http.get(f"/jobs/{job_id}")).json()["status"] == "succeeded"
+
+
+async def test_sync_execute_goes_through_a_pythonjob(
+    kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet, start_shim: Any
+) -> None:
+    run_operator()
+    shim = await start_shim()
+    reply = asyncio.create_task(shim.http.post("/execute", json={"code": "print('sync')"}))
+    job = await asyncio.to_thread(wait_for, lambda: kube.list("pythonjobs"), 30, 0.1, "the PythonJob")
+    pod = await asyncio.to_thread(pod_of, kube, kubelet, job[0]["metadata"]["name"])
+    await asyncio.to_thread(kubelet.succeed, pod, "sync\n")
+    body = (await reply).json()
+    assert body["success"] is True and body["stdout"] == "sync\n"
+    assert body["execution_id"] == job[0]["metadata"]["name"] and body["runtime"] == "gvisor"
 
 
 async def test_long_poll_wakes_from_the_watch_and_expires_with_408(
