@@ -19,18 +19,25 @@ from tako_operator.reconcile import TERMINAL_PHASES
 Key = tuple[str, str]  # (namespace, name)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Entry:
+    """A job as admission sees it. Equality covers every field: kopf's index keeps a new value only
+    when it differs from the stored one."""
+
     created: str
     namespace: str
     name: str
-    admitted: bool = field(compare=False)
-    terminal: bool = field(compare=False)
-    phase: str = field(compare=False, default="")
+    admitted: bool
+    terminal: bool
+    phase: str = ""
 
     @property
     def key(self) -> Key:
         return (self.namespace, self.name)
+
+    @property
+    def order(self) -> tuple[str, str, str]:
+        return (self.created, self.namespace, self.name)
 
 
 def entry_for(job: dict[str, Any]) -> Entry:
@@ -56,7 +63,7 @@ def admissible(entries: Iterable[Entry], granted: set[Key], released: set[Key], 
     live = [e for e in entries if not e.terminal and e.key not in released]
     holding = {e.key for e in live if e.admitted} | (granted - released)
     free = limit - len(holding)
-    waiting = sorted(e for e in live if e.key not in holding)
+    waiting = sorted((e for e in live if e.key not in holding), key=lambda e: e.order)
     return [e.key for e in waiting[: max(free, 0)]]
 
 
@@ -99,4 +106,6 @@ class Admission:
     def waiting(self, entries: Iterable[Entry]) -> list[Key]:
         """Non-admitted, non-terminal jobs in admission order (the queue)."""
         live = [e for e in entries if not e.terminal and e.key not in self.released]
-        return [e.key for e in sorted(live) if not e.admitted and e.key not in self.granted]
+        return [
+            e.key for e in sorted(live, key=lambda e: e.order) if not e.admitted and e.key not in self.granted
+        ]
