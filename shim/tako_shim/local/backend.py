@@ -415,13 +415,18 @@ class LocalBackend(Backend):
             cancel = self._cancels[job_id] = asyncio.Event()
             try:
                 await self._run(job_id, cancel)
-            except Exception as exc:  # a bug or an unreadable store: record it, keep the worker alive
+            except StorageUnavailable as exc:  # the job could not even be read, so it has not run
+                log.warning("worker %d: job %s not started (%s); re-queued", number, job_id, exc.cause)
+                self._enqueue(job_id)
+                await asyncio.sleep(TERMINAL_WRITE_FIRST_DELAY_SECONDS)
+            except Exception as exc:  # a bug: record it, keep the worker alive
                 log.exception("worker %d: job %s failed outside the sandbox", number, job_id)
                 await self._finish(job_id, "failed", None, records.internal_error_outcome(str(exc)))
             finally:
                 self._cancels.pop(job_id, None)
 
     async def _run(self, job_id: str, cancel: asyncio.Event) -> None:
+        """Run one job; raises ``StorageUnavailable`` only before it starts (the read of its row)."""
         row = await self._db(self.store.get_any_tenant, job_id)
         if row is None or row.status in TERMINAL_STATUSES:
             return
