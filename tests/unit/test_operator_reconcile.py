@@ -175,3 +175,8 @@ def test_backoff_grows_and_is_capped() -> None:
     limits = Limits(retry_backoff_seconds=2, retry_backoff_max_seconds=5)
     assert [backoff_seconds(a, limits) for a in (1, 2, 3)] == [2, 4, 5]
     assert RETRY_AT.startswith("takovm.dev/")
+
+
+def test_entries_differ_when_status_changes() -> None:
+    """kopf's index keeps a new value only if it differs: a phase change must make entries unequal."""
+    assert entry_for(job({"phase": "Queued"})) != entry_for(job({"phase": "Running", "attempts": 1}))
