@@ -169,6 +169,7 @@ async def test_any_replica_answers_the_long_poll(
     run_operator()
     first, second = await start_shim(), await start_shim()
     job_id = await first.submit(code="print('r')")
+    await first.server.close()  # the replica that took the job is gone: nothing lived in its memory
     pod = await asyncio.to_thread(pod_of, kube, kubelet, job_id)
     waiting = asyncio.create_task(
         second.http.get(f"/jobs/{job_id}/result", params={"wait": "true", "timeout": 30})
