@@ -9,6 +9,9 @@ server (``tests/unit/test_kube_translate.py``).
   fingerprint sits in the ``takovm.dev/fingerprint`` annotation to tell a replay from a conflict.
 - Jobs created by the shim get the ``takovm.dev/job-type`` label: history filters on it with a label
   selector (and again client-side, since not every API server, e.g. kmock, applies selectors).
+- Job types are the tenant namespace's ``PythonJobType`` objects plus the built-in ``default`` (as the
+  operator resolves them). ``ClusterJobResolver`` lets any name through the synchronous request
+  resolution; the backend checks it against the cluster at submit.
 """
 
 from __future__ import annotations
@@ -21,17 +24,21 @@ from typing import Any, cast
 from pydantic import ValidationError
 
 from tako_shim.backends.base import RecordFilter, RecordPage, Submission
-from tako_shim.config import KubernetesOptions
+from tako_shim.config import JobTypeConfig, KubernetesOptions
 from tako_shim.errors import InvalidRequest
-from tako_shim.jobs import canonical_json, sha256_hex
+from tako_shim.jobs import JobResolver, canonical_json, sha256_hex
 from tako_vm.models.crd import (
     API_VERSION,
     CONTRACT_STATUS_BY_PHASE,
+    DEFAULT_JOB_TYPE,
+    DEFAULT_JOB_TYPE_NAME,
     DNS_SUBDOMAIN_PATTERN,
     TERMINAL_PHASES,
+    CodeRef,
     PythonJobSpec,
+    PythonJobTypeSpec,
 )
-from tako_vm.models.wire import ExecutionRecordFull, JobStatusResponse, QueueStatus
+from tako_vm.models.wire import ExecutionRecordFull, JobStatusResponse, JobTypeResponse, QueueStatus
 
 ANNOTATION_FINGERPRINT = "takovm.dev/fingerprint"
 ANNOTATION_CORRELATION_ID = "takovm.dev/correlation-id"
@@ -81,11 +88,14 @@ def job_object(
     tenant: str,
     submission: Submission,
     job_type_requirements: list[str] | None = None,
+    code_ref: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """The PythonJob to create for ``submission``; ``InvalidRequest`` naming the field if it cannot be.
 
     ``job_type_requirements`` are the configured job type's own packages, which the resolver put in
     front of the request's; in the cluster the job type's image already has them, so they are dropped.
+    ``code_ref`` (``(configmap, key)``) replaces ``submission.code``: a rerun of a job whose code is in
+    a ConfigMap points at the same ConfigMap instead of copying the code (the shim may not read it).
     """
     requirements = list(submission.requirements)
     preinstalled = job_type_requirements or []
@@ -93,7 +103,8 @@ def job_object(
         requirements = requirements[len(preinstalled) :]
     try:
         spec = PythonJobSpec(
-            code=submission.code,
+            code=None if code_ref else submission.code,
+            code_ref=CodeRef(name=code_ref[0], key=code_ref[1]) if code_ref else None,
             input_data=submission.input_data,
             requirements=requirements or None,
             job_type=submission.job_type,
@@ -261,8 +272,9 @@ def status_from_job(job: dict[str, Any]) -> JobStatusResponse:
 def submission_from_job(
     job: dict[str, Any], *, code: str, default_timeout: int, default_startup_timeout: int
 ) -> Submission:
-    """What a PythonJob was submitted with, for a rerun or fork (``code`` resolved by the caller when
-    the job uses ``codeRef``). Unset timeouts (jobs created with kubectl) take the given defaults."""
+    """What a PythonJob was submitted with, for a rerun or fork (``code`` is the caller's: ``""`` for a
+    job whose code is in a ConfigMap, see ``code_ref``). Unset timeouts (jobs created with kubectl)
+    take the given defaults."""
     spec = _spec(job)
     annotations = _meta(job).get("annotations") or {}
     return Submission(
@@ -282,6 +294,82 @@ def code_ref(job: dict[str, Any]) -> tuple[str, str] | None:
     if not isinstance(ref, dict):
         return None
     return str(ref.get("name")), str(ref.get("key") or "main.py")
+
+
+# -- job types ----------------------------------------------------------------------------------------
+
+
+class ClusterJobResolver(JobResolver):
+    """Request resolution for the kubernetes backend: job types live in the cluster, which the
+    synchronous resolver cannot ask, so any name passes here (unset timeouts take the shim's
+    defaults) and the backend rejects a name its namespace does not define when it submits."""
+
+    def job_type(self, name: str | None) -> JobTypeConfig:
+        base = (name or DEFAULT_JOB_TYPE_NAME).split("@", 1)[0]
+        # model_construct: the name is checked (as a DNS label) when the PythonJob is built.
+        return JobTypeConfig.model_construct(
+            name=base,
+            requirements=[],
+            image=None,
+            python_version="3.11",
+            memory_limit="512m",
+            cpu_limit=1.0,
+            timeout=None,
+            startup_timeout=self.settings.default_startup_timeout,
+            environment={},
+            network_enabled=False,
+        )
+
+
+def _memory_limit(quantity: str) -> str:
+    """A Kubernetes quantity in the contract's ``512m``/``2g`` style where it maps exactly."""
+    for suffix, short in (("Mi", "m"), ("Gi", "g"), ("M", "m"), ("G", "g")):
+        if quantity.endswith(suffix) and quantity[: -len(suffix)].isdigit():
+            return quantity[: -len(suffix)] + short
+    return quantity
+
+
+def _cpu_limit(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def job_type_response(name: str, spec: PythonJobTypeSpec) -> JobTypeResponse:
+    """``GET /job-types`` entry for a PythonJobType. User code never has a network; only the install
+    of runtime requirements does, so ``network_enabled`` is always false."""
+    return JobTypeResponse(
+        name=name,
+        requirements=list(spec.requirements or []),
+        python_version=spec.python_version,
+        memory_limit=_memory_limit(spec.resources.memory),
+        cpu_limit=_cpu_limit(spec.resources.cpu),
+        timeout=spec.timeout_seconds,
+        image_exists=True,
+        network_enabled=False,
+        startup_timeout=spec.startup_timeout_seconds,
+    )
+
+
+def job_types_from_objects(objects: list[dict[str, Any]]) -> list[JobTypeResponse]:
+    """The built-in ``default`` (unless the namespace defines its own), then the namespace's
+    PythonJobTypes by name. An object whose spec does not validate is left out (the operator
+    cannot run jobs of it either)."""
+    found: dict[str, PythonJobTypeSpec] = {}
+    for obj in objects:
+        name = str(_meta(obj).get("name") or "")
+        try:
+            found[name] = PythonJobTypeSpec.model_validate(obj.get("spec") or {})
+        except ValidationError:
+            continue
+    default = found.pop(DEFAULT_JOB_TYPE_NAME, DEFAULT_JOB_TYPE)
+    return [
+        job_type_response(DEFAULT_JOB_TYPE_NAME, default),
+        *(job_type_response(name, found[name]) for name in sorted(found)),
+    ]
+
+
+def unknown_job_type(name: str, known: list[str]) -> InvalidRequest:
+    """The error for a job type the tenant's namespace does not define (as the local backend says it)."""
+    return InvalidRequest(f"job_type: unknown job type '{name}' (available: {', '.join(sorted(known))})")
 
 
 # -- history ------------------------------------------------------------------------------------------

@@ -85,6 +85,15 @@ def shim_requests(kube: KubeHarness) -> list[Any]:
     return [r for r in kube._emulator if r.headers.get("User-Agent") == "tako-shim"]
 
 
+def job_type_object(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "takovm.dev/v1alpha1",
+        "kind": "PythonJobType",
+        "metadata": {"name": name},
+        "spec": {"image": "registry.example/ds:1", **spec},
+    }
+
+
 def pod_of(kube: KubeHarness, kubelet: FakeKubelet, job: str) -> str:
     return str(kubelet.wait_pod(job)["metadata"]["name"])
 
@@ -299,7 +308,8 @@ async def test_rerun_and_fork_create_new_objects_with_lineage(
 
 
 async def test_history_filters_sorts_newest_first_and_pages(kube: KubeHarness, start_shim: Any) -> None:
-    shim = await start_shim(job_types=[{"name": "science"}])
+    kube.create("pythonjobtypes", job_type_object("science"))
+    shim = await start_shim()
     ids = []
     for n in range(5):
         ids.append(await shim.submit(code=f"print({n})", job_type="science" if n % 2 else None))
@@ -319,7 +329,7 @@ async def test_history_filters_sorts_newest_first_and_pages(kube: KubeHarness, s
 
 
 async def test_bad_input_and_unknown_ids_get_clear_errors(kube: KubeHarness, start_shim: Any) -> None:
-    shim = await start_shim(job_types=[{"name": "Data_Science"}])
+    shim = await start_shim()
     bad_type = await shim.http.post("/execute/async", json={"code": "print(1)", "job_type": "Data_Science"})
     assert bad_type.status_code == 422
     assert "job_type" in bad_type.json()["detail"] and "DNS label" in bad_type.json()["detail"]
@@ -356,3 +366,77 @@ async def test_health_is_degraded_when_the_api_is_unreachable(tmp_path: Path) ->
             assert submit.status_code == 503 and "Kubernetes API unavailable" in submit.json()["detail"]
     finally:
         await server.close()
+
+
+async def test_job_types_are_read_from_pythonjobtype_objects(kube: KubeHarness, start_shim: Any) -> None:
+    # The shim's own configuration names a type the cluster does not have: the cluster wins.
+    shim = await start_shim(job_types=[{"name": "configured-only"}])
+    names = [t["name"] for t in (await shim.http.get("/job-types")).json()]
+    assert names == ["default"], "without PythonJobTypes only the built-in default exists"
+
+    kube.create(
+        "pythonjobtypes",
+        job_type_object(
+            "science", requirements=["pandas==2.2.3"], timeoutSeconds=300, resources={"memory": "2Gi"}
+        ),
+    )
+    listed = (await shim.http.get("/job-types")).json()
+    assert [t["name"] for t in listed] == ["default", "science"]
+    science = (await shim.http.get("/job-types/science")).json()
+    assert science["requirements"] == ["pandas==2.2.3"] and science["timeout"] == 300
+    assert science["memory_limit"] == "2g" and science["network_enabled"] is False
+    assert (await shim.http.get("/job-types/configured-only")).status_code == 404
+
+    job_id = await shim.submit(code="print(1)", job_type="science@v2")
+    job = kube.get("pythonjobs", job_id)
+    assert job is not None and job["metadata"]["labels"]["takovm.dev/job-type"] == "science"
+
+    unknown = await shim.http.post("/execute/async", json={"code": "print(1)", "job_type": "configured-only"})
+    assert unknown.status_code == 422, unknown.text
+    assert (
+        unknown.json()["detail"]
+        == "job_type: unknown job type 'configured-only' (available: default, science)"
+    )
+    assert len(kube.list("pythonjobs")) == 1, "a refused submission creates nothing"
+
+
+async def test_job_types_are_per_tenant_namespace(kube: KubeHarness, start_shim: Any) -> None:
+    kube.create("pythonjobtypes", job_type_object("science"))
+    shim = await start_shim(
+        headers={"X-API-Key": KEY_B},
+        api_auth_enabled=True,
+        api_keys={KEY_B: "tenant-b"},
+        tenant_namespaces={"tenant-b": OTHER_NAMESPACE},
+    )
+    assert [t["name"] for t in (await shim.http.get("/job-types")).json()] == ["default"]
+    refused = await shim.http.post("/execute/async", json={"code": "print(1)", "job_type": "science"})
+    assert refused.status_code == 422 and "unknown job type 'science'" in refused.json()["detail"]
+
+
+async def test_rerun_of_configmap_code_keeps_the_code_ref_without_reading_it(
+    kube: KubeHarness, start_shim: Any
+) -> None:
+    shim = await start_shim()
+    kube.create(
+        "pythonjobs",
+        {
+            "apiVersion": "takovm.dev/v1alpha1",
+            "kind": "PythonJob",
+            "metadata": {"name": "from-kubectl"},
+            "spec": {"codeRef": {"name": "my-code", "key": "job.py"}, "inputData": {"x": 1}},
+        },
+    )
+    kube.patch_status("pythonjobs", "from-kubectl", {"phase": "Succeeded", "exitCode": 0})
+
+    rerun = await shim.http.post("/jobs/from-kubectl/rerun", json={"timeout": 12})
+    fork = await shim.http.post("/jobs/from-kubectl/fork", json={"code": "print('new')"})
+    assert rerun.status_code == fork.status_code == 200, (rerun.text, fork.text)
+    child = kube.get("pythonjobs", rerun.json()["job_id"])
+    assert child is not None and "code" not in child["spec"]
+    assert child["spec"]["codeRef"] == {"name": "my-code", "key": "job.py"}
+    assert child["spec"]["inputData"] == {"x": 1} and child["spec"]["timeoutSeconds"] == 12
+    assert child["spec"]["parentJob"] == "from-kubectl" and child["spec"]["relationship"] == "rerun"
+    forked = kube.get("pythonjobs", fork.json()["job_id"])
+    assert forked is not None and forked["spec"]["code"] == "print('new')" and "codeRef" not in forked["spec"]
+    paths = [str(r.url) for r in shim_requests(kube)]
+    assert not any("/configmaps" in p for p in paths), "the shim's Role has no ConfigMap access"

@@ -12,17 +12,21 @@ from tako_shim.errors import InvalidRequest
 from tako_shim.jobs import JobResolver
 from tako_shim.kube_translate import (
     ANNOTATION_FINGERPRINT,
+    ClusterJobResolver,
+    code_ref,
     count_active,
     fingerprint_of,
     is_job_name,
     job_name,
     job_object,
     job_type_selector,
+    job_types_from_objects,
     namespace_for,
     page_of,
     record_from_job,
     status_from_job,
     submission_from_job,
+    unknown_job_type,
 )
 from tako_vm.models.crd import CONTRACT_STATUS_BY_PHASE, PythonJob, PythonJobStatus
 from tako_vm.models.wire import ExecuteRequest, ExecutionRecordFull
@@ -200,3 +204,71 @@ def test_history_is_newest_first_filtered_and_paged() -> None:
     assert (
         job_type_selector("science@v2") == "takovm.dev/job-type=science" and job_type_selector(None) is None
     )
+
+
+def job_type_object(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "takovm.dev/v1alpha1",
+        "kind": "PythonJobType",
+        "metadata": {"name": name, "namespace": "ns"},
+        "spec": {"image": "registry.example/ds:1", **spec},
+    }
+
+
+def test_job_types_are_the_namespaces_pythonjobtypes_and_the_builtin_default() -> None:
+    science = job_type_object(
+        "science",
+        requirements=["pandas==2.2.3"],
+        pythonVersion="3.12",
+        resources={"memory": "2Gi", "cpu": "500m"},
+        timeoutSeconds=300,
+        startupTimeoutSeconds=60,
+        allowRuntimeRequirements=True,
+    )
+    broken = job_type_object("broken", timeoutSeconds=0)  # the CRD would refuse it; so does the shim
+    types = job_types_from_objects([science, job_type_object("alpha"), broken])
+    assert [t.name for t in types] == ["default", "alpha", "science"]
+    default, alpha, sci = types
+    assert (default.timeout, default.startup_timeout, default.memory_limit) == (30, 120, "512m")
+    assert default.requirements == [] and default.cpu_limit == 1.0
+    assert sci.requirements == ["pandas==2.2.3"] and sci.python_version == "3.12"
+    assert (sci.memory_limit, sci.cpu_limit, sci.timeout, sci.startup_timeout) == ("2g", 0.5, 300, 60)
+    assert sci.network_enabled is False, "user code never has a network, runtime installs or not"
+    assert alpha.memory_limit == "512m" and alpha.timeout == 30
+
+
+def test_a_namespace_may_redefine_default() -> None:
+    own = job_type_object("default", timeoutSeconds=90, resources={"memory": "1500M"})
+    [default] = job_types_from_objects([own])
+    assert default.timeout == 90 and default.memory_limit == "1500m"
+    odd = job_type_object("default", resources={"memory": "1.5Gi"})
+    assert job_types_from_objects([odd])[0].memory_limit == "1.5Gi", "kept as is when it does not map"
+
+
+def test_the_cluster_resolver_lets_any_type_through_with_the_shims_defaults() -> None:
+    settings = Settings(default_timeout=45, default_startup_timeout=90, job_types=[{"name": "configured"}])
+    resolver = ClusterJobResolver(settings)
+    sub = resolver.resolve(ExecuteRequest(code="print(1)", job_type="science@v2"))
+    assert (sub.job_type, sub.timeout, sub.startup_timeout, sub.requirements) == ("science", 45, 90, [])
+    assert resolver.resolve(ExecuteRequest(code="print(1)", timeout=7)).timeout == 7
+    with pytest.raises(InvalidRequest, match="max_timeout"):
+        resolver.resolve(ExecuteRequest(code="print(1)", timeout=settings.max_timeout + 1))
+    error = unknown_job_type("nope", ["science", "default"])
+    assert (
+        error.status == 422
+        and str(error) == "job_type: unknown job type 'nope' (available: default, science)"
+    )
+
+
+def test_a_rerun_of_configmap_code_points_at_the_same_configmap() -> None:
+    parent = job_object("p", "ns", "t", submission())
+    del parent["spec"]["code"]
+    parent["spec"]["codeRef"] = {"name": "my-code", "key": "job.py"}
+    ref = code_ref(parent)
+    assert ref == ("my-code", "job.py")
+    derived = submission(code="", parent_execution_id="p", relationship="rerun")
+    body = job_object("child", "ns", "t", derived, code_ref=ref)
+    job = PythonJob.model_validate(body)  # valid by the CRD's model: exactly one code source
+    assert "code" not in body["spec"] and body["spec"]["codeRef"] == {"name": "my-code", "key": "job.py"}
+    assert job.spec.parent_job == "p" and job.spec.relationship == "rerun"
+    assert code_ref(job_object("n", "ns", "t", submission())) is None

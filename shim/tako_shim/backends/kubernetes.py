@@ -9,8 +9,11 @@
   first) and pages in the shim.
 - ``wait_for`` subscribes to the process's shared watch (``kubernetes_watch``), so any replica answers
   a long-poll for any job.
-- ``cancel`` sets ``spec.cancel``; rerun and fork (in ``Backend``) create new objects with
-  ``spec.parentJob``/``spec.relationship``.
+- Job types are the namespace's ``PythonJobType`` objects plus the built-in ``default``
+  (``GET /job-types``, and a submit naming another type is refused with 422).
+- ``cancel`` sets ``spec.cancel``; rerun and fork create new objects with
+  ``spec.parentJob``/``spec.relationship``. A rerun of a job whose code is in a ConfigMap
+  (``spec.codeRef``) points at the same ConfigMap: the shim never reads ConfigMaps.
 
 Not here: artifact contents (the cluster keeps artifact metadata in status, not the bytes) and a
 queue cap in the shim (the operator's concurrency limit queues jobs; a ResourceQuota on
@@ -23,7 +26,15 @@ import asyncio
 import time
 from typing import Any
 
-from tako_shim.backends.base import Artifact, Backend, RecordFilter, RecordPage, Submission, SubmitResult
+from tako_shim.backends.base import (
+    Artifact,
+    Backend,
+    Overrides,
+    RecordFilter,
+    RecordPage,
+    Submission,
+    SubmitResult,
+)
 from tako_shim.backends.kubernetes_api import KubeApi, KubeApiError
 from tako_shim.backends.kubernetes_watch import JobWatch
 from tako_shim.config import Settings
@@ -37,6 +48,7 @@ from tako_shim.errors import (
     Unavailable,
 )
 from tako_shim.kube_translate import (
+    ClusterJobResolver,
     cancel_patch,
     code_ref,
     count_active,
@@ -46,18 +58,22 @@ from tako_shim.kube_translate import (
     job_name,
     job_object,
     job_type_selector,
+    job_types_from_objects,
     namespace_for,
     page_of,
     record_from_job,
     status_from_job,
     submission_from_job,
+    unknown_job_type,
 )
 from tako_vm import __version__
+from tako_vm.models.crd import DEFAULT_JOB_TYPE_NAME
 from tako_vm.models.wire import (
     CircuitBreakerStatus,
     ExecutionRecordFull,
     HealthResponse,
     JobStatusResponse,
+    JobTypeResponse,
     QueueStatsResponse,
     QueueStatus,
 )
@@ -77,6 +93,7 @@ class KubernetesBackend(Backend):
     def __init__(self, settings: Settings, api: KubeApi | None = None) -> None:
         """``api`` is for tests that bring their own connection; normally ``start`` connects."""
         super().__init__(settings)
+        self.resolver = ClusterJobResolver(settings)
         self._api = api
         self._watch: JobWatch | None = None
         self._health_cache: tuple[float, QueueStatsResponse | None] = (-HEALTH_CACHE_SECONDS, None)
@@ -130,10 +147,16 @@ class KubernetesBackend(Backend):
     # -- submission ---------------------------------------------------------------------------------
 
     async def submit(self, tenant: str, submission: Submission) -> SubmitResult:
+        return await self._create(tenant, submission)
+
+    async def _create(
+        self, tenant: str, submission: Submission, code_from: tuple[str, str] | None = None
+    ) -> SubmitResult:
+        """Create the PythonJob (``code_from``: a ConfigMap key to run instead of ``submission.code``)."""
         namespace = self._namespace(tenant)
         name = job_name(tenant, submission.idempotency_key)
-        preinstalled = self.resolver.job_type(submission.job_type).requirements
-        body = job_object(name, namespace, tenant, submission, preinstalled)
+        body = job_object(name, namespace, tenant, submission, code_ref=code_from)
+        await self._require_job_type(namespace, submission.job_type)
         try:
             await self.api.create_job(namespace, body)
         except KubeApiError as exc:
@@ -148,6 +171,19 @@ class KubernetesBackend(Backend):
             return SubmitResult(name, _queue_status(existing), created=False)
         return SubmitResult(name, "queued", created=True)
 
+    async def _require_job_type(self, namespace: str, name: str) -> None:
+        """``InvalidRequest`` (422) unless ``namespace`` defines ``name`` (``default`` is built in)."""
+        if name == DEFAULT_JOB_TYPE_NAME:
+            return
+        if await self._call(self.api.get_job_type(namespace, name)) is None:
+            known = [
+                t.name for t in job_types_from_objects(await self._call(self.api.list_job_types(namespace)))
+            ]
+            raise unknown_job_type(name, known)
+
+    async def job_types(self, tenant: str) -> list[JobTypeResponse]:
+        return job_types_from_objects(await self._call(self.api.list_job_types(self._namespace(tenant))))
+
     # -- reads --------------------------------------------------------------------------------------
 
     async def get_status(self, tenant: str, job_id: str) -> JobStatusResponse:
@@ -157,21 +193,24 @@ class KubernetesBackend(Backend):
         return record_from_job(await self._job(tenant, job_id))
 
     async def get_submission(self, tenant: str, job_id: str) -> Submission:
-        job = await self._job(tenant, job_id)
-        code = (job.get("spec") or {}).get("code")
-        ref = code_ref(job)
-        if ref is not None:
-            configmap = await self._call(self.api.get_configmap(self._namespace(tenant), ref[0]))
-            code = ((configmap or {}).get("data") or {}).get(ref[1])
-            if code is None:
-                raise BadRequest(f"spec.codeRef: key {ref[1]!r} of ConfigMap {ref[0]!r} is gone")
-        jt = self.resolver.job_type(None)
+        """As submitted; ``code`` is ``""`` when it is in a ConfigMap (``code_ref``), which the shim
+        may not read: a fork brings its own code and a rerun points at the same ConfigMap."""
+        return self._submission(await self._job(tenant, job_id))
+
+    def _submission(self, job: dict[str, Any]) -> Submission:
         return submission_from_job(
             job,
-            code=str(code),
-            default_timeout=jt.timeout or self.settings.default_timeout,
-            default_startup_timeout=jt.startup_timeout,
+            code=str((job.get("spec") or {}).get("code") or ""),
+            default_timeout=self.settings.default_timeout,
+            default_startup_timeout=self.settings.default_startup_timeout,
         )
+
+    async def rerun(self, tenant: str, job_id: str, overrides: Overrides) -> SubmitResult:
+        job = await self._job(tenant, job_id)
+        if not is_terminal(job):
+            raise BadRequest("Cannot rerun job that hasn't completed")
+        derived = self.resolver.derive(self._submission(job), job_id, "rerun", overrides)
+        return await self._create(tenant, derived, code_from=code_ref(job))
 
     async def wait_for(self, tenant: str, job_id: str, wait_seconds: float) -> ExecutionRecordFull | None:
         if not is_job_name(job_id):

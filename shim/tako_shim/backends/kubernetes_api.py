@@ -26,7 +26,7 @@ import aiohttp
 from tako_shim.config import KubernetesOptions
 
 JOBS_PATH = "/apis/takovm.dev/v1alpha1/namespaces/{namespace}/pythonjobs"
-CONFIGMAP_PATH = "/api/v1/namespaces/{namespace}/configmaps/{name}"
+JOB_TYPES_PATH = "/apis/takovm.dev/v1alpha1/namespaces/{namespace}/pythonjobtypes"
 LIST_CHUNK = 500
 WATCH_SERVER_TIMEOUT_SECONDS = 290
 REQUEST_TIMEOUT_SECONDS = 30
@@ -88,7 +88,7 @@ def _load_connection(options: KubernetesOptions) -> Connection:
 
 
 class KubeApi:
-    """Typed, plain-dict access to PythonJobs (and a ConfigMap read for ``codeRef`` code)."""
+    """Typed, plain-dict access to PythonJobs and (read only) PythonJobTypes: what the shim's Role allows."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -143,8 +143,8 @@ class KubeApi:
         return data
 
     @staticmethod
-    def _jobs(namespace: str, name: str | None = None) -> str:
-        path = JOBS_PATH.format(namespace=quote(namespace, safe=""))
+    def _jobs(namespace: str, name: str | None = None, template: str = JOBS_PATH) -> str:
+        path = template.format(namespace=quote(namespace, safe=""))
         return f"{path}/{quote(name, safe='')}" if name else path
 
     # -- PythonJobs -------------------------------------------------------------------------------
@@ -189,14 +189,19 @@ class KubeApi:
                 return items
             params["continue"] = str(token)
 
-    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+    # -- PythonJobTypes (get/list only) -------------------------------------------------------------
+
+    async def get_job_type(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            path = CONFIGMAP_PATH.format(namespace=quote(namespace, safe=""), name=quote(name, safe=""))
-            return await self._request("GET", path)
+            return await self._request("GET", self._jobs(namespace, name, JOB_TYPES_PATH))
         except KubeApiError as exc:
             if exc.status == 404:
                 return None
             raise
+
+    async def list_job_types(self, namespace: str) -> list[dict[str, Any]]:
+        page = await self._request("GET", self._jobs(namespace, template=JOB_TYPES_PATH))
+        return list(page.get("items") or [])
 
     async def watch_jobs(self, namespace: str, resource_version: str | None) -> AsyncIterator[dict[str, Any]]:
         """Watch events (``{"type", "object"}``) until the server ends the stream.
