@@ -216,5 +216,5 @@ def test_metrics_endpoint(
     assert "takovm_reconcile_seconds_count" in text
     kubelet.succeed(pod)
     wait_phase(kube, "m-1", "Succeeded")
-    text = scrape_until('takovm_jobs{phase="Succeeded"} 1.0')
-    assert "takovm_admission_queue_length 0.0" in text
+    scrape_until('takovm_jobs{phase="Succeeded"} 1.0')
+    scrape_until("takovm_admission_queue_length 0.0")  # m-2 got the freed slot
