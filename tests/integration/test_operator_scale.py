@@ -16,7 +16,7 @@ import pytest
 from conftest import FakeKubelet, envelope, sample_job, wait_phase
 from kube_harness import KubeHarness, wait_for
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(400)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -51,7 +51,7 @@ class BusyKubelet:
 
 @pytest.mark.slow
 def test_concurrency_limit_holds_with_20_jobs(kube: KubeHarness, run_operator: Any) -> None:
-    limit = 4
+    limit = 5
     run_operator(max_concurrent=limit)
     names = [f"job-{i:02d}" for i in range(20)]
     for name in names:
@@ -70,7 +70,7 @@ def test_concurrency_limit_holds_with_20_jobs(kube: KubeHarness, run_operator: A
         return jobs if len(done) == len(names) else None
 
     with BusyKubelet(kube):
-        jobs = wait_for(all_done, timeout=200, interval=0.5, what="all 20 jobs to succeed")
+        jobs = wait_for(all_done, timeout=280, interval=0.5, what="all 20 jobs to succeed")
     for job in jobs:
         assert job["status"]["stdout"] == f"{job['metadata']['name']}-pod\n"
     assert kube.pods_peak <= limit, f"{kube.pods_peak} pods alive at once with a limit of {limit}"
