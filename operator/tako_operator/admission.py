@@ -103,6 +103,10 @@ class Admission:
         self.granted.discard(key)
         self.released.discard(key)
 
+    def next_up(self, entries: Iterable[Entry]) -> list[Key]:
+        """The waiting jobs that free slots would admit now, oldest first (what to wake)."""
+        return admissible(entries, self.granted, self.released, self.limit)
+
     def waiting(self, entries: Iterable[Entry]) -> list[Key]:
         """Non-admitted, non-terminal jobs in admission order (the queue)."""
         live = [e for e in entries if not e.terminal and e.key not in self.released]

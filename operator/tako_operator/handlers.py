@@ -127,7 +127,8 @@ class Reconciler:
             pod = await self.find_pod(key[0], pod_name)
         logs: dict[str, str] = {}
         cancel = bool((job.get("spec") or {}).get("cancel"))
-        for container in logs_needed(pod, cancel):
+        # A finished job's record is stored: its leftover Pod is only deleted, never read again.
+        for container in [] if terminal else logs_needed(pod, cancel):
             assert pod is not None
             text = await self.kube.read_log(key[0], pod["metadata"]["name"], container)
             if text is not None:
@@ -171,16 +172,18 @@ class Reconciler:
         if result.remove_egress and observed.pod is not None:
             await self.kube.remove_pod_label(namespace, observed.pod["metadata"]["name"], EGRESS_LABEL)
             await self.kube.delete_network_policy(namespace, objects.install_policy_name(job))
-        for event_type, reason, message in result.events:
-            await self.kube.emit_event(job, reason, message, event_type)
         if result.delete_pod:
             await self.kube.delete_pod(namespace, result.delete_pod)
-        if result.cleanup:
-            await self.cleanup(job)
         if result.released:
+            # The terminal record is stored and the Pod is gone: the slot is free now. Hand it on
+            # before the events and the ConfigMap/policy cleanup below, not after them.
             async with self.admission_lock:
                 self.admission.release((namespace, name))
             self.wake_queue()
+        for event_type, reason, message in result.events:
+            await self.kube.emit_event(job, reason, message, event_type)
+        if result.cleanup:
+            await self.cleanup(job)
         if result.delete_job:
             await self.kube.delete_job(namespace, name)
         elif result.requeue_after is not None:
@@ -237,10 +240,14 @@ class Reconciler:
         task.add_done_callback(_log_failure)
 
     def wake_queue(self) -> None:
-        """A slot may be free: reconcile the oldest waiting jobs so they are admitted in order."""
-        waiting = self.admission.waiting(self.entries)
-        for key in waiting[: max(self.config.max_concurrent, 1)]:
-            self.schedule(key, 0.0)
+        """A slot may be free: reconcile, right now, the oldest waiting jobs that the free slots
+        admit (event-driven: no timer, no polling). Their own reconcile takes the admission
+        decision under the lock, so a duplicate or stale wake-up admits nothing out of turn."""
+        for key in self.admission.next_up(self.entries):
+            pending = self.wakeups.pop(key, None)
+            if pending is not None:
+                pending.cancel()
+            self._spawn_poke(key)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

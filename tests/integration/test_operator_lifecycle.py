@@ -149,7 +149,8 @@ def test_runner_timeout_and_active_deadline(
 
 def test_operator_side_deadline_bound(kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet) -> None:
     """Neither the runner nor the kubelet ends the Pod: the operator's own bound does."""
-    run_operator(deadline_grace_seconds=-11.0)  # startup 10 + timeout 1 - 11 -> bound of 0 s
+    # startup 10 + timeout 1 - 9 -> a bound of 2 s: long enough for the test to see the Pod
+    run_operator(deadline_grace_seconds=-9.0)
     kube.create("pythonjobs", sample_job("hang", timeoutSeconds=1, startupTimeoutSeconds=10))
     pod = kubelet.wait_pod("hang")["metadata"]["name"]
     kubelet.run(pod)
