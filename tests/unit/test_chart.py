@@ -526,6 +526,20 @@ def test_operator_environment_is_accepted_by_the_real_operator_configuration(
     assert config.max_concurrent == 50
     assert config.limits.max_attempts == 2
     assert config.limits.default_ttl_seconds == 86400
+    assert (config.limits.retry_backoff_seconds, config.limits.retry_backoff_max_seconds) == (10, 600)
+    assert config.limits.deadline_grace_seconds == 60
+    assert config.builder_settings.runtime_class_name == "gvisor"
+    assert config.default_image == production_values()["jobs"]["defaultJobType"]["image"]
+
+
+def test_job_pods_use_the_runtime_class_the_chart_names() -> None:
+    from tako_operator.main import config_from_env
+
+    objects = render({"runtimeClass": {"create": True, "name": "gvisor-systrap", "handler": "runsc"}})
+    deployment = one(objects, "Deployment", "tako-tako-vm-operator", NAMESPACE)
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert config_from_env(env).builder_settings.runtime_class_name == "gvisor-systrap"
+    assert one(objects, "RuntimeClass", "gvisor-systrap")["handler"] == "runsc"
 
 
 def test_shim_arguments_parse_with_the_real_cli(production_objects: list[Manifest]) -> None:
