@@ -10,8 +10,8 @@ import time
 from typing import Any
 
 import pytest
-from conftest import FakeKubelet, envelope, phase_of, sample_job, wait_phase
 from kube_harness import KubeHarness, wait_for
+from operator_support import FakeKubelet, envelope, phase_of, sample_job, wait_phase
 
 pytestmark = pytest.mark.timeout(60)
 

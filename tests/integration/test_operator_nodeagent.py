@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import sample_job, wait_phase
 from kube_harness import KubeHarness
+from operator_support import sample_job, wait_phase
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nodeagent.agent import NodeAgent, runsc_problem

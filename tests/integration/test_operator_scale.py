@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import FakeKubelet, envelope, phase_of, sample_job, wait_phase
 from kube_harness import KubeHarness, wait_for
+from operator_support import FakeKubelet, envelope, phase_of, sample_job, wait_phase
 
 pytestmark = pytest.mark.timeout(400)
 REPO = Path(__file__).resolve().parents[2]

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp.test_utils import TestServer
-from conftest import FakeKubelet, wait_phase
 from kube_harness import KubeHarness, wait_for
+from operator_support import FakeKubelet, wait_phase
 
 from tako_shim.app import create_app
 from tako_shim.backends.kubernetes import KubernetesBackend
@@ -192,7 +192,7 @@ async def test_any_replica_answers_the_long_poll(
 async def test_failure_is_reported_with_error_type(
     kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet, start_shim: Any
 ) -> None:
-    from conftest import envelope
+    from operator_support import envelope
 
     run_operator()
     shim = await start_shim()
