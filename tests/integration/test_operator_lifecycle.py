@@ -261,12 +261,13 @@ def test_finished_job_is_deleted_after_ttl(
     kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet
 ) -> None:
     run_operator()
-    kube.create("pythonjobs", sample_job("short", ttlSecondsAfterFinished=1))
+    # 5 s, not 1: the test must see "short" Succeeded before its TTL removes it, even on a loaded machine.
+    kube.create("pythonjobs", sample_job("short", ttlSecondsAfterFinished=5))
     kube.create("pythonjobs", sample_job("kept"))
     for name in ("short", "kept"):
         kubelet.succeed(kubelet.wait_pod(name)["metadata"]["name"])
         wait_phase(kube, name, "Succeeded")
-    wait_for(lambda: kube.get("pythonjobs", "short") is None, timeout=10, what="TTL deletion")
+    wait_for(lambda: kube.get("pythonjobs", "short") is None, timeout=30, what="TTL deletion")
     assert phase_of(kube, "kept") == "Succeeded", "a job within its TTL (default 1h) stays"
 
 
