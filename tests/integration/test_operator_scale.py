@@ -195,9 +195,13 @@ def test_two_replicas_never_both_act(kube: KubeHarness, tmp_path: Path) -> None:
         "kopfpeerings",
         {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "tako"}, "status": {}},
     )
+    # kopf starts every peered operator paused and logs only transitions: the lower replica must be
+    # active (alone) before the higher one appears, or it never logs "Pausing" (it simply stays paused).
     low = _operator_process(kube, tmp_path, "--peering", "tako", "--priority", "10", log=low_log)
-    high = _operator_process(kube, tmp_path, "--peering", "tako", "--priority", "20", log=high_log)
+    high: subprocess.Popen[bytes] | None = None
     try:
+        wait_for(lambda: "Resuming" in low_log.read_text(), timeout=60, what="the lone replica to become active")
+        high = _operator_process(kube, tmp_path, "--peering", "tako", "--priority", "20", log=high_log)
         wait_for(
             lambda: "Pausing" in low_log.read_text(), timeout=60, what="the lower-priority replica to pause"
         )
@@ -209,9 +213,10 @@ def test_two_replicas_never_both_act(kube: KubeHarness, tmp_path: Path) -> None:
         assert "Pausing" not in high_log.read_text()
         assert "ha-pod" not in low_log.read_text(), "the paused replica handled the job"
     finally:
-        for proc in (low, high):
+        running = [proc for proc in (low, high) if proc is not None]
+        for proc in running:
             proc.send_signal(signal.SIGTERM)
-        for proc in (low, high):
+        for proc in running:
             proc.wait(timeout=20)
 
 
