@@ -200,7 +200,9 @@ def test_two_replicas_never_both_act(kube: KubeHarness, tmp_path: Path) -> None:
     low = _operator_process(kube, tmp_path, "--peering", "tako", "--priority", "10", log=low_log)
     high: subprocess.Popen[bytes] | None = None
     try:
-        wait_for(lambda: "Resuming" in low_log.read_text(), timeout=60, what="the lone replica to become active")
+        wait_for(
+            lambda: "Resuming" in low_log.read_text(), timeout=60, what="the lone replica to become active"
+        )
         high = _operator_process(kube, tmp_path, "--peering", "tako", "--priority", "20", log=high_log)
         wait_for(
             lambda: "Pausing" in low_log.read_text(), timeout=60, what="the lower-priority replica to pause"
