@@ -13,6 +13,7 @@ import asyncio
 import copy
 import datetime
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +21,11 @@ from typing import Any
 import kopf
 
 from tako_operator import objects
+from tako_operator import standby as standby_mod
 from tako_operator.admission import Admission, Entry, Key, entry_for
 from tako_operator.kube import GROUP, JOB_TYPES, JOBS, VERSION, Kube
 from tako_operator.metrics import Metrics
+from tako_operator.pool import StandbyPool, standby_settings_from_env
 from tako_operator.reconcile import (
     EGRESS_LABEL,
     TERMINAL_PHASES,
@@ -47,6 +50,10 @@ class OperatorConfig:
     limits: Limits = field(default_factory=Limits)
     builder_settings: OperatorSettings = field(default_factory=OperatorSettings)
     default_image: str | None = None  # image of the built-in `default` job type
+    # The standby-Pod pool's operator-wide knobs (TAKO_OPERATOR_STANDBY_*); pool sizes are per job type.
+    standby: standby_mod.StandbySettings = field(
+        default_factory=lambda: standby_settings_from_env(os.environ)
+    )
 
 
 def _now() -> datetime.datetime:
@@ -58,6 +65,7 @@ class Reconciler:
         self.kube = kube
         self.config = config
         self.metrics = metrics
+        self.pool = StandbyPool(kube, config.builder_settings, config.standby)
         self.admission = Admission(limit=config.max_concurrent)
         self.locks: dict[Key, asyncio.Lock] = {}
         self.admission_lock = asyncio.Lock()
@@ -125,6 +133,15 @@ class Reconciler:
         if job_type is not None and (admitted or terminal or attempt > 0):
             pod_name = status.get("podName") or objects.pod_name(job, max(attempt, 1))
             pod = await self.find_pod(key[0], pod_name)
+            if pod is None and pod_name != objects.pod_name(job, max(attempt, 1)):
+                pod = await self.kube.get_pod(key[0], pod_name)  # a claimed standby Pod, not yet indexed
+        standby = None
+        if admitted and pod is None and attempt == 0 and job_type and job_type.get("standbyPods"):
+            pod = self.find_claimed_pod(job)  # claimed before a crash, status not yet written
+            if pod is not None:
+                await self.pool.resume(key[0], pod, job, job_type)
+            else:
+                standby = await self.pool.reserve(key[0], objects.job_type_name(job), job_type)
         logs: dict[str, str] = {}
         cancel = bool((job.get("spec") or {}).get("cancel"))
         # A finished job's record is stored: its leftover Pod is only deleted, never read again.
@@ -142,6 +159,7 @@ class Reconciler:
             logs=logs,
             limits=self.config.limits,
             settings=self.config.builder_settings,
+            standby=standby,
         )
 
     async def find_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -149,6 +167,17 @@ class Reconciler:
             return await self.kube.get_pod(namespace, name)
         found = list(self.pod_index.get((namespace, name), []))
         return copy.deepcopy(found[-1]) if found else None
+
+    def find_claimed_pod(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        """The standby Pod claimed for `job` (by the claim annotation; owned Pods are indexed)."""
+        uid = (job.get("metadata") or {}).get("uid")
+        if self.pod_index is None or not uid:
+            return None
+        for entries in self.pod_index.values():
+            for pod in entries:
+                if standby_mod.claimed_by(pod) == uid:
+                    return copy.deepcopy(dict(pod))
+        return None
 
     async def resolve_job_type(self, job: dict[str, Any]) -> dict[str, Any] | None:
         name = objects.job_type_name(job)
@@ -165,6 +194,14 @@ class Reconciler:
         status = result.status
         for obj in result.create:
             await self.create(obj)
+        if result.claim is not None and observed.standby is not None:
+            problem = await self.pool.claim(namespace, observed.standby, result.claim)
+            if problem is not None:
+                log.warning("job %s/%s: %s; trying again", namespace, name, problem)
+                self.schedule((namespace, name), 0.05)
+                return
+        elif observed.standby is not None:
+            self.pool.unreserve(namespace, observed.standby["metadata"]["name"])
         if result.annotations:
             await self.kube.patch_job_metadata(namespace, name, {"annotations": result.annotations})
         if status and status_changed(job.get("status"), status):
@@ -224,6 +261,16 @@ class Reconciler:
             handle.cancel()
         self.locks.pop(key, None)
         self.wake_queue()
+
+    async def on_standby_event(self, namespace: str, pod: kopf.Body) -> None:
+        """A standby Pod changed (claimed, finished, deleted): top its pool up again."""
+        type_name = str(((pod.get("metadata") or {}).get("labels") or {}).get(standby_mod.LABEL_POOL))
+        stored = list(self.type_index.get((namespace, type_name), [])) if self.type_index is not None else []
+        found = stored[-1] if stored else None
+        spec = dict(found.get("spec") or {}) if found else None
+        uid = (found.get("metadata") or {}).get("uid") if found else None
+        self.pool.saw_standby_pod(namespace, type_name)
+        self.pool.refill_soon(namespace, type_name, spec, uid)
 
     # -- wake-ups ---------------------------------------------------------------------------------
 
@@ -301,6 +348,19 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
     async def job_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
         reconciler.bind_indexes(kwargs)
         await reconciler.on_job_event(type, copy.deepcopy(dict(body)))
+
+    @kopf.on.event(GROUP, VERSION, JOB_TYPES, id="job_type_event", registry=registry)
+    async def job_type_event(type: str, body: kopf.Body, namespace: str | None, name: str, **_: Any) -> None:
+        spec = None if type == "DELETED" else dict(body.get("spec") or {})
+        uid = (body.get("metadata") or {}).get("uid")
+        reconciler.pool.refill_soon(namespace or "", name, spec, uid)
+
+    standby_labels = {standby_mod.LABEL_POOL: kopf.PRESENT}
+
+    @kopf.on.event("v1", "pods", id="standby_event", labels=standby_labels, registry=registry)
+    async def standby_event(body: kopf.Body, namespace: str | None, **kwargs: Any) -> None:
+        reconciler.bind_indexes(kwargs)
+        await reconciler.on_standby_event(namespace or "", body)
 
     @kopf.on.event("v1", "pods", id="pod_event", when=_owned_by_job, registry=registry)
     async def pod_event(body: kopf.Body, namespace: str | None, **kwargs: Any) -> None:

@@ -139,6 +139,39 @@ class Kube:
     async def delete_pod(self, namespace: str, name: str) -> bool:
         return await self._delete(self.core.delete_namespaced_pod, name, namespace, grace_period_seconds=0)
 
+    async def list_pods(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """Pods carrying every label in `labels` (also filtered here: emulators ignore selectors)."""
+        selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+        response = await self._call(
+            self.core.list_namespaced_pod, namespace, label_selector=selector, _preload_content=False
+        )
+        items: list[dict[str, Any]] = self._json(response).get("items") or []
+        return [
+            pod
+            for pod in items
+            if labels.items() <= ((pod.get("metadata") or {}).get("labels") or {}).items()
+        ]
+
+    async def merge_patch_pod(
+        self, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """JSON merge patch (lists are replaced, None deletes a key); a `metadata.resourceVersion` in
+        the patch is a precondition. None when the Pod is gone (404) or changed meanwhile (409)."""
+        try:
+            response = await self._call(
+                self.core.patch_namespaced_pod,
+                name,
+                namespace,
+                body=patch,
+                _content_type="application/merge-patch+json",
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return None
+            raise
+        return self._json(response)
+
     async def delete_configmap(self, namespace: str, name: str) -> bool:
         return await self._delete(self.core.delete_namespaced_config_map, name, namespace)
 

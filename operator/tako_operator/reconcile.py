@@ -13,7 +13,8 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-from tako_operator import objects
+from tako_operator import builders, objects
+from tako_operator import standby as standby_mod
 from tako_operator import status as status_mod
 from tako_operator.builders import JobRejected
 from tako_operator.settings import OperatorSettings
@@ -61,6 +62,8 @@ class Observed:
     logs: dict[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     settings: OperatorSettings = field(default_factory=OperatorSettings)
+    # A ready standby Pod of the job's type reserved for this job (None: none, or the pool is off).
+    standby: dict[str, Any] | None = None
 
 
 @dataclass
@@ -75,6 +78,7 @@ class Plan:
     annotations: dict[str, str | None] = field(default_factory=dict)  # PythonJob metadata patch
     requeue_after: float | None = None
     released: bool = False  # the job stopped holding an admission slot
+    claim: standby_mod.Claim | None = None  # run attempt 1 in this standby Pod instead of a new one
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,6 +268,8 @@ def plan(observed: Observed) -> Plan:
     # 5. Admitted and no Pod: create the first attempt, or retry after an infrastructure loss.
     if pod is None:
         if attempts == 0:
+            if observed.standby is not None and _claim_attempt(observed, result):
+                return result
             return _create_attempt(observed, result, 1)
         return _retry_or_fail(observed, result, attempts, "the pod disappeared before the job finished")
 
@@ -334,15 +340,38 @@ def _create_attempt(observed: Observed, result: Plan, attempt: int) -> Plan:
         result.create = objects.attempt_objects(observed.job, observed.job_type, observed.settings, attempt)
     except JobRejected as exc:
         return _finish(observed, result, status_mod.rejected_status(_model(observed), exc, observed.now))
-    model = _model(observed)
     pod = result.create[-1]
+    message = f"attempt {attempt}: pod created"
+    result.status = _pending_record(observed, attempt, pod["metadata"]["name"], message)
+    result.events.append(("Normal", "Admitted" if attempt == 1 else "Retried", f"attempt {attempt} started"))
+    return result
+
+
+def _claim_attempt(observed: Observed, result: Plan) -> bool:
+    """Attempt 1 in the reserved standby Pod: the job's deny-all policy first, then the claim (carried
+    out by the handlers). False when the job must take the cold path instead."""
+    assert observed.job_type is not None and observed.standby is not None
+    try:
+        claim = standby_mod.plan_claim(
+            observed.job, observed.job_type, observed.settings, observed.standby, observed.now
+        )
+    except JobRejected:
+        return False  # the cold path rejects it with the builders' reason
+    if claim is None:
+        return False
+    result.claim = claim
+    result.create = [builders.build_deny_all_policy(_model(observed))]
+    message = f"attempt 1: standby pod {claim.pod_name} claimed"
+    result.status = _pending_record(observed, 1, claim.pod_name, message)
+    result.events.append(("Normal", "Admitted", f"attempt 1 started in standby pod {claim.pod_name}"))
+    return True
+
+
+def _pending_record(observed: Observed, attempt: int, pod_name: str, message: str) -> dict[str, Any]:
+    """The status of a job whose attempt `attempt` just got its Pod."""
+    model = _model(observed)
     record = status_mod.compute_status(model, None, {}, observed.now, observed.settings)
-    record.update(
-        phase="Pending",
-        attempts=attempt,
-        podName=pod["metadata"]["name"],
-        message=f"attempt {attempt}: pod created",
-    )
+    record.update(phase="Pending", attempts=attempt, podName=pod_name, message=message)
     status = observed.job.get("status") or {}
     if not status.get("queuedAt"):
         record["queuedAt"] = status_mod.format_time(observed.now)
@@ -353,9 +382,7 @@ def _create_attempt(observed: Observed, result: Plan, attempt: int) -> Plan:
         observed.now,
         status.get("conditions") or [],
     )
-    result.status = record
-    result.events.append(("Normal", "Admitted" if attempt == 1 else "Retried", f"attempt {attempt} started"))
-    return result
+    return record
 
 
 def _retry_or_fail(observed: Observed, result: Plan, attempts: int, why: str) -> Plan:

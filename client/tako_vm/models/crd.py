@@ -298,6 +298,7 @@ class PythonJobTypeSpec(_Spec):
     timeout_seconds: int = Field(default=30, ge=TIMEOUT_MIN, le=TIMEOUT_MAX)
     startup_timeout_seconds: int = Field(default=120, ge=STARTUP_TIMEOUT_MIN, le=STARTUP_TIMEOUT_MAX)
     allow_runtime_requirements: bool = False
+    standby_pods: int = Field(default=0, ge=0, le=20)
     env: list[EnvVar] | None = Field(default=None, max_length=64)
 
     @field_validator("env")

@@ -1,0 +1,189 @@
+"""The standby-Pod pool at run time: keeps each (namespace, job type) pool full, reserves a ready Pod for
+a job, claims it and pushes the job to it. Decisions come from the pure `tako_operator.standby`; the
+Kubernetes calls go through `tako_operator.kube`; the push is one HTTP POST (aiohttp) to the Pod's IP.
+
+Default off: a job type's pool size is `spec.standbyPods` (0 unless set), and nothing here runs for a
+type whose size is 0 and that has no standby Pods left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from typing import Any
+
+import aiohttp
+
+from tako_operator import builders
+from tako_operator import standby as sb
+from tako_operator.kube import Kube
+from tako_operator.settings import OperatorSettings
+from tako_vm.models.crd import PythonJob, PythonJobTypeSpec
+
+log = logging.getLogger("tako_operator.pool")
+PoolKey = tuple[str, str]  # (namespace, job type name)
+
+
+def standby_settings_from_env(env: os._Environ[str] | dict[str, str]) -> sb.StandbySettings:
+    """TAKO_OPERATOR_STANDBY_* (the Helm chart sets them): port, max age, who may push."""
+    labels_raw = env.get("TAKO_OPERATOR_STANDBY_PUSH_FROM_LABELS")
+    kwargs: dict[str, Any] = {}
+    if env.get("TAKO_OPERATOR_STANDBY_PORT"):
+        kwargs["port"] = int(env["TAKO_OPERATOR_STANDBY_PORT"])
+    if env.get("TAKO_OPERATOR_STANDBY_MAX_AGE_SECONDS"):
+        kwargs["max_age_seconds"] = int(env["TAKO_OPERATOR_STANDBY_MAX_AGE_SECONDS"])
+    if env.get("TAKO_OPERATOR_STANDBY_PUSH_FROM_NAMESPACE"):
+        kwargs["operator_namespace"] = env["TAKO_OPERATOR_STANDBY_PUSH_FROM_NAMESPACE"]
+    if labels_raw is not None:
+        pairs = [item.split("=", 1) for item in labels_raw.split(",") if item.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError(f"TAKO_OPERATOR_STANDBY_PUSH_FROM_LABELS must be k=v,k=v; got {labels_raw!r}")
+        kwargs["operator_pod_labels"] = {k.strip(): v.strip() for k, v in pairs}
+    return sb.StandbySettings(**kwargs)
+
+
+async def push(url: str, token: str, body: dict[str, Any], limit_seconds: float) -> str | None:
+    """POST the job to a standby runner. None when it accepted it, else why not."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=limit_seconds)) as session,
+            session.post(url, json=body, headers={"Authorization": f"Bearer {token}"}) as response,
+        ):
+            if response.status == 200:
+                return None
+            return f"standby runner answered {response.status}: {(await response.text())[:200]}"
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return f"push to {url} failed: {exc!r}"
+
+
+class StandbyPool:
+    def __init__(self, kube: Kube, settings: OperatorSettings, standby: sb.StandbySettings) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.standby = standby
+        self.locks: dict[PoolKey, asyncio.Lock] = {}
+        self.shared_ready: set[str] = set()  # namespaces whose policy and ConfigMaps exist
+        # Pods handed to a job (or being handed): never offered again, even before the API shows it.
+        self.taken: set[tuple[str, str]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.known: set[PoolKey] = set()  # pools that have (or had) standby Pods
+
+    # -- keeping pools full ---------------------------------------------------------------------
+
+    async def ensure(
+        self, namespace: str, type_name: str, job_type: dict[str, Any] | None, type_uid: str | None
+    ) -> None:
+        """Make the pool of (namespace, type) match `spec.standbyPods` (0 or a missing type = empty it)."""
+        wanted = int((job_type or {}).get("standbyPods") or 0)
+        if wanted == 0 and (namespace, type_name) not in self.known:
+            return  # the pool is off and never had Pods: no API call (the default)
+        self.known.add((namespace, type_name))
+        lock = self.locks.setdefault((namespace, type_name), asyncio.Lock())
+        async with lock:
+            pods = await self.kube.list_pods(namespace, {sb.LABEL_POOL: builders.label_safe(type_name)})
+            if wanted == 0 and not pods:
+                return
+            spec = PythonJobTypeSpec.model_validate(job_type) if job_type else None
+            current = sb.spec_hash(namespace, type_name, spec, self.settings, self.standby) if spec else ""
+            plan = sb.pool_plan(wanted if spec else 0, pods, current)
+            for name in plan.delete:
+                await self.kube.delete_pod(namespace, name)
+            if plan.create and spec is not None:
+                await self._ensure_shared(namespace)
+                for _ in range(plan.create):
+                    pod = sb.build_standby_pod(
+                        namespace,
+                        type_name,
+                        spec,
+                        self.settings,
+                        self.standby,
+                        token=secrets.token_urlsafe(32),
+                        suffix=secrets.token_hex(4),
+                        type_uid=type_uid,
+                    )
+                    await self.kube.create_pod(pod)
+            if plan.create or plan.delete:
+                log.info(
+                    "standby pool %s/%s: %d wanted, created %d, deleted %d",
+                    namespace, type_name, wanted, plan.create, len(plan.delete),
+                )  # fmt: skip
+
+    async def _ensure_shared(self, namespace: str) -> None:
+        """The standby policy before any standby Pod exists (fail closed), and the runner files."""
+        if namespace in self.shared_ready:
+            return
+        await self.kube.create_network_policy(sb.build_standby_policy(namespace, self.standby))
+        await self.kube.create_configmap(builders.build_runner_configmap(namespace))
+        await self.kube.create_configmap(sb.build_standby_configmap(namespace))
+        self.shared_ready.add(namespace)
+
+    def saw_standby_pod(self, namespace: str, type_name: str) -> None:
+        """A standby Pod of this pool exists (e.g. left by an earlier operator run): manage it."""
+        self.known.add((namespace, type_name))
+
+    def refill_soon(
+        self, namespace: str, type_name: str, job_type: dict[str, Any] | None, type_uid: str | None
+    ) -> None:
+        """`ensure` in the background (after a claim: the job's own reconcile does not wait for it)."""
+        task = asyncio.get_running_loop().create_task(self.ensure(namespace, type_name, job_type, type_uid))
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("standby pool refill failed: %r", task.exception())
+
+    # -- claiming ---------------------------------------------------------------------------------
+
+    async def reserve(
+        self, namespace: str, type_name: str, job_type: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """A ready standby Pod of the type, now reserved for the caller (or None)."""
+        if not int(job_type.get("standbyPods") or 0):
+            return None
+        spec = PythonJobTypeSpec.model_validate(job_type)
+        current = sb.spec_hash(namespace, type_name, spec, self.settings, self.standby)
+        pods = await self.kube.list_pods(namespace, {sb.LABEL_POOL: builders.label_safe(type_name)})
+        exclude = frozenset(name for ns, name in self.taken if ns == namespace)
+        chosen = sb.choose(pods, current, exclude)  # no await between choosing and taking
+        if chosen is not None:
+            self.taken.add((namespace, chosen["metadata"]["name"]))
+        return chosen
+
+    def unreserve(self, namespace: str, pod_name: str) -> None:
+        self.taken.discard((namespace, pod_name))
+
+    async def claim(self, namespace: str, pod: dict[str, Any], claim: sb.Claim) -> str | None:
+        """Claim (resourceVersion precondition), push, release the standby label. None on success,
+        else why it failed; a Pod that was claimed but could not take the job is deleted."""
+        claimed = await self.kube.merge_patch_pod(namespace, claim.pod_name, claim.patch)
+        if claimed is None:
+            return f"standby pod {claim.pod_name} was taken or deleted meanwhile"
+        url, token = sb.push_url(pod, self.standby), sb.pod_token(pod)
+        problem = "the standby pod has no IP or no token"
+        if url is not None and token is not None:
+            problem = await push(url, token, claim.body, self.standby.push_timeout_seconds) or ""
+        if problem:
+            await self.kube.delete_pod(namespace, claim.pod_name)
+            return problem
+        await self.kube.merge_patch_pod(namespace, claim.pod_name, sb.release_patch())
+        return None
+
+    async def resume(
+        self, namespace: str, pod: dict[str, Any], job: dict[str, Any], job_type: dict[str, Any]
+    ) -> None:
+        """Finish a claim an earlier operator run began (it stopped between the claim and the status
+        write). The runner takes one push only, so a refused repeat means the job already has it."""
+        if sb.pushed(pod):
+            return
+        url, token = sb.push_url(pod, self.standby), sb.pod_token(pod)
+        if url is not None and token is not None:
+            model, type_model = PythonJob.model_validate(job), PythonJobTypeSpec.model_validate(job_type)
+            body = sb.push_body(model, type_model, self.settings)
+            problem = await push(url, token, body, self.standby.push_timeout_seconds)
+            if problem:
+                log.info("resuming the claim of %s/%s: %s", namespace, pod["metadata"]["name"], problem)
+        await self.kube.merge_patch_pod(namespace, pod["metadata"]["name"], sb.release_patch())
