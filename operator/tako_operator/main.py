@@ -3,6 +3,12 @@ that tests run in a thread of their own with a stop flag).
 
 Connection: in-cluster service account if `KUBERNETES_SERVICE_HOST` is set, else `$KUBECONFIG`
 (or ~/.kube/config). kopf's own client gets the same credentials through a login handler.
+
+Supervision: kopf ends its whole reactor on some API errors it does not retry (an HTTP-level
+`410 Gone` answer to a watch request, 5xx or connection errors outlasting its request backoffs).
+`operate` then restarts kopf in-process with backoff: the new run lists every resource again and
+watches from there, while the Reconciler (admission slots, wake-up timers) lives on. Reconciling is
+idempotent by deterministic object names, so a restart never creates a second Pod.
 """
 
 from __future__ import annotations
@@ -10,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import threading
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +33,31 @@ from tako_operator.reconcile import Limits
 from tako_operator.settings import OperatorSettings
 
 log = logging.getLogger("tako_operator")
+
+StopFlag = asyncio.Event | threading.Event
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How `operate` restarts a kopf reactor that failed (see the module docstring)."""
+
+    backoff_seconds: float = 1.0  # the first restart delay; doubles per consecutive failure
+    backoff_max_seconds: float = 30.0
+    max_consecutive_failures: int = 10  # then the error propagates and the process exits
+    healthy_after_seconds: float = 120.0  # a run at least this long resets the failure count
+
+    def __post_init__(self) -> None:
+        if self.backoff_seconds < 0 or self.backoff_max_seconds < self.backoff_seconds:
+            raise ValueError("restart backoff must be >= 0 and backoff_max_seconds >= backoff_seconds")
+        if self.max_consecutive_failures < 0:
+            raise ValueError("max_consecutive_failures must be >= 0")
+
+
+def restart_delay(policy: RestartPolicy, failures: int) -> float | None:
+    """Seconds to wait before restart number `failures` (1-based), or None to give up."""
+    if failures > policy.max_consecutive_failures:
+        return None
+    return float(min(policy.backoff_seconds * 2 ** (failures - 1), policy.backoff_max_seconds))
 
 
 @dataclass
@@ -41,6 +75,7 @@ class OperatorOptions:
     watch_server_timeout: int = 300
     peering_lifetime: int = 60
     peering_interval: float = 30.0
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
 
 
 def config_from_env(env: os._Environ[str] | dict[str, str]) -> OperatorConfig:
@@ -99,6 +134,10 @@ def _kopf_settings(options: OperatorOptions) -> kopf.OperatorSettings:
     settings.peering.priority = options.priority
     settings.networking.request_timeout = 30.0
     settings.execution.max_workers = 4
+    # kopf arms a SIGKILL timer whenever its reactor stops without the stop flag, which is also the
+    # case when it fails: with in-process restarts that timer would kill the restarted operator
+    # 10 minutes later. A stuck shutdown is bounded by the Pod's termination grace period instead.
+    settings.process.ultimate_exiting_timeout = None
     # Explicit namespaces need no namespace scanning (and no RBAC to list namespaces).
     namespaces = options.namespaces or []
     settings.scanning.disabled = (
@@ -111,10 +150,10 @@ def _kopf_settings(options: OperatorOptions) -> kopf.OperatorSettings:
 
 async def operate(
     options: OperatorOptions,
-    stop_flag: asyncio.Event | threading.Event | None = None,
+    stop_flag: StopFlag | None = None,
     ready_flag: asyncio.Event | threading.Event | None = None,
 ) -> None:
-    """Run the operator until `stop_flag` is set (or forever)."""
+    """Run the operator until `stop_flag` is set (or forever), restarting a failed kopf reactor."""
     kube = connect(options.kubeconfig)
     metrics = Metrics()
     reconciler = Reconciler(kube, options.config, metrics)
@@ -129,24 +168,87 @@ async def operate(
         if default_ns is None:
             raise ValueError("give --namespace (repeatable) or --all-namespaces")
         namespaces = [default_ns]
-    standalone = options.standalone
-    try:
+
+    async def run_kopf() -> None:
         await kopf.operator(
             registry=registry,
             settings=_kopf_settings(options),
             clusterwide=options.all_namespaces,
             namespaces=namespaces,
-            standalone=standalone,
+            standalone=options.standalone,
             peering_name=options.peering,
             priority=options.priority,
             liveness_endpoint=options.liveness,
             stop_flag=stop_flag,
             ready_flag=ready_flag,
         )
+
+    try:
+        await supervise(run_kopf, options.restart, stop_flag)
     finally:
         if server is not None:
             server[0].shutdown()
         kube.api_client.close()
+
+
+async def supervise(
+    run: Callable[[], Awaitable[None]],
+    policy: RestartPolicy,
+    stop_flag: StopFlag | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Call `run` until it returns (stopped by the flag or a signal); restart it when it raises,
+    after `restart_delay`. Gives up (re-raises) after too many consecutive failures."""
+    stopped = asyncio.Event()  # a SIGINT/SIGTERM while no reactor runs (kopf handles them otherwise)
+    failures = 0
+    while True:
+        started = clock()
+        try:
+            await run()
+            return
+        except Exception as exc:
+            if _is_set(stop_flag):
+                log.warning("kopf stopped with an error after the stop flag was set: %r", exc)
+                return
+            failures = 1 if clock() - started >= policy.healthy_after_seconds else failures + 1
+            delay = restart_delay(policy, failures)
+            if delay is None:
+                log.error("kopf failed %d times in a row; giving up: %r", failures, exc)
+                raise
+            log.error(
+                "kopf failed (%r); restarting it in %.1f s (failure %d of at most %d in a row): "
+                "it lists every watched resource again and reconciles from there",
+                exc,
+                delay,
+                failures,
+                policy.max_consecutive_failures,
+            )
+        _catch_signals(stopped)
+        if await _wait_stop(stop_flag, stopped, delay):
+            return
+
+
+def _is_set(flag: StopFlag | None) -> bool:
+    return flag is not None and flag.is_set()
+
+
+def _catch_signals(stopped: asyncio.Event) -> None:
+    """kopf's own signal handlers point at the failed run's future: take them back until the next run."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopped.set)
+
+
+async def _wait_stop(flag: StopFlag | None, stopped: asyncio.Event, delay: float) -> bool:
+    """Sleep `delay` seconds; True as soon as the stop flag is set or a signal arrived."""
+    deadline = time.monotonic() + delay
+    while (left := deadline - time.monotonic()) > 0:
+        if _is_set(flag) or stopped.is_set():
+            return True
+        await asyncio.sleep(min(left, 0.1))
+    return _is_set(flag) or stopped.is_set()
 
 
 def run_operator(

@@ -44,3 +44,44 @@ def sandbox_processes(marker: str) -> dict[int, str]:
         if marker in args and not args.startswith("ps "):
             found[int(pid)] = args
     return found
+
+
+# -- API-server faults for the operator tests (kmock) ------------------------------------------------
+
+
+def inject(kube: Any, criteria: Any, faults: list[tuple[int, dict[str, Any]]]) -> list[Any]:
+    """Answer the first ``len(faults)`` requests matching ``criteria`` with the faults (status, body),
+    then step aside so that the emulator serves as usual. Returns the requests that got a fault.
+
+    Stepping aside returns ``NotImplemented``, never ``None``: kmock 0.8 copies the status of a
+    returned ``kmock.Response`` onto the reaction itself (``object.__setattr__`` on its frozen
+    Response), so a reaction that later returns None still answers with that status and an empty
+    body. That kmock bug made every later watch request fail with a bodiless 410 or 500."""
+    import kmock  # the operator tests' dependency, not the local-mode tests'
+
+    served: list[Any] = []
+
+    def react(request: Any) -> Any:
+        if len(served) >= len(faults):
+            return NotImplemented  # kmock: "not this reaction", try the next one (the emulator)
+        status, body = faults[len(served)]
+        served.append(request)
+        return kmock.Response(status=status, payload=body)
+
+    async def register() -> None:
+        kube._emulator[criteria].override << react  # kmock's DSL on the harness's emulator
+
+    kube._run(register())
+    return served
+
+
+def api_status(code: int, reason: str, message: str) -> dict[str, Any]:
+    """A Kubernetes ``Status`` error body, as the API server sends it."""
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "reason": reason,
+        "message": message,
+        "code": code,
+    }

@@ -1,0 +1,93 @@
+"""The supervisor that restarts a failed kopf reactor in-process (`tako_operator.main.supervise`).
+
+Fast tests with a stand-in for `kopf.operator` (a coroutine that fails or returns as told): they pin
+the restart policy. The real kopf against kmock is in test_fault_operator_watch.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from tako_operator.main import RestartPolicy, restart_delay, supervise
+
+FAST = RestartPolicy(backoff_seconds=0.01, backoff_max_seconds=0.04, max_consecutive_failures=3)
+
+
+class FlakyRun:
+    """Fails `failures` times with `error`, then returns (as kopf does when stopped)."""
+
+    def __init__(self, failures: int, error: Exception | None = None) -> None:
+        self.failures = failures
+        self.error = error or RuntimeError("watch failed: 410 Gone")
+        self.calls = 0
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+
+
+def test_restart_delay_doubles_up_to_the_cap_then_gives_up() -> None:
+    policy = RestartPolicy(backoff_seconds=1, backoff_max_seconds=30, max_consecutive_failures=7)
+    assert [restart_delay(policy, n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 30, 30, None]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"backoff_seconds": -1}, "backoff"),
+        ({"backoff_seconds": 5, "backoff_max_seconds": 1}, "backoff_max_seconds"),
+        ({"max_consecutive_failures": -1}, "max_consecutive_failures"),
+    ],
+)
+def test_a_bad_restart_policy_is_refused_naming_the_field(kwargs: dict[str, float], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        RestartPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_failed_run_is_restarted_until_it_returns() -> None:
+    run = FlakyRun(failures=2)
+    await supervise(run, FAST)
+    assert run.calls == 3
+
+
+async def test_too_many_failures_in_a_row_propagate_the_last_error() -> None:
+    run = FlakyRun(failures=100, error=ConnectionError("api server unreachable"))
+    with pytest.raises(ConnectionError, match="unreachable"):
+        await supervise(run, FAST)
+    assert run.calls == FAST.max_consecutive_failures + 1
+
+
+async def test_a_long_healthy_run_resets_the_failure_count() -> None:
+    """Failures spread over a long time are not 'in a row': each follows a healthy run."""
+    ticks = iter(range(0, 10_000, 100))  # every clock reading is 100 s after the previous one
+    policy = RestartPolicy(
+        backoff_seconds=0.01, backoff_max_seconds=0.01, max_consecutive_failures=1, healthy_after_seconds=50
+    )
+    run = FlakyRun(failures=5)
+    await supervise(run, policy, clock=lambda: float(next(ticks)))
+    assert run.calls == 6
+
+
+async def test_the_stop_flag_during_the_backoff_ends_supervision_without_a_restart() -> None:
+    stop = threading.Event()
+    run = FlakyRun(failures=100)
+    policy = RestartPolicy(backoff_seconds=5, backoff_max_seconds=5)
+    task = asyncio.create_task(supervise(run, policy, stop))
+    await asyncio.sleep(0.2)
+    stop.set()
+    await asyncio.wait_for(task, timeout=2)
+    assert run.calls == 1
+
+
+async def test_a_failure_after_the_stop_flag_is_not_restarted() -> None:
+    stop = asyncio.Event()
+
+    async def fails_while_stopping() -> None:
+        stop.set()
+        raise RuntimeError("cancelled watch raised on the way out")
+
+    await asyncio.wait_for(supervise(fails_while_stopping, FAST, stop), timeout=2)
