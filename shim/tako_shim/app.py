@@ -17,8 +17,16 @@ from pydantic import BaseModel, ValidationError
 from tako_shim import middleware
 from tako_shim.backends.base import Backend, Overrides, RecordFilter
 from tako_shim.config import Settings
-from tako_shim.errors import NotFound, WaitTimeout
-from tako_shim.middleware import LIMITER_KEY, SETTINGS_KEY, FixedWindowLimiter, RequestValidationFailed
+from tako_shim.errors import NotFound, Unauthorized, WaitTimeout
+from tako_shim.middleware import (
+    CORRELATION_ID_KEY,
+    LIMITER_KEY,
+    SETTINGS_KEY,
+    TENANT_KEY,
+    UNAUTHORIZED,
+    FixedWindowLimiter,
+    RequestValidationFailed,
+)
 from tako_shim.openapi import RouteSpec, build_openapi
 from tako_shim.params import DeadLetterQuery, ListQuery, ResultQuery, ViewQuery
 from tako_vm.models.wire import (
@@ -84,7 +92,10 @@ def record_view(record: ExecutionRecordFull, view: str | None) -> ExecutionRecor
 
 
 def _ctx(request: web.Request) -> tuple[Backend, str]:
-    return request.app[BACKEND_KEY], request["tenant"]
+    tenant = request[TENANT_KEY]
+    if tenant is None:  # only the auth-exempt paths have no tenant, and they never get here: fail closed
+        raise Unauthorized(UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+    return request.app[BACKEND_KEY], tenant
 
 
 # -- handlers ------------------------------------------------------------------------------------------
@@ -99,7 +110,7 @@ async def health(request: web.Request) -> web.Response:
 async def execute_sync(request: web.Request) -> web.Response:
     backend, tenant = _ctx(request)
     body = await parse_body(request, ExecuteRequest)
-    submission = backend.resolver.resolve(body, request["correlation_id"])
+    submission = backend.resolver.resolve(body, request[CORRELATION_ID_KEY])
     started = time.monotonic()
     submitted = await backend.submit(tenant, submission)
     wait = submission.timeout + submission.startup_timeout + SYNC_WAIT_MARGIN_SECONDS
@@ -126,7 +137,7 @@ async def execute_sync(request: web.Request) -> web.Response:
 async def execute_async(request: web.Request) -> web.Response:
     backend, tenant = _ctx(request)
     body = await parse_body(request, ExecuteRequest)
-    submitted = await backend.submit(tenant, backend.resolver.resolve(body, request["correlation_id"]))
+    submitted = await backend.submit(tenant, backend.resolver.resolve(body, request[CORRELATION_ID_KEY]))
     return reply(AsyncExecuteResponse(job_id=submitted.job_id, status=submitted.status))
 
 

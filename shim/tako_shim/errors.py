@@ -54,6 +54,19 @@ class Unavailable(ShimError):
     status = 503
 
 
+class ClusterUnavailable(Unavailable):
+    """The Kubernetes API could not be reached or answered 5xx/429 (raised by the kubernetes backend).
+
+    Transient, like a storage fault: 503 with ``Retry-After``. The SDK retries it with the same
+    idempotency key, so a create whose answer was lost is found again instead of run twice.
+    """
+
+    retry_after_seconds = 2
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": str(self.retry_after_seconds)})
+
+
 class StorageUnavailable(Unavailable):
     """The job history store cannot be written right now (raised by ``local/store.py``).
 

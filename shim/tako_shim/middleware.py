@@ -42,6 +42,9 @@ MAX_ECHOED_INPUT = 200
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 LIMITER_KEY: web.AppKey[FixedWindowLimiter] = web.AppKey("limiter")
+CORRELATION_ID_KEY = web.RequestKey("correlation_id", str)
+# The authenticated tenant; ``None`` on the auth-exempt paths (/health, /openapi.json).
+TENANT_KEY: web.RequestKey[str | None] = web.RequestKey("tenant")
 
 
 class RequestValidationFailed(Exception):
@@ -107,7 +110,7 @@ def _correlation_id(request: web.Request) -> str:
 @web.middleware
 async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
     correlation_id = _correlation_id(request)
-    request["correlation_id"] = correlation_id
+    request[CORRELATION_ID_KEY] = correlation_id
     started = time.monotonic()
     response: web.StreamResponse
     try:
@@ -140,7 +143,7 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
         request.path,
         response.status,
         (time.monotonic() - started) * 1000,
-        request.get("tenant"),
+        request.get(TENANT_KEY),
         correlation_id,
     )
     return response
@@ -192,13 +195,13 @@ async def rate_limit(request: web.Request, handler: Handler) -> web.StreamRespon
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[SETTINGS_KEY]
     if not settings.api_auth_enabled:
-        request["tenant"] = DEFAULT_TENANT
+        request[TENANT_KEY] = DEFAULT_TENANT
         return await handler(request)
     if request.path in EXEMPT_PATHS:
-        request["tenant"] = None
+        request[TENANT_KEY] = None
         return await handler(request)
     tenant = tenant_for(settings, presented_key(request, settings.api_auth_header))
     if tenant is None:
         raise Unauthorized(UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
-    request["tenant"] = tenant
+    request[TENANT_KEY] = tenant
     return await handler(request)

@@ -41,6 +41,7 @@ from tako_shim.config import Settings
 from tako_shim.errors import (
     BackendStartError,
     BadRequest,
+    ClusterUnavailable,
     Conflict,
     InvalidRequest,
     NotFound,
@@ -223,7 +224,10 @@ class KubernetesBackend(Backend):
             while not is_terminal(job):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not await sub.next_change(remaining):
-                    return None
+                    # One fresh read before answering 408: a watch that was down or stalled may have
+                    # missed the completion (if the API is down too, this is a 503, not a 408).
+                    job = await self._job(tenant, job_id)
+                    return record_from_job(job) if is_terminal(job) else None
                 if sub.deleted:
                     raise NotFound(NOT_FOUND)
                 if sub.latest is not None:
@@ -268,7 +272,8 @@ class KubernetesBackend(Backend):
 
     async def health(self) -> HealthResponse:
         """Reachability of the API and the default tenant's counts, measured at most every few seconds
-        (probes call this often; listing a namespace of 10,000 jobs on each would be wasteful)."""
+        (probes call this often; listing a namespace of 10,000 jobs on each would be wasteful).
+        ``degraded`` also while a job watch is failing: long-polls then wake only at their deadline."""
         checked_at, stats = self._health_cache
         if time.monotonic() - checked_at > HEALTH_CACHE_SECONDS:
             try:
@@ -277,8 +282,9 @@ class KubernetesBackend(Backend):
                 stats = None
             self._health_cache = (time.monotonic(), stats)
         reachable = stats is not None
+        watching = self._watch is None or not self._watch.failing_namespaces()
         return HealthResponse(
-            status="healthy" if reachable else "degraded",
+            status="healthy" if reachable and watching else "degraded",
             docker_available=reachable,
             gvisor_available=reachable,
             circuit_breaker=CircuitBreakerStatus(),
@@ -297,12 +303,17 @@ class KubernetesBackend(Backend):
 
 
 def api_failure(exc: KubeApiError) -> ShimError:
-    """The contract's error for a failed API call (the API's own message kept for operators)."""
-    if exc.status == 422:
+    """The contract's error for a failed API call (the API's own message kept for operators).
+
+    A refused object (400, 422) is the request's fault: 422. A missing permission is the
+    deployment's: 503 without a retry hint. Anything else (unreachable, 5xx, 429, ...) is transient:
+    503 with ``Retry-After``, never a 500.
+    """
+    if exc.status in (400, 422):
         return InvalidRequest(f"the Kubernetes API rejected the job: {exc.message}")
     if exc.status == 403:
         return Unavailable(f"the shim is not allowed to do this in the namespace: {exc.message}")
-    return Unavailable(f"Kubernetes API unavailable: {exc}")
+    return ClusterUnavailable(f"Kubernetes API unavailable: {exc}")
 
 
 def _queue_status(job: dict[str, Any]) -> QueueStatus:

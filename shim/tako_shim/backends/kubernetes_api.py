@@ -30,6 +30,7 @@ JOB_TYPES_PATH = "/apis/takovm.dev/v1alpha1/namespaces/{namespace}/pythonjobtype
 LIST_CHUNK = 500
 WATCH_SERVER_TIMEOUT_SECONDS = 290
 REQUEST_TIMEOUT_SECONDS = 30
+WATCH_OPENED = "OPENED"  # the synthetic first event of a watch stream the API accepted
 
 
 class KubeApiError(Exception):
@@ -207,7 +208,9 @@ class KubeApi:
         """Watch events (``{"type", "object"}``) until the server ends the stream.
 
         Without ``resource_version`` the server first sends every existing job as ``ADDED`` (the
-        list part of list-then-watch). Raises ``WatchExpired`` on 410 Gone, ``KubeApiError`` otherwise.
+        list part of list-then-watch). The first item is ``{"type": "OPENED"}`` once the API answered
+        200 (so the caller knows the watch is up even in an empty namespace). Raises
+        ``WatchExpired`` on 410 Gone, ``KubeApiError`` otherwise.
         """
         params = {
             "watch": "true",
@@ -228,6 +231,7 @@ class KubeApi:
                     raise WatchExpired(await response.text())
                 if response.status >= 400:
                     raise _api_error(response.status, await response.text())
+                yield {"type": WATCH_OPENED}
                 buffer = b""
                 async for chunk in response.content.iter_any():
                     buffer += chunk

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tako_shim.backends.kubernetes_api import KubeApiError, WatchExpired
+from tako_shim.backends.kubernetes_api import WATCH_OPENED, KubeApiError, WatchExpired
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class WatchStats:
     restarts_after_gone: int = 0
     errors: int = 0
     events: int = 0
+    failing: bool = False  # the last attempt failed and no stream has delivered an event since
 
 
 class JobWatch:
@@ -93,6 +94,10 @@ class JobWatch:
     def waiter_count(self) -> int:
         return sum(len(subs) for subs in self._waiters.values())
 
+    def failing_namespaces(self) -> list[str]:
+        """Namespaces whose watch is down (erroring and backing off); ``/health`` reports them."""
+        return sorted(ns for ns, stats in self.stats.items() if stats.failing)
+
     def _ensure_watch(self, namespace: str) -> None:
         task = self._tasks.get(namespace)
         if task is None or task.done():
@@ -116,6 +121,9 @@ class JobWatch:
                 stats.streams_opened += 1
                 received = 0
                 async for event in self._source.watch_jobs(namespace, resource_version):
+                    stats.failing = False  # the API answered 200: the watch is up, even with no jobs
+                    if event.get("type") == WATCH_OPENED:
+                        continue
                     received += 1
                     backoff = BACKOFF_INITIAL_SECONDS
                     obj = event.get("object") or {}
@@ -140,9 +148,11 @@ class JobWatch:
                 continue
             except (KubeApiError, ValueError) as exc:
                 stats.errors += 1
+                stats.failing = True
                 log.warning("watch of %s failed (%s); retrying in %.1fs", namespace, exc, backoff)
             except Exception:
                 stats.errors += 1
+                stats.failing = True
                 log.exception("watch of %s failed unexpectedly; retrying in %.1fs", namespace, backoff)
             resource_version = None  # after an error, start over: the replay covers what was missed
             await self._sleep(backoff)
