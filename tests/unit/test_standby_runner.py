@@ -100,7 +100,8 @@ def test_wrong_token_is_refused_and_a_second_push_finds_nothing_listening(waitin
     assert waiting.push(job_body(), token="")[0] == 401
     assert not (waiting.dirs["code"] / "main.py").exists()
     assert waiting.push(job_body("print('first')"))[0] == 200
-    with pytest.raises(urllib.error.URLError):
+    # refused or reset (it may reach the backlog before the listener closes): never answered
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
         waiting.push(job_body("print('second')"))
     _rc, out, _err = waiting.finish()
     envelope = parse_envelope(out)
