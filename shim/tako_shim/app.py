@@ -110,7 +110,7 @@ async def health(request: web.Request) -> web.Response:
 async def execute_sync(request: web.Request) -> web.Response:
     backend, tenant = _ctx(request)
     body = await parse_body(request, ExecuteRequest)
-    submission = backend.resolver.resolve(body, request[CORRELATION_ID_KEY])
+    submission = await backend.prepare(tenant, backend.resolver.resolve(body, request[CORRELATION_ID_KEY]))
     started = time.monotonic()
     submitted = await backend.submit(tenant, submission)
     wait = submission.timeout + submission.startup_timeout + SYNC_WAIT_MARGIN_SECONDS
@@ -137,7 +137,8 @@ async def execute_sync(request: web.Request) -> web.Response:
 async def execute_async(request: web.Request) -> web.Response:
     backend, tenant = _ctx(request)
     body = await parse_body(request, ExecuteRequest)
-    submitted = await backend.submit(tenant, backend.resolver.resolve(body, request[CORRELATION_ID_KEY]))
+    submission = await backend.prepare(tenant, backend.resolver.resolve(body, request[CORRELATION_ID_KEY]))
+    submitted = await backend.submit(tenant, submission)
     return reply(AsyncExecuteResponse(job_id=submitted.job_id, status=submitted.status))
 
 

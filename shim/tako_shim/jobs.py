@@ -33,6 +33,10 @@ class Submission:
     correlation_id: str | None = None
     parent_execution_id: str | None = None
     relationship: str | None = None
+    # The request left these unset, so a backend that knows more about the job type than the
+    # resolver (the kubernetes backend reads PythonJobTypes) may replace the defaults.
+    timeout_defaulted: bool = False
+    startup_timeout_defaulted: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,8 @@ class JobResolver:
             if request.idempotency_key
             else None,
             correlation_id=correlation_id,
+            timeout_defaulted=request.timeout is None,
+            startup_timeout_defaulted=request.startup_timeout is None,
         )
 
     def derive(
@@ -184,4 +190,23 @@ class JobResolver:
             fingerprint=None,
             parent_execution_id=parent_id,
             relationship=relationship,
+            timeout_defaulted=False,  # the parent's timeouts are kept, not the job type's
+            startup_timeout_defaulted=False,
         )
+
+    def with_job_type_timeouts(
+        self, submission: Submission, timeout: int | None, startup_timeout: int | None
+    ) -> Submission:
+        """Fill the timeouts the request left unset from the job type's (``None``: it sets none).
+
+        A job type's timeout above ``max_timeout`` is refused like a requested one (422)."""
+        if timeout is not None and submission.timeout_defaulted:
+            if timeout > self.settings.max_timeout:
+                raise InvalidRequest(
+                    f"job_type: '{submission.job_type}' has a timeout of {timeout} seconds, above this "
+                    f"server's max_timeout of {self.settings.max_timeout} seconds; pass a timeout"
+                )
+            submission = replace(submission, timeout=timeout)
+        if startup_timeout is not None and submission.startup_timeout_defaulted:
+            submission = replace(submission, startup_timeout=startup_timeout)
+        return submission

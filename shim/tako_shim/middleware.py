@@ -39,6 +39,7 @@ SECURITY_HEADERS = {
 UNAUTHORIZED = "Missing or invalid API key."
 RATE_LIMITED = "Rate limit exceeded. Try again later."
 MAX_ECHOED_INPUT = 200
+MAX_ECHOED_CONTAINER = 2000
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 LIMITER_KEY: web.AppKey[FixedWindowLimiter] = web.AppKey("limiter")
@@ -67,7 +68,18 @@ class RequestValidationFailed(Exception):
             item["loc"] = [self.where, *item.get("loc", [])]
             if isinstance(item.get("input"), str) and len(item["input"]) > MAX_ECHOED_INPUT:
                 item["input"] = item["input"][:MAX_ECHOED_INPUT] + "..."  # never echo 2 MiB back
+            if "input" in item and not _echoable(item["input"]):
+                del item["input"]
         return items
+
+
+def _echoable(value: Any) -> bool:
+    """Small and strict JSON: NaN/Infinity would make the error body invalid JSON, and a 1 MB
+    ``input_data`` has no place in an error message."""
+    try:
+        return len(json.dumps(value, allow_nan=False)) <= MAX_ECHOED_CONTAINER
+    except ValueError:
+        return False
 
 
 class FixedWindowLimiter:

@@ -455,3 +455,71 @@ async def test_the_sdk_retries_a_lost_create_answer_with_its_own_key_and_gets_on
     jobs = kube.list("pythonjobs")
     assert [j["metadata"]["name"] for j in jobs] == [job_id] and proxy.lost_answers == 1
     assert pauses == [2.0], "one retry, after the server's Retry-After"
+
+
+# -- input the shim must refuse before it reaches the API ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "says"),
+    [
+        (b'{"code":"print(1)","input_data":{"x":NaN}}', "input_data", "input_data.x is NaN or Infinity"),
+        (b'{"code":"print(1)","input_data":{"x":[-Infinity]}}', "input_data", "input_data.x[0] is NaN"),
+        (b'{"code":"print(1)","timeout":true}', "timeout", "not a boolean"),
+        (b'{"code":"print(1)","startup_timeout":"60"}', "startup_timeout", "not a string"),
+    ],
+)
+async def test_lax_json_is_a_422_naming_the_field_and_creates_no_job(
+    kube: KubeHarness, shim: Shim, body: bytes, field: str, says: str
+) -> None:
+    response = await shim.http.post(
+        "/execute/async", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    detail = json.loads(response.text, parse_constant=_refuse_constant)["detail"]  # strict JSON back
+    assert detail[0]["loc"] == ["body", field] and says in detail[0]["msg"]
+    assert kube.list("pythonjobs") == []
+
+
+def _refuse_constant(name: str) -> Any:
+    raise AssertionError(f"the error body is not strict JSON: it contains {name}")
+
+
+# -- job type defaults -------------------------------------------------------------------------------
+
+
+def job_type(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "takovm.dev/v1alpha1",
+        "kind": "PythonJobType",
+        "metadata": {"name": name},
+        "spec": {"image": "registry.example/ds:1", **spec},
+    }
+
+
+async def test_a_job_without_timeout_takes_its_job_types_timeouts(kube: KubeHarness, shim: Shim) -> None:
+    kube.create("pythonjobtypes", job_type("slow-etl", timeoutSeconds=240, startupTimeoutSeconds=90))
+    kube.create("pythonjobtypes", job_type("plain"))  # sets no timeout: the shim's defaults apply
+    typed = kube.get("pythonjobs", await shim.submit(job_type="slow-etl"))
+    explicit = kube.get("pythonjobs", await shim.submit(job_type="slow-etl", timeout=15))
+    plain = kube.get("pythonjobs", await shim.submit(job_type="plain"))
+    builtin = kube.get("pythonjobs", await shim.submit())
+    assert typed and explicit and plain and builtin
+    assert (typed["spec"]["timeoutSeconds"], typed["spec"]["startupTimeoutSeconds"]) == (240, 90)
+    assert (explicit["spec"]["timeoutSeconds"], explicit["spec"]["startupTimeoutSeconds"]) == (15, 90)
+    settings = shim.backend.settings
+    assert plain["spec"]["timeoutSeconds"] == builtin["spec"]["timeoutSeconds"] == settings.default_timeout
+
+
+async def test_a_job_types_timeout_above_max_timeout_is_a_422_naming_the_job_type(
+    kube: KubeHarness, shim: Shim
+) -> None:
+    kube.create("pythonjobtypes", job_type("too-long", timeoutSeconds=3600))
+    response = await shim.http.post("/execute/async", json={"code": "print(1)", "job_type": "too-long"})
+    assert response.status_code == 422, response.text
+    assert "job_type: 'too-long' has a timeout of 3600 seconds" in response.json()["detail"]
+    assert "max_timeout of 300" in response.json()["detail"]
+    assert kube.list("pythonjobs") == []
+    assert (
+        await shim.http.post("/execute/async", json={"code": "1", "job_type": "too-long", "timeout": 60})
+    ).status_code == 200

@@ -4,6 +4,11 @@ Field names and bounds follow the reference Tako VM 0.3.0 OpenAPI document. Requ
 unknown fields (``extra="forbid"``); response models ignore unknown fields so an older SDK keeps
 working against a newer server.
 
+Request numbers are JSON numbers, nothing looser: pydantic's lax mode would take ``true`` as a
+timeout of 1 second and ``"30"`` as 30, and would let ``NaN``/``Infinity`` (which Python's JSON
+parser accepts but JSON does not have) into ``input_data``. Both are refused with a 422 naming the
+field; an integral number such as ``30.0`` is still accepted as ``30`` for integer fields.
+
 One deliberate difference: the reference schema allows 8..255-character idempotency keys but its
 server fails with a 500 on keys longer than 128 characters. We publish the same 8..255 schema bound
 and reject 129..255-character keys with a 422 that names the field (``IDEMPOTENCY_KEY_MAX_ACCEPTED``).
@@ -12,6 +17,7 @@ and reject 129..255-character keys with a 422 that names the field (``IDEMPOTENC
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -39,6 +45,32 @@ def _code_not_blank(code: str) -> str:
     if not code.strip():
         raise ValueError("Code cannot be empty")
     return code
+
+
+def _json_integer(value: Any) -> Any:
+    """Before an integer field's own validation: refuse booleans and strings (lax mode coerces them)."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be an integer number of seconds, not a boolean ({str(value).lower()})")
+    if isinstance(value, str):
+        raise ValueError("must be an integer number of seconds, not a string")
+    return value
+
+
+def non_finite_path(value: Any, path: str = "input_data") -> str | None:
+    """The path of the first NaN/Infinity inside ``value`` (JSON has no such numbers), else ``None``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = non_finite_path(item, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]")
+        if found is not None:
+            return found
+    return None
 
 
 class ExecuteRequest(_Request):
@@ -85,9 +117,14 @@ class ExecuteRequest(_Request):
 
     _check_code = field_validator("code")(_code_not_blank)
 
+    _strict_timeouts = field_validator("timeout", "startup_timeout", mode="before")(_json_integer)
+
     @field_validator("input_data")
     @classmethod
-    def _input_size(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _input_json_safe(cls, value: dict[str, Any]) -> dict[str, Any]:
+        bad = non_finite_path(value)
+        if bad is not None:
+            raise ValueError(f"{bad} is NaN or Infinity, which JSON cannot represent; send a finite number")
         if len(json.dumps(value)) > INPUT_MAX_SERIALIZED_CHARS:
             raise ValueError("input_data exceeds 1MB limit when serialized")
         return value
@@ -116,6 +153,8 @@ class RerunRequest(_Request):
         description="Optional timeout override. The deployment's configured max_timeout may impose a "
         "lower limit.",
     )
+
+    _strict_timeout = field_validator("timeout", mode="before")(_json_integer)
 
 
 class ForkRequest(RerunRequest):

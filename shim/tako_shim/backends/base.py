@@ -91,6 +91,10 @@ class Backend(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    async def prepare(self, tenant: str, submission: Submission) -> Submission:
+        """Complete a resolved submission with what only the backend knows (before ``submit``)."""
+        return submission
+
     @abstractmethod
     async def submit(self, tenant: str, submission: Submission) -> SubmitResult: ...
 

@@ -147,6 +147,17 @@ class KubernetesBackend(Backend):
 
     # -- submission ---------------------------------------------------------------------------------
 
+    async def prepare(self, tenant: str, submission: Submission) -> Submission:
+        """Timeouts the request left unset come from the namespace's PythonJobType (as the operator
+        would take them), so ``max_timeout`` and the sync wait see the real value."""
+        if submission.job_type == DEFAULT_JOB_TYPE_NAME:
+            return submission  # the built-in type: the shim's default_timeout applies
+        job_type = await self._call(self.api.get_job_type(self._namespace(tenant), submission.job_type))
+        spec = (job_type or {}).get("spec") or {}
+        return self.resolver.with_job_type_timeouts(
+            submission, _seconds(spec.get("timeoutSeconds")), _seconds(spec.get("startupTimeoutSeconds"))
+        )
+
     async def submit(self, tenant: str, submission: Submission) -> SubmitResult:
         return await self._create(tenant, submission)
 
@@ -314,6 +325,11 @@ def api_failure(exc: KubeApiError) -> ShimError:
     if exc.status == 403:
         return Unavailable(f"the shim is not allowed to do this in the namespace: {exc.message}")
     return ClusterUnavailable(f"Kubernetes API unavailable: {exc}")
+
+
+def _seconds(value: Any) -> int | None:
+    """A PythonJobType's timeout field, if it is a positive integer (the CRD's schema says so)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _queue_status(job: dict[str, Any]) -> QueueStatus:
