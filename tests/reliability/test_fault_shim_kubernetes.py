@@ -30,6 +30,7 @@ from aiohttp.test_utils import TestServer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
 from kube_harness import KubeHarness
+from test_shim_kubernetes import job_type_object
 
 from tako_shim.app import create_app
 from tako_shim.backends import kubernetes as kubernetes_backend
@@ -488,18 +489,9 @@ def _refuse_constant(name: str) -> Any:
 # -- job type defaults -------------------------------------------------------------------------------
 
 
-def job_type(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "takovm.dev/v1alpha1",
-        "kind": "PythonJobType",
-        "metadata": {"name": name},
-        "spec": {"image": "registry.example/ds:1", **spec},
-    }
-
-
 async def test_a_job_without_timeout_takes_its_job_types_timeouts(kube: KubeHarness, shim: Shim) -> None:
-    kube.create("pythonjobtypes", job_type("slow-etl", timeoutSeconds=240, startupTimeoutSeconds=90))
-    kube.create("pythonjobtypes", job_type("plain"))  # sets no timeout: the shim's defaults apply
+    kube.create("pythonjobtypes", job_type_object("slow-etl", timeoutSeconds=240, startupTimeoutSeconds=90))
+    kube.create("pythonjobtypes", job_type_object("plain"))  # sets no timeout: the shim's defaults apply
     typed = kube.get("pythonjobs", await shim.submit(job_type="slow-etl"))
     explicit = kube.get("pythonjobs", await shim.submit(job_type="slow-etl", timeout=15))
     plain = kube.get("pythonjobs", await shim.submit(job_type="plain"))
@@ -514,7 +506,7 @@ async def test_a_job_without_timeout_takes_its_job_types_timeouts(kube: KubeHarn
 async def test_a_job_types_timeout_above_max_timeout_is_a_422_naming_the_job_type(
     kube: KubeHarness, shim: Shim
 ) -> None:
-    kube.create("pythonjobtypes", job_type("too-long", timeoutSeconds=3600))
+    kube.create("pythonjobtypes", job_type_object("too-long", timeoutSeconds=3600))
     response = await shim.http.post("/execute/async", json={"code": "print(1)", "job_type": "too-long"})
     assert response.status_code == 422, response.text
     assert "job_type: 'too-long' has a timeout of 3600 seconds" in response.json()["detail"]
