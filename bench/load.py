@@ -12,7 +12,7 @@ from typing import Any
 import tako_vm
 from bench.analysis import closed_loop_window, cpu_per_job_ms, process_cpu, queue_burst, queue_growth
 from bench.harness import MemorySampler, client, sdk_round_trip, server
-from bench.stats import markdown_table, ratio, rss_mib
+from bench.stats import markdown_table, ratio, rss_mib, summarize
 from tako_vm.testing import LocalServer
 
 # The server under load: the shipped defaults (4 workers, 2 warm sandboxes).
@@ -20,6 +20,7 @@ WORKERS = 4
 WARM_POOL = 2
 SUBMITTERS = 16  # client threads that submit a burst
 SETTLE_S = 2.0  # after a drain: lets background sandbox teardown finish before CPU is read
+STATUS_PROBES = 20  # GET /jobs/{id} of the last job of a burst, timed while the whole burst is queued
 
 
 def _closed_loop(srv: LocalServer, clients: int, warmup_s: float, window_s: float) -> dict[str, Any]:
@@ -102,6 +103,8 @@ def queue(root: Path, quick: bool) -> dict[str, Any]:
     settings = {"warm_pool_size": WARM_POOL, "max_workers": WORKERS, "max_queue_size": max(sizes) + 100}
     with server(root, "queue", **settings) as srv:
         sdk = client(srv)
+        for job_id in [sdk.submit_code("print(1)") for _ in range(2 * WORKERS)]:  # warm-up, not measured
+            sdk.get_result(job_id, timeout=120)
         time.sleep(SETTLE_S)
         with MemorySampler(srv.process.pid) as sampler:
             for size in sizes:
@@ -121,6 +124,7 @@ def queue(root: Path, quick: bool) -> dict[str, Any]:
             g["throughput_ratio"],
             g.get("total_cpu_per_job_ratio", "-"),
             g.get("server_cpu_per_job_ratio", "-"),
+            ratio(big["status_of_last_job"]["p50_ms"], small["status_of_last_job"]["p50_ms"]),
             g["end_to_end_p50_ratio"],
             "",
         ]
@@ -134,6 +138,7 @@ def queue(root: Path, quick: bool) -> dict[str, Any]:
             "jobs/s",
             "CPU ms/job",
             "server CPU ms/job",
+            "GET status of last queued p50 ms",
             "end-to-end p50 ms",
             "end-to-end / FIFO model",
         ],
@@ -159,6 +164,7 @@ def _queue_row(b: dict[str, Any]) -> list[Any]:
         b["jobs_per_s"],
         cpu.get("total_ms", "-"),
         cpu.get("server_ms", "-"),
+        b["status_of_last_job"]["p50_ms"],
         b["end_to_end"]["p50_ms"],
         b["end_to_end_over_fifo_model"],
     ]
@@ -181,6 +187,11 @@ def _burst(srv: LocalServer, sdk: tako_vm.Client, size: int) -> dict[str, Any]:
         job_ids = list(pool.map(submit, range(size)))
     for each in sdks:
         each.close()
+    status_s: list[float] = []  # the queue position is computed per request: is that O(Q)?
+    for _ in range(STATUS_PROBES):
+        started = time.perf_counter()
+        sdk.get_status(job_ids[-1])
+        status_s.append(time.perf_counter() - started)
     deadline = time.monotonic() + 60 + size * 3
     while time.monotonic() < deadline:
         stats = sdk.pool_stats()
@@ -189,7 +200,9 @@ def _burst(srv: LocalServer, sdk: tako_vm.Client, size: int) -> dict[str, Any]:
         time.sleep(0.25)
     time.sleep(SETTLE_S)
     cpu = cpu_per_job_ms(cpu_before, process_cpu(srv.process.pid), size)
-    return queue_burst(size, _records(sdk, set(job_ids)), submit_s, cpu)
+    result = queue_burst(size, _records(sdk, set(job_ids)), submit_s, cpu)
+    result["status_of_last_job"] = summarize(status_s)
+    return result
 
 
 def _records(sdk: tako_vm.Client, wanted: set[str]) -> list[dict[str, Any]]:
