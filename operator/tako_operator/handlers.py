@@ -175,7 +175,9 @@ class Reconciler:
             return None
         for entries in self.pod_index.values():
             for pod in entries:
-                if standby_mod.claimed_by(pod) == uid:
+                meta = pod.get("metadata") or {}
+                dropped = (meta.get("namespace"), meta.get("name")) in self.pool.dropped
+                if standby_mod.claimed_by(pod) == uid and not dropped and not meta.get("deletionTimestamp"):
                     return copy.deepcopy(dict(pod))
         return None
 

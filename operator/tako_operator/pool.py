@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import secrets
+import time
 from typing import Any
 
 import aiohttp
@@ -24,6 +25,9 @@ from tako_vm.models.crd import PythonJob, PythonJobTypeSpec
 
 log = logging.getLogger("tako_operator.pool")
 PoolKey = tuple[str, str]  # (namespace, job type name)
+# After a failed push (e.g. a NetworkPolicy that blocks the operator), jobs of that pool go cold for
+# this long instead of each one spending a standby Pod and a push timeout.
+PUSH_FAILURE_COOLDOWN_SECONDS = 30.0
 
 
 def standby_settings_from_env(env: os._Environ[str] | dict[str, str]) -> sb.StandbySettings:
@@ -69,6 +73,8 @@ class StandbyPool:
         self.taken: set[tuple[str, str]] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.known: set[PoolKey] = set()  # pools that have (or had) standby Pods
+        self.cooling: dict[PoolKey, float] = {}  # pool -> monotonic time its push cooldown ends
+        self.dropped: set[tuple[str, str]] = set()  # claimed, push failed, deleted: never adopt them
 
     # -- keeping pools full ---------------------------------------------------------------------
 
@@ -144,6 +150,8 @@ class StandbyPool:
         """A ready standby Pod of the type, now reserved for the caller (or None)."""
         if not int(job_type.get("standbyPods") or 0):
             return None
+        if self.cooling.get((namespace, type_name), 0.0) > time.monotonic():
+            return None
         spec = PythonJobTypeSpec.model_validate(job_type)
         current = sb.spec_hash(namespace, type_name, spec, self.settings, self.standby)
         pods = await self.kube.list_pods(namespace, {sb.LABEL_POOL: builders.label_safe(type_name)})
@@ -167,6 +175,9 @@ class StandbyPool:
         if url is not None and token is not None:
             problem = await push(url, token, claim.body, self.standby.push_timeout_seconds) or ""
         if problem:
+            pool = str(((pod.get("metadata") or {}).get("labels") or {}).get(sb.LABEL_POOL))
+            self.cooling[(namespace, pool)] = time.monotonic() + PUSH_FAILURE_COOLDOWN_SECONDS
+            self.dropped.add((namespace, claim.pod_name))
             await self.kube.delete_pod(namespace, claim.pod_name)
             return problem
         await self.kube.merge_patch_pod(namespace, claim.pod_name, sb.release_patch())

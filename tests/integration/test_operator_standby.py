@@ -185,6 +185,7 @@ def standby_env(kube: KubeHarness, tmp_path: Path) -> Any:
         assert kubelet.error is None, kubelet.error
 
 
+@pytest.mark.slow
 def test_job_runs_in_a_claimed_standby_pod_and_the_pool_refills(kube: KubeHarness, standby_env: Any) -> None:
     kubelet: StandbyKubelet = standby_env
     kube.create("pythonjobtypes", job_type(2))
@@ -229,6 +230,7 @@ def test_job_runs_in_a_claimed_standby_pod_and_the_pool_refills(kube: KubeHarnes
     assert not used & {p["metadata"]["name"] for p in refilled}
 
 
+@pytest.mark.slow
 def test_wrong_token_is_refused_and_claimed_pods_are_never_reused(
     kube: KubeHarness, standby_env: Any
 ) -> None:
@@ -257,3 +259,16 @@ def test_ineligible_job_takes_the_cold_path(kube: KubeHarness, standby_env: Any)
     kube.create("pythonjobs", sample_job("labelled", jobType="fast", podLabels={"team": "a"}))
     wait_for(lambda: kube.get("pods", "labelled-pod"), what="the cold pod")
     assert len(waiting_pods(kube)) == 1  # untouched
+
+
+def test_failed_push_deletes_the_standby_pod_and_the_job_goes_cold(
+    kube: KubeHarness, standby_env: Any
+) -> None:
+    kube.create("pythonjobtypes", job_type(1))
+    (pod,) = wait_for(lambda: waiting_pods(kube), what="a ready standby pod")
+    name = pod["metadata"]["name"]
+    kube.patch_status("pods", name, {"podIP": "127.0.0.254"})  # nothing listens there: the push fails
+    kube.create("pythonjobs", sample_job("unlucky", jobType="fast"))
+    wait_for(lambda: kube.get("pods", "unlucky-pod"), what="the cold pod after the failed push")
+    wait_for(lambda: kube.get("pods", name) is None, what="the claimed standby pod deleted")
+    assert status_of(kube, "unlucky")["podName"] == "unlucky-pod"

@@ -342,14 +342,41 @@ def test_job_namespaces_enforce_pod_security_restricted_and_survive_uninstall(
     assert of_kind(render({"jobs": {"createNamespaces": False}}), "Namespace") == []
 
 
+def _standby_push_rule(values: dict[str, Any]) -> dict[str, Any]:
+    peers = [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+            "podSelector": {"matchLabels": {"takovm.dev/standby": "waiting"}},
+        }
+        for ns in values["jobs"]["namespaces"]
+    ]
+    return {"ports": [{"protocol": "TCP", "port": 8790}], "to": peers}
+
+
+def test_standby_pods_value_and_push_settings_reach_the_operator(production_objects: list[Manifest]) -> None:
+    from tako_operator.pool import standby_settings_from_env
+
+    (job_type, *_) = of_kind(render({"jobs": {"defaultJobType": {"standbyPods": 3}}}), "PythonJobType")
+    assert job_type["spec"]["standbyPods"] == 3
+    assert all(t["spec"]["standbyPods"] == 0 for t in of_kind(production_objects, "PythonJobType"))
+    deployment = one(production_objects, "Deployment", "tako-operator", NAMESPACE)
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    settings = standby_settings_from_env({k: v for k, v in env.items() if v is not None})
+    labels = deployment["spec"]["selector"]["matchLabels"]
+    assert settings.operator_pod_labels == labels and settings.operator_namespace == NAMESPACE
+    assert settings.port == 8790
+
+
 def test_network_policies_limit_operator_and_shim_to_dns_and_the_api_server(
     production_objects: list[Manifest],
 ) -> None:
     policies = {p["metadata"]["name"]: p["spec"] for p in of_kind(production_objects, "NetworkPolicy")}
     assert set(policies) == {"tako-operator", "tako-shim"}
-    for spec in policies.values():
+    for name, spec in policies.items():
         assert spec["policyTypes"] == ["Ingress", "Egress"]
-        dns, api = spec["egress"]
+        dns, api, *extra = spec["egress"]
+        # the operator also pushes jobs to waiting standby Pods, and nowhere else in job namespaces
+        assert extra == ([] if name == "tako-shim" else [_standby_push_rule(production_values())])
         assert {p["port"] for p in dns["ports"]} == {53} and "to" not in dns
         assert api == {
             "ports": [{"protocol": "TCP", "port": 443}],
