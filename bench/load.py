@@ -55,7 +55,7 @@ def _closed_loop(srv: LocalServer, clients: int, warmup_s: float, window_s: floa
 
 def throughput(root: Path, quick: bool) -> dict[str, Any]:
     """Jobs/s with 1, 4 and 16 closed-loop SDK clients, counted in a steady-state window."""
-    warmup_s, window_s = (3.0, 8.0) if quick else (6.0, 16.0)
+    warmup_s, window_s = (2.0, 5.0) if quick else (6.0, 16.0)
     levels: dict[str, Any] = {}
     with server(root, "throughput", warm_pool_size=WARM_POOL, max_workers=WORKERS) as srv:
         time.sleep(SETTLE_S)
@@ -98,7 +98,7 @@ def throughput(root: Path, quick: bool) -> dict[str, Any]:
 
 def queue(root: Path, quick: bool) -> dict[str, Any]:
     """Q jobs submitted at once (Q = 100 then 1,000): all finish, none lost; per-job cost vs Q."""
-    sizes = (10, 100) if quick else (100, 1000)
+    sizes = (10, 50) if quick else (100, 1000)
     bursts: dict[str, Any] = {}
     settings = {"warm_pool_size": WARM_POOL, "max_workers": WORKERS, "max_queue_size": max(sizes) + 100}
     with server(root, "queue", **settings) as srv:
