@@ -245,7 +245,15 @@ async def proxy(kube: KubeHarness) -> AsyncIterator[ApiProxy]:
 
 
 @pytest.fixture
-async def shim(kube: KubeHarness, proxy: ApiProxy, tmp_path: Path) -> AsyncIterator[Shim]:
+def shim_settings() -> dict[str, Any]:
+    """Settings overrides for the shim; a test parametrizes this name to change them."""
+    return {}
+
+
+@pytest.fixture
+async def shim(
+    kube: KubeHarness, proxy: ApiProxy, tmp_path: Path, shim_settings: dict[str, Any]
+) -> AsyncIterator[Shim]:
     settings = Settings(
         backend="kubernetes",
         api_rate_limit_enabled=False,
@@ -253,6 +261,7 @@ async def shim(kube: KubeHarness, proxy: ApiProxy, tmp_path: Path) -> AsyncItera
             namespace=kube.namespace, kubeconfig=str(kubeconfig(tmp_path, proxy.url))
         ),
         data_dir=tmp_path / "unused",
+        **shim_settings,
     )
     backend = KubernetesBackend(settings)
     server = TestServer(create_app(settings, backend), host="127.0.0.1")
@@ -515,3 +524,35 @@ async def test_a_job_types_timeout_above_max_timeout_is_a_422_naming_the_job_typ
     assert (
         await shim.http.post("/execute/async", json={"code": "1", "job_type": "too-long", "timeout": 60})
     ).status_code == 200
+
+
+# -- queue cap -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shim_settings", [{"max_queue_size": 2}])
+async def test_max_queue_size_refuses_new_jobs_with_503_but_answers_retries_and_keeps_keys(
+    kube: KubeHarness, shim: Shim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await shim.submit(idempotency_key="queued-job-0001")
+    await shim.submit()
+    full = await shim.http.post("/execute/async", json={"code": "print(3)", "idempotency_key": "waits-0001"})
+    assert full.status_code == 503 and full.headers["Retry-After"] == "5", full.text
+    assert full.json()["detail"] == "Job queue is full. Try again later."
+    replay = await shim.http.post(
+        "/execute/async", json={"code": "print(1)", "idempotency_key": "queued-job-0001"}
+    )
+    assert replay.status_code == 200 and replay.json()["job_id"] == first, "a retry is answered when full"
+    conflict = await shim.http.post(
+        "/execute/async", json={"code": "x=1", "idempotency_key": "queued-job-0001"}
+    )
+    assert conflict.status_code == 409, conflict.text
+    assert len(kube.list("pythonjobs")) == 2
+
+    monkeypatch.setattr(kubernetes_backend, "QUEUE_COUNT_MAX_AGE_SECONDS", 0.0)
+    await asyncio.to_thread(finish, kube, first)  # one queued job is done: room for one more
+    room = await shim.http.post("/execute/async", json={"code": "print(3)", "idempotency_key": "waits-0001"})
+    assert room.status_code == 200, "the refused key was not used up"
+    again = await shim.http.post("/execute/async", json={"code": "print(4)"})
+    assert again.status_code == 503 and len(kube.list("pythonjobs")) == 3
+    rerun = await shim.http.post(f"/jobs/{first}/rerun")  # the parent is finished, the queue full
+    assert rerun.status_code == 503 and len(kube.list("pythonjobs")) == 3

@@ -15,9 +15,11 @@
   ``spec.parentJob``/``spec.relationship``. A rerun of a job whose code is in a ConfigMap
   (``spec.codeRef``) points at the same ConfigMap: the shim never reads ConfigMaps.
 
-Not here: artifact contents (the cluster keeps artifact metadata in status, not the bytes) and a
-queue cap in the shim (the operator's concurrency limit queues jobs; a ResourceQuota on
-``count/pythonjobs.takovm.dev`` caps a namespace).
+- ``max_queue_size`` caps the jobs waiting (not yet running) in a tenant's namespace: a submit
+  beyond it is 503 ``Job queue is full`` with ``Retry-After``; the count comes from a namespace list
+  at most every 2 s plus this replica's own creates (approximate; a ResourceQuota is exact).
+
+Not here: artifact contents (the cluster keeps artifact metadata in status, not the bytes).
 """
 
 from __future__ import annotations
@@ -82,6 +84,9 @@ from tako_vm.models.wire import (
 IDEMPOTENCY_CONFLICT = "Idempotency key reused with different payload"
 NOT_FOUND = "Job not found"
 HEALTH_CACHE_SECONDS = 5.0
+QUEUE_COUNT_MAX_AGE_SECONDS = 2.0
+QUEUE_FULL = "Job queue is full. Try again later."
+QUEUE_FULL_RETRY_AFTER_SECONDS = 5
 HEALTH_PROBE_SECONDS = 5.0
 ARTIFACTS_NOT_RETAINED = (
     "Artifact contents are not retained by the kubernetes backend (status lists name, size and sha256)"
@@ -98,6 +103,7 @@ class KubernetesBackend(Backend):
         self._api = api
         self._watch: JobWatch | None = None
         self._health_cache: tuple[float, QueueStatsResponse | None] = (-HEALTH_CACHE_SECONDS, None)
+        self._queued: dict[str, tuple[float, int]] = {}  # namespace -> (when listed, queued jobs)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -169,19 +175,49 @@ class KubernetesBackend(Backend):
         name = job_name(tenant, submission.idempotency_key)
         body = job_object(name, namespace, tenant, submission, code_ref=code_from)
         await self._require_job_type(namespace, submission.job_type)
+        if not await self._queue_has_room(namespace):
+            # A retry of a job that exists is answered even when the queue is full; nothing else is.
+            replay = await self._existing(namespace, name, submission) if submission.idempotency_key else None
+            if replay is None:
+                raise Unavailable(QUEUE_FULL, headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_SECONDS)})
+            return replay
         try:
             await self.api.create_job(namespace, body)
         except KubeApiError as exc:
             if exc.status != 409 or not submission.idempotency_key:
                 raise api_failure(exc) from None
-            existing = await self._call(self.api.get_job(namespace, name))
-            if existing is None:  # deleted (TTL) between the create and the read: create again
-                await self._call(self.api.create_job(namespace, body))
-                return SubmitResult(name, "queued", created=True)
-            if fingerprint_of(existing) != submission.fingerprint:
-                raise Conflict(IDEMPOTENCY_CONFLICT) from None
-            return SubmitResult(name, _queue_status(existing), created=False)
+            replay = await self._existing(namespace, name, submission)
+            if replay is not None:
+                return replay
+            # deleted (TTL) between the create and the read: create again
+            await self._call(self.api.create_job(namespace, body))
+        self._count_queued(namespace)
         return SubmitResult(name, "queued", created=True)
+
+    async def _existing(self, namespace: str, name: str, submission: Submission) -> SubmitResult | None:
+        """The job an idempotency key already names (``Conflict`` if its payload differs), or ``None``."""
+        existing = await self._call(self.api.get_job(namespace, name))
+        if existing is None:
+            return None
+        if fingerprint_of(existing) != submission.fingerprint:
+            raise Conflict(IDEMPOTENCY_CONFLICT)
+        return SubmitResult(name, _queue_status(existing), created=False)
+
+    async def _queue_has_room(self, namespace: str) -> bool:
+        """Fewer than ``max_queue_size`` jobs of the namespace wait for the operator to start them.
+
+        The count is read by listing the namespace at most every ``QUEUE_COUNT_MAX_AGE_SECONDS``, plus
+        this replica's creates since: a bound per tenant namespace, approximate across replicas and
+        under concurrent submits (a ``ResourceQuota`` on ``count/pythonjobs.takovm.dev`` is exact)."""
+        read_at, queued = self._queued.get(namespace, (-QUEUE_COUNT_MAX_AGE_SECONDS, 0))
+        if time.monotonic() - read_at > QUEUE_COUNT_MAX_AGE_SECONDS:
+            queued, _running = count_active(await self._call(self.api.list_jobs(namespace)))
+            self._queued[namespace] = (time.monotonic(), queued)
+        return queued < self.settings.max_queue_size
+
+    def _count_queued(self, namespace: str) -> None:
+        read_at, queued = self._queued.get(namespace, (-QUEUE_COUNT_MAX_AGE_SECONDS, 0))
+        self._queued[namespace] = (read_at, queued + 1)
 
     async def _require_job_type(self, namespace: str, name: str) -> None:
         """``InvalidRequest`` (422) unless ``namespace`` defines ``name`` (``default`` is built in)."""
