@@ -89,7 +89,7 @@ def _time_get(http: httpx.Client, path: str) -> float:
 def shim_overheads(root: Path, quick: bool) -> dict[str, Any]:
     big = 2_000 if quick else 10_000
     small = 100  # one full page: both sides serialise the same 100 records
-    repeats = 10 if quick else 30
+    repeats = 10 if quick else 20
     for name, count in (("big", big), ("small", small)):
         (root / name / "state").mkdir(parents=True, exist_ok=True)
         seed_history(root / name / "state", count)
@@ -117,7 +117,7 @@ def shim_overheads(root: Path, quick: bool) -> dict[str, Any]:
                 samples["big"].append(_time_get(big_http, path))
                 samples["small"].append(_time_get(small_http, small_path))
             listing[label] = {"big": summarize(samples["big"]), "small": summarize(samples["small"])}
-        long_poll = _long_poll(small_srv, small_http, 5 if quick else 12)
+        long_poll = _long_poll(small_srv, small_http, 5 if quick else 10)
     rows = [
         [label, v["small"]["p50_ms"], v["big"]["p50_ms"], ratio(v["big"]["p50_ms"], v["small"]["p50_ms"])]
         for label, v in listing.items()
