@@ -22,5 +22,5 @@ lint:
 test: setup lint
 	$(PY)/pytest -q -ra
 
-bench: setup
-	$(PY)/python -m bench
+bench: setup  # make bench BENCH_ARGS=--quick (or --only queue ...)
+	$(PY)/python -m bench $(BENCH_ARGS)
