@@ -556,3 +556,15 @@ async def test_max_queue_size_refuses_new_jobs_with_503_but_answers_retries_and_
     assert again.status_code == 503 and len(kube.list("pythonjobs")) == 3
     rerun = await shim.http.post(f"/jobs/{first}/rerun")  # the parent is finished, the queue full
     assert rerun.status_code == 503 and len(kube.list("pythonjobs")) == 3
+
+
+@pytest.mark.filterwarnings("error::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_request_state_uses_typed_keys_so_aiohttp_warns_nothing(kube: KubeHarness, shim: Shim) -> None:
+    """Per-request state (correlation id, tenant) is stored under ``web.RequestKey``: with the warning
+    turned into an error, a string key would make this submit a 500."""
+    response = await shim.http.post(
+        "/execute/async", json={"code": "print(1)"}, headers={"X-Correlation-ID": "c-1"}
+    )
+    assert response.status_code == 200, response.text
+    job = kube.get("pythonjobs", response.json()["job_id"]) or {}
+    assert job["metadata"]["annotations"]["takovm.dev/correlation-id"] == "c-1"
