@@ -568,3 +568,20 @@ async def test_request_state_uses_typed_keys_so_aiohttp_warns_nothing(kube: Kube
     assert response.status_code == 200, response.text
     job = kube.get("pythonjobs", response.json()["job_id"]) or {}
     assert job["metadata"]["annotations"]["takovm.dev/correlation-id"] == "c-1"
+
+
+async def test_clients_vanishing_mid_long_poll_leave_no_waiters_behind(kube: KubeHarness, shim: Shim) -> None:
+    """20 clients give up on a 2 s long-poll after 0.3 s: their waiters go when the wait ends, and the
+    shim still answers (aiohttp lets a handler finish after its client left)."""
+    job_id = await shim.submit()
+    clients = [httpx.AsyncClient(base_url=shim.http.base_url, timeout=0.3) for _ in range(20)]
+    polls = [c.get(f"/jobs/{job_id}/result", params={"wait": "true", "timeout": 2}) for c in clients]
+    outcomes = await asyncio.gather(*polls, return_exceptions=True)
+    assert all(isinstance(o, httpx.ReadTimeout) for o in outcomes), outcomes
+    for client in clients:
+        await client.aclose()
+    await until(lambda: shim.backend.watch.waiter_count() == 0, "the abandoned waiters to go", within=10)
+    assert (await shim.http.get("/health")).json()["status"] == "healthy"
+    poll = shim.long_poll(job_id)
+    await asyncio.to_thread(finish, kube, job_id, "still served\n")
+    await assert_result(poll, "still served\n")
