@@ -28,6 +28,9 @@ PoolKey = tuple[str, str]  # (namespace, job type name)
 # After a failed push (e.g. a NetworkPolicy that blocks the operator), jobs of that pool go cold for
 # this long instead of each one spending a standby Pod and a push timeout.
 PUSH_FAILURE_COOLDOWN_SECONDS = 30.0
+# A reservation only has to cover the moments between choosing a Pod and its claim patch showing in a
+# listing (from then on the claim annotation excludes it); one that outlives a failed pass expires.
+RESERVATION_SECONDS = 60.0
 
 
 def standby_settings_from_env(env: os._Environ[str] | dict[str, str]) -> sb.StandbySettings:
@@ -69,8 +72,8 @@ class StandbyPool:
         self.standby = standby
         self.locks: dict[PoolKey, asyncio.Lock] = {}
         self.shared_ready: set[str] = set()  # namespaces whose policy and ConfigMaps exist
-        # Pods handed to a job (or being handed): never offered again, even before the API shows it.
-        self.taken: set[tuple[str, str]] = set()
+        # Pods being handed to a job -> when reserved: not offered again before the API shows the claim.
+        self.taken: dict[tuple[str, str], float] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.known: set[PoolKey] = set()  # pools that have (or had) standby Pods
         self.cooling: dict[PoolKey, float] = {}  # pool -> monotonic time its push cooldown ends
@@ -155,14 +158,16 @@ class StandbyPool:
         spec = PythonJobTypeSpec.model_validate(job_type)
         current = sb.spec_hash(namespace, type_name, spec, self.settings, self.standby)
         pods = await self.kube.list_pods(namespace, {sb.LABEL_POOL: builders.label_safe(type_name)})
+        now = time.monotonic()
+        self.taken = {key: at for key, at in self.taken.items() if now - at < RESERVATION_SECONDS}
         exclude = frozenset(name for ns, name in self.taken if ns == namespace)
         chosen = sb.choose(pods, current, exclude)  # no await between choosing and taking
         if chosen is not None:
-            self.taken.add((namespace, chosen["metadata"]["name"]))
+            self.taken[(namespace, chosen["metadata"]["name"])] = now
         return chosen
 
     def unreserve(self, namespace: str, pod_name: str) -> None:
-        self.taken.discard((namespace, pod_name))
+        self.taken.pop((namespace, pod_name), None)
 
     async def claim(self, namespace: str, pod: dict[str, Any], claim: sb.Claim) -> str | None:
         """Claim (resourceVersion precondition), push, release the standby label. None on success,

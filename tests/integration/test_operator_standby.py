@@ -26,11 +26,13 @@ from typing import Any
 
 import pytest
 from kube_harness import KubeHarness, wait_for
-from operator_support import OperatorThread, operator_options, sample_job, wait_phase
+from operator_support import FakeKubelet, OperatorThread, operator_options, sample_job, wait_phase
 
 from tako_operator import builders
 from tako_operator import standby as sb
+from tako_operator.settings import OperatorSettings
 from tako_runner import standby as standby_runner
+from tako_vm.models.crd import PythonJob, PythonJobTypeSpec
 
 pytestmark = [pytest.mark.timeout(90)]
 STANDBY_SCRIPT = Path(standby_runner.__file__)
@@ -51,6 +53,7 @@ class StandbyKubelet:
         self.ips = (f"127.0.0.{n}" for n in itertools.count(2))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.ip_of: dict[str, str] = {}
+        self.cold: set[str] = set()
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, name="standby-kubelet", daemon=True)
@@ -74,6 +77,9 @@ class StandbyKubelet:
                 for name, pod in alive.items():
                     if name not in self.procs and sb.is_standby(pod):
                         self._start(pod)
+                    elif name not in self.procs and name not in self.cold and not sb.is_standby(pod):
+                        self.cold.add(name)  # a cold job Pod: finish it like operator_support's kubelet
+                        FakeKubelet(self.kube).succeed(name, stdout="cold\n")
                 for name, proc in list(self.procs.items()):
                     if name not in alive and proc.poll() is None:
                         proc.kill()  # the Pod was deleted
@@ -257,7 +263,8 @@ def test_ineligible_job_takes_the_cold_path(kube: KubeHarness, standby_env: Any)
     kube.create("pythonjobtypes", job_type(1))
     wait_for(lambda: waiting_pods(kube), what="a ready standby pod")
     kube.create("pythonjobs", sample_job("labelled", jobType="fast", podLabels={"team": "a"}))
-    wait_for(lambda: kube.get("pods", "labelled-pod"), what="the cold pod")
+    done = wait_phase(kube, "labelled", "Succeeded")
+    assert done["status"]["podName"] == "labelled-pod" and done["status"]["stdout"] == "cold\n"
     assert len(waiting_pods(kube)) == 1  # untouched
 
 
@@ -269,6 +276,60 @@ def test_failed_push_deletes_the_standby_pod_and_the_job_goes_cold(
     name = pod["metadata"]["name"]
     kube.patch_status("pods", name, {"podIP": "127.0.0.254"})  # nothing listens there: the push fails
     kube.create("pythonjobs", sample_job("unlucky", jobType="fast"))
-    wait_for(lambda: kube.get("pods", "unlucky-pod"), what="the cold pod after the failed push")
+    done = wait_phase(kube, "unlucky", "Succeeded")
+    assert done["status"]["podName"] == "unlucky-pod"  # the cold path, at once (attempt 1)
+    assert done["status"]["attempts"] == 1
     wait_for(lambda: kube.get("pods", name) is None, what="the claimed standby pod deleted")
-    assert status_of(kube, "unlucky")["podName"] == "unlucky-pod"
+
+
+def test_a_claim_interrupted_before_the_status_write_is_resumed_not_run_cold(
+    kube: KubeHarness, tmp_path: Path
+) -> None:
+    """An operator that stopped between claiming a standby Pod and writing the job's status: the next
+    one finds the Pod by its claim annotation, pushes the job (once) and follows that Pod."""
+    port = free_port()
+    settings = sb.StandbySettings(port=port)
+    kube.create("pythonjobtypes", job_type(1))
+    created = kube.create("pythonjobs", sample_job("resumed", code="print('resumed')", jobType="fast"))
+    model = PythonJob.model_validate(created)
+    type_spec = PythonJobTypeSpec.model_validate(job_type(1)["spec"])
+    pod = sb.build_standby_pod(
+        kube.namespace, "fast", type_spec, OperatorSettings(), settings, token="r" * 43, suffix="left"
+    )
+    pod["status"] = {"startTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    claimed = sb.claim_patch(model, pod, deadline=600)["metadata"]
+    pod["metadata"]["labels"].update(claimed["labels"])
+    pod["metadata"]["annotations"].update(claimed["annotations"])
+    pod["metadata"]["ownerReferences"] = claimed["ownerReferences"]
+    kube.create("pods", pod)
+    with StandbyKubelet(kube, tmp_path / "pods") as kubelet:
+        wait_for(lambda: (p := kube.get("pods", "tako-standby-fast-left")) and sb.is_ready(p), what="ready")
+        options = operator_options(kube, tmp_path)
+        options.config.standby = settings
+        operator = OperatorThread(options).start()
+        try:
+            done = wait_phase(kube, "resumed", "Succeeded")
+        finally:
+            operator.stop()
+        assert kubelet.error is None, kubelet.error
+    assert done["status"]["podName"] == "tako-standby-fast-left"
+    assert done["status"]["stdout"] == "resumed\n"
+    assert "resumed-pod" not in kube.pod_order
+
+
+@pytest.mark.slow
+def test_concurrent_jobs_never_share_a_standby_pod(kube: KubeHarness, standby_env: Any) -> None:
+    kubelet: StandbyKubelet = standby_env
+    kube.create("pythonjobtypes", job_type(2))
+    wait_for(lambda: len(waiting_pods(kube)) == 2, what="2 ready standby pods")
+    for index in range(5):
+        kube.create("pythonjobs", sample_job(f"burst{index}", code=f"print('job {index}')", jobType="fast"))
+    done = [wait_phase(kube, f"burst{index}", "Succeeded", timeout=60) for index in range(5)]
+    pods = [d["status"]["podName"] for d in done]
+    assert len(set(pods)) == 5, pods
+    warm = [i for i, pod in enumerate(pods) if pod.startswith(sb.standby_pod_prefix("fast"))]
+    assert len(warm) >= 2, pods  # the two waiting Pods were used
+    for index in warm:  # each warm Pod ran exactly its own job
+        assert done[index]["status"]["stdout"] == f"job {index}\n"
+    for index in set(range(5)) - set(warm):
+        assert done[index]["status"]["stdout"] == "cold\n" and pods[index] in kubelet.cold
