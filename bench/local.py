@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import BareRunsc, client, host_python_once, sdk_round_trip, server
+from bench.latency_parts import DirectExecutor
 from bench.stats import markdown_table, ratio, rss_mib, summarize
 
 THINK_TIME_S = 0.3  # between rounds, like an agent between tool calls; lets the warm pool refill
@@ -16,9 +17,11 @@ THINK_TIME_S = 0.3  # between rounds, like an agent between tool calls; lets the
 
 def latency(root: Path, quick: bool) -> dict[str, Any]:
     """submit -> result of print(1) through the SDK (warm pool on / off), interleaved with a bare
-    ``runsc run`` of the same code and ``python3 -c`` on the host, in a random order per round."""
+    ``runsc run`` of the same code, the executor called directly (no server) and ``python3 -c`` on the
+    host, in a random order per round."""
     rounds = 6 if quick else 30
     bare = BareRunsc(root / "bare")
+    direct = DirectExecutor(root / "direct")
     with (
         server(root, "warm", warm_pool_size=2) as warm_srv,
         server(root, "cold", warm_pool_size=0) as cold_srv,
@@ -27,6 +30,7 @@ def latency(root: Path, quick: bool) -> dict[str, Any]:
         methods = {
             "sdk_warm_pool": lambda: sdk_round_trip(warm_sdk),
             "sdk_no_pool": lambda: sdk_round_trip(cold_sdk),
+            "executor_no_pool": direct.once,
             "bare_runsc": bare.once,
             "host_python": host_python_once,
         }
@@ -44,10 +48,12 @@ def latency(root: Path, quick: bool) -> dict[str, Any]:
         shim_rss = {"warm": rss_mib(warm_srv.process.pid), "no_pool": rss_mib(cold_srv.process.pid)}
         warm_sdk.close()
         cold_sdk.close()
+        direct.close()
     stats = {name: summarize(values) for name, values in samples.items()}
     bare_p50 = stats["bare_runsc"]["p50_ms"]
     ratios = {
         "sdk_no_pool_p50_over_bare_runsc_p50": ratio(stats["sdk_no_pool"]["p50_ms"], bare_p50),
+        "executor_no_pool_p50_over_bare_runsc_p50": ratio(stats["executor_no_pool"]["p50_ms"], bare_p50),
         "sdk_warm_pool_p50_over_bare_runsc_p50": ratio(stats["sdk_warm_pool"]["p50_ms"], bare_p50),
         "sdk_no_pool_p99_over_bare_runsc_p99": ratio(
             stats["sdk_no_pool"]["p99_ms"], stats["bare_runsc"]["p99_ms"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,5 +31,14 @@ def executor() -> Iterator[LocalExecutor]:
 
 
 @pytest.fixture
-def sx(executor: LocalExecutor, tmp_path: Path) -> Sandbox:
-    return Sandbox(executor, tmp_path)
+async def sx(executor: LocalExecutor, tmp_path: Path) -> AsyncIterator[Sandbox]:
+    yield Sandbox(executor, tmp_path)
+    await executor.drain()  # sandboxes are torn down in the background, after their result
+
+
+@pytest.fixture(autouse=True)
+async def _drain_background_teardowns(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Tests that use the shared executor directly: finish its background teardowns on their loop."""
+    yield
+    if "executor" in request.fixturenames:
+        await request.getfixturevalue("executor").drain()

@@ -60,3 +60,40 @@ def test_job_directory_is_read_only_for_the_sandbox(tmp_path: Path) -> None:
     for path in ("code/main.py", "code/job.json", "input/data.json"):
         assert stat.S_IMODE((job_dir / path).stat().st_mode) == 0o444
     assert deps_dir == job_dir / "deps" and deps_dir.stat().st_uid == 65534
+
+
+def framed_with_mac(key: bytes, envelope: dict[str, object]) -> bytes:
+    from tako_runner import runner
+
+    text = runner.frame(envelope)
+    return (text + runner.mac_line(key, text)).encode("ascii")
+
+
+def test_authenticated_envelope_needs_the_key_and_the_exact_frame() -> None:
+    key = b"a" * 64
+    envelope = {"v": 1, "mode": "run", "exit_code": 0, "stdout": "hi\n"}
+    good = framed_with_mac(key, envelope)
+    assert ex.authenticated_envelope(b"user noise\n" + good, key) == envelope
+    assert ex.authenticated_envelope(good, b"b" * 64) is None  # another key
+    assert ex.authenticated_envelope(good, b"") is None  # no key: never early
+    assert ex.authenticated_envelope(good[:-1], key) is None  # line not complete yet
+    tampered = good.replace(b'"hi\\n"', b'"ho\\n"')
+    assert ex.authenticated_envelope(tampered, key) is None
+    assert ex.authenticated_envelope(good + b"after\n", key) is None  # the MAC line must be last
+    bogus_length = good.replace(b"TAKO-ENVELOPE-MAC ", b"TAKO-ENVELOPE-MAC 9")
+    assert ex.authenticated_envelope(bogus_length, key) is None
+
+
+def test_frame_watch_checks_a_bounded_number_of_candidates() -> None:
+    key = b"c" * 64
+    watch = ex._FrameWatch(key, ex._TailBuffer(1 << 20))
+    fake = b"\nTAKO-ENVELOPE-MAC 10 " + b"0" * 64 + b"\n"
+    for _ in range(ex.MAX_MAC_CHECKS + 5):
+        watch.feed(fake)
+    assert watch.checks == ex.MAX_MAC_CHECKS and not watch.found.is_set()
+    watch.feed(framed_with_mac(key, {"v": 1, "mode": "run"}))
+    assert not watch.found.is_set()  # no more early checks...
+    assert watch.final_envelope() == {"v": 1, "mode": "run"}  # ...but the exit-time check still finds it
+    early = ex._FrameWatch(key, ex._TailBuffer(1 << 20))
+    early.feed(framed_with_mac(key, {"v": 1, "mode": "run"}))
+    assert early.found.is_set() and early.envelope == {"v": 1, "mode": "run"}

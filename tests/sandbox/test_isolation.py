@@ -112,5 +112,5 @@ print(json.dumps({
     assert "TAKO_TEST_HOST_SECRET" not in report["env"]
     assert report["uname"] == "4.4.0" and report["uname"] != host_release  # the gVisor kernel
     assert report["uid"] == 65534
-    assert report["pid1"][:3] == ["/usr/bin/python3", "-I", "/runner/runner.py"]  # our runner, not host init
+    assert report["pid1"][:4] == ["/usr/bin/python3", "-I", "-S", "/runner/runner.py"]  # our runner
     assert len(report["pids"]) <= 3

@@ -184,4 +184,5 @@ async def test_host_cgroup_limits_are_applied_while_the_job_runs(sx: Sandbox) ->
     assert found["cpu"] == "50000"  # 0.5 CPU per 100 ms period
     assert int(found["pids"]) >= 30
     assert found["procs"], "the sandbox's processes run inside the limited cgroup"
+    await sx.executor.drain()  # the teardown runs in the background, after the result is out
     assert await asyncio.to_thread(read_job_cgroups, "cgcheck") is None  # removed afterwards

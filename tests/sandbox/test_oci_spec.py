@@ -43,10 +43,12 @@ def test_run_sandbox_shape() -> None:
     assert process["args"] == [
         "/usr/bin/python3",
         "-I",
+        "-S",
         "/runner/runner.py",
         "run",
         "--config",
         "/code/job.json",
+        "--frame-key-stdin",
     ]
     assert {"type": "network"} in config["linux"]["namespaces"]
     m = mounts(config)
@@ -76,7 +78,7 @@ def test_install_sandbox_has_host_network_writable_deps_and_ca_certs() -> None:
     assert "rw" in m["/deps"]["options"]
     assert m["/etc/ssl"]["source"] == "/etc/ssl" and "ro" in m["/etc/ssl"]["options"]
     assert "/output" not in m
-    assert config["process"]["args"][3] == "install"
+    assert config["process"]["args"][4] == "install"
 
 
 def test_run_sandbox_with_requirements_binds_deps_read_only() -> None:

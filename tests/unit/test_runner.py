@@ -300,3 +300,44 @@ def test_runner_is_stdlib_only() -> None:
     }
     assert modules <= set(sys.stdlib_module_names) | {"__future__"}, modules - set(sys.stdlib_module_names)
     assert os.path.basename(RUNNER) == "runner.py"
+
+
+@given(key=st.binary(max_size=100), message=st.binary(max_size=300))
+@settings(max_examples=50, deadline=None)
+def test_hmac_sha256_matches_the_standard_library(key: bytes, message: bytes) -> None:
+    import hashlib
+    import hmac
+
+    assert runner.hmac_sha256(key, message) == hmac.new(key, message, hashlib.sha256).hexdigest()
+    assert runner.sha256(message).hexdigest() == hashlib.sha256(message).hexdigest()
+
+
+def test_frame_key_from_stdin_is_consumed_and_authenticates_the_frame(box: Path) -> None:
+    """``--frame-key-stdin``: the frame is followed by an HMAC line keyed with the stdin key, and user
+    code finds /dev/null on the stdin it inherits (never the key)."""
+    import hashlib
+    import hmac
+
+    (box / "code" / "main.py").write_text("import sys\nprint(repr(sys.stdin.read()))\n")
+    cfg = {
+        "code_path": str(box / "code" / "main.py"),
+        "output_dir": str(box / "output"),
+        "work_dir": str(box / "tmp"),
+        "kill_all_processes": False,
+    }
+    (box / "job.json").write_text(json.dumps(cfg))
+    key = b"k" * 64
+    proc = subprocess.run(
+        [sys.executable, "-I", RUNNER, "run", "--config", str(box / "job.json"), "--frame-key-stdin"],
+        input=key + b"\nmore bytes the runner must not pass on\n",
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    framed, _, mac = proc.stdout.rpartition(b"TAKO-ENVELOPE-MAC ")
+    length, digest = mac.split()
+    assert int(length) == len(framed)
+    assert digest.decode() == hmac.new(key, framed, hashlib.sha256).hexdigest()
+    envelope = parse_envelope(framed.decode())
+    assert envelope is not None and envelope["stdout"] == "''\n"
+    assert runner.parse_args(["run", "--frame-key-stdin"]) == ("run", "/code/job.json", True)

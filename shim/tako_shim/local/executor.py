@@ -9,6 +9,11 @@ Flow of ``LocalExecutor.run``:
 5. ``tako_runner.outcome.classify`` turns envelopes + observations into an ``Outcome``; artifacts
    embedded in the envelope are verified (sha256) and written to ``artifact_dir``.
 
+The result is returned as soon as the runner's *authenticated* frame is in (an HMAC with a key written
+on the runner's stdin, see ``_FrameWatch``), before the sandbox has exited: tearing a sandbox down
+(runsc's own teardown, cgroups, the job directory) happens in the background, bounded by
+``TEARDOWN_WAIT_S``, and is journalled in ``work_dir/teardown`` so that a restart finishes it.
+
 ``security_mode="strict"`` refuses to work without a runsc that actually starts a sandbox;
 ``"permissive"`` falls back to running the runner with the host Python (rlimits only, NO isolation)
 with a loud warning, and records ``runtime="none"``.
@@ -21,6 +26,7 @@ import base64
 import contextlib
 import glob
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -39,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from tako_runner import runner as runner_module
-from tako_runner.outcome import Outcome, classify, parse_envelope
+from tako_runner.outcome import HEADER, Outcome, classify, parse_envelope
 from tako_shim.local import sandbox
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,9 @@ EGRESS_PROBE_ALLOWANCE_S = 3.0
 KILL_GRACE_S = 2.0
 INSTALL_MEMORY_FLOOR_MB = 1024
 ENVELOPE_OVERHEAD_BYTES = 2 * 1024 * 1024
+TEARDOWN_WAIT_S = 10.0  # a sandbox whose runner has reported gets this long to exit before it is killed
+MAX_MAC_CHECKS = 3  # candidate MAC lines verified while a sandbox runs (user code can print fake ones)
+MAC_LINE_MAX = 200
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,64 @@ class _TailBuffer:
         return bytes(self.data[-self.limit :]).decode("utf-8", errors="replace")
 
 
+def authenticated_envelope(data: bytes, key: bytes) -> dict[str, Any] | None:
+    """The envelope whose frame ends ``data`` followed by a valid ``TAKO-ENVELOPE-MAC`` line, else None.
+
+    The runner writes ``<frame>TAKO-ENVELOPE-MAC <frame length> <hmac-sha256 hex>\\n`` as its very last
+    output; only a process that knows ``key`` can produce the line, and user code never sees the key.
+    """
+    if not key or not data.endswith(b"\n"):
+        return None
+    line_start = data.rfind(b"\n", max(0, len(data) - MAC_LINE_MAX), len(data) - 1) + 1
+    parts = data[line_start:].split()
+    if line_start == 0 or len(parts) != 3 or parts[0] != runner_module.MAC_MARKER.encode("ascii"):
+        return None
+    try:
+        length = int(parts[1])
+    except ValueError:
+        return None
+    framed = data[line_start - length : line_start]
+    if length <= 0 or length > line_start or not framed.startswith(b"\n" + HEADER.encode("ascii") + b" "):
+        return None
+    expected = hmac.new(key, framed, hashlib.sha256).hexdigest().encode("ascii")
+    if not hmac.compare_digest(expected, parts[2]):
+        return None
+    return parse_envelope(framed.decode("ascii", errors="replace"))
+
+
+class _FrameWatch:
+    """Feeds a sandbox's stdout into its tail buffer and notices the runner's authenticated frame the
+    moment it is complete (``found``), so the result does not wait for the sandbox to exit.
+
+    User code can write to the runner's stdout (/proc/1/fd/1), so only ``MAX_MAC_CHECKS`` candidate
+    lines are verified while the sandbox runs: a flood of fake MAC lines cannot make the event loop
+    hash a large buffer per line. After that the frame is checked once more when the sandbox exits.
+    """
+
+    def __init__(self, key: bytes, buffer: _TailBuffer) -> None:
+        self.key = key
+        self.buffer = buffer
+        self.envelope: dict[str, Any] | None = None
+        self.found = asyncio.Event()
+        self.checks = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.buffer.feed(chunk)
+        if self.envelope is not None or self.checks >= MAX_MAC_CHECKS or not chunk.endswith(b"\n"):
+            return
+        tail = bytes(self.buffer.data[-MAC_LINE_MAX:])
+        if b"\n" + runner_module.MAC_MARKER.encode("ascii") + b" " not in tail:
+            return
+        self.checks += 1
+        self.envelope = authenticated_envelope(bytes(self.buffer.data), self.key)
+        if self.envelope is not None:
+            self.found.set()
+
+    def final_envelope(self) -> dict[str, Any] | None:
+        """After the sandbox ended: the authenticated frame, if the runner printed one last."""
+        return self.envelope or authenticated_envelope(bytes(self.buffer.data), self.key)
+
+
 def _find_runsc(explicit: str | None) -> str | None:
     """An explicit path is authoritative; otherwise $TAKO_VM_RUNSC, the project's .tools/bin, PATH."""
     if explicit:
@@ -156,6 +223,9 @@ class LocalExecutor:
         self._state_dir = self.work_dir / "runsc-state"
         self._jobs_dir = self.work_dir / "jobs"
         self._jobs_dir.mkdir(exist_ok=True)
+        self._teardown_dir = self.work_dir / "teardown"  # one file per sandbox not yet torn down
+        self._teardown_dir.mkdir(exist_ok=True)
+        self._background: set[asyncio.Task[None]] = set()
         self._lock = threading.Lock()
         self._host_dirs = _host_dirs()
         self._hard_limits = _host_hard_limits()
@@ -266,6 +336,7 @@ class LocalExecutor:
         """Remove sandboxes, cgroups and job dirs a previous process with this work_dir left behind (a crash
         leaves the Sentry running, since `runsc run` is only its parent)."""
         stale = {p.name.split("_sandbox:")[0] for p in self._state_dir.glob("*_sandbox:*.state")}
+        stale |= {p.name for p in self._teardown_dir.iterdir()}  # teardowns a crash interrupted
         for cid in sorted(stale):
             log.warning("removing stale sandbox %s left by a previous run", cid)
             self._cleanup(None, cid, None)
@@ -328,6 +399,7 @@ class LocalExecutor:
     def _create_cgroups(self, cid: str, memory_bytes: int, pids_limit: int, cpu_limit: float) -> None:
         """Pre-create the sandbox's cgroups with their limits so that OOM counters survive the sandbox."""
         settings = sandbox.cgroup_settings(memory_bytes, pids_limit, cpu_limit)
+        (self._teardown_dir / cid).touch()  # journal: removed by _cleanup; a restart finishes the rest
         for controller in CGROUP_CONTROLLERS:
             path = CGROUP_ROOT / controller / CGROUP_PARENT / cid
             path.mkdir(parents=True, exist_ok=True)
@@ -365,6 +437,67 @@ class LocalExecutor:
                     time.sleep(0.02)
         if job_dir is not None:
             shutil.rmtree(job_dir, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            (self._teardown_dir / cid).unlink()
+
+    # ------------------------------------------------------------------ background teardown
+
+    def _spawn_background(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def drain(self) -> None:
+        """Wait until every background teardown started on this event loop has finished."""
+        loop = asyncio.get_running_loop()
+        while pending := [t for t in self._background if t.get_loop() is loop and not t.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.drain()
+
+    async def _teardown(
+        self,
+        cid: str,
+        proc: asyncio.subprocess.Process | None,
+        readers: asyncio.Future[Any] | None,
+        exit_wait_s: float = TEARDOWN_WAIT_S,
+    ) -> None:
+        """Bounded and guaranteed: let the sandbox exit (at most ``exit_wait_s``; 0 when its job did not
+        finish), kill it if it does not, then remove its runsc state and cgroups. If the event loop goes
+        away meanwhile, the removal still happens (synchronously); after a crash, the journal makes the
+        next start do it."""
+        try:
+            if proc is not None and proc.returncode is None:
+                try:
+                    await asyncio.wait_for(proc.wait(), exit_wait_s)
+                except TimeoutError:
+                    if exit_wait_s:
+                        log.warning(
+                            "sandbox %s did not exit %.0f s after its result; killing it", cid, exit_wait_s
+                        )
+                    await asyncio.to_thread(self._kill, cid)
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+            if readers is not None:
+                try:
+                    await asyncio.wait_for(readers, 10)
+                except TimeoutError:
+                    readers.cancel()
+            await asyncio.to_thread(self._cleanup, None, cid, None)
+        except asyncio.CancelledError:
+            self._cleanup(None, cid, None)
+            raise
+
+    async def _remove_job_dir(self, teardowns: list[asyncio.Task[None]], job_dir: Path) -> None:
+        """Remove a job directory once the sandboxes that bind it are gone."""
+        try:
+            await asyncio.gather(*teardowns, return_exceptions=True)
+            await asyncio.to_thread(shutil.rmtree, job_dir, True)
+        except asyncio.CancelledError:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
 
     # ------------------------------------------------------------------ running
 
@@ -418,11 +551,12 @@ class LocalExecutor:
 
     async def _run_sandboxed(self, job: SandboxJob, artifact_dir: Path, cancel: asyncio.Event) -> Outcome:
         job_dir, deps_dir = await asyncio.to_thread(self._prepare_job_dir, job)
+        teardowns: list[asyncio.Task[None]] = []
         try:
             install: _SandboxResult | None = None
             if job.requirements:
                 budget = job.startup_timeout + KILL_GRACE_S + EXTERNAL_DEADLINE_MARGIN_S
-                install = await self._sandbox(job, job_dir, deps_dir, "install", budget, cancel)
+                install = await self._sandbox(job, job_dir, deps_dir, "install", budget, cancel, teardowns)
                 if (
                     install.cancelled
                     or install.oom_killed
@@ -433,13 +567,13 @@ class LocalExecutor:
                 ):
                     return self._classify(install, None)
             budget = job.timeout + KILL_GRACE_S + EGRESS_PROBE_ALLOWANCE_S + EXTERNAL_DEADLINE_MARGIN_S
-            result = await self._sandbox(job, job_dir, deps_dir, "run", budget, cancel)
+            result = await self._sandbox(job, job_dir, deps_dir, "run", budget, cancel, teardowns)
             outcome = self._classify(install, result)
-            if result.envelope and not result.cancelled:
+            if result.envelope and result.envelope.get("artifacts") and not result.cancelled:
                 await asyncio.to_thread(_write_artifacts, result.envelope, artifact_dir)
             return outcome
         finally:
-            await asyncio.to_thread(shutil.rmtree, job_dir, True)
+            self._spawn_background(self._remove_job_dir(teardowns, job_dir))
 
     def _classify(self, install: _SandboxResult | None, run: _SandboxResult | None) -> Outcome:
         last = run or install
@@ -472,7 +606,11 @@ class LocalExecutor:
         mode: str,
         budget_s: float,
         cancel: asyncio.Event,
+        teardowns: list[asyncio.Task[None]],
     ) -> _SandboxResult:
+        """Run one sandbox; return as soon as its runner's authenticated frame is in (or it ended).
+
+        The sandbox's teardown is started in the background and appended to ``teardowns``."""
         cid = f"tako-{_safe_id(job.job_id)[:32]}-{mode}-{secrets.token_hex(4)}"
         bundle = await asyncio.to_thread(self._write_bundle, job_dir, mode, cid, deps_dir, job, None)
         network = "host" if mode == "install" else "none"
@@ -481,45 +619,81 @@ class LocalExecutor:
         if mode == "run":
             limit += job.max_total_artifact_bytes * 2
         out_buf, err_buf = _TailBuffer(limit), _TailBuffer(64 * 1024)
-        deadline_exceeded = cancelled = False
+        key = secrets.token_hex(32).encode("ascii")
+        proc: asyncio.subprocess.Process | None = None
+        readers: asyncio.Future[Any] | None = None
+        result: _SandboxResult | None = None
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )
-            assert proc.stdout is not None and proc.stderr is not None
-            readers = asyncio.gather(_pump(proc.stdout, out_buf.feed), _pump(proc.stderr, err_buf.feed))
-            waiter = asyncio.ensure_future(proc.wait())
-            cancel_wait = asyncio.ensure_future(cancel.wait())
-            done, _ = await asyncio.wait(
-                {waiter, cancel_wait}, timeout=budget_s, return_when=asyncio.FIRST_COMPLETED
+            assert proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                proc.stdin.write(key + b"\n")  # the runner reads it before any user code exists
+                await proc.stdin.drain()
+            proc.stdin.close()
+            result, readers = await self._watch(
+                proc, cid, _FrameWatch(key, out_buf), err_buf, budget_s, cancel
             )
-            if waiter not in done:
-                cancelled = cancel.is_set()
-                deadline_exceeded = not cancelled
-                await asyncio.to_thread(self._kill, cid)
-                try:
-                    await asyncio.wait_for(asyncio.shield(waiter), 10)
-                except TimeoutError:
-                    proc.kill()
-                    await waiter
-            cancel_wait.cancel()
-            try:
-                await asyncio.wait_for(readers, 10)
-            except TimeoutError:
-                readers.cancel()
-            exit_code = proc.returncode
-            oom = await asyncio.to_thread(self._oom_killed, cid)
+            return result
         finally:
-            await asyncio.to_thread(self._cleanup, None, cid, None)
-        envelope = parse_envelope(out_buf.text())
+            wait_s = TEARDOWN_WAIT_S if result is not None else 0.0  # interrupted: kill at once
+            teardowns.append(self._spawn_background(self._teardown(cid, proc, readers, wait_s)))
+
+    async def _watch(
+        self,
+        proc: asyncio.subprocess.Process,
+        cid: str,
+        watch: _FrameWatch,
+        err_buf: _TailBuffer,
+        budget_s: float,
+        cancel: asyncio.Event,
+    ) -> tuple[_SandboxResult, asyncio.Future[Any]]:
+        """Read a started sandbox until its runner's authenticated frame is in (final: the sandbox may
+        still be exiting), it ended, the budget ran out or the job was cancelled (then kill it).
+
+        Also returns the output readers, which the teardown awaits."""
+        assert proc.stdout is not None and proc.stderr is not None
+        readers = asyncio.gather(_pump(proc.stdout, watch.feed), _pump(proc.stderr, err_buf.feed))
+        readers.add_done_callback(_retrieve)  # may end in the background, after the result
+        waiter = asyncio.ensure_future(proc.wait())
+        cancel_wait = asyncio.ensure_future(cancel.wait())
+        framed = asyncio.ensure_future(watch.found.wait())
+        done, _ = await asyncio.wait(
+            {waiter, cancel_wait, framed}, timeout=budget_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        cancel_wait.cancel()
+        framed.cancel()
+        if watch.envelope is not None:
+            # The runner prints its frame last, after killing everything else, and user code cannot
+            # compute the MAC: the result is final even though the sandbox is still exiting.
+            oom = self._oom_killed(cid)  # one small cgroupfs read
+            return _SandboxResult(watch.envelope, 0, oom, False, False, err_buf.text()), readers
+        deadline_exceeded = cancelled = False
+        if waiter not in done:
+            cancelled = cancel.is_set()
+            deadline_exceeded = not cancelled
+            await asyncio.to_thread(self._kill, cid)
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), 10)
+            except TimeoutError:
+                proc.kill()
+                await waiter
+        try:
+            await asyncio.wait_for(asyncio.shield(readers), 10)
+        except TimeoutError:
+            readers.cancel()
+        exit_code = proc.returncode
+        oom = self._oom_killed(cid)
+        envelope = watch.final_envelope()
         if exit_code != 0 and envelope is not None and not oom:
             # The runner exits 0 right after printing its frame: a frame from a sandbox that ended
             # otherwise was not printed by a runner that finished (user code may have killed it).
             envelope = None
-        return _SandboxResult(envelope, exit_code, oom, deadline_exceeded, cancelled, err_buf.text())
+        return _SandboxResult(envelope, exit_code, oom, deadline_exceeded, cancelled, err_buf.text()), readers
 
     def _kill(self, cid: str) -> None:
         if self.runsc is None:
@@ -635,6 +809,12 @@ def _fallback_python() -> str:
 async def _pump(stream: asyncio.StreamReader, sink: Callable[[bytes], None]) -> None:
     while chunk := await stream.read(65536):
         sink(chunk)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as retrieved (readers cancelled at shutdown are not an error)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _safe_id(job_id: str) -> str:

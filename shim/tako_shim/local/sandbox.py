@@ -138,7 +138,16 @@ def build_oci_spec(spec: SandboxSpec, *, host_dirs: dict[str, str | None] | None
         "process": {
             "terminal": False,
             "user": {"uid": SANDBOX_UID, "gid": SANDBOX_GID},
-            "args": [SANDBOX_PYTHON, "-I", f"{RUNNER_DIR}/runner.py", spec.mode, "--config", CONFIG_PATH],
+            "args": [
+                SANDBOX_PYTHON,
+                "-I",
+                "-S",  # no site: the stdlib-only runner needs no site-packages (.pth files cost start-up)
+                f"{RUNNER_DIR}/runner.py",
+                spec.mode,
+                "--config",
+                CONFIG_PATH,
+                "--frame-key-stdin",  # the executor writes a per-sandbox key on stdin (docs/sandbox.md)
+            ],
             "env": ["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", "HOME=/tmp"],
             "cwd": "/tmp",
             "noNewPrivileges": True,

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tako_runner.outcome import Outcome, parse_envelope
+from tako_runner.outcome import Outcome
 from tako_shim.config import Settings
 from tako_shim.local import executor as executor_module
 from tako_shim.local import sandbox as sandbox_module
@@ -44,7 +44,7 @@ from tako_shim.local.executor import LocalExecutor, SandboxJob
 log = logging.getLogger(__name__)
 
 READY_MARKER = b"TAKO-WARM-READY"
-GO_SIGNAL = b"go\n"
+GO_SIGNAL = b"go"  # + " <frame key>\n"
 READY_TIMEOUT_S = 60.0
 REFILL_BACKOFF_S = 2.0
 
@@ -78,12 +78,13 @@ except BaseException as exc:
     sys.exit(1)
 """
 
-# The in-sandbox launcher: trusted, stdlib-only, run as ``python3 -I -c LAUNCHER`` (pid 1). Before
-# READY it checks egress and pre-starts the user interpreter; after ``go`` it runs the runner in this
-# same process, whose ``Popen`` of ``python -u /code/main.py`` is answered with the pre-started
-# interpreter when argv, cwd and environment are exactly what it was started with (else a real Popen).
+# The in-sandbox launcher: trusted, stdlib-only, run as ``python3 -I -S -c LAUNCHER`` (pid 1). Before
+# READY it checks egress and pre-starts the user interpreter; after ``go <key>`` it runs the runner in
+# this same process (``key`` authenticates its frame, as ``--frame-key-stdin`` does for a cold run),
+# whose ``start_process`` of ``python -u /code/main.py`` is answered with the pre-started interpreter
+# when argv, cwd and environment are exactly what it was started with (else a real spawn).
 LAUNCHER = r"""
-import os, sys, subprocess
+import os, sys
 sys.path.insert(0, "/runner")
 import runner
 runner.protect_self()
@@ -99,43 +100,43 @@ expected_env = runner.base_env(config)
 if os.path.isdir(config["deps_dir"]):
     expected_env["PYTHONPATH"] = config["deps_dir"]
 read_end, write_end = os.pipe()
-child = subprocess.Popen(
-    [config["python"], "-u", "-c", BOOTSTRAP, str(read_end)],
-    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    cwd=config["work_dir"], env=expected_env, start_new_session=True, close_fds=True,
-    pass_fds=(read_end,),
+os.set_inheritable(read_end, True)
+child = runner.start_process(
+    [config["python"], "-u", "-c", BOOTSTRAP, str(read_end)], env=expected_env, cwd=config["work_dir"]
 )
 os.close(read_end)
+spawn = runner.start_process
 
-class Prestarted:
-    def __getattr__(self, name):
-        return getattr(subprocess, name)
+def start_process(argv, *, env, cwd):
+    global child
+    spare, child = child, None
+    if spare is not None:
+        same = list(argv) == expected_argv and env == expected_env and cwd == config["work_dir"]
+        if same and spare.poll() is None:
+            os.write(write_end, b"go")
+            os.close(write_end)
+            return spare
+        spare.kill()
+        spare.wait(5.0)
+        os.close(spare.stdout_fd)
+        os.close(spare.stderr_fd)
+    return spawn(argv, env=env, cwd=cwd)
 
-    def Popen(self, argv, **kwargs):
-        global child
-        spare, child = child, None
-        if spare is not None:
-            same = (
-                list(argv) == expected_argv and kwargs.get("env") == expected_env
-                and kwargs.get("cwd") == config["work_dir"] and spare.poll() is None
-            )
-            if same:
-                os.write(write_end, b"go")
-                os.close(write_end)
-                return spare
-            spare.kill()
-            spare.wait()
-        return subprocess.Popen(argv, **kwargs)
-
-runner.subprocess = Prestarted()
+runner.start_process = start_process
 os.write(1, b"TAKO-WARM-READY\n")
-line = sys.stdin.buffer.readline()
-if line != b"go\n":
+line = os.read(0, 256)
+while line and not line.endswith(b"\n") and len(line) < 256:
+    more = os.read(0, 256 - len(line))
+    if not more:
+        break
+    line += more
+words = line.split()
+if not line.endswith(b"\n") or not words or words[0] != b"go" or len(words) > 2:
     os._exit(3)
 devnull = os.open(os.devnull, os.O_RDONLY)
 os.dup2(devnull, 0)
 os.close(devnull)
-code = runner.main(["run", "--config", "/code/job.json"])
+code = runner.main(["run", "--config", "/code/job.json"], frame_key=words[1] if len(words) == 2 else b"")
 sys.stdout.flush()
 os._exit(code)
 """
@@ -227,6 +228,7 @@ class WarmPool:
             await self._destroy(sandbox)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self.executor.drain()
 
     def ready_count(self) -> int:
         return len(self._ready)
@@ -274,7 +276,7 @@ class WarmPool:
             bundle = await asyncio.to_thread(ex._write_bundle, job_dir, "run", cid, None, self.template, None)
             config_path = bundle / "config.json"
             spec = json.loads(config_path.read_text())
-            spec["process"]["args"] = ["/usr/bin/python3", "-I", "-c", LAUNCHER, BOOTSTRAP]
+            spec["process"]["args"] = ["/usr/bin/python3", "-I", "-S", "-c", LAUNCHER, BOOTSTRAP]
             config_path.write_text(json.dumps(spec))
             argv = [*ex._runsc_argv(None, "none"), "run", "--bundle", str(bundle), cid]
             process = await asyncio.create_subprocess_exec(
@@ -349,18 +351,23 @@ class WarmPool:
         self.used_sandboxes.append(sandbox.cid)
         process = sandbox.process
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+        key = secrets.token_hex(32).encode("ascii")
+        readers: asyncio.Future[Any] | None = None
+        outcome: Outcome | None = None
         try:
             self._hand_over(job, sandbox.job_dir)  # a few small local writes: cheaper than a thread hop
-            process.stdin.write(GO_SIGNAL)
+            process.stdin.write(GO_SIGNAL + b" " + key + b"\n")
             await process.stdin.drain()
             process.stdin.close()
-            result = await self._wait(sandbox, job, cancel)
+            result, readers = await self._wait(sandbox, job, cancel, key)
             outcome = ex._classify(None, result)
             if result.envelope and result.envelope.get("artifacts") and not result.cancelled:
                 await asyncio.to_thread(executor_module._write_artifacts, result.envelope, artifact_dir)
         finally:
-            # The result is complete: delete the used sandbox off the critical path.
-            self._spawn_background(asyncio.to_thread(ex._cleanup, None, sandbox.cid, sandbox.job_dir))
+            # The result is complete: let the used sandbox exit and delete it, off the critical path.
+            wait_s = executor_module.TEARDOWN_WAIT_S if outcome is not None else 0.0  # interrupted: kill now
+            teardown = ex._spawn_background(ex._teardown(sandbox.cid, process, readers, wait_s))
+            ex._spawn_background(ex._remove_job_dir([teardown], sandbox.job_dir))
         outcome.timing["total_ms"] = max(
             outcome.timing.get("total_ms", 0), int((time.monotonic() - started) * 1000)
         )
@@ -382,12 +389,11 @@ class WarmPool:
                 handle.write(text)
 
     async def _wait(
-        self, sandbox: WarmSandbox, job: SandboxJob, cancel: asyncio.Event
-    ) -> executor_module._SandboxResult:
-        """The watchdog, caps and envelope rule of ``LocalExecutor._sandbox``, for a started sandbox."""
-        ex = self.executor
+        self, sandbox: WarmSandbox, job: SandboxJob, cancel: asyncio.Event, key: bytes
+    ) -> tuple[executor_module._SandboxResult, asyncio.Future[Any]]:
+        """The watchdog, caps and envelope rules of ``LocalExecutor._sandbox``, for a started sandbox:
+        the result is final as soon as the runner's authenticated frame is in."""
         process = sandbox.process
-        assert process.stdout is not None and process.stderr is not None
         budget_s = job.timeout + executor_module.KILL_GRACE_S + executor_module.EXTERNAL_DEADLINE_MARGIN_S
         limit = (
             job.max_stdout_bytes * 2
@@ -395,40 +401,9 @@ class WarmPool:
             + executor_module.ENVELOPE_OVERHEAD_BYTES
             + job.max_total_artifact_bytes * 2
         )
-        out_buf = executor_module._TailBuffer(limit)
+        watch = executor_module._FrameWatch(key, executor_module._TailBuffer(limit))
         err_buf = executor_module._TailBuffer(64 * 1024)
-        readers = asyncio.gather(
-            executor_module._pump(process.stdout, out_buf.feed),
-            executor_module._pump(process.stderr, err_buf.feed),
-        )
-        waiter = asyncio.ensure_future(process.wait())
-        cancel_wait = asyncio.ensure_future(cancel.wait())
-        deadline_exceeded = cancelled = False
-        done, _ = await asyncio.wait(
-            {waiter, cancel_wait}, timeout=budget_s, return_when=asyncio.FIRST_COMPLETED
-        )
-        if waiter not in done:
-            cancelled = cancel.is_set()
-            deadline_exceeded = not cancelled
-            await asyncio.to_thread(ex._kill, sandbox.cid)
-            try:
-                await asyncio.wait_for(asyncio.shield(waiter), 10)
-            except TimeoutError:
-                process.kill()
-                await waiter
-        cancel_wait.cancel()
-        try:
-            await asyncio.wait_for(readers, 10)
-        except TimeoutError:
-            readers.cancel()
-        exit_code = process.returncode
-        oom = ex._oom_killed(sandbox.cid)  # one small cgroupfs read: not worth a thread hop
-        envelope = parse_envelope(out_buf.text())
-        if exit_code != 0 and envelope is not None and not oom:
-            envelope = None  # same rule as a cold run: only a runner that exited 0 vouches for its frame
-        return executor_module._SandboxResult(
-            envelope, exit_code, oom, deadline_exceeded, cancelled, err_buf.text()
-        )
+        return await self.executor._watch(process, sandbox.cid, watch, err_buf, budget_s, cancel)
 
     def _spawn_background(self, awaitable: Any) -> None:
         task = asyncio.ensure_future(awaitable)

@@ -1,0 +1,47 @@
+"""Latency pieces below the REST API: the local executor called directly (no HTTP, queue or SQLite), so the
+latency table can split a job's overhead over a bare ``runsc run`` into sandbox path and server path."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.harness import CODE
+
+
+class DirectExecutor:
+    """``LocalExecutor.run`` of ``print(1)`` without a pool, on an event loop in its own thread (so the
+    background teardown of one job proceeds while the benchmark sleeps between rounds, as in the server)."""
+
+    def __init__(self, work_dir: Path) -> None:
+        from tako_shim.local.executor import LocalExecutor
+
+        self.executor = LocalExecutor(work_dir=work_dir, security_mode="strict")
+        self.artifacts = Path(tempfile.mkdtemp(prefix="direct-artifacts-", dir=work_dir))
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="bench-direct-executor", daemon=True
+        )
+        self.thread.start()
+        self.runs = 0
+
+    def once(self, code: str = CODE) -> float:
+        from tako_shim.local.executor import SandboxJob
+
+        self.runs += 1
+        job = SandboxJob(f"direct-{self.runs}", code, {}, [], 30, 60)
+        started = time.perf_counter()
+        outcome = asyncio.run_coroutine_threadsafe(self.executor.run(job, self.artifacts), self.loop).result()
+        elapsed = time.perf_counter() - started
+        if outcome.status != "succeeded" or outcome.stdout != "1\n":
+            raise RuntimeError(f"direct executor job did not succeed: {outcome}")
+        return elapsed
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.executor.close(), self.loop).result(timeout=60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
