@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from bench.stats import ratio, summarize
+from bench.stats import markdown_table, ratio, summarize
 
 # A product whose per-job cost "stays flat" may still wobble on a shared machine: allow this much.
 FLAT_TOLERANCE = 1.25
@@ -142,6 +142,16 @@ def queue_burst(
 def queue_growth(small: Mapping[str, Any], big: Mapping[str, Any]) -> dict[str, Any]:
     """Ratios big / small of every per-job figure, and the targets they are held to."""
     queue_ratio = big["queued"] / small["queued"]
+    none_lost = small["lost"] == 0 and big["lost"] == 0
+    if "service" not in small or "service" not in big:  # a burst where nothing finished
+        return {
+            "growth": {"queue_ratio": round(queue_ratio, 3)},
+            "targets": {
+                "none_lost": none_lost,
+                "per_job_cost_flat": False,
+                "end_to_end_p50_sub_linear": False,
+            },
+        }
     growth: dict[str, Any] = {
         "queue_ratio": round(queue_ratio, 3),
         "submit_p50_ratio": ratio(big["submit"]["p50_ms"], small["submit"]["p50_ms"]),
@@ -156,6 +166,10 @@ def queue_growth(small: Mapping[str, Any], big: Mapping[str, Any]) -> dict[str, 
         growth["total_cpu_per_job_ratio"] = ratio(
             big["cpu_per_job"]["total_ms"], small["cpu_per_job"]["total_ms"]
         )
+    if small.get("status_of_last_job") and big.get("status_of_last_job"):
+        growth["status_p50_ratio"] = ratio(
+            big["status_of_last_job"]["p50_ms"], small["status_of_last_job"]["p50_ms"]
+        )
     per_job_flat = (
         growth["service_p50_ratio"] <= FLAT_TOLERANCE
         and growth["submit_p50_ratio"] <= FLAT_TOLERANCE
@@ -163,8 +177,67 @@ def queue_growth(small: Mapping[str, Any], big: Mapping[str, Any]) -> dict[str, 
         and growth.get("server_cpu_per_job_ratio", 1.0) <= FLAT_TOLERANCE
     )
     targets = {
-        "none_lost": small["lost"] == 0 and big["lost"] == 0,
+        "none_lost": none_lost,
         "per_job_cost_flat": per_job_flat,
         "end_to_end_p50_sub_linear": growth["end_to_end_p50_ratio"] < queue_ratio,
     }
     return {"growth": growth, "targets": targets}
+
+
+QUEUE_HEADER = [
+    "queued at once",
+    "finished / lost",
+    "submit p50 ms",
+    "in service p50 ms",
+    "jobs/s",
+    "CPU ms/job",
+    "server CPU ms/job",
+    "GET status of last queued p50 ms",
+    "end-to-end p50 ms",
+    "end-to-end / FIFO model",
+]
+
+
+def queue_table(small: Mapping[str, Any], big: Mapping[str, Any], growth: Mapping[str, Any]) -> str:
+    """Both bursts side by side, then the row of big / small ratios."""
+
+    def row(b: Mapping[str, Any]) -> list[Any]:
+        cpu = b.get("cpu_per_job") or {}
+        figures = [
+            (b.get("submit") or {}).get("p50_ms", "-"),
+            b.get("service", {}).get("p50_ms", "-"),
+            b.get("jobs_per_s", "-"),
+            cpu.get("total_ms", "-"),
+            cpu.get("server_ms", "-"),
+            (b.get("status_of_last_job") or {}).get("p50_ms", "-"),
+            b.get("end_to_end", {}).get("p50_ms", "-"),
+            b.get("end_to_end_over_fifo_model", "-"),
+        ]
+        return [b["queued"], f"{b['finished']} / {b['lost']}", *figures]
+
+    keys = ["submit_p50_ratio", "service_p50_ratio", "throughput_ratio", "total_cpu_per_job_ratio"]
+    keys += ["server_cpu_per_job_ratio", "status_p50_ratio", "end_to_end_p50_ratio"]
+    ratios = [f"ratio (queue x{growth['queue_ratio']:g})", "", *(growth.get(k, "-") for k in keys), ""]
+    return markdown_table(QUEUE_HEADER, [row(small), row(big), ratios])
+
+
+def throughput_table(levels: Mapping[str, Mapping[str, Any]]) -> tuple[str, dict[str, float]]:
+    """One row per client count, and jobs/s of each level over 1 client's."""
+    base = levels["1"]["jobs_per_s"] if "1" in levels else 0
+    rows = [
+        [
+            clients,
+            v["jobs"],
+            v["jobs_per_s"],
+            ratio(v["jobs_per_s"], base) if base else "-",
+            v.get("latency", {}).get("p50_ms", "-"),
+            v.get("littles_law", "-"),
+            (v.get("cpu_per_job") or {}).get("total_ms", "-"),
+        ]
+        for clients, v in levels.items()
+    ]
+    header = ["clients", "jobs in window", "jobs/s", "vs 1 client", "p50 ms", "X*W/clients", "CPU ms/job"]
+    ratios = {
+        f"jobs_per_s_{c}_over_1": ratio(v["jobs_per_s"], base) for c, v in levels.items() if base and c != "1"
+    }
+    return markdown_table(header, rows), ratios

@@ -10,9 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import tako_vm
-from bench.analysis import closed_loop_window, cpu_per_job_ms, process_cpu, queue_burst, queue_growth
+from bench.analysis import (
+    closed_loop_window,
+    cpu_per_job_ms,
+    process_cpu,
+    queue_burst,
+    queue_growth,
+    queue_table,
+    throughput_table,
+)
 from bench.harness import MemorySampler, client, sdk_round_trip, server
-from bench.stats import markdown_table, ratio, rss_mib, summarize
+from bench.stats import rss_mib, summarize
 from tako_vm.testing import LocalServer
 
 # The server under load: the shipped defaults (4 workers, 2 warm sandboxes).
@@ -64,33 +72,14 @@ def throughput(root: Path, quick: bool) -> dict[str, Any]:
             for clients in (1, 4, 16):
                 levels[str(clients)] = _closed_loop(srv, clients, warmup_s, window_s)
         peak = sampler.peak
-    base = levels["1"]["jobs_per_s"]
-    rows = [
-        [
-            c,
-            v["jobs"],
-            v["jobs_per_s"],
-            ratio(v["jobs_per_s"], base) if base else "-",
-            v.get("latency", {}).get("p50_ms", "-"),
-            v.get("littles_law", "-"),
-            (v["cpu_per_job"] or {}).get("total_ms", "-"),
-        ]
-        for c, v in levels.items()
-    ]
-    table = markdown_table(
-        ["clients", "jobs in window", "jobs/s", "vs 1 client", "p50 ms", "X*W/clients", "CPU ms/job"], rows
-    )
+    table, ratios = throughput_table(levels)
     return {
         "workers": WORKERS,
         "warm_pool_size": WARM_POOL,
         "warmup_s": warmup_s,
         "window_s": window_s,
         "levels": levels,
-        "ratios": {
-            f"jobs_per_s_{c}_over_1": ratio(v["jobs_per_s"], base)
-            for c, v in levels.items()
-            if base and c != "1"
-        },
+        "ratios": ratios,
         "shim_rss_mib": {"at_rest": at_rest, "peak_under_load": peak},
         "table": table,
     }
@@ -113,37 +102,7 @@ def queue(root: Path, quick: bool) -> dict[str, Any]:
         peak = sampler.peak
     small, big = bursts[str(sizes[0])], bursts[str(sizes[1])]
     verdict = queue_growth(small, big)
-    rows = [_queue_row(b) for b in (small, big)]
-    g = verdict["growth"]
-    rows.append(
-        [
-            f"ratio (queue x{g['queue_ratio']:g})",
-            "",
-            g["submit_p50_ratio"],
-            g["service_p50_ratio"],
-            g["throughput_ratio"],
-            g.get("total_cpu_per_job_ratio", "-"),
-            g.get("server_cpu_per_job_ratio", "-"),
-            ratio(big["status_of_last_job"]["p50_ms"], small["status_of_last_job"]["p50_ms"]),
-            g["end_to_end_p50_ratio"],
-            "",
-        ]
-    )
-    table = markdown_table(
-        [
-            "queued at once",
-            "finished / lost",
-            "submit p50 ms",
-            "in service p50 ms",
-            "jobs/s",
-            "CPU ms/job",
-            "server CPU ms/job",
-            "GET status of last queued p50 ms",
-            "end-to-end p50 ms",
-            "end-to-end / FIFO model",
-        ],
-        rows,
-    )
+    table = queue_table(small, big, verdict["growth"])
     return {
         "workers": WORKERS,
         "warm_pool_size": WARM_POOL,
@@ -152,22 +111,6 @@ def queue(root: Path, quick: bool) -> dict[str, Any]:
         "shim_rss_mib_peak": peak,
         "table": table,
     }
-
-
-def _queue_row(b: dict[str, Any]) -> list[Any]:
-    cpu = b.get("cpu_per_job") or {}
-    return [
-        b["queued"],
-        f"{b['finished']} / {b['lost']}",
-        b["submit"]["p50_ms"],
-        b["service"]["p50_ms"],
-        b["jobs_per_s"],
-        cpu.get("total_ms", "-"),
-        cpu.get("server_ms", "-"),
-        b["status_of_last_job"]["p50_ms"],
-        b["end_to_end"]["p50_ms"],
-        b["end_to_end_over_fifo_model"],
-    ]
 
 
 def _burst(srv: LocalServer, sdk: tako_vm.Client, size: int) -> dict[str, Any]:

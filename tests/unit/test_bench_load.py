@@ -22,6 +22,8 @@ from bench.analysis import (  # noqa: E402
     process_cpu,
     queue_burst,
     queue_growth,
+    queue_table,
+    throughput_table,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -142,3 +144,58 @@ def test_only_keeps_the_other_suites_of_the_same_kind(
     assert list(json.loads((tmp_path / "latest.json").read_text())["suites"]) == ["b"]
     (tmp_path / "latest.json").write_text("not json")
     assert bench_main.main(["--only", "a", "--out", str(tmp_path)]) == 0
+
+
+def test_tables_print_both_bursts_side_by_side_with_the_ratio_row() -> None:
+    cpu = {"server_ms": 15.0, "sandboxes_ms": 335.0, "total_ms": 350.0}
+    small = queue_burst(100, fifo_records(100, 4, 2.0), [0.05] * 100, cpu)
+    big = queue_burst(1000, fifo_records(1000, 4, 2.0), [0.04] * 1000, cpu)
+    small["status_of_last_job"], big["status_of_last_job"] = {"p50_ms": 4.0}, {"p50_ms": 3.0}
+    verdict = queue_growth(small, big)
+    lines = queue_table(small, big, verdict["growth"]).splitlines()
+    assert lines[0].startswith("| queued at once | finished / lost | submit p50 ms | in service p50 ms |")
+    assert lines[2].startswith("| 100 | 100 / 0 | 50 | 2000 | 2 | 350 | 15 | 4 |")
+    assert lines[3].startswith("| 1000 | 1000 / 0 | 40 | 2000 | 2 | 350 | 15 | 3 |")
+    assert lines[4].startswith("| ratio (queue x10) |  | 0.8 | 1 | 1 | 1 | 1 | 0.75 | 9.")
+    # A burst where nothing finished still prints, and fails its targets instead of crashing the suite.
+    empty = queue_burst(1000, [], [0.04] * 1000)
+    failed = queue_growth(small, empty)
+    assert failed["targets"] == {
+        "none_lost": False,
+        "per_job_cost_flat": False,
+        "end_to_end_p50_sub_linear": False,
+    }
+    assert "| 1000 | 0 / 1000 | 40 | - |" in queue_table(small, empty, failed["growth"])
+
+
+def test_throughput_table_and_ratios_against_one_client() -> None:
+    levels = {
+        "1": {
+            "jobs": 20,
+            "jobs_per_s": 2.0,
+            "latency": {"p50_ms": 500.0},
+            "littles_law": 1.0,
+            "cpu_per_job": None,
+        },
+        "4": {"jobs": 40, "jobs_per_s": 3.0, "latency": {"p50_ms": 1300.0}, "littles_law": 0.98},
+    }
+    table, ratios = throughput_table(levels)
+    assert ratios == {"jobs_per_s_4_over_1": 1.5}
+    assert table.splitlines()[2:] == [
+        "| 1 | 20 | 2 | 1 | 500 | 1 | - |",
+        "| 4 | 40 | 3 | 1.5 | 1300 | 0.98 | - |",
+    ]
+
+
+def test_recorded_results_are_what_the_analysis_code_computes() -> None:
+    """bench/results/latest.json (whatever run it holds) agrees with the analysis code: its growth
+    ratios and targets recompute from its bursts, and its throughput table re-renders identically."""
+    report = json.loads((REPO / "bench" / "results" / "latest.json").read_text())
+    queue_result, throughput_result = report["suites"].get("queue"), report["suites"].get("throughput")
+    if queue_result and "bursts" in queue_result:
+        small, big = (queue_result["bursts"][k] for k in sorted(queue_result["bursts"], key=int))
+        again = queue_growth(small, big)
+        assert again["targets"] == queue_result["targets"]
+        assert {k: again["growth"][k] for k in queue_result["growth"]} == queue_result["growth"]
+    if throughput_result and "levels" in throughput_result:
+        assert throughput_table(throughput_result["levels"])[0] == throughput_result["table"]
