@@ -7,6 +7,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+from test_chart_pss import restricted_violations
 
 from tako_operator import builders, objects
 from tako_operator import standby as sb
@@ -263,3 +264,8 @@ def test_plan_goes_cold_without_a_standby_or_for_an_ineligible_job() -> None:
     assert cold.status["podName"] == objects.pod_name(job(), 1)
     ineligible = plan(observed(job(podLabels={"a": "b"}), standby_pod()))
     assert ineligible.claim is None and ineligible.create[-1]["kind"] == "Pod"
+
+
+def test_standby_pod_passes_pod_security_restricted() -> None:
+    """Job namespaces enforce Pod Security `restricted` (the chart's checker, test_chart_pss.py)."""
+    assert restricted_violations(standby_pod()["spec"]) == []
