@@ -23,7 +23,7 @@ import kopf
 from tako_operator import objects
 from tako_operator import standby as standby_mod
 from tako_operator.admission import Admission, Entry, Key, entry_for
-from tako_operator.kube import GROUP, JOB_TYPES, JOBS, VERSION, Kube
+from tako_operator.kube import GROUP, JOB_TYPES, JOBS, VERSION, Kube, retryable
 from tako_operator.metrics import Metrics
 from tako_operator.pool import StandbyPool, standby_settings_from_env
 from tako_operator.reconcile import (
@@ -50,6 +50,9 @@ class OperatorConfig:
     limits: Limits = field(default_factory=Limits)
     builder_settings: OperatorSettings = field(default_factory=OperatorSettings)
     default_image: str | None = None  # image of the built-in `default` job type
+    # retrying a pass that met a transient API error: the first delay, doubling up to the cap
+    api_retry_backoff_seconds: float = 0.5
+    api_retry_backoff_max_seconds: float = 30.0
     # The standby-Pod pool's operator-wide knobs (TAKO_OPERATOR_STANDBY_*); pool sizes are per job type.
     standby: standby_mod.StandbySettings = field(
         default_factory=lambda: standby_settings_from_env(os.environ)
@@ -60,6 +63,18 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+def api_retry_delay(config: OperatorConfig, failures: int) -> float:
+    """Seconds before retrying a pass after `failures` consecutive transient API errors."""
+    delay = config.api_retry_backoff_seconds * 2 ** min(failures - 1, 30)
+    return float(min(delay, config.api_retry_backoff_max_seconds))
+
+
+def _short(exc: BaseException) -> str:
+    status = getattr(exc, "status", None)
+    reason = getattr(exc, "reason", None)
+    return f"HTTP {status} {reason}" if status else repr(exc)[:200]
+
+
 class Reconciler:
     def __init__(self, kube: Kube, config: OperatorConfig, metrics: Metrics) -> None:
         self.kube = kube
@@ -68,6 +83,7 @@ class Reconciler:
         self.pool = StandbyPool(kube, config.builder_settings, config.standby)
         self.admission = Admission(limit=config.max_concurrent)
         self.locks: dict[Key, asyncio.Lock] = {}
+        self.api_failures: dict[Key, int] = {}  # consecutive transient API errors per job
         self.admission_lock = asyncio.Lock()
         self.wakeups: dict[Key, asyncio.TimerHandle] = {}
         self.job_index: Any = None
@@ -105,16 +121,36 @@ class Reconciler:
 
     async def reconcile(self, key: Key) -> None:
         """One pass for the job `key`. The job is read inside the per-job lock: a watch event's body
-        may already be older than what another pass just wrote."""
+        may already be older than what another pass just wrote.
+
+        A transient API fault (5xx, 409 Conflict, 429, a dropped connection) on any call schedules the
+        same pass again with backoff: kopf does not retry event handlers, and no other watch event
+        may ever come for the job. Every pass starts from what is stored, so a retry is idempotent."""
         lock = self.locks.setdefault(key, asyncio.Lock())
         started = time.monotonic()
-        async with lock:
-            fresh = await self.kube.get_job(*key)
-            if fresh is None or (fresh.get("metadata") or {}).get("deletionTimestamp"):
-                return
-            observed = await self.observe(fresh)
-            result = plan(observed)
-            await self.apply(fresh, observed, result)
+        try:
+            async with lock:
+                fresh = await self.kube.get_job(*key)
+                if fresh is None or (fresh.get("metadata") or {}).get("deletionTimestamp"):
+                    return
+                observed = await self.observe(fresh)
+                result = plan(observed)
+                await self.apply(fresh, observed, result)
+        except Exception as exc:
+            if not retryable(exc):
+                raise
+            failures = self.api_failures[key] = self.api_failures.get(key, 0) + 1
+            delay = api_retry_delay(self.config, failures)
+            log.warning(
+                "job %s/%s: transient API error (%s); reconciling again in %.1f s (try %d)",
+                *key,
+                _short(exc),
+                delay,
+                failures + 1,
+            )
+            self.schedule(key, delay)
+            return
+        self.api_failures.pop(key, None)
         self.metrics.reconcile_seconds.observe(time.monotonic() - started)
 
     async def observe(self, job: dict[str, Any]) -> Observed:
@@ -147,7 +183,8 @@ class Reconciler:
         # A finished job's record is stored: its leftover Pod is only deleted, never read again.
         for container in [] if terminal else logs_needed(pod, cancel):
             assert pod is not None
-            text = await self.kube.read_log(key[0], pod["metadata"]["name"], container)
+            limit = self.config.builder_settings.log_limit_bytes
+            text = await self.kube.read_log(key[0], pod["metadata"]["name"], container, limit)
             if text is not None:
                 logs[container] = text
         return Observed(
@@ -262,6 +299,7 @@ class Reconciler:
         if handle is not None:
             handle.cancel()
         self.locks.pop(key, None)
+        self.api_failures.pop(key, None)
         self.wake_queue()
 
     async def on_standby_event(self, namespace: str, pod: kopf.Body) -> None:

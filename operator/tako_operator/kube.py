@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import kubernetes
+import urllib3
 from kubernetes.client import ApiException
+
+from tako_operator.status import truncated_log_marker
+
+# Lines read from the end of a container's log: the envelope frame (header, body, end marker) plus
+# room for whatever the container printed after it (interpreter shutdown warnings).
+LOG_TAIL_LINES = 50
+ENVELOPE_LINES = 3
 
 GROUP = "takovm.dev"
 VERSION = "v1alpha1"
@@ -61,14 +69,25 @@ class Kube:
         data: dict[str, Any] = json.loads(response.data or b"{}")
         return data
 
-    async def _create(self, fn: Any, namespace: str, body: dict[str, Any]) -> bool:
-        """Create `body`; False if it already exists (deterministic names make this idempotent)."""
+    async def _create(self, fn: Any, read: Any, namespace: str, body: dict[str, Any]) -> bool:
+        """Create `body`; False if it already exists (deterministic names make this idempotent).
+
+        A 409 counts as "exists" only when it says AlreadyExists or the object can be read: any
+        other 409 (a Conflict) created nothing, and is raised so that the pass is retried."""
         try:
             await self._call(fn, namespace, body=body, _preload_content=False)
         except ApiException as exc:
-            if exc.status == 409:
+            if exc.status != 409:
+                raise
+            if _reason(exc) == "AlreadyExists":
                 return False
-            raise
+            try:
+                await self._call(read, body["metadata"]["name"], namespace, _preload_content=False)
+            except ApiException as missing:
+                if missing.status == 404:
+                    raise exc from None
+                raise
+            return False
         return True
 
     async def _delete(self, fn: Any, name: str, namespace: str, **kwargs: Any) -> bool:
@@ -83,15 +102,24 @@ class Kube:
     # -- owned objects --------------------------------------------------------------------------
 
     async def create_pod(self, pod: dict[str, Any]) -> bool:
-        return await self._create(self.core.create_namespaced_pod, pod["metadata"]["namespace"], pod)
+        core = self.core
+        return await self._create(
+            core.create_namespaced_pod, core.read_namespaced_pod, pod["metadata"]["namespace"], pod
+        )
 
     async def create_configmap(self, configmap: dict[str, Any]) -> bool:
         namespace = configmap["metadata"]["namespace"]
-        return await self._create(self.core.create_namespaced_config_map, namespace, configmap)
+        core = self.core
+        return await self._create(
+            core.create_namespaced_config_map, core.read_namespaced_config_map, namespace, configmap
+        )
 
     async def create_network_policy(self, policy: dict[str, Any]) -> bool:
         namespace = policy["metadata"]["namespace"]
-        return await self._create(self.networking.create_namespaced_network_policy, namespace, policy)
+        net = self.networking
+        return await self._create(
+            net.create_namespaced_network_policy, net.read_namespaced_network_policy, namespace, policy
+        )
 
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -104,22 +132,43 @@ class Kube:
             raise
         return self._json(response)
 
-    async def read_log(self, namespace: str, pod: str, container: str) -> str | None:
-        """The container's log, or None when there is none (yet)."""
+    async def read_log(self, namespace: str, pod: str, container: str, limit_bytes: int) -> str | None:
+        """The end of the container's log, at most `limit_bytes` bytes; None when there is none (yet).
+
+        The runner's result envelope is the last thing in the log, so this asks for the last
+        LOG_TAIL_LINES lines, then for the last ENVELOPE_LINES (one envelope frame) if those are too
+        big. If even those exceed the limit, it returns their first `limit_bytes` bytes behind
+        `truncated_log_marker` (the status then names the limit). The bound holds client-side too:
+        never more than `limit_bytes + 1` bytes are read off the socket, whatever the server sends."""
+        data = b""
+        for tail_lines in (LOG_TAIL_LINES, ENVELOPE_LINES):
+            try:
+                data = await self._call(
+                    self._read_log_end, namespace, pod, container, tail_lines, limit_bytes
+                )
+            except ApiException as exc:
+                if exc.status in (400, 404):
+                    return None
+                raise
+            if len(data) <= limit_bytes:
+                return data.decode("utf-8", errors="replace")
+        return truncated_log_marker(limit_bytes) + data[:limit_bytes].decode("utf-8", errors="replace")
+
+    def _read_log_end(self, namespace: str, pod: str, container: str, tail_lines: int, limit: int) -> bytes:
+        """Blocking: the last `tail_lines` lines of the log, at most `limit + 1` bytes of them."""
+        response: Any = self.core.read_namespaced_pod_log(
+            pod,
+            namespace,
+            container=container,
+            tail_lines=tail_lines,
+            limit_bytes=limit + 1,
+            _preload_content=False,
+        )
         try:
-            response = await self._call(
-                self.core.read_namespaced_pod_log,
-                pod,
-                namespace,
-                container=container,
-                _preload_content=False,
-            )
-        except ApiException as exc:
-            if exc.status in (400, 404):
-                return None
-            raise
-        data: bytes = response.data or b""
-        return data.decode("utf-8", errors="replace")
+            data: bytes = response.read(limit + 1) or b""
+        finally:
+            response.close()  # drops the connection if the server sent more than asked
+        return data
 
     async def remove_pod_label(self, namespace: str, pod: str, label: str) -> bool:
         try:
@@ -296,6 +345,30 @@ class Kube:
             await self._call(
                 self.core.create_namespaced_event, meta["namespace"], body=event, _preload_content=False
             )
+
+
+# Statuses worth retrying the same pass for: a request timeout, a Conflict, rate limiting, and every
+# server-side error (an overloaded or restarting API server, an etcd timeout).
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether `exc`, raised by a call in this module, is a transient API fault (retry the pass later)
+    rather than a request the API server will always refuse."""
+    if isinstance(exc, ApiException):
+        status = int(exc.status or 0)
+        return status in RETRYABLE_STATUSES or status >= 500 or status == 0
+    # urllib3's connection errors (refused, reset, read timeout) and plain socket errors
+    return isinstance(exc, urllib3.exceptions.HTTPError | OSError)
+
+
+def _reason(exc: ApiException) -> str | None:
+    """The `reason` of the Kubernetes Status in an error response, if there is one."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        return None
+    return body.get("reason") if isinstance(body, dict) else None
 
 
 def load_connection(kubeconfig: str | None = None) -> tuple[Any, Connection]:

@@ -32,6 +32,11 @@ PRIVATE_IPV6_RANGES: tuple[str, ...] = (
 )
 
 
+JSON_ESCAPE_FACTOR = 6  # a control byte becomes \u00XX in ASCII JSON
+LOG_SLACK_BYTES = 1024 * 1024
+MIN_LOG_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True)
 class OperatorSettings:
     """Knobs for the built Pods, policies and status. Defaults are the secure, documented ones."""
@@ -49,6 +54,9 @@ class OperatorSettings:
     max_stderr_bytes: int = 65_536
     max_artifact_bytes: int = 10 * 1024 * 1024
     max_total_artifact_bytes: int = 50 * 1024 * 1024
+    # how much of a container's log the operator reads (None: derived from the caps above, see
+    # log_limit_bytes); the runner's envelope is the last thing in the log, so it reads the end
+    max_log_bytes: int | None = None
     # caps for what lands in PythonJob.status (etcd budget, see docs/crds.md)
     status_stream_bytes: int = 8192
     status_output_bytes: int = 16_384
@@ -73,3 +81,18 @@ class OperatorSettings:
             raise ValueError("status_output_bytes must be 0..262144")
         if self.deadline_grace_seconds < 0:
             raise ValueError("deadline_grace_seconds must be >= 0")
+        if self.max_log_bytes is not None and self.max_log_bytes < MIN_LOG_BYTES:
+            raise ValueError(
+                f"max_log_bytes must be >= {MIN_LOG_BYTES} (the runner's envelope frame needs room)"
+            )
+
+    @property
+    def log_limit_bytes(self) -> int:
+        """The most bytes of a container's log the operator reads. By default the largest result
+        envelope the runner can print under the job's caps: stdout and stderr (each byte at most 6
+        characters once JSON-escaped) plus result.json (up to max_artifact_bytes), plus 1 MiB slack
+        for the other envelope fields. 12,320,768 bytes with the default caps."""
+        if self.max_log_bytes is not None:
+            return self.max_log_bytes
+        streams = JSON_ESCAPE_FACTOR * (self.max_stdout_bytes + self.max_stderr_bytes)
+        return streams + self.max_artifact_bytes + LOG_SLACK_BYTES

@@ -30,6 +30,20 @@ FAILURE_PHASES = frozenset({"Failed", "Timeout", "OOM"})
 ADMITTED_PHASES = frozenset({"Pending", "Running", *TERMINAL_PHASES})
 MESSAGE_MAX = 1024
 ERROR_MESSAGE_MAX = 4096
+LOG_TRUNCATED = "[tako-operator] log truncated at max_log_bytes="
+
+
+def truncated_log_marker(limit_bytes: int) -> str:
+    """The line put in front of a container log the operator read only in part (see kube.read_log)."""
+    return f"{LOG_TRUNCATED}{limit_bytes}: its last lines are larger than that\n"
+
+
+def truncated_log_limit(text: str) -> int | None:
+    """The limit named by `truncated_log_marker` at the start of `text`, or None if it was read whole."""
+    if not text.startswith(LOG_TRUNCATED):
+        return None
+    digits = text[len(LOG_TRUNCATED) :].split(":", 1)[0]
+    return int(digits) if digits.isdigit() else None
 
 
 def format_time(moment: datetime.datetime) -> str:
@@ -133,7 +147,24 @@ def outcome_from_pod(pod: dict[str, Any], logs: dict[str, str], *, cancelled: bo
     )
     if outcome.exit_code is None and run_envelope is None and not cancelled:
         outcome.exit_code = last.get("exitCode")  # no envelope: the container's own code is all we have
+    _name_the_log_limit(outcome, logs, run_envelope is None, install_envelope is None)
     return outcome
+
+
+def _name_the_log_limit(outcome: Outcome, logs: dict[str, str], no_run: bool, no_install: bool) -> None:
+    """A job whose envelope was lost because its log was too big to read says so, naming the limit,
+    instead of the generic 'sandbox ended without a result envelope'."""
+    error = outcome.error or {}
+    if error.get("type") != "internal_error":
+        return
+    for container, missing in ((JOB_CONTAINER, no_run), (INSTALL_CONTAINER, no_install)):
+        limit = truncated_log_limit(logs.get(container, ""))
+        if missing and limit is not None:
+            error["message"] = (
+                f"the {container} container's log is larger than the operator reads "
+                f"(max_log_bytes={limit}): its result envelope could not be read"
+            )
+            return
 
 
 # --- mapping an Outcome onto status -----------------------------------------------------------------

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 import subprocess
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +89,143 @@ def api_status(code: int, reason: str, message: str) -> dict[str, Any]:
         "message": message,
         "code": code,
     }
+
+
+@dataclass
+class FaultRule:
+    method: str
+    path: re.Pattern[str]
+    body: re.Pattern[bytes]
+    faults: list[tuple[int, dict[str, Any]]]
+    served: list[str] = field(default_factory=list)
+
+    def matches(self, method: str, path: str, body: bytes) -> bool:
+        return method == self.method and bool(self.path.search(path)) and bool(self.body.search(body))
+
+
+class FaultProxy:
+    """A real HTTP reverse proxy in front of the API emulator, for faults kmock cannot inject cleanly.
+
+    - ``fail(method, path_regex, faults)``: answer the next matching requests with the faults (status,
+      Status body) WITHOUT forwarding them, so the write is not persisted (a kmock reaction would be
+      too late: kmock applies every create/patch before any reaction answers).
+    - ``cut_watches(path_part)``: abort the TCP connection of every watch stream in flight whose path
+      contains ``path_part``, after its headers and any events went out: the client sees the stream end
+      without the final chunk (a real mid-stream drop, not an orderly end).
+
+    Runs in its own thread and event loop; ``url`` is what the operator's kubeconfig points at.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.url = ""
+        self.rules: list[FaultRule] = []
+        self.watches: dict[int, tuple[str, Any]] = {}  # id -> (path, transport) of live watch streams
+        self.streamed: dict[int, int] = {}  # id -> bytes of events sent so far on that watch stream
+        self.watch_requests: list[str] = []
+        self.cut: list[tuple[str, int]] = []  # (path, bytes of events it had carried) per cut stream
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
+        self._runner: Any = None
+        self._session: Any = None
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        self.url = self._call(self._start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._call(self._stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
+
+    async def _start(self) -> str:
+        from aiohttp import ClientSession, ClientTimeout, web
+
+        self._session = ClientSession(timeout=ClientTimeout(total=None), auto_decompress=False)
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._serve)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}"
+
+    async def _stop(self) -> None:
+        for _path, transport in list(self.watches.values()):
+            transport.abort()
+        await self._session.close()
+        await self._runner.cleanup()
+
+    def fail(
+        self, method: str, path_regex: str, faults: list[tuple[int, dict[str, Any]]], body_regex: str = ""
+    ) -> list[str]:
+        """Fault the next ``len(faults)`` requests whose path (and body, if given) match; returns the
+        paths that got a fault."""
+        rule = FaultRule(
+            method.upper(), re.compile(path_regex), re.compile(body_regex.encode()), list(faults)
+        )
+        self.rules.append(rule)
+        return rule.served
+
+    def cut_watches(self, path_part: str) -> int:
+        async def cut() -> int:
+            victims = [(key, p, t) for key, (p, t) in self.watches.items() if path_part in p]
+            for key, path, transport in victims:
+                transport.abort()
+                self.watches.pop(key, None)
+                self.cut.append((path, self.streamed.get(key, 0)))
+            return len(victims)
+
+        count: int = self._call(cut())
+        return count
+
+    async def _serve(self, request: Any) -> Any:
+        from aiohttp import web
+
+        path = request.path_qs
+        body = await request.read()
+        for rule in self.rules:
+            if rule.faults and rule.matches(request.method, request.path, body):
+                status, payload = rule.faults.pop(0)
+                rule.served.append(path)
+                return web.json_response(payload, status=status)
+        skip = ("host", "content-length", "accept-encoding")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in skip}
+        async with self._session.request(
+            request.method, self.upstream + path, data=body or None, headers=headers
+        ) as upstream:
+            drop = {"content-length", "transfer-encoding", "content-encoding", "connection"}
+            response = web.StreamResponse(
+                status=upstream.status,
+                headers={k: v for k, v in upstream.headers.items() if k.lower() not in drop},
+            )
+            await response.prepare(request)
+            watching = request.query.get("watch") == "true"
+            key = id(response)
+            if watching:
+                self.watch_requests.append(path)
+                self.watches[key] = (path, request.transport)
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                    if watching:
+                        self.streamed[key] = self.streamed.get(key, 0) + len(chunk)
+                await response.write_eof()
+            except (ConnectionError, RuntimeError):
+                pass  # the connection was cut (by cut_watches or by the client)
+            finally:
+                self.watches.pop(key, None)
+            return response
+
+
+def proxied_kubeconfig(kube: Any, proxy: FaultProxy, directory: Path) -> str:
+    """A kubeconfig like the harness's, pointing at the proxy instead of the emulator."""
+    direct = Path(kube.kubeconfig(directory)).read_text()
+    path = directory / "kubeconfig-via-proxy"
+    path.write_text(direct.replace(kube.url, proxy.url))
+    return str(path)
