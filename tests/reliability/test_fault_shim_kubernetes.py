@@ -36,7 +36,11 @@ from test_shim_kubernetes import job_type_object
 from tako_shim.app import create_app
 from tako_shim.backends import kubernetes as kubernetes_backend
 from tako_shim.backends.kubernetes import KubernetesBackend
+from tako_shim.backends.kubernetes_api import KubeApiError
 from tako_shim.config import KubernetesOptions, Settings
+from tako_shim.errors import InvalidRequest
+from tako_shim.jobs import JobResolver, Overrides
+from tako_vm.models.wire import ExecuteRequest
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -592,3 +596,32 @@ async def test_clients_vanishing_mid_long_poll_leave_no_waiters_behind(kube: Kub
     poll = shim.long_poll(job_id)
     await asyncio.to_thread(finish, kube, job_id, "still served\n")
     await assert_result(poll, "still served\n")
+
+
+# -- the pure pieces behind the answers above ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "http", "retry_after"),
+    [(0, 503, "2"), (500, 503, "2"), (503, 503, "2"), (429, 503, "2"), (403, 503, None), (400, 422, None)],
+)
+def test_api_failures_map_to_contract_errors_never_500(
+    status: int, http: int, retry_after: str | None
+) -> None:
+    error = kubernetes_backend.api_failure(KubeApiError(status, "Reason", "message from the API"))
+    assert error.status == http and error.headers.get("Retry-After") == retry_after
+    assert "message from the API" in error.detail
+
+
+def test_job_type_timeouts_fill_only_what_the_request_left_unset() -> None:
+    resolver = JobResolver(Settings(max_timeout=600))
+    unset = resolver.resolve(ExecuteRequest(code="print(1)"))
+    assert resolver.with_job_type_timeouts(unset, 240, 90).timeout == 240
+    assert resolver.with_job_type_timeouts(unset, 240, 90).startup_timeout == 90
+    assert resolver.with_job_type_timeouts(unset, None, None) == unset
+    explicit = resolver.resolve(ExecuteRequest(code="print(1)", timeout=15, startup_timeout=20))
+    assert resolver.with_job_type_timeouts(explicit, 240, 90) == explicit
+    rerun = resolver.derive(unset, "parent", "rerun", Overrides())
+    assert resolver.with_job_type_timeouts(rerun, 240, 90) == rerun, "a rerun keeps its parent's"
+    with pytest.raises(InvalidRequest, match="max_timeout of 600"):
+        resolver.with_job_type_timeouts(unset, 601, None)
