@@ -115,9 +115,15 @@ def config_from_env(env: os._Environ[str] | dict[str, str]) -> OperatorConfig:
 
 
 def builder_settings_from_env(env: os._Environ[str] | dict[str, str]) -> OperatorSettings:
-    """The builders' settings; the Helm chart sets TAKO_VM_RUNTIME_CLASS_NAME."""
+    """The builders' settings; the Helm chart sets TAKO_VM_RUNTIME_CLASS_NAME. TAKO_OPERATOR_MAX_LOG_BYTES
+    (unset: derived from the job caps) bounds how much of a Pod's log the operator reads."""
     runtime_class = env.get("TAKO_VM_RUNTIME_CLASS_NAME", "gvisor").strip()
-    return OperatorSettings(runtime_class_name=runtime_class or None)
+    max_log_raw = env.get("TAKO_OPERATOR_MAX_LOG_BYTES", "").strip()
+    if max_log_raw and not max_log_raw.isdigit():
+        raise ValueError(f"TAKO_OPERATOR_MAX_LOG_BYTES must be a whole number of bytes, got {max_log_raw!r}")
+    return OperatorSettings(
+        runtime_class_name=runtime_class or None, max_log_bytes=int(max_log_raw) if max_log_raw else None
+    )
 
 
 def _kopf_settings(options: OperatorOptions) -> kopf.OperatorSettings:

@@ -137,3 +137,14 @@ def test_the_default_limit_covers_the_largest_envelope_the_job_caps_allow() -> N
 def test_a_log_limit_too_small_for_an_envelope_is_refused_naming_the_setting() -> None:
     with pytest.raises(ValueError, match="max_log_bytes must be >= 65536"):
         OperatorSettings(max_log_bytes=1000)
+
+
+def test_the_limit_comes_from_the_environment_and_bad_values_name_the_variable() -> None:
+    from tako_operator.main import builder_settings_from_env
+
+    assert builder_settings_from_env({}).log_limit_bytes == 12_320_768
+    assert builder_settings_from_env({"TAKO_OPERATOR_MAX_LOG_BYTES": "2097152"}).log_limit_bytes == 2_097_152
+    with pytest.raises(ValueError, match="TAKO_OPERATOR_MAX_LOG_BYTES"):
+        builder_settings_from_env({"TAKO_OPERATOR_MAX_LOG_BYTES": "12MB"})
+    with pytest.raises(ValueError, match="max_log_bytes must be >= 65536"):
+        builder_settings_from_env({"TAKO_OPERATOR_MAX_LOG_BYTES": "100"})

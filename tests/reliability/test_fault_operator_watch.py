@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import kmock
 import pytest
@@ -26,14 +27,23 @@ from reliability_support import api_status, inject
 pytestmark = pytest.mark.slow
 
 GONE = api_status(410, "Expired", "too old resource version: 1 (2)")
+INTERNAL = api_status(500, "InternalError", "Internal error occurred: etcdserver: leader changed")
+CONFLICT = api_status(409, "Conflict", "the server reported a conflict")
 
 
 @pytest.fixture
-def operator(tmp_path: Path) -> Iterator[Callable[[KubeHarness], None]]:
-    """Start the real operator (kopf + handlers) against a harness; stopped at teardown."""
+def kube() -> Iterator[KubeHarness]:
+    with KubeHarness() as harness:
+        yield harness
+
+
+@pytest.fixture
+def operator(kube: KubeHarness, tmp_path: Path) -> Iterator[Callable[[], None]]:
+    """Start the real operator (kopf + handlers) against `kube`; stopped at teardown, before the
+    emulator goes away (else its watches would retry against a closed port for a while)."""
     threads: list[OperatorThread] = []
 
-    def start(kube: KubeHarness) -> None:
+    def start() -> None:
         threads.append(OperatorThread(operator_options(kube, tmp_path)).start())
 
     yield start
@@ -65,27 +75,41 @@ def assert_reconciled_once(kube: KubeHarness, name: str, timeout: float = 60) ->
 WATCH_JOBS = (kmock.action.WATCH, kmock.resource("takovm.dev/v1alpha1/pythonjobs"))
 
 
+def survive(kube: KubeHarness, start: Callable[[], None], faults: list[tuple[int, Any]], job: str) -> None:
+    """Answer the first PythonJob watch requests with `faults`, start the operator, and check that a
+    job created once every fault was served is reconciled exactly once."""
+    served = inject(kube, WATCH_JOBS, faults)
+    start()
+    wait_for(lambda: len(served) == len(faults), timeout=60, what=f"the {len(faults)} injected fault(s)")
+    create_job(kube, job)
+    assert_reconciled_once(kube, job, timeout=30)
+
+
 def test_410_gone_inside_the_watch_stream_then_a_job_is_reconciled_once(
-    operator: Callable[[KubeHarness], None],
+    kube: KubeHarness, operator: Callable[[], None]
 ) -> None:
     """The usual way an API server expires a watch: HTTP 200 with an ERROR event carrying 410."""
-    with KubeHarness() as kube:
-        served = inject(kube, WATCH_JOBS, [(200, {"type": "ERROR", "object": GONE})] * 2)
-        operator(kube)
-        wait_for(lambda: len(served) == 2, timeout=60, what="the operator to re-watch after 410 events")
-        create_job(kube, "after-gone-event")
-        assert_reconciled_once(kube, "after-gone-event")
+    survive(kube, operator, [(200, {"type": "ERROR", "object": GONE})] * 2, "after-gone-event")
 
 
 def test_http_410_gone_on_the_watch_request_then_a_job_is_reconciled_once(
-    operator: Callable[[KubeHarness], None],
+    kube: KubeHarness, operator: Callable[[], None]
 ) -> None:
     """kopf does not retry an HTTP-level 410 on a watch request: it ends its reactor. `operate`
     restarts kopf in-process, which lists again and watches from there. A job created while the
     reactor was down is found by that listing and reconciled exactly once."""
-    with KubeHarness() as kube:
-        served = inject(kube, WATCH_JOBS, [(410, GONE)])
-        operator(kube)
-        wait_for(lambda: len(served) == 1, timeout=60, what="the injected 410")
-        create_job(kube, "after-http-410")
-        assert_reconciled_once(kube, "after-http-410", timeout=20)
+    survive(kube, operator, [(410, GONE)], "after-http-410")
+
+
+def test_500_on_the_watch_request_three_times_then_a_job_is_reconciled_once(
+    kube: KubeHarness, operator: Callable[[], None]
+) -> None:
+    """kopf retries a 5xx on a request with its own backoff (1, 1, 2, ... s) before escalating."""
+    survive(kube, operator, [(500, INTERNAL)] * 3, "after-watch-500")
+
+
+def test_409_conflict_on_the_watch_request_then_a_job_is_reconciled_once(
+    kube: KubeHarness, operator: Callable[[], None]
+) -> None:
+    """Any other 4xx on a watch request also ends kopf's reactor at once; the supervisor restarts it."""
+    survive(kube, operator, [(409, CONFLICT)], "after-watch-409")
