@@ -54,6 +54,7 @@ class SandboxSpec:
         default_factory=dict
     )  # RLIMIT name -> hard limit (-1 = unlimited)
     host_ssl_dir: str | None = None  # bound at /etc/ssl in the install sandbox (CA certificates for pip)
+    runner_entry: str = "runner.py"  # or its precompiled bytecode (relative to the runner directory)
 
 
 def rootfs_links(host_entries: dict[str, str | None]) -> dict[str, str | None]:
@@ -142,7 +143,7 @@ def build_oci_spec(spec: SandboxSpec, *, host_dirs: dict[str, str | None] | None
                 SANDBOX_PYTHON,
                 "-I",
                 "-S",  # no site: the stdlib-only runner needs no site-packages (.pth files cost start-up)
-                f"{RUNNER_DIR}/runner.py",
+                f"{RUNNER_DIR}/{spec.runner_entry}",
                 spec.mode,
                 "--config",
                 CONFIG_PATH,
