@@ -197,3 +197,22 @@ def test_a_restarted_executor_removes_sandboxes_a_crashed_one_left_running(
         assert not job_dir.exists()
     finally:
         first._cleanup(None, cid, None)
+
+
+def test_a_restart_finishes_teardowns_a_crash_interrupted(executor: LocalExecutor, tmp_path: Path) -> None:
+    """Sandbox teardown runs after the result; each sandbox has a journal entry until its removal is done,
+    so a server that died in between removes the leftovers (here: cgroups) at its next start."""
+    work = tmp_path / "w"
+    first = LocalExecutor(work_dir=work)
+    cid = f"tako-interrupted-run-{secrets.token_hex(4)}"
+    first._create_cgroups(cid, 64 * 1024 * 1024, 10, 0.5)  # what starting a sandbox leaves to remove
+    try:
+        assert (work / "teardown" / cid).exists()
+        assert Path(f"/sys/fs/cgroup/memory/tako-vm/{cid}").is_dir()
+
+        LocalExecutor(work_dir=work)  # the restarted server
+
+        assert not Path(f"/sys/fs/cgroup/memory/tako-vm/{cid}").exists()
+        assert not (work / "teardown" / cid).exists()
+    finally:
+        first._cleanup(None, cid, None)
