@@ -85,6 +85,7 @@ IDEMPOTENCY_CONFLICT = "Idempotency key reused with different payload"
 NOT_FOUND = "Job not found"
 HEALTH_CACHE_SECONDS = 5.0
 QUEUE_COUNT_MAX_AGE_SECONDS = 2.0
+JOB_TYPE_CACHE_SECONDS = 2.0
 QUEUE_FULL = "Job queue is full. Try again later."
 QUEUE_FULL_RETRY_AFTER_SECONDS = 5
 HEALTH_PROBE_SECONDS = 5.0
@@ -104,6 +105,7 @@ class KubernetesBackend(Backend):
         self._watch: JobWatch | None = None
         self._health_cache: tuple[float, QueueStatsResponse | None] = (-HEALTH_CACHE_SECONDS, None)
         self._queued: dict[str, tuple[float, int]] = {}  # namespace -> (when listed, queued jobs)
+        self._job_type_cache: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -158,7 +160,7 @@ class KubernetesBackend(Backend):
         would take them), so ``max_timeout`` and the sync wait see the real value."""
         if submission.job_type == DEFAULT_JOB_TYPE_NAME:
             return submission  # the built-in type: the shim's default_timeout applies
-        job_type = await self._call(self.api.get_job_type(self._namespace(tenant), submission.job_type))
+        job_type = await self._job_type_object(self._namespace(tenant), submission.job_type)
         spec = (job_type or {}).get("spec") or {}
         return self.resolver.with_job_type_timeouts(
             submission, _seconds(spec.get("timeoutSeconds")), _seconds(spec.get("startupTimeoutSeconds"))
@@ -223,11 +225,22 @@ class KubernetesBackend(Backend):
         """``InvalidRequest`` (422) unless ``namespace`` defines ``name`` (``default`` is built in)."""
         if name == DEFAULT_JOB_TYPE_NAME:
             return
-        if await self._call(self.api.get_job_type(namespace, name)) is None:
+        if await self._job_type_object(namespace, name) is None:
             known = [
                 t.name for t in job_types_from_objects(await self._call(self.api.list_job_types(namespace)))
             ]
             raise unknown_job_type(name, known)
+
+    async def _job_type_object(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The PythonJobType; one that exists is reused for ``JOB_TYPE_CACHE_SECONDS`` (a submit asks
+        twice), a missing one is asked for again (so a type just created is seen at once)."""
+        read_at, found = self._job_type_cache.get((namespace, name), (-JOB_TYPE_CACHE_SECONDS, {}))
+        if time.monotonic() - read_at <= JOB_TYPE_CACHE_SECONDS:
+            return found
+        fresh: dict[str, Any] | None = await self._call(self.api.get_job_type(namespace, name))
+        if fresh is not None:
+            self._job_type_cache[(namespace, name)] = (time.monotonic(), fresh)
+        return fresh
 
     async def job_types(self, tenant: str) -> list[JobTypeResponse]:
         return job_types_from_objects(await self._call(self.api.list_job_types(self._namespace(tenant))))
