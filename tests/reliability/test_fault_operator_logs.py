@@ -43,6 +43,7 @@ class Kubelet:
 
     def __init__(self, kube: KubeHarness) -> None:
         self.kube = kube
+        self.honour_params = True  # False: send the whole log whatever was asked (a non-conforming server)
         self.logs: dict[str, bytes] = {}
         self.served: list[Served] = []
         kube._run(self._register())
@@ -57,9 +58,9 @@ class Kubelet:
         tail = _int(request.params.get("tailLines"))
         limit = _int(request.params.get("limitBytes"))
         data = self.logs[pod]
-        if tail is not None:
+        if tail is not None and self.honour_params:
             data = b"".join(data.splitlines(keepends=True)[-tail:]) if tail > 0 else b""
-        if limit is not None:
+        if limit is not None and self.honour_params:
             data = data[:limit]
         self.served.append(Served(pod, tail, limit, len(data)))
         return kmock.Response(status=200, payload=data, headers={"Content-Type": "text/plain"})
@@ -123,6 +124,23 @@ def test_a_log_too_big_to_hold_its_envelope_fails_the_job_naming_the_limit(
     reads = [s for s in kubelet.served if s.pod == "flood-pod"]
     assert [s.tail_lines for s in reads[:2]] == [50, 3], reads
     assert all(s.sent <= LIMIT + 1 for s in reads), reads
+
+
+def test_a_server_ignoring_the_limits_still_gets_only_max_log_bytes_read(
+    cluster: tuple[KubeHarness, Kubelet],
+) -> None:
+    """The bound holds client-side: a server that sends the whole 24 MiB log (ignoring tailLines
+    and limitBytes) is read only up to max_log_bytes + 1 bytes, so the envelope at its very end is
+    never reached and the job fails naming the limit (it would be Succeeded had the whole log been
+    read)."""
+    kube, kubelet = cluster
+    kubelet.honour_params = False
+    kube.create("pythonjobs", sample_job("deaf-server"))
+    kubelet.finish("deaf-server", chatter(HUGE) + envelope(0, "unreachable\n").encode())
+
+    job = wait_phase(kube, "deaf-server", "Failed", timeout=30)
+    assert f"max_log_bytes={LIMIT}" in job["status"]["error"]["message"], job["status"]
+    assert all(s.sent == len(kubelet.logs["deaf-server-pod"]) for s in kubelet.served), "the server sent all"
 
 
 def test_the_default_limit_covers_the_largest_envelope_the_job_caps_allow() -> None:
