@@ -83,7 +83,17 @@ def run_jobs(kube: KubeHarness, tmp_path: Path, kubeconfig: str | None = None) -
         time.sleep(2)  # a duplicate Pod or a second attempt would show by now
     finally:
         operator.stop()
+    assert_nothing_left_behind(kube)
     return records
+
+
+def assert_nothing_left_behind(kube: KubeHarness) -> None:
+    """No orphans: each finished job's Pod, code ConfigMap and policies are gone (only the shared
+    runner ConfigMap stays)."""
+    assert [p["metadata"]["name"] for p in kube.list("pods")] == []
+    left = [c["metadata"]["name"] for c in kube.list("configmaps")]
+    assert all(name.startswith("tako-runner-") for name in left), left
+    assert [n["metadata"]["name"] for n in kube.list("networkpolicies")] == []
 
 
 def wait_for_mounted_configmaps(kube: KubeHarness, pod: dict[str, Any]) -> None:
