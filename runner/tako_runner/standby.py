@@ -5,6 +5,9 @@ Stdlib only, shipped next to ``runner.py`` (same directory) in the standby Pod::
     python3 -I /runner/standby.py [--host H] [--port P] [--code-dir D] [--input-dir D]
                                   [--output-dir D] [--work-dir D]
 
+(it then re-executes itself once with ``--token-fd N`` so that its environment no longer holds the
+token, see ``reexec_without_token``)
+
 It listens on ``--host:--port`` (default ``0.0.0.0:8790``) for one ``POST /job`` carrying
 ``Authorization: Bearer <token>``, where the token is the per-Pod secret the operator put in the Pod's
 ``TAKO_STANDBY_TOKEN`` environment variable. The body is JSON ``{"job_uid", "code", "input_data",
@@ -21,6 +24,7 @@ Health checks that connect and send nothing are ignored. Nothing but the final e
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import http.server
 import importlib.util
@@ -54,6 +58,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
         "input_dir": "/input",
         "output_dir": "/output",
         "work_dir": "/tmp",
+        "token_fd": -1,
     }
     rest = list(argv)
     while rest:
@@ -62,7 +67,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
         if key not in options or not rest:
             raise SystemExit(f"{USAGE}\nstandby.py: unexpected argument {arg!r}")
         value = rest.pop(0)
-        options[key] = int(value) if key == "port" else value
+        options[key] = int(value) if key in ("port", "token_fd") else value
     return options
 
 
@@ -104,7 +109,10 @@ def hand_over(push: dict[str, Any], options: dict[str, Any]) -> str:
     _write_readonly(config_path, json.dumps(config, sort_keys=True))
     _write_readonly(config["input_path"], json.dumps(push.get("input_data") or {}, ensure_ascii=False))
     for directory in (options["code_dir"], options["input_dir"]):
-        os.chmod(directory, 0o555)
+        # A directory we own (tests) is made read-only too; a mount point the kubelet created
+        # (an emptyDir, root-owned) cannot be: the files themselves are 0444 either way.
+        with contextlib.suppress(PermissionError):
+            os.chmod(directory, 0o555)
     return config_path
 
 
@@ -203,14 +211,48 @@ def load_runner() -> Any:
     return module
 
 
-def main(argv: list[str] | None = None) -> int:
-    options = parse_args(sys.argv[1:] if argv is None else argv)
+def reexec_without_token(argv: list[str]) -> None:
+    """Start this runner again with the token on an inherited pipe instead of in the environment.
+
+    A process's initial environment stays readable in /proc/<pid>/environ, and gVisor shows it to
+    processes of the same uid even when the process is non-dumpable (tests/security/
+    test_standby_gvisor.py). After the exec the environment no longer holds the token; this costs one
+    interpreter start while the Pod waits, not while a job runs."""
     token = os.environ.pop(TOKEN_ENV, "")
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, token.encode())  # far below a pipe's buffer: never blocks
+    os.close(write_fd)
+    os.set_inheritable(read_fd, True)
+    executable = sys.executable or "python3"
+    script = os.path.abspath(__file__)
+    os.execve(executable, [executable, "-I", script, *argv, "--token-fd", str(read_fd)], dict(os.environ))
+
+
+def read_token(fd: int) -> str:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    options = parse_args(args)
+    if options["token_fd"] < 0:
+        if len(os.environ.get(TOKEN_ENV, "")) < 16:
+            sys.stderr.write(f"standby: {TOKEN_ENV} must hold a token of at least 16 characters\n")
+            return 2
+        reexec_without_token(args)  # does not return
+    token = read_token(options["token_fd"])
     if len(token) < 16:
-        sys.stderr.write(f"standby: {TOKEN_ENV} must hold a token of at least 16 characters\n")
+        sys.stderr.write("standby: the token pipe held no token of at least 16 characters\n")
         return 2
     runner = load_runner()  # before listening: the push should find everything ready
-    runner.protect_self()  # the token stays in /proc/self/environ; make it unreadable to user code
+    runner.protect_self()
     server = _StandbyServer(options, token)
     sys.stderr.write(f"standby: listening on {options['host']}:{server.server_address[1]}\n")
     config_path = wait_for_push(server)

@@ -162,3 +162,10 @@ def test_missing_token_refuses_to_start(tmp_path: Path) -> None:
         timeout=20,
     )
     assert result.returncode == 2 and standby.TOKEN_ENV in result.stderr
+
+
+def test_the_token_leaves_the_runners_environment_before_it_listens(waiting: Standby) -> None:
+    environ = Path(f"/proc/{waiting.proc.pid}/environ").read_bytes()
+    cmdline = Path(f"/proc/{waiting.proc.pid}/cmdline").read_bytes()
+    assert TOKEN.encode() not in environ and standby.TOKEN_ENV.encode() not in environ
+    assert TOKEN.encode() not in cmdline and b"--token-fd" in cmdline  # re-executed, token on a pipe
