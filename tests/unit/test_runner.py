@@ -341,3 +341,16 @@ def test_frame_key_from_stdin_is_consumed_and_authenticates_the_frame(box: Path)
     envelope = parse_envelope(framed.decode())
     assert envelope is not None and envelope["stdout"] == "''\n"
     assert runner.parse_args(["run", "--frame-key-stdin"]) == ("run", "/code/job.json", True)
+
+
+def test_a_namespace_with_only_loopback_skips_the_probe(tmp_path: Path) -> None:
+    header = "Inter-|   Receive\n face |bytes    packets\n"
+    only_lo = tmp_path / "lo"
+    only_lo.write_text(header + "    lo:       0       0    0    0\n")
+    with_eth = tmp_path / "eth"
+    with_eth.write_text(header + "    lo: 0 0\n  eth0: 10 2\n")
+    assert runner.interface_names(with_eth.read_text()) == ["lo", "eth0"]
+    assert runner.only_loopback(str(only_lo)) is True
+    assert runner.only_loopback(str(with_eth)) is False
+    assert runner.only_loopback(str(tmp_path / "missing")) is False  # unreadable: probe for real
+    assert runner.only_loopback(str(tmp_path)) is False
