@@ -89,18 +89,22 @@ def test_freed_slot_admits_the_next_queued_job_at_once(
     kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet
 ) -> None:
     """Event-driven hand-over: when the running job finishes, the oldest queued job gets its Pod
-    within about a second (no timer or backoff in between), and the younger one keeps waiting."""
-    run_operator(max_concurrent=1)
+    at once (no timer or backoff in between), and the younger one keeps waiting.
+
+    Queued jobs have no timer; the only other path to a reconcile is kopf's re-list when a watch
+    ends, so the watch lasts 120 s here and any hand-over well under that is event-driven. The
+    bound is generous because the machines running this are shared (typically ~0.2 s idle)."""
+    run_operator(max_concurrent=1, watch_server_timeout=120)
     for name in ("first", "second", "third"):
         kube.create("pythonjobs", sample_job(name))
     pod = kubelet.wait_pod("first")["metadata"]["name"]
     wait_phase(kube, "third", "Queued")
     kubelet.succeed(pod)
     finished = time.monotonic()
-    kubelet.wait_pod("second", timeout=10)
+    kubelet.wait_pod("second", timeout=60)
     handover = time.monotonic() - finished
     print(f"slot handed over in {handover:.2f} s")
-    assert handover < 3.0, f"the freed slot took {handover:.1f} s to reach the next queued job"
+    assert handover < 20.0, f"the freed slot took {handover:.1f} s to reach the next queued job"
     assert phase_of(kube, "third") == "Queued"
     assert kube.pod_order == ["first-pod", "second-pod"]
 
