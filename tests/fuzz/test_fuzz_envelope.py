@@ -116,12 +116,13 @@ def _headers_sharing_one_end_marker() -> str:
 
 @pytest.mark.parametrize("crafted", [_bogus_lengths, _headers_sharing_one_end_marker])
 def test_crafted_inputs_parse_in_linear_time(crafted: Callable[[], str]) -> None:
-    """A few MB of crafted header lines must parse in well under a second (a linear scan takes ~0.1 s)."""
+    """A few MB of crafted header lines parse in ~0.1 s (linear); a quadratic scan would take minutes.
+    The 5 s bound leaves room for a shared, loaded CI machine."""
     text = crafted()
     started = time.monotonic()
     assert parse_envelope(text) is None
     elapsed = time.monotonic() - started
-    assert elapsed < 1.0, f"{elapsed:.1f} s to parse {len(text):,} characters"
+    assert elapsed < 5.0, f"{elapsed:.1f} s to parse {len(text):,} characters"
 
 
 @FUZZ
