@@ -4,12 +4,33 @@ latency table can split a job's overhead over a bare ``runsc run`` into sandbox 
 from __future__ import annotations
 
 import asyncio
+import random
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from bench.harness import CODE
+
+T = TypeVar("T")
+
+
+def interleaved(
+    methods: Mapping[str, Callable[[], T]], rounds: int, pause_s: float = 0.0
+) -> dict[str, list[T]]:
+    """Each method once per round, in a new random order every round (a fixed seed), so that the
+    machine's load changes affect every method alike; ``pause_s`` after each call."""
+    samples: dict[str, list[T]] = {name: [] for name in methods}
+    order = list(methods)
+    rng = random.Random(7)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            samples[name].append(methods[name]())
+            time.sleep(pause_s)
+    return samples
 
 
 class DirectExecutor:

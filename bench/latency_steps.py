@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import secrets
 import shutil
 import statistics
@@ -19,7 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
+
+from bench.latency_parts import interleaved
 
 PYTHON = "/usr/bin/python3"
 RUN = ["run", "--config", "/code/job.json"]
@@ -50,16 +52,10 @@ def main(rounds: int, old_runner: Path | None) -> None:
         if old_runner is not None:
             shutil.copyfile(old_runner, work / "runner" / "old_runner.py")
         rows = variants(ex._runner_entry, old_runner is not None)
-        to_result: dict[str, list[float]] = {name: [] for name in rows}
-        to_exit: dict[str, list[float]] = {name: [] for name in rows}
-        order = list(rows)
-        rng = random.Random(7)
-        for _ in range(rounds):
-            rng.shuffle(order)
-            for name in order:
-                result_s, exit_s = once(ex, SandboxJob("steps", "print(1)", {}, [], 10, 30), rows[name])
-                to_result[name].append(result_s * 1000)
-                to_exit[name].append(exit_s * 1000)
+        job = SandboxJob("steps", "print(1)", {}, [], 10, 30)
+        samples = interleaved({name: partial(once, ex, job, args) for name, args in rows.items()}, rounds)
+        to_result = {name: [result_s * 1000 for result_s, _ in runs] for name, runs in samples.items()}
+        to_exit = {name: [exit_s * 1000 for _, exit_s in runs] for name, runs in samples.items()}
         print(f"runsc {ex.version} ({ex.platform}), {rounds} rounds, load average {os.getloadavg()}")
         print(HEADER)
         for name in rows:

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.harness import BareRunsc, client, host_python_once, sdk_round_trip, server
-from bench.latency_parts import DirectExecutor
+from bench.latency_parts import DirectExecutor, interleaved
 from bench.stats import markdown_table, ratio, rss_mib, summarize
 
 THINK_TIME_S = 0.3  # between rounds, like an agent between tool calls; lets the warm pool refill
@@ -37,14 +36,7 @@ def latency(root: Path, quick: bool) -> dict[str, Any]:
         for method in methods.values():  # warm-up: first sandboxes, imports, connections
             method()
         time.sleep(2)
-        samples: dict[str, list[float]] = {name: [] for name in methods}
-        order = list(methods)
-        rng = random.Random(7)
-        for _ in range(rounds):
-            rng.shuffle(order)
-            for name in order:
-                samples[name].append(methods[name]())
-                time.sleep(THINK_TIME_S)
+        samples = interleaved(methods, rounds, THINK_TIME_S)
         shim_rss = {"warm": rss_mib(warm_srv.process.pid), "no_pool": rss_mib(cold_srv.process.pid)}
         warm_sdk.close()
         cold_sdk.close()
