@@ -9,8 +9,12 @@ second Pod for the running job, and must serve its liveness endpoint again.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,3 +122,55 @@ def test_a_peered_operator_restarted_in_process_resumes_and_reconciles_once(
     assert kube.pod_order == ["before-restart-pod", "during-restart-pod"], kube.pod_order
     peers = (kube.get("kopfpeerings", "tako") or {}).get("status") or {}
     assert len(peers) <= 1, f"one operator, one peering record at most: {peers}"
+
+
+def operator_process(kube: KubeHarness, tmp_path: Path, log: Path) -> subprocess.Popen[bytes]:
+    """`python -m tako_operator` in its own process: the main thread, so kopf and the supervisor
+    handle SIGTERM themselves (the production path)."""
+    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig(tmp_path))}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tako_operator", "--namespace", kube.namespace],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_sigterm_after_a_restart_stops_the_operator_process(kube: KubeHarness, tmp_path: Path) -> None:
+    log = tmp_path / "operator.log"
+    inject(kube, WATCH_JOBS, [(410, GONE)])
+    proc = operator_process(kube, tmp_path, log)
+    try:
+        wait_for(lambda: "restarting it in" in log.read_text(), timeout=60, what="a supervised restart")
+        kube.create("pythonjobs", sample_job("after-restart"))
+        FakeKubelet(kube).wait_pod("after-restart", timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert kube.pod_order == ["after-restart-pod"]
+
+
+def test_sigterm_during_the_restart_backoff_stops_the_process_at_once(
+    kube: KubeHarness, tmp_path: Path
+) -> None:
+    """Between two kopf runs nobody else listens for signals: the supervisor's own handler must end
+    the wait instead of restarting kopf 4 s later."""
+    log = tmp_path / "operator.log"
+    inject(kube, WATCH_JOBS, [(410, GONE)] * 3)  # restarts after 1, 2 and then 4 s
+    proc = operator_process(kube, tmp_path, log)
+    try:
+        wait_for(
+            lambda: "restarting it in 4.0 s" in log.read_text(), timeout=120, what=f"the third restart: {log}"
+        )
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, log.read_text()[-2000:]
+        assert time.monotonic() - started < 3.0, "the process waited out the backoff"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert log.read_text().count("restarting it in") == 3, "no restart after the signal"
