@@ -204,3 +204,33 @@ def test_warm_runner_config_is_the_cold_one_without_the_boot_time_probe(executor
         shutil.rmtree(staged, ignore_errors=True)
     assert cold["egress_probe"] is True
     assert job_config(job) == {**cold, "egress_probe": False}
+
+
+async def test_warm_user_code_cannot_read_the_frame_key(
+    pool: WarmPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key comes with ``go``, after the user interpreter was pre-started: user code finds it nowhere."""
+    from tako_shim.local import warmpool as warmpool_module
+
+    keys: list[str] = []
+    token_hex = warmpool_module.secrets.token_hex
+
+    def recording(nbytes: int) -> str:
+        value = token_hex(nbytes)
+        keys.append(value)
+        return value
+
+    monkeypatch.setattr(warmpool_module.secrets, "token_hex", recording)
+    code = (
+        "import os\n"
+        "for path in ('/proc/1/fd/0', '/proc/1/environ', '/proc/1/cmdline', '/proc/self/environ'):\n"
+        "    try:\n"
+        "        print(path, open(path, 'rb').read(4096))\n"
+        "    except OSError as exc:\n"
+        "        print(path, 'refused', exc.errno)\n"
+    )
+    outcome = await run_warm(pool, tmp_path, code)
+    assert outcome.status == "succeeded", outcome
+    key = next(value for value in keys if len(value) == 64)
+    assert key not in outcome.stdout + outcome.stderr
+    assert "/proc/1/fd/0 b''" in outcome.stdout  # /dev/null by the time user code runs
