@@ -658,9 +658,10 @@ class LocalExecutor:
                 proc.stdin.write(key + b"\n")  # the runner reads it before any user code exists
                 await proc.stdin.drain()
             proc.stdin.close()
-            result, readers = await self._watch(
-                proc, cid, _FrameWatch(key, out_buf), err_buf, budget_s, cancel
-            )
+            # An install sandbox's result is only used once it has exited: the packages it wrote to
+            # /deps are then surely on the host for the run sandbox (its teardown is ~0.1 s of an install).
+            watch = _FrameWatch(key, out_buf)
+            result, readers = await self._watch(proc, cid, watch, err_buf, budget_s, cancel, mode == "run")
             return result
         finally:
             wait_s = TEARDOWN_WAIT_S if result is not None else 0.0  # interrupted: kill at once
@@ -674,9 +675,11 @@ class LocalExecutor:
         err_buf: _TailBuffer,
         budget_s: float,
         cancel: asyncio.Event,
+        early: bool = True,
     ) -> tuple[_SandboxResult, asyncio.Future[Any]]:
         """Read a started sandbox until its runner's authenticated frame is in (final: the sandbox may
-        still be exiting), it ended, the budget ran out or the job was cancelled (then kill it).
+        still be exiting; only when ``early``), it ended, the budget ran out or the job was cancelled
+        (then kill it).
 
         Also returns the output readers, which the teardown awaits."""
         assert proc.stdout is not None and proc.stderr is not None
@@ -684,13 +687,13 @@ class LocalExecutor:
         readers.add_done_callback(_retrieve)  # may end in the background, after the result
         waiter = asyncio.ensure_future(proc.wait())
         cancel_wait = asyncio.ensure_future(cancel.wait())
-        framed = asyncio.ensure_future(watch.found.wait())
+        framed = asyncio.ensure_future(watch.found.wait() if early else asyncio.Event().wait())
         done, _ = await asyncio.wait(
             {waiter, cancel_wait, framed}, timeout=budget_s, return_when=asyncio.FIRST_COMPLETED
         )
         cancel_wait.cancel()
         framed.cancel()
-        if watch.envelope is not None:
+        if early and watch.envelope is not None:
             # The runner prints its frame last, after killing everything else, and user code cannot
             # compute the MAC: the result is final even though the sandbox is still exiting.
             oom = self._oom_killed(cid)  # one small cgroupfs read
