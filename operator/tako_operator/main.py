@@ -29,6 +29,7 @@ from tako_operator import handlers
 from tako_operator.handlers import OperatorConfig, Reconciler
 from tako_operator.kube import connect
 from tako_operator.metrics import Metrics
+from tako_operator.pool import standby_settings_from_env
 from tako_operator.reconcile import Limits
 from tako_operator.settings import OperatorSettings
 
@@ -111,6 +112,7 @@ def config_from_env(env: os._Environ[str] | dict[str, str]) -> OperatorConfig:
         limits=limits,
         builder_settings=builder_settings_from_env(env),
         default_image=env.get("TAKO_VM_DEFAULT_JOB_IMAGE") or None,
+        standby=standby_settings_from_env(env),
     )
 
 

@@ -354,14 +354,14 @@ def _standby_push_rule(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_standby_pods_value_and_push_settings_reach_the_operator(production_objects: list[Manifest]) -> None:
-    from tako_operator.pool import standby_settings_from_env
+    from tako_operator.main import config_from_env
 
     (job_type, *_) = of_kind(render({"jobs": {"defaultJobType": {"standbyPods": 3}}}), "PythonJobType")
     assert job_type["spec"]["standbyPods"] == 3
     assert all(t["spec"]["standbyPods"] == 0 for t in of_kind(production_objects, "PythonJobType"))
     deployment = one(production_objects, "Deployment", "tako-operator", NAMESPACE)
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    settings = standby_settings_from_env({k: v for k, v in env.items() if v is not None})
+    settings = config_from_env({k: v for k, v in env.items() if v is not None}).standby
     labels = deployment["spec"]["selector"]["matchLabels"]
     assert settings.operator_pod_labels == labels and settings.operator_namespace == NAMESPACE
     assert settings.port == 8790
