@@ -51,7 +51,9 @@ def known_job(fuzz_server: LocalServer) -> Iterator[dict[str, str]]:
     """A finished job with one artifact, so generated requests can hit real ids and names."""
     code = "open('/output/report.txt', 'w').write('fuzz')\nprint('seed')"
     with httpx.Client(base_url=fuzz_server.url, timeout=60) as http:
-        job_id = http.post("/execute/async", json={"code": code}).json()["job_id"]
+        submitted = http.post("/execute/async", json={"code": code})
+        assert submitted.status_code == 200, submitted.text
+        job_id = submitted.json()["job_id"]
         record = http.get(f"/jobs/{job_id}/result", params={"wait": "true", "timeout": 60}).json()
     assert record["status"] == "succeeded", record
     yield {"job_id": job_id, "execution_id": job_id, "artifact_name": "report.txt"}

@@ -91,8 +91,9 @@ def test_oversized_request_line_and_headers_are_refused_before_any_handler(
     "name", ["..%2F..%2Fetc%2Fpasswd", "%2E%2E", "%2Fetc%2Fpasswd", "a%00b", "..%5C..%5Cwindows"]
 )
 def test_artifact_names_cannot_escape_the_jobs_output(http: httpx.Client, name: str) -> None:
-    job_id = http.post("/execute/async", json={"code": "print(1)"}).json()["job_id"]
-    response = http.get(f"/jobs/{job_id}/artifacts/{name}")
+    submitted = http.post("/execute/async", json={"code": "print(1)"})
+    assert submitted.status_code == 200, submitted.text
+    response = http.get(f"/jobs/{submitted.json()['job_id']}/artifacts/{name}")
     assert response.status_code in {400, 404}, response.text
     assert "root:" not in response.text
 
