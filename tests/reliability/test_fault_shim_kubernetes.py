@@ -603,7 +603,15 @@ async def test_clients_vanishing_mid_long_poll_leave_no_waiters_behind(kube: Kub
 
 @pytest.mark.parametrize(
     ("status", "http", "retry_after"),
-    [(0, 503, "2"), (500, 503, "2"), (503, 503, "2"), (429, 503, "2"), (403, 503, None), (400, 422, None)],
+    [
+        (0, 503, "2"),
+        (500, 503, "2"),
+        (503, 503, "2"),
+        (429, 503, "2"),
+        (403, 503, None),
+        (404, 503, None),
+        (400, 422, None),
+    ],
 )
 def test_api_failures_map_to_contract_errors_never_500(
     status: int, http: int, retry_after: str | None

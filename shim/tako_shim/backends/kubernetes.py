@@ -365,14 +365,16 @@ class KubernetesBackend(Backend):
 def api_failure(exc: KubeApiError) -> ShimError:
     """The contract's error for a failed API call (the API's own message kept for operators).
 
-    A refused object (400, 422) is the request's fault: 422. A missing permission is the
-    deployment's: 503 without a retry hint. Anything else (unreachable, 5xx, 429, ...) is transient:
-    503 with ``Retry-After``, never a 500.
+    A refused object (400, 422) is the request's fault: 422. A missing permission, namespace or CRD
+    is the deployment's: 503 without a retry hint (retrying cannot help). Anything else (unreachable,
+    5xx, 429, ...) is transient: 503 with ``Retry-After``, never a 500.
     """
     if exc.status in (400, 422):
         return InvalidRequest(f"the Kubernetes API rejected the job: {exc.message}")
     if exc.status == 403:
         return Unavailable(f"the shim is not allowed to do this in the namespace: {exc.message}")
+    if exc.status == 404:
+        return Unavailable(f"the namespace or the PythonJob CRD does not exist in the cluster: {exc.message}")
     return ClusterUnavailable(f"Kubernetes API unavailable: {exc}")
 
 
