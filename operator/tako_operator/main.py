@@ -54,6 +54,29 @@ class RestartPolicy:
             raise ValueError("max_consecutive_failures must be >= 0")
 
 
+def restart_policy_from_env(env: os._Environ[str] | dict[str, str]) -> RestartPolicy:
+    """TAKO_OPERATOR_RESTART_BACKOFF_SECONDS (first delay) and ..._MAX_SECONDS (the cap)."""
+    defaults = RestartPolicy()
+
+    def seconds(name: str, default: float) -> float:
+        raw = env.get(name, "").strip()
+        try:
+            value = float(raw) if raw else default
+        except ValueError:
+            raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
+        if not 0 <= value <= 3600:
+            raise ValueError(f"{name} must be between 0 and 3600 seconds, got {raw!r}")
+        return value
+
+    first = seconds("TAKO_OPERATOR_RESTART_BACKOFF_SECONDS", defaults.backoff_seconds)
+    cap = seconds("TAKO_OPERATOR_RESTART_BACKOFF_MAX_SECONDS", max(first, defaults.backoff_max_seconds))
+    if cap < first:
+        raise ValueError(
+            "TAKO_OPERATOR_RESTART_BACKOFF_MAX_SECONDS must be >= TAKO_OPERATOR_RESTART_BACKOFF_SECONDS"
+        )
+    return RestartPolicy(backoff_seconds=first, backoff_max_seconds=cap)
+
+
 def restart_delay(policy: RestartPolicy, failures: int) -> float | None:
     """Seconds to wait before restart number `failures` (1-based), or None to give up."""
     if failures > policy.max_consecutive_failures:
@@ -76,7 +99,7 @@ class OperatorOptions:
     watch_server_timeout: int = 300
     peering_lifetime: int = 60
     peering_interval: float = 30.0
-    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    restart: RestartPolicy = field(default_factory=lambda: restart_policy_from_env(os.environ))
 
 
 def config_from_env(env: os._Environ[str] | dict[str, str]) -> OperatorConfig:

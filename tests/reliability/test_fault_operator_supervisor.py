@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from tako_operator.main import RestartPolicy, restart_delay, supervise
+from tako_operator.main import RestartPolicy, restart_delay, restart_policy_from_env, supervise
 
 FAST = RestartPolicy(backoff_seconds=0.01, backoff_max_seconds=0.04, max_consecutive_failures=3)
 
@@ -28,6 +28,21 @@ class FlakyRun:
         self.calls += 1
         if self.calls <= self.failures:
             raise self.error
+
+
+def test_restart_backoff_comes_from_the_environment_and_bad_values_name_the_variable() -> None:
+    assert restart_policy_from_env({}) == RestartPolicy()
+    policy = restart_policy_from_env({"TAKO_OPERATOR_RESTART_BACKOFF_SECONDS": "60"})
+    assert (policy.backoff_seconds, policy.backoff_max_seconds) == (60, 60)
+    both = {"TAKO_OPERATOR_RESTART_BACKOFF_SECONDS": "2", "TAKO_OPERATOR_RESTART_BACKOFF_MAX_SECONDS": "8"}
+    assert [restart_delay(restart_policy_from_env(both), n) for n in (1, 2, 3)] == [2, 4, 8]
+    for env in (
+        {"TAKO_OPERATOR_RESTART_BACKOFF_SECONDS": "soon"},
+        {"TAKO_OPERATOR_RESTART_BACKOFF_SECONDS": "-1"},
+        {"TAKO_OPERATOR_RESTART_BACKOFF_SECONDS": "5", "TAKO_OPERATOR_RESTART_BACKOFF_MAX_SECONDS": "1"},
+    ):
+        with pytest.raises(ValueError, match="TAKO_OPERATOR_RESTART_BACKOFF"):
+            restart_policy_from_env(env)
 
 
 def test_restart_delay_doubles_up_to_the_cap_then_gives_up() -> None:
