@@ -201,17 +201,19 @@ async def operate(
         namespaces = [default_ns]
 
     async def run_kopf() -> None:
-        await kopf.operator(
-            registry=registry,
-            settings=_kopf_settings(options),
-            clusterwide=options.all_namespaces,
-            namespaces=namespaces,
-            standalone=options.standalone,
-            peering_name=options.peering,
-            priority=options.priority,
-            liveness_endpoint=options.liveness,
-            stop_flag=stop_flag,
-            ready_flag=ready_flag,
+        await bounded_shutdown(
+            kopf.operator(
+                registry=registry,
+                settings=_kopf_settings(options),
+                clusterwide=options.all_namespaces,
+                namespaces=namespaces,
+                standalone=options.standalone,
+                peering_name=options.peering,
+                priority=options.priority,
+                liveness_endpoint=options.liveness,
+                stop_flag=stop_flag,
+                ready_flag=ready_flag,
+            )
         )
 
     try:
@@ -220,6 +222,52 @@ async def operate(
         if server is not None:
             server[0].shutdown()
         kube.api_client.close()
+
+
+# kopf logs this (logger kopf._core.reactor.running) when its root task fails; kopf 1.45.2 is pinned.
+_REACTOR_FAILED = "multitasker has failed"
+SHUTDOWN_GRACE_SECONDS = 15.0  # a failed kopf run normally finishes its shutdown within ~5 s
+
+
+class _ReactorFailure(logging.Handler):
+    """Sets an event when kopf logs that its reactor failed (its shutdown may then hang: it waits
+    without a timeout for watchers that retry requests or wait for a re-login that never comes)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.failed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _REACTOR_FAILED in record.getMessage():
+            self.failed.set()
+
+
+async def bounded_shutdown(reactor: Awaitable[None], grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+    """Run kopf's reactor; once it has failed, give its shutdown `grace` seconds, then cancel it
+    (twice: kopf's second cancellation skips its unbounded graceful stop) and raise, so that the
+    supervisor restarts it instead of waiting forever."""
+    watcher = _ReactorFailure()
+    kopf_logger = logging.getLogger("kopf._core.reactor.running")
+    kopf_logger.addHandler(watcher)
+    task = asyncio.ensure_future(reactor)
+    try:
+        failed = asyncio.ensure_future(watcher.failed.wait())
+        await asyncio.wait({task, failed}, return_when=asyncio.FIRST_COMPLETED)
+        failed.cancel()
+        if not task.done():
+            await asyncio.wait({task}, timeout=grace)
+        for _ in range(2):
+            if task.done():
+                break
+            task.cancel()
+            await asyncio.wait({task}, timeout=5.0)
+        if not task.done() or task.cancelled():
+            raise RuntimeError(f"kopf's reactor failed and did not stop within {grace:g} s; abandoned")
+        task.result()
+    finally:
+        kopf_logger.removeHandler(watcher)
+        if not task.done():  # we were cancelled ourselves: take kopf down with us
+            task.cancel()
 
 
 async def supervise(

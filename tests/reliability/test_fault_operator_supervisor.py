@@ -7,11 +7,19 @@ the restart policy. The real kopf against kmock is in test_fault_operator_watch.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 
 import pytest
 
-from tako_operator.main import RestartPolicy, restart_delay, restart_policy_from_env, supervise
+from tako_operator.main import (
+    RestartPolicy,
+    bounded_shutdown,
+    restart_delay,
+    restart_policy_from_env,
+    supervise,
+)
 
 FAST = RestartPolicy(backoff_seconds=0.01, backoff_max_seconds=0.04, max_consecutive_failures=3)
 
@@ -106,3 +114,47 @@ async def test_a_failure_after_the_stop_flag_is_not_restarted() -> None:
         raise RuntimeError("cancelled watch raised on the way out")
 
     await asyncio.wait_for(supervise(fails_while_stopping, FAST, stop), timeout=2)
+
+
+KOPF_RUNNING = logging.getLogger("kopf._core.reactor.running")
+
+
+async def test_a_failed_reactor_whose_shutdown_hangs_is_cancelled_and_reported() -> None:
+    """kopf's shutdown after a failure has no timeout (seen in CI: a watcher waiting for a re-login);
+    the supervisor must get control back to restart it."""
+    cancellations = 0
+
+    async def hanging_reactor() -> None:
+        nonlocal cancellations
+        KOPF_RUNNING.error("Multidimensional multitasker has failed: injected")
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancellations += 1
+                if cancellations == 2:
+                    raise  # like kopf: the second cancellation skips the graceful stop
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"did not stop within 0\.2 s"):
+        await bounded_shutdown(hanging_reactor(), grace=0.2)
+    assert cancellations == 2
+    assert time.monotonic() - started < 15  # grace + 5 s for the first cancellation to be ignored
+
+
+async def test_a_failed_reactor_that_stops_by_itself_raises_its_own_error() -> None:
+    async def failing_reactor() -> None:
+        KOPF_RUNNING.error("Multidimensional multitasker has failed: injected")
+        await asyncio.sleep(0.05)
+        raise ValueError("the reactor's own error")
+
+    with pytest.raises(ValueError, match="the reactor's own error"):
+        await bounded_shutdown(failing_reactor(), grace=5)
+
+
+async def test_a_reactor_that_stops_normally_is_left_alone() -> None:
+    async def stopping_reactor() -> None:
+        KOPF_RUNNING.error("Watcher for pods has failed: an inner failure kopf retries")
+        await asyncio.sleep(0.3)
+
+    await bounded_shutdown(stopping_reactor(), grace=0.05)
