@@ -113,7 +113,8 @@ def test_a_peered_operator_restarted_in_process_resumes_and_reconciles_once(
         served = inject(kube, WATCH_JOBS, [(410, GONE)])
         wait_for(lambda: served, timeout=30, what="the injected 410")
         kube.create("pythonjobs", sample_job("during-restart"))
-        kubelet.succeed(kubelet.wait_pod("during-restart", timeout=30)["metadata"]["name"])
+        # kopf's shutdown after the failure can take up to the 15 s bound before the restart
+        kubelet.succeed(kubelet.wait_pod("during-restart", timeout=90)["metadata"]["name"])
         wait_phase(kube, "during-restart", "Succeeded", timeout=30)
     finally:
         operator.stop()
