@@ -153,7 +153,8 @@ class StandbyPool:
         """A ready standby Pod of the type, now reserved for the caller (or None)."""
         if not int(job_type.get("standbyPods") or 0):
             return None
-        if self.cooling.get((namespace, type_name), 0.0) > time.monotonic():
+        # keyed by the pool label (what `claim` knows), which differs from the name for long names
+        if self.cooling.get((namespace, builders.label_safe(type_name)), 0.0) > time.monotonic():
             return None
         spec = PythonJobTypeSpec.model_validate(job_type)
         current = sb.spec_hash(namespace, type_name, spec, self.settings, self.standby)
