@@ -9,6 +9,7 @@ export PATH := $(CURDIR)/.tools/bin:$(PATH)
 setup:
 	bash scripts/install-system.sh
 	bash scripts/bootstrap.sh
+	bash scripts/build-rootfs.sh
 
 server: setup
 	$(PY)/tako-vm server

@@ -4,10 +4,9 @@
 #   - gVisor's runsc: the 2024 build from Debian trixie (systrap platform, ~20x faster than ptrace on
 #     syscall-heavy code) into .tools/bin/runsc, taken with a private apt list dir so the system's apt
 #     sources are never changed; Debian bookworm's runsc (2022, ptrace only) as the fallback;
-#   - the Python that sandboxes run: Debian's /usr/bin/python3 with pip (python3-pip). The host's /usr
-#     is bound read-only into every sandbox, so that interpreter (and its stdlib) is what user code and
-#     the runner see; pip is needed by the install sandbox (`python3 -m pip install --target /deps`).
-#     See docs/sandbox.md.
+#   - python3 with venv (python3-venv) for the project's .venv (scripts/bootstrap.sh), and debootstrap.
+#     Sandboxes never use the host's Python or /usr: they bind the project's own root filesystem, which
+#     scripts/build-rootfs.sh builds (Debian bookworm + python3, python3-pip; see docs/sandbox.md).
 # Environment: TAKO_RUNSC_RETRY=1 retries the trixie download when a previous run fell back to bookworm.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -23,9 +22,10 @@ fi
 
 need_apt=()
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
-has_pip='import importlib.util, sys; sys.exit(importlib.util.find_spec("pip") is None)'
-/usr/bin/python3 -c "$has_pip" >/dev/null 2>&1 || need_apt+=(python3-pip)
+has_venv='import importlib.util, sys; sys.exit(importlib.util.find_spec("ensurepip") is None)'
+python3 -c "$has_venv" >/dev/null 2>&1 || need_apt+=(python3-venv)
 [ -x /usr/bin/runsc ] || need_apt+=(runsc)
+[ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
 if [ ${#need_apt[@]} -gt 0 ]; then
     say "apt-get install ${need_apt[*]}"
     apt-get update -qq
@@ -61,8 +61,6 @@ fi
 
 version="$("$tools/bin/runsc" --version 2>&1)" || { say "runsc at $tools/bin/runsc does not run" >&2; exit 1; }
 say "${version%%$'\n'*}"
-say "sandbox python: $(/usr/bin/python3 -c 'import importlib.metadata as m, platform
-print("/usr/bin/python3", platform.python_version(), "with pip", m.version("pip"))')"
 if [ ! -d /sys/fs/cgroup/memory ]; then
     say "WARNING: no cgroup v1 memory controller at /sys/fs/cgroup/memory; the local executor's memory" >&2
     say "limits and OOM detection need it (cgroup v2-only hosts are not supported yet)" >&2

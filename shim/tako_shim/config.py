@@ -113,6 +113,7 @@ class Settings(BaseModel):
 
     security_mode: Literal["strict", "permissive"] = "strict"
     runsc_path: str | None = None
+    rootfs_path: str | None = None  # the sandboxes' system root (default: `make setup`'s build)
     warm_pool_size: int = Field(default=2, ge=0, le=32)  # pre-started sandboxes (0 disables)
     allow_runtime_requirements: bool = False
     max_workers: int = Field(default=4, ge=1, le=64)

@@ -76,6 +76,7 @@ def _bundle(executor: LocalExecutor, root: Path, port: int) -> Path:
         tmp_size_bytes=64 * sandbox.MIB,
         output_size_bytes=16 * sandbox.MIB,
         max_file_bytes=64 * sandbox.MIB,
+        system_root=str(executor.system_root),
     )
     oci = sandbox.build_oci_spec(spec)
     oci["process"]["args"] = [

@@ -149,6 +149,7 @@ def _real_executor(settings: Settings) -> SandboxRunner:
         work_dir=settings.data_dir / "work",
         security_mode=settings.security_mode,
         runsc_path=settings.runsc_path,
+        rootfs_path=settings.rootfs_path,
     )
     if settings.warm_pool_size > 0:
         from tako_shim.local.warmpool import warm_pool_for

@@ -27,9 +27,11 @@ import contextlib
 import glob
 import hashlib
 import hmac
+import importlib.util
 import json
 import logging
 import os
+import py_compile
 import re
 import resource
 import secrets
@@ -46,6 +48,7 @@ from typing import Any
 
 from tako_runner import runner as runner_module
 from tako_runner.outcome import HEADER, Outcome, classify, parse_envelope
+from tako_shim.local import rootfs as rootfs_module
 from tako_shim.local import sandbox
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,15 @@ INSTALL_HINT = (
     "Install gVisor's runsc with `bash scripts/install-system.sh` (puts the 2024 systrap build in "
     ".tools/bin/runsc) or `apt-get install runsc`, and make sure it is on PATH or pass runsc_path / set "
     "TAKO_VM_RUNSC. To run without a sandbox (NOT safe for untrusted code) set security_mode: permissive."
+)
+HOST_CA_BUNDLES = (  # Debian/Ubuntu/Arch, Fedora/RHEL, openSUSE
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+)
+ROOTFS_HINT = (
+    "build it with `make setup` (or `bash scripts/build-rootfs.sh`), or point rootfs_path "
+    "(TAKO_VM_ROOTFS_PATH) at a root filesystem with /usr/bin/python3"
 )
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PARENT = "tako-vm"
@@ -179,20 +191,26 @@ class _FrameWatch:
         return self.envelope or authenticated_envelope(bytes(self.buffer.data), self.key)
 
 
-def _compile_runner(runner_dir: Path) -> str:
-    """Precompile the runner with the sandbox's interpreter, so that no sandbox compiles it at start
+def _compile_runner(runner_dir: Path, sandbox_python: dict[str, Any]) -> str:
+    """Precompile the runner for the sandbox's interpreter, so that no sandbox compiles it at start
     (about 10-40 ms of CPU for the main script, which Python never caches). Returns the file to run,
     relative to ``runner_dir``: the bytecode in ``__pycache__`` (which ``import runner`` in a warm
-    sandbox also finds), or ``runner.py`` when compiling fails."""
-    compile_it = "import py_compile, sys; print(py_compile.compile(sys.argv[1], doraise=True))"
+    sandbox also finds), or ``runner.py`` when it cannot be compiled for that interpreter.
+
+    ``sandbox_python`` is the system root's manifest entry (``magic``, ``cache_tag``): the executor's
+    own interpreter compiles it when its bytecode format is the same (any 3.11 for the bookworm root),
+    never the host's /usr/bin/python3, which is not what sandboxes run."""
+    ours = {"magic": importlib.util.MAGIC_NUMBER.hex(), "cache_tag": sys.implementation.cache_tag}
+    if {key: sandbox_python.get(key) for key in ours} != ours:
+        log.info(
+            "runner not precompiled: the sandbox's python %s has another bytecode format than this one",
+            sandbox_python.get("version", "(unknown)"),
+        )
+        return "runner.py"
     try:
-        done = subprocess.run(
-            [sandbox.SANDBOX_PYTHON, "-I", "-S", "-c", compile_it, str(runner_dir / "runner.py")],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-        compiled = Path(done.stdout.strip()).resolve()
+        compiled = Path(str(py_compile.compile(str(runner_dir / "runner.py"), doraise=True))).resolve()
         relative = compiled.relative_to(runner_dir.resolve())
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+    except (OSError, ValueError, py_compile.PyCompileError) as exc:
         log.warning("could not precompile the runner (sandboxes will compile it at start): %s", exc)
         return "runner.py"
     compiled.parent.chmod(0o755)
@@ -213,15 +231,22 @@ def _find_runsc(explicit: str | None) -> str | None:
     return None
 
 
-def _host_dirs() -> dict[str, str | None]:
-    entries: dict[str, str | None] = {}
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        path = f"/{name}"
-        if os.path.islink(path):
-            entries[name] = os.readlink(path)
-        elif os.path.isdir(path):
-            entries[name] = None
-    return entries
+def _install_ca_bundle(etc: Path, system_root: Path) -> None:
+    """Copy a CA bundle to ``etc/ssl/certs/ca-certificates.crt`` (where Debian's pip and OpenSSL look).
+
+    The install sandbox's network is the host's, so its trust is the host's too (a TLS-intercepting
+    proxy's CA is in the host's bundle, as its resolver is in the host's resolv.conf, also copied); a
+    host without a bundle at a usual place gets the system root's (Debian's ca-certificates)."""
+    candidates = [Path(p) for p in HOST_CA_BUNDLES] + [system_root / "etc/ssl/certs/ca-certificates.crt"]
+    source = next((p for p in candidates if p.is_file()), None)
+    if source is None:
+        return
+    certs = etc / "ssl" / "certs"
+    certs.mkdir(parents=True, exist_ok=True)
+    for directory in (etc / "ssl", certs):
+        directory.chmod(0o755)
+    shutil.copyfile(source, certs / "ca-certificates.crt")
+    (certs / "ca-certificates.crt").chmod(0o644)
 
 
 def _host_hard_limits() -> dict[str, int]:
@@ -234,8 +259,14 @@ def _host_hard_limits() -> dict[str, int]:
 
 class LocalExecutor:
     def __init__(
-        self, *, work_dir: Path, security_mode: str = "strict", runsc_path: str | None = None
+        self,
+        *,
+        work_dir: Path,
+        security_mode: str = "strict",
+        runsc_path: str | None = None,
+        rootfs_path: str | None = None,
     ) -> None:
+        """``rootfs_path``: the sandboxes' system root (default: this recipe's tree, see rootfs.py)."""
         if security_mode not in ("strict", "permissive"):
             raise ValueError(f"security_mode must be 'strict' or 'permissive', got {security_mode!r}")
         self.work_dir = Path(work_dir).resolve()
@@ -248,13 +279,20 @@ class LocalExecutor:
         self._teardown_dir.mkdir(exist_ok=True)
         self._background: set[asyncio.Task[None]] = set()
         self._lock = threading.Lock()
-        self._host_dirs = _host_dirs()
+        self.system_root = Path(rootfs_path).absolute() if rootfs_path else rootfs_module.default_path()
+        rootfs_problem = rootfs_module.problem(self.system_root)
+        self._system_dirs = rootfs_module.top_dirs(self.system_root) if rootfs_problem is None else {}
         self._hard_limits = _host_hard_limits()
         self._prepare_shared_dirs()
         self.runsc = _find_runsc(runsc_path)
         self.platform: str | None = None
         self.version: str | None = None
-        problem = self._probe_runsc()
+        if rootfs_problem is not None:
+            if security_mode == "strict":
+                raise SandboxUnavailable(f"sandbox root filesystem missing: {rootfs_problem}; {ROOTFS_HINT}")
+            problem: str | None = f"{rootfs_problem} ({ROOTFS_HINT})"
+        else:
+            problem = self._probe_runsc()
         if problem is None:
             self.runtime = "runsc"
             self._reap_stale()
@@ -275,7 +313,7 @@ class LocalExecutor:
     def _prepare_shared_dirs(self) -> None:
         rootfs = self.work_dir / "rootfs"
         rootfs.mkdir(exist_ok=True)
-        for name, target in sandbox.rootfs_links(self._host_dirs).items():
+        for name, target in sandbox.rootfs_links(self._system_dirs).items():
             path = rootfs / name
             if target is not None:
                 if not path.is_symlink():
@@ -285,8 +323,8 @@ class LocalExecutor:
         for mode in ("run", "install"):
             etc = self.work_dir / f"etc-{mode}"
             etc.mkdir(exist_ok=True)
-            if mode == "install":
-                (etc / "ssl").mkdir(exist_ok=True)  # mount point for the host's CA certificates
+            if mode == "install":  # pip's trust: the host's CA bundle (its proxies' CAs), else the tree's
+                _install_ca_bundle(etc, self.system_root)
             resolv = None
             if mode == "install":
                 with contextlib.suppress(OSError):
@@ -299,7 +337,8 @@ class LocalExecutor:
         for path in [rootfs, runner_dir, self.work_dir / "etc-run", self.work_dir / "etc-install"]:
             path.chmod(0o755)
         os.chmod(runner_dir / "runner.py", 0o444)
-        self._runner_entry = _compile_runner(runner_dir)
+        python = rootfs_module.manifest(self.system_root).get("python")
+        self._runner_entry = _compile_runner(runner_dir, python if isinstance(python, dict) else {})
 
     def _probe_runsc(self) -> str | None:
         """None when runsc starts a real sandbox (python3 prints the gVisor kernel), else the reason."""
@@ -371,6 +410,7 @@ class LocalExecutor:
             "version": self.version if self.runtime == "runsc" else None,
             "platform": self.platform if self.runtime == "runsc" else None,
             "runsc_path": self.runsc,
+            "system_root": str(self.system_root),
             "security_mode": self.security_mode,
         }
 
@@ -408,14 +448,13 @@ class LocalExecutor:
             output_size_bytes=job.max_total_artifact_bytes + sandbox.MIB,
             max_file_bytes=max(job.max_total_artifact_bytes, 64 * sandbox.MIB) + sandbox.MIB,
             host_hard_limits=self._hard_limits,
-            host_ssl_dir="/etc/ssl" if install and os.path.isdir("/etc/ssl") else None,
+            system_root=str(self.system_root),
+            system_dirs=tuple(name for name, target in self._system_dirs.items() if target is None),
             runner_entry=self._runner_entry,
         )
         bundle = job_dir / f"bundle-{mode}"
         bundle.mkdir(exist_ok=True)
-        (bundle / "config.json").write_text(
-            json.dumps(sandbox.build_oci_spec(spec, host_dirs=self._host_dirs))
-        )
+        (bundle / "config.json").write_text(json.dumps(sandbox.build_oci_spec(spec)))
         self._create_cgroups(cid, spec.memory_limit_bytes, job.pids_limit, job.cpu_limit)
         return bundle
 

@@ -2,9 +2,10 @@
 run sandboxes, the minimal /etc they see, and the host cgroup limits. No I/O here.
 
 Shape of a sandbox (see docs/sandbox.md):
-- an empty, read-only root whose /bin, /lib, /lib64, /sbin are symlinks into /usr (as on the host);
-- the host's /usr bound read-only (the interpreter is Debian's /usr/bin/python3), a generated minimal
-  /etc bound read-only, the runner on /runner, code on /code and input on /input, all read-only;
+- an empty, read-only root whose /bin, /lib, /lib64, /sbin are symlinks into /usr (as in the system root);
+- the /usr of the project's system root (``tako_shim.local.rootfs``: Debian bookworm minbase with python3
+  and python3-pip, never the host's /usr) bound read-only, a generated minimal /etc bound read-only, the
+  runner on /runner, code on /code and input on /input, all read-only;
 - tmpfs /tmp and /output with size caps, a private /proc and /dev;
 - uid/gid 65534 (nobody), no capabilities, no_new_privileges, rlimits for open files, processes and
   file size (never above the executor's own hard limits: root here lacks CAP_SYS_RESOURCE);
@@ -53,19 +54,20 @@ class SandboxSpec:
     host_hard_limits: dict[str, int] = field(
         default_factory=dict
     )  # RLIMIT name -> hard limit (-1 = unlimited)
-    host_ssl_dir: str | None = None  # bound at /etc/ssl in the install sandbox (CA certificates for pip)
+    system_root: str = ""  # the project's root filesystem (rootfs.py); its /usr is bound at /usr
+    system_dirs: tuple[str, ...] = ()  # real directories among its /bin, /lib, ... (bound like /usr)
     runner_entry: str = "runner.py"  # or its precompiled bytecode (relative to the runner directory)
 
 
-def rootfs_links(host_entries: dict[str, str | None]) -> dict[str, str | None]:
+def rootfs_links(system_entries: dict[str, str | None]) -> dict[str, str | None]:
     """Which top-level entries of the empty root are symlinks: name -> link target, or None for a mount dir.
 
-    ``host_entries`` maps /bin, /lib, ... to the host's symlink target (or None when it is a real dir).
+    ``system_entries`` maps /bin, /lib, ... to the system root's symlink target (None: a real directory).
     """
     wanted: dict[str, str | None] = {}
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        if name in host_entries:
-            wanted[name] = host_entries[name]
+        if name in system_entries:
+            wanted[name] = system_entries[name]
     for name in ("usr", "etc", "proc", "dev", "tmp", "output", "code", "input", "runner", "deps", "sys"):
         wanted[name] = None
     return wanted
@@ -86,21 +88,25 @@ def _tmpfs(destination: str, size_bytes: int, mode: str = "1777") -> dict[str, A
     return {"destination": destination, "type": "tmpfs", "source": "tmpfs", "options": options}
 
 
-def build_oci_spec(spec: SandboxSpec, *, host_dirs: dict[str, str | None] | None = None) -> dict[str, Any]:
+def system_mounts(system_root: str, system_dirs: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Read-only binds of the system root's /usr (and of any real /bin, /lib ... it has: a root without
+    merged /usr). Never a host path: an empty ``system_root`` is refused rather than read as the host's /."""
+    if not system_root.startswith("/") or system_root.rstrip("/") == "":
+        raise ValueError(f"system_root must be an absolute path other than /, got {system_root!r}")
+    root = system_root.rstrip("/")
+    return [_bind(f"{root}/{name}", f"/{name}") for name in ("usr", *system_dirs)]
+
+
+def build_oci_spec(spec: SandboxSpec) -> dict[str, Any]:
     """The OCI runtime spec for one sandbox (``runsc run`` reads it as bundle/config.json)."""
     install = spec.mode == "install"
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         _tmpfs("/dev", 64 * 1024, mode="755"),
         _tmpfs("/tmp", spec.tmp_size_bytes),
-        _bind("/usr", "/usr"),
+        *system_mounts(spec.system_root, spec.system_dirs),
     ]
-    for name, target in (host_dirs or {}).items():
-        if target is None:  # a real directory on the host (no merged /usr): bind it read-only
-            mounts.append(_bind(f"/{name}", f"/{name}"))
     mounts.append(_bind(spec.etc_dir, "/etc"))
-    if install and spec.host_ssl_dir:
-        mounts.append(_bind(spec.host_ssl_dir, "/etc/ssl"))
     mounts += [
         _bind(spec.runner_dir, RUNNER_DIR),
         _bind(spec.code_dir, "/code"),
