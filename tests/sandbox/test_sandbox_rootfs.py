@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import secrets
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,3 +164,19 @@ def test_the_install_sandbox_trusts_the_hosts_ca_bundle_else_the_system_roots(
     host.unlink()
     executor_module._install_ca_bundle(tmp_path / "etc2", tree)
     assert (tmp_path / "etc2/ssl/certs/ca-certificates.crt").read_text() == "TREE CA\n"
+
+
+def test_the_runner_is_precompiled_only_for_the_system_roots_bytecode_format(tmp_path: Path) -> None:
+    import importlib.util
+
+    from tako_runner import runner as runner_module
+    from tako_shim.local import executor as executor_module
+
+    (tmp_path / "runner.py").write_text(Path(runner_module.__file__).read_text())
+    same = {"magic": importlib.util.MAGIC_NUMBER.hex(), "cache_tag": sys.implementation.cache_tag}
+    entry = executor_module._compile_runner(tmp_path, same)
+    assert entry == f"__pycache__/runner.{sys.implementation.cache_tag}.pyc"
+    assert (tmp_path / entry).read_bytes()[:4] == importlib.util.MAGIC_NUMBER
+    other = {"magic": "0d0d0d0a", "cache_tag": "cpython-399", "version": "3.99.0"}
+    assert executor_module._compile_runner(tmp_path, other) == "runner.py"
+    assert executor_module._compile_runner(tmp_path, {}) == "runner.py"  # a root without a manifest

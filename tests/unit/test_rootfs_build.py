@@ -87,7 +87,7 @@ def fake_debootstrap(tmp_path: Path, *, fail: bool) -> str:
     return str(script)
 
 
-def stand_in_finish(tmp: Path, seconds: float) -> None:
+def stand_in_finish(tmp: Path, seconds: float, mirror: str) -> None:
     (tmp / rootfs.MANIFEST).write_text('{"python": {"version": "3.11.2"}}')
 
 

@@ -64,8 +64,8 @@ HOST_CA_BUNDLES = (  # Debian/Ubuntu/Arch, Fedora/RHEL, openSUSE
     "/etc/ssl/ca-bundle.pem",
 )
 ROOTFS_HINT = (
-    "build it with `make setup` (or `bash scripts/build-rootfs.sh`), or point rootfs_path "
-    "(TAKO_VM_ROOTFS_PATH) at a root filesystem with /usr/bin/python3"
+    "build it with `make setup` (outside a checkout: `python -m tako_shim.local.rootfs build`), "
+    "or set rootfs_path (TAKO_VM_ROOTFS_PATH) to a root filesystem with /usr/bin/python3"
 )
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PARENT = "tako-vm"
@@ -237,7 +237,7 @@ def _install_ca_bundle(etc: Path, system_root: Path) -> None:
     The install sandbox's network is the host's, so its trust is the host's too (a TLS-intercepting
     proxy's CA is in the host's bundle, as its resolver is in the host's resolv.conf, also copied); a
     host without a bundle at a usual place gets the system root's (Debian's ca-certificates)."""
-    candidates = [Path(p) for p in HOST_CA_BUNDLES] + [system_root / "etc/ssl/certs/ca-certificates.crt"]
+    candidates = [Path(p) for p in HOST_CA_BUNDLES] + [system_root / rootfs_module.CA_BUNDLE]
     source = next((p for p in candidates if p.is_file()), None)
     if source is None:
         return

@@ -4,7 +4,7 @@ Every local sandbox binds this tree's ``/usr`` read-only (never the host's), so 
 see the same interpreter, stdlib and ``dist-packages`` on every host: Debian bookworm's python3 (3.11,
 the minor version and Debian release of the Kubernetes job image ``python:3.11.*-slim-bookworm``) with
 python3-pip (the install sandbox runs ``python3 -m pip install --target /deps``) and ca-certificates
-(the install sandbox's ``/etc/ssl``).
+(the install sandbox's CA bundle on a host that has none of its own).
 
 The recipe is this file: its sha256 names the tree (``<cache>/<recipe hash>``), so any change here
 builds a new tree next to the old one, and a checkout always finds the tree of its own recipe. The
@@ -12,7 +12,8 @@ build is atomic: debootstrap fills a temporary directory next to the destination
 place only when complete (with its manifest, ``tako-rootfs.json``); an interrupted build leaves no
 partial tree under the final name, only a temporary directory that the next build removes.
 
-Stdlib only, so that ``scripts/build-rootfs.sh`` runs it with the system python3 before any venv exists:
+Stdlib only, so that ``scripts/build-rootfs.sh`` runs it with the system python3 before any venv exists
+(outside a checkout: ``python -m tako_shim.local.rootfs``; as root, with debootstrap installed):
 
     python3 shim/tako_shim/local/rootfs.py build [--dest DIR] [--mirror URL]
     python3 shim/tako_shim/local/rootfs.py path       # where the executor looks by default
@@ -42,7 +43,7 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_CACHE = Path("/var/cache/tako-vm/rootfs")
 MANIFEST = "tako-rootfs.json"  # at the top of the tree; sandboxes only see its /usr
 PYTHON = "usr/bin/python3"
-SSL_DIR = "etc/ssl"  # CA certificates (ca-certificates), bound at /etc/ssl in the install sandbox
+CA_BUNDLE = "etc/ssl/certs/ca-certificates.crt"  # from ca-certificates
 TOP_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")  # symlinks into /usr on a merged-/usr root
 TMP_PREFIX = ".tmp-"
 # Left out of the tree: apt's downloaded indexes and packages (rebuilt on demand, never used by sandboxes).
@@ -136,7 +137,7 @@ def _say(message: str) -> None:
     print(f"build-rootfs: {message}", file=sys.stderr, flush=True)
 
 
-def _finish(tmp: Path, seconds: float) -> None:
+def _finish(tmp: Path, seconds: float, mirror: str) -> None:
     """Prune apt's caches, record the manifest (last: a tree without it is incomplete)."""
     for relative in PRUNE:
         for entry in (tmp / relative).glob("*"):
@@ -160,6 +161,7 @@ def _finish(tmp: Path, seconds: float) -> None:
         "suite": SUITE,
         "variant": VARIANT,
         "include": list(PACKAGES),
+        "mirror": mirror,
         "python": python,
         "packages": {name: packages[name] for name in sorted(packages) if name in (*PACKAGES, "python3.11")},
         "package_count": len(packages),
@@ -190,7 +192,7 @@ def build(dest: Path, *, mirror: str = DEFAULT_MIRROR, debootstrap: str = "deboo
             if done.returncode != 0:
                 tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
                 raise RuntimeError(f"debootstrap exited {done.returncode}: " + " | ".join(tail))
-            _finish(tmp, time.monotonic() - started)
+            _finish(tmp, time.monotonic() - started, mirror)
             os.rename(tmp, dest)
         except BaseException:
             _remove(tmp)
