@@ -37,6 +37,8 @@ def test_debootstrap_runs_minbase_bookworm_with_python_and_pip_in_a_private_moun
     assert argv[4] == "/usr/sbin/debootstrap"
     assert "--variant=minbase" in argv
     assert "--include=python3,python3-pip,ca-certificates" in argv
+    assert "--force-check-gpg" in argv  # never an unverified tree (debootstrap only warns without a keyring)
+    assert "--keyring=/usr/share/keyrings/debian-archive-keyring.gpg" in argv
     assert argv[-3:] == ["bookworm", "/c/.tmp-x", "http://mirror/debian"]
 
 

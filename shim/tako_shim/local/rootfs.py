@@ -40,6 +40,7 @@ VARIANT = "minbase"
 PACKAGES = ("python3", "python3-pip", "ca-certificates")
 PYTHON_MINOR = "3.11"  # Debian bookworm's python3, and the job image's (python:3.11.*-slim-bookworm)
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"  # every Release file is checked against it
 DEFAULT_CACHE = Path("/var/cache/tako-vm/rootfs")
 MANIFEST = "tako-rootfs.json"  # at the top of the tree; sandboxes only see its /usr
 PYTHON = "usr/bin/python3"
@@ -96,11 +97,12 @@ def top_dirs(root: Path) -> dict[str, str | None]:
 
 def debootstrap_argv(debootstrap: str, target: Path, mirror: str) -> list[str]:
     """debootstrap in a private mount namespace: the /proc and /sys it mounts in the target vanish with
-    it, even when it is killed, so removing a failed target never walks into a mounted filesystem."""
+    it, even when it is killed, so removing a failed target never walks into a mounted filesystem. The
+    signature check is forced (debootstrap would only warn and go on when the keyring is missing)."""
     return [
         "unshare", "--mount", "--propagation", "private",
         debootstrap, f"--variant={VARIANT}", f"--include={','.join(PACKAGES)}", "--components=main",
-        "--merged-usr", SUITE, str(target), mirror,
+        "--merged-usr", "--force-check-gpg", f"--keyring={KEYRING}", SUITE, str(target), mirror,
     ]  # fmt: skip
 
 
