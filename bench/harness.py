@@ -21,7 +21,7 @@ from tako_vm.testing import LocalServer, local_server
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS_PATH = f"{REPO / '.tools' / 'bin'}:{os.environ.get('PATH', '')}"
-HOST_PYTHON = "/usr/bin/python3"  # the interpreter the sandboxes run (never a pyenv shim)
+HOST_PYTHON = "/usr/bin/python3"  # in a sandbox the project root filesystem's; on the host, not a pyenv shim
 CODE = "print(1)"
 
 # Benchmarks measure the product, not the per-key rate limit.
