@@ -53,11 +53,6 @@ from tako_shim.local import sandbox
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = (
-    "Install gVisor's runsc with `bash scripts/install-system.sh` (puts the 2024 systrap build in "
-    ".tools/bin/runsc) or `apt-get install runsc`, and make sure it is on PATH or pass runsc_path / set "
-    "TAKO_VM_RUNSC. To run without a sandbox (NOT safe for untrusted code) set security_mode: permissive."
-)
 HOST_CA_BUNDLES = (  # Debian/Ubuntu/Arch, Fedora/RHEL, openSUSE
     "/etc/ssl/certs/ca-certificates.crt",
     "/etc/pki/tls/certs/ca-bundle.crt",
@@ -66,6 +61,11 @@ HOST_CA_BUNDLES = (  # Debian/Ubuntu/Arch, Fedora/RHEL, openSUSE
 ROOTFS_HINT = (
     "build it with `make setup` (outside a checkout: `python -m tako_shim.local.rootfs build`), "
     "or set rootfs_path (TAKO_VM_ROOTFS_PATH) to a root filesystem with /usr/bin/python3"
+)
+INSTALL_HINT = (
+    "Install gVisor's runsc with `bash scripts/install-system.sh` (puts the 2024 systrap build in "
+    ".tools/bin/runsc) or `apt-get install runsc`, and make sure it is on PATH or pass runsc_path / set "
+    "TAKO_VM_RUNSC. To run without a sandbox (NOT safe for untrusted code) set security_mode: permissive."
 )
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_PARENT = "tako-vm"
@@ -208,7 +208,9 @@ def _compile_runner(runner_dir: Path, sandbox_python: dict[str, Any]) -> str:
         )
         return "runner.py"
     try:
-        compiled = Path(str(py_compile.compile(str(runner_dir / "runner.py"), doraise=True))).resolve()
+        cfile = runner_dir / "__pycache__" / f"runner.{sys.implementation.cache_tag}.pyc"  # what imports find
+        py_compile.compile(str(runner_dir / "runner.py"), cfile=str(cfile), doraise=True, optimize=0)
+        compiled = cfile.resolve()
         relative = compiled.relative_to(runner_dir.resolve())
     except (OSError, ValueError, py_compile.PyCompileError) as exc:
         log.warning("could not precompile the runner (sandboxes will compile it at start): %s", exc)
