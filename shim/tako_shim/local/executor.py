@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tako_shim.local.rootfs as rootfs_module
 from tako_runner import runner as runner_module
 from tako_runner.outcome import HEADER, Outcome, classify, parse_envelope
-from tako_shim.local import rootfs as rootfs_module
 from tako_shim.local import sandbox
 
 log = logging.getLogger(__name__)
@@ -282,19 +282,18 @@ class LocalExecutor:
         self._background: set[asyncio.Task[None]] = set()
         self._lock = threading.Lock()
         self.system_root = Path(rootfs_path).absolute() if rootfs_path else rootfs_module.default_path()
-        rootfs_problem = rootfs_module.problem(self.system_root)
-        self._system_dirs = rootfs_module.top_dirs(self.system_root) if rootfs_problem is None else {}
+        self._rootfs_problem = rootfs_module.problem(self.system_root)
+        if self._rootfs_problem is not None and security_mode == "strict":
+            raise SandboxUnavailable(
+                f"sandbox root filesystem missing: {self._rootfs_problem}; {ROOTFS_HINT}"
+            )
+        self._system_dirs = rootfs_module.top_dirs(self.system_root) if self._rootfs_problem is None else {}
         self._hard_limits = _host_hard_limits()
         self._prepare_shared_dirs()
         self.runsc = _find_runsc(runsc_path)
         self.platform: str | None = None
         self.version: str | None = None
-        if rootfs_problem is not None:
-            if security_mode == "strict":
-                raise SandboxUnavailable(f"sandbox root filesystem missing: {rootfs_problem}; {ROOTFS_HINT}")
-            problem: str | None = f"{rootfs_problem} ({ROOTFS_HINT})"
-        else:
-            problem = self._probe_runsc()
+        problem = self._probe_runsc()
         if problem is None:
             self.runtime = "runsc"
             self._reap_stale()
@@ -344,6 +343,8 @@ class LocalExecutor:
 
     def _probe_runsc(self) -> str | None:
         """None when runsc starts a real sandbox (python3 prints the gVisor kernel), else the reason."""
+        if self._rootfs_problem is not None:  # (strict mode refused it already)
+            return f"{self._rootfs_problem} ({ROOTFS_HINT})"
         if self.runsc is None:
             return "no runsc binary found"
         try:
