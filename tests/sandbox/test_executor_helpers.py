@@ -8,7 +8,7 @@ import json
 import stat
 from pathlib import Path
 
-from tako_shim.local import executor as ex
+from tako_shim.backends.local import executor as ex
 
 
 def artifact(name: str, data: bytes, sha: str | None = None) -> dict[str, object]:

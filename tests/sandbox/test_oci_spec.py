@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tako_shim.local import sandbox
+from tako_shim.backends.local import sandbox
 
 
 def spec(mode: str = "run", **overrides: Any) -> dict[str, Any]:

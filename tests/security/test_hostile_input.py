@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tako_shim.backends.local.backend import LocalBackend
 from tako_shim.config import Settings
 from tako_shim.errors import NotFound
-from tako_shim.local.backend import LocalBackend
 from tako_vm.testing import LocalServer
 
 pytestmark = pytest.mark.sandbox

@@ -1,4 +1,4 @@
-"""Pure REST <-> PythonJob translation (tako_shim.kube_translate), without any API server."""
+"""Pure REST <-> PythonJob translation (tako_shim.backends.kubernetes.translate), without any API server."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ from typing import Any
 import pytest
 
 from tako_shim.backends.base import RecordFilter, Submission
-from tako_shim.config import KubernetesOptions, Settings
-from tako_shim.errors import InvalidRequest
-from tako_shim.jobs import JobResolver
-from tako_shim.kube_translate import (
+from tako_shim.backends.kubernetes.translate import (
     ANNOTATION_FINGERPRINT,
     ClusterJobResolver,
     code_ref,
@@ -28,6 +25,9 @@ from tako_shim.kube_translate import (
     submission_from_job,
     unknown_job_type,
 )
+from tako_shim.config import KubernetesOptions, Settings
+from tako_shim.errors import InvalidRequest
+from tako_shim.submission import JobResolver
 from tako_vm.models.crd import CONTRACT_STATUS_BY_PHASE, PythonJob, PythonJobStatus
 from tako_vm.models.wire import ExecuteRequest, ExecutionRecordFull
 

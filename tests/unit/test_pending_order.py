@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import time
 
-from tako_shim.local.backend import PendingOrder
+from tako_shim.backends.local.backend import PendingOrder
 
 
 def test_positions_follow_joins_leaves_and_rejoins_like_a_list() -> None:

@@ -37,20 +37,8 @@ from tako_shim.backends.base import (
     Submission,
     SubmitResult,
 )
-from tako_shim.backends.kubernetes_api import KubeApi, KubeApiError
-from tako_shim.backends.kubernetes_watch import JobWatch
-from tako_shim.config import Settings
-from tako_shim.errors import (
-    BackendStartError,
-    BadRequest,
-    ClusterUnavailable,
-    Conflict,
-    InvalidRequest,
-    NotFound,
-    ShimError,
-    Unavailable,
-)
-from tako_shim.kube_translate import (
+from tako_shim.backends.kubernetes.api import KubeApi, KubeApiError
+from tako_shim.backends.kubernetes.translate import (
     ClusterJobResolver,
     cancel_patch,
     code_ref,
@@ -68,6 +56,18 @@ from tako_shim.kube_translate import (
     status_from_job,
     submission_from_job,
     unknown_job_type,
+)
+from tako_shim.backends.kubernetes.watch import JobWatch
+from tako_shim.config import Settings
+from tako_shim.errors import (
+    BackendStartError,
+    BadRequest,
+    ClusterUnavailable,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    ShimError,
+    Unavailable,
 )
 from tako_vm import __version__
 from tako_vm.models.crd import DEFAULT_JOB_TYPE_NAME

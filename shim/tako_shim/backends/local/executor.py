@@ -46,7 +46,7 @@ from typing import Any
 
 from tako_runner import runner as runner_module
 from tako_runner.outcome import HEADER, Outcome, classify, parse_envelope
-from tako_shim.local import sandbox
+from tako_shim.backends.local import sandbox
 
 log = logging.getLogger(__name__)
 

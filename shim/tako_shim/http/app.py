@@ -14,11 +14,11 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from tako_shim import middleware
 from tako_shim.backends.base import Backend, Overrides, RecordFilter
 from tako_shim.config import Settings
 from tako_shim.errors import NotFound, Unauthorized, WaitTimeout
-from tako_shim.middleware import (
+from tako_shim.http import middleware
+from tako_shim.http.middleware import (
     CORRELATION_ID_KEY,
     LIMITER_KEY,
     SETTINGS_KEY,
@@ -27,8 +27,8 @@ from tako_shim.middleware import (
     FixedWindowLimiter,
     RequestValidationFailed,
 )
-from tako_shim.openapi import RouteSpec, build_openapi
-from tako_shim.params import DeadLetterQuery, ListQuery, ResultQuery, ViewQuery
+from tako_shim.http.openapi import RouteSpec, build_openapi
+from tako_shim.http.params import DeadLetterQuery, ListQuery, ResultQuery, ViewQuery
 from tako_vm.models.wire import (
     AsyncExecuteResponse,
     CancelResponse,
