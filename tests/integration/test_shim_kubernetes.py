@@ -2,7 +2,7 @@
 
 kmock has no kubelet: the conftest's `FakeKubelet` moves Pods through their states (fast semantics);
 tests/integration/test_full_path.py runs the same path with real gVisor sandboxes. kmock applies no
-label selectors, so the job-type filter is checked client-side too (see kube_translate).
+label selectors, so the job-type filter is checked client-side too (see backends/kubernetes/translate.py).
 """
 
 from __future__ import annotations

@@ -231,7 +231,7 @@ class LocalBackend(Backend):
                 raise
             raise BackendStartError(str(exc)) from exc
         self._runtime_info = self._executor.runtime_info()
-        start_pool = getattr(self._executor, "start", None)  # the warm pool (local/warmpool.py)
+        start_pool = getattr(self._executor, "start", None)  # the warm pool (backends/local/warmpool.py)
         if start_pool is not None:
             await start_pool()
         await self._apply_retention()
