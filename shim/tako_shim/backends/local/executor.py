@@ -205,7 +205,7 @@ def _find_runsc(explicit: str | None) -> str | None:
     if explicit:
         return explicit if os.path.isfile(explicit) and os.access(explicit, os.X_OK) else None
     candidates = [os.environ.get("TAKO_VM_RUNSC")]
-    repo_tools = Path(__file__).resolve().parents[3] / ".tools" / "bin" / "runsc"
+    repo_tools = Path(__file__).resolve().parents[4] / ".tools" / "bin" / "runsc"
     candidates += [str(repo_tools), shutil.which("runsc"), "/usr/bin/runsc"]
     for candidate in candidates:
         if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
