@@ -3,12 +3,12 @@
 # exists): Debian bookworm minbase + python3, python3-pip, ca-certificates, by debootstrap from Debian's
 # packages (signatures checked against debian-archive-keyring), into /var/cache/tako-vm/rootfs/<recipe
 # hash>, outside the checkout and shared by every checkout of the same recipe on this machine. The recipe
-# and the build are shim/tako_shim/local/rootfs.py; its sha256 is the <recipe hash>, so changing it builds
+# and the build are shim/tako_shim/backends/local/rootfs.py; its sha256 is the <recipe hash>, so changing it builds
 # a new tree. Installs debootstrap and debian-archive-keyring with apt-get when missing. docs/sandbox.md.
 # Arguments go to `rootfs.py build` (--dest DIR, --mirror URL; env TAKO_VM_ROOTFS_MIRROR).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-recipe="$root/shim/tako_shim/local/rootfs.py"
+recipe="$root/shim/tako_shim/backends/local/rootfs.py"
 say() { echo "build-rootfs: $*"; }
 if [ "$(id -u)" != 0 ]; then
     say "must run as root (debootstrap, and the local executor itself, need root)" >&2

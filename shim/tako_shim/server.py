@@ -7,10 +7,10 @@ import sys
 
 from aiohttp import web
 
-from tako_shim.app import create_app
 from tako_shim.backends import make_backend
 from tako_shim.config import ConfigError, Settings, load_settings
 from tako_shim.errors import BackendStartError
+from tako_shim.http.app import create_app
 
 
 def build_settings(

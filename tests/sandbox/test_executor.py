@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sandbox_support import Sandbox, make_job
 
-from tako_shim.local.executor import LocalExecutor, SandboxUnavailable
+from tako_shim.backends.local.executor import LocalExecutor, SandboxUnavailable
 
 pytestmark = pytest.mark.sandbox
 

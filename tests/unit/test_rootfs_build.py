@@ -1,4 +1,4 @@
-"""The sandboxes' root filesystem recipe and its atomic build (shim/tako_shim/local/rootfs.py).
+"""The sandboxes' root filesystem recipe and its atomic build (shim/tako_shim/backends/local/rootfs.py).
 
 The real debootstrap runs in ``make setup`` (scripts/build-rootfs.sh) and the sandbox tier uses its
 tree (tests/sandbox/test_rootfs.py). Here a stand-in debootstrap (a shell script that writes a tree or
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tako_shim.local import rootfs
+from tako_shim.backends.local import rootfs
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_root = pytest.mark.skipif(

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from tako_shim.backends.base import Overrides, RecordFilter
+from tako_shim.backends.local.backend import LocalBackend
 from tako_shim.config import Settings
 from tako_shim.errors import BadRequest, Conflict, InvalidRequest, NotFound, Unavailable
-from tako_shim.local.backend import LocalBackend
 from tako_vm.models.wire import ExecuteRequest
 
 

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tako_shim.backends.kubernetes_api import WATCH_OPENED, KubeApiError, WatchExpired
+from tako_shim.backends.kubernetes.api import WATCH_OPENED, KubeApiError, WatchExpired
 
 log = logging.getLogger(__name__)
 

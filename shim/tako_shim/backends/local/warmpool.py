@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from tako_runner.outcome import Outcome
+from tako_shim.backends.local import executor as executor_module
+from tako_shim.backends.local import sandbox as sandbox_module
+from tako_shim.backends.local.executor import LocalExecutor, SandboxJob
 from tako_shim.config import Settings
-from tako_shim.local import executor as executor_module
-from tako_shim.local import sandbox as sandbox_module
-from tako_shim.local.executor import LocalExecutor, SandboxJob
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ run sandboxes, the minimal /etc they see, and the host cgroup limits. No I/O her
 
 Shape of a sandbox (see docs/sandbox.md):
 - an empty, read-only root whose /bin, /lib, /lib64, /sbin are symlinks into /usr (as in the system root);
-- the /usr of the project's system root (``tako_shim.local.rootfs``: Debian bookworm minbase with python3
+- the /usr of the project's system root (``tako_shim.backends.local.rootfs``: Debian bookworm minbase with python3
   and python3-pip, never the host's /usr) bound read-only, a generated minimal /etc bound read-only, the
   runner on /runner, code on /code and input on /input, all read-only;
 - tmpfs /tmp and /output with size caps, a private /proc and /dev;

@@ -4,10 +4,10 @@
   reads another's jobs). With an idempotency key the name is derived from (tenant, key): a retry
   meets 409 AlreadyExists and gets the existing job back, or ``Conflict`` if the fingerprint
   annotation differs.
-- Status, records and history are read from the objects (``kube_translate`` does the mapping);
+- Status, records and history are read from the objects (``translate`` does the mapping);
   history lists the namespace with a label selector for ``job_type`` and filters, sorts (newest
   first) and pages in the shim.
-- ``wait_for`` subscribes to the process's shared watch (``kubernetes_watch``), so any replica answers
+- ``wait_for`` subscribes to the process's shared watch (``watch``), so any replica answers
   a long-poll for any job.
 - Job types are the namespace's ``PythonJobType`` objects plus the built-in ``default``
   (``GET /job-types``, and a submit naming another type is refused with 422).
@@ -37,20 +37,8 @@ from tako_shim.backends.base import (
     Submission,
     SubmitResult,
 )
-from tako_shim.backends.kubernetes_api import KubeApi, KubeApiError
-from tako_shim.backends.kubernetes_watch import JobWatch
-from tako_shim.config import Settings
-from tako_shim.errors import (
-    BackendStartError,
-    BadRequest,
-    ClusterUnavailable,
-    Conflict,
-    InvalidRequest,
-    NotFound,
-    ShimError,
-    Unavailable,
-)
-from tako_shim.kube_translate import (
+from tako_shim.backends.kubernetes.api import KubeApi, KubeApiError
+from tako_shim.backends.kubernetes.translate import (
     ClusterJobResolver,
     cancel_patch,
     code_ref,
@@ -68,6 +56,18 @@ from tako_shim.kube_translate import (
     status_from_job,
     submission_from_job,
     unknown_job_type,
+)
+from tako_shim.backends.kubernetes.watch import JobWatch
+from tako_shim.config import Settings
+from tako_shim.errors import (
+    BackendStartError,
+    BadRequest,
+    ClusterUnavailable,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    ShimError,
+    Unavailable,
 )
 from tako_vm import __version__
 from tako_vm.models.crd import DEFAULT_JOB_TYPE_NAME

@@ -13,10 +13,10 @@ place only when complete (with its manifest, ``tako-rootfs.json``); an interrupt
 partial tree under the final name, only a temporary directory that the next build removes.
 
 Stdlib only, so that ``scripts/build-rootfs.sh`` runs it with the system python3 before any venv exists
-(outside a checkout: ``python -m tako_shim.local.rootfs``; as root, with debootstrap installed):
+(outside a checkout: ``python -m tako_shim.backends.local.rootfs``; as root, with debootstrap installed):
 
-    python3 shim/tako_shim/local/rootfs.py build [--dest DIR] [--mirror URL]
-    python3 shim/tako_shim/local/rootfs.py path       # where the executor looks by default
+    python3 shim/tako_shim/backends/local/rootfs.py build [--dest DIR] [--mirror URL]
+    python3 shim/tako_shim/backends/local/rootfs.py path       # where the executor looks by default
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from tako_shim.backends.base import RecordFilter, RecordPage, Submission
 from tako_shim.config import JobTypeConfig, KubernetesOptions
 from tako_shim.errors import InvalidRequest
-from tako_shim.jobs import JobResolver, canonical_json, sha256_hex
+from tako_shim.submission import JobResolver, canonical_json, sha256_hex
 from tako_vm.models.crd import (
     API_VERSION,
     CONTRACT_STATUS_BY_PHASE,

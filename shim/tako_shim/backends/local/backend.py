@@ -38,6 +38,8 @@ from tako_shim.backends.base import (
     Submission,
     SubmitResult,
 )
+from tako_shim.backends.local import records
+from tako_shim.backends.local.store import JobRow, JobStore
 from tako_shim.config import Settings, memory_limit_mb
 from tako_shim.errors import (
     BackendStartError,
@@ -48,9 +50,7 @@ from tako_shim.errors import (
     StorageUnavailable,
     Unavailable,
 )
-from tako_shim.jobs import canonical_json, sha256_hex
-from tako_shim.local import records
-from tako_shim.local.store import JobRow, JobStore
+from tako_shim.submission import canonical_json, sha256_hex
 from tako_vm import __version__
 from tako_vm.models.wire import (
     TERMINAL_STATUSES,
@@ -135,7 +135,7 @@ class PendingOrder:
 
 
 class SandboxRunner(Protocol):
-    """What the backend needs from ``tako_shim.local.executor.LocalExecutor``."""
+    """What the backend needs from ``tako_shim.backends.local.executor.LocalExecutor``."""
 
     def runtime_info(self) -> dict[str, Any]: ...
 
@@ -143,7 +143,7 @@ class SandboxRunner(Protocol):
 
 
 def _real_executor(settings: Settings) -> SandboxRunner:
-    from tako_shim.local.executor import LocalExecutor
+    from tako_shim.backends.local.executor import LocalExecutor
 
     local = LocalExecutor(
         work_dir=settings.data_dir / "work",
@@ -152,7 +152,7 @@ def _real_executor(settings: Settings) -> SandboxRunner:
         rootfs_path=settings.rootfs_path,
     )
     if settings.warm_pool_size > 0:
-        from tako_shim.local.warmpool import warm_pool_for
+        from tako_shim.backends.local.warmpool import warm_pool_for
 
         return warm_pool_for(local, settings)
     executor: SandboxRunner = local
@@ -160,7 +160,7 @@ def _real_executor(settings: Settings) -> SandboxRunner:
 
 
 def _validate_requirements(requirements: list[str]) -> None:
-    from tako_shim.local.executor import validate_requirements
+    from tako_shim.backends.local.executor import validate_requirements
 
     validate_requirements(requirements)
 
@@ -168,7 +168,7 @@ def _validate_requirements(requirements: list[str]) -> None:
 def _sandbox_job(
     settings: Settings, row: JobRow, environment: dict[str, str], jt_memory: str, cpu: float
 ) -> Any:
-    from tako_shim.local.executor import SandboxJob
+    from tako_shim.backends.local.executor import SandboxJob
 
     return SandboxJob(
         job_id=row.job_id,
@@ -232,7 +232,7 @@ class LocalBackend(Backend):
                 raise
             raise BackendStartError(str(exc)) from exc
         self._runtime_info = self._executor.runtime_info()
-        start_pool = getattr(self._executor, "start", None)  # the warm pool (local/warmpool.py)
+        start_pool = getattr(self._executor, "start", None)  # the warm pool (backends/local/warmpool.py)
         if start_pool is not None:
             await start_pool()
         await self._apply_retention()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from tako_shim.local.store import JobRow
+from tako_shim.backends.local.store import JobRow
 from tako_vm.models.wire import ExecutionRecordFull, JobStatusResponse
 
 

@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tako_shim.local.rootfs as rootfs_module
+import tako_shim.backends.local.rootfs as rootfs_module
 from tako_runner import runner as runner_module
 from tako_runner.outcome import HEADER, Outcome, classify, parse_envelope
-from tako_shim.local import sandbox
+from tako_shim.backends.local import sandbox
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ HOST_CA_BUNDLES = (  # Debian/Ubuntu/Arch, Fedora/RHEL, openSUSE
     "/etc/ssl/ca-bundle.pem",
 )
 ROOTFS_HINT = (
-    "build it with `make setup` (outside a checkout: `python -m tako_shim.local.rootfs build`), "
+    "build it with `make setup` (outside a checkout: `python -m tako_shim.backends.local.rootfs build`), "
     "or set rootfs_path (TAKO_VM_ROOTFS_PATH) to a root filesystem with /usr/bin/python3"
 )
 INSTALL_HINT = (
@@ -225,7 +225,7 @@ def _find_runsc(explicit: str | None) -> str | None:
     if explicit:
         return explicit if os.path.isfile(explicit) and os.access(explicit, os.X_OK) else None
     candidates = [os.environ.get("TAKO_VM_RUNSC")]
-    repo_tools = Path(__file__).resolve().parents[3] / ".tools" / "bin" / "runsc"
+    repo_tools = Path(__file__).resolve().parents[4] / ".tools" / "bin" / "runsc"
     candidates += [str(repo_tools), shutil.which("runsc"), "/usr/bin/runsc"]
     for candidate in candidates:
         if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
