@@ -193,7 +193,8 @@ def test_a_restarted_executor_removes_sandboxes_a_crashed_one_left_running(
         LocalExecutor(work_dir=work)  # the restarted server
 
         assert not list((work / "runsc-state").glob(f"{cid}_*"))
-        assert not Path(f"/sys/fs/cgroup/memory/tako-vm/{cid}").exists()
+        assert first.cgroups is not None and first.cgroups.dirs(cid)
+        assert not any(path.exists() for path in first.cgroups.dirs(cid))
         assert not job_dir.exists()
     finally:
         first._cleanup(None, cid, None)
@@ -208,11 +209,16 @@ def test_a_restart_finishes_teardowns_a_crash_interrupted(executor: LocalExecuto
     first._create_cgroups(cid, 64 * 1024 * 1024, 10, 0.5)  # what starting a sandbox leaves to remove
     try:
         assert (work / "teardown" / cid).exists()
-        assert Path(f"/sys/fs/cgroup/memory/tako-vm/{cid}").is_dir()
+        assert first.cgroups is not None
+        dirs = first.cgroups.dirs(cid)  # one per controller on v1, one on v2
+        assert dirs and all(path.is_dir() for path in dirs)
+        assert json.loads((work / "teardown" / cid).read_text()) == [
+            str(path) for path in dirs
+        ]  # the journal
 
         LocalExecutor(work_dir=work)  # the restarted server
 
-        assert not Path(f"/sys/fs/cgroup/memory/tako-vm/{cid}").exists()
+        assert not any(path.exists() for path in dirs)
         assert not (work / "teardown" / cid).exists()
     finally:
         first._cleanup(None, cid, None)
