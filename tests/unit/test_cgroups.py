@@ -11,6 +11,9 @@ v2 proof runs in the fresh Debian 12 VM harness (docs/sandbox.md); the sandbox t
 from __future__ import annotations
 
 import errno
+import os
+import secrets
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -257,3 +260,54 @@ def test_removal_stays_under_the_cgroup_root(tmp_path: Path) -> None:
     outside.mkdir()
     cgroups.remove_dirs([outside, tmp_path / "cgroup" / ".." / "not-a-cgroup"], tmp_path / "cgroup")
     assert outside.is_dir()
+
+
+# ------------------------------------------------------------------------- the real kernel's cgroup2
+
+UNIFIED = Path("/sys/fs/cgroup/unified")
+
+
+def kernel_cgroup2() -> bool:
+    try:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+        return cgroups.detect_version(mountinfo, "/sys/fs/cgroup") == "hybrid" and UNIFIED.is_dir()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not kernel_cgroup2(),
+    reason="needs root and the hybrid host's cgroup2 at /sys/fs/cgroup/unified",
+)
+def test_v2_setup_against_the_kernels_cgroup2() -> None:
+    """The closest this v1 host gets to v2: its real cgroup2 mount (systemd's hybrid layout) carries none of
+    memory/pids/cpu (they are bound to v1), and enabling one would mean writing the hierarchy's root, which
+    this test must not touch. What the kernel does show: a pid written into the leaf's cgroup.procs moves
+    the process (the server leaves its cgroup for the `server` leaf), a second setup from inside the leaf
+    reuses it, and a cgroup without the controllers is refused in one line that names them (the real
+    kernel's empty cgroup.controllers). Only cgroups this test creates are touched; the process moved is
+    its own `sleep` child."""
+    base = UNIFIED / f"tako-test-{secrets.token_hex(4)}"
+    server = subprocess.Popen(["sleep", "60"])
+    made = [base / "server", base]
+    try:
+        base.mkdir()
+        (base / "cgroup.procs").write_text(str(server.pid))  # "the server's own cgroup"
+        cg = CgroupsV2(f"/{base.name}", UNIFIED, pid=server.pid)
+        with pytest.raises(CgroupUnavailable) as caught:
+            cg.setup()
+        assert (base / "server" / "cgroup.procs").read_text().split() == [str(server.pid)]  # moved
+        assert (base / "cgroup.procs").read_text() == ""
+        assert Path(f"/proc/{server.pid}/cgroup").read_text().endswith(f"0::/{base.name}/server\n")
+        message = str(caught.value)
+        assert f"controller(s) memory, pids, cpu not available in {base}" in message and "\n" not in message
+        again = CgroupsV2(f"/{base.name}/server", UNIFIED, pid=server.pid)
+        assert (again.parent, again.leaf) == (f"/{base.name}", f"/{base.name}/server")
+        with pytest.raises(CgroupUnavailable):
+            again.setup()
+        assert not (base / "server" / "server").exists()  # reused the leaf, no nesting
+    finally:
+        server.kill()
+        server.wait()
+        cgroups.remove_dirs(made, UNIFIED)
+    assert not base.exists()

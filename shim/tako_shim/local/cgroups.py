@@ -247,9 +247,16 @@ class CgroupsV2:
 
     version = "v2"
 
-    def __init__(self, own: str, root: Path = CGROUP_ROOT, pid: int | None = None) -> None:
+    def __init__(
+        self,
+        own: str,
+        root: Path = CGROUP_ROOT,
+        pid: int | None = None,
+        controllers: tuple[str, ...] = CONTROLLERS,
+    ) -> None:
         self.root = root
         self.own = own
+        self.controllers = controllers
         self.pid = os.getpid() if pid is None else pid
         self.parent, self.leaf = plan_v2(own)
         self.swap = False
@@ -277,15 +284,16 @@ class CgroupsV2:
         self.oom_group = (parent / "memory.oom.group").exists()
 
     def _enable(self, path: Path, name: str) -> None:
-        """Enable memory, pids and cpu for the children of ``path`` (a no-op where they already are)."""
+        """Enable the controllers (memory, pids, cpu) for the children of ``path`` (a no-op where they
+        already are)."""
         available = _read(path / "cgroup.controllers")
-        missing = missing_controllers(available)
+        missing = missing_controllers(available, self.controllers)
         if missing:
             raise CgroupUnavailable(
                 f"cgroup v2: controller(s) {', '.join(missing)} not available in {path} (cgroup.controllers: "
                 f"{available.strip() or 'empty'!r}); {DELEGATION_HINT}"
             )
-        todo = missing_controllers(_read(path / "cgroup.subtree_control"))
+        todo = missing_controllers(_read(path / "cgroup.subtree_control"), self.controllers)
         if not todo:
             return
         try:
