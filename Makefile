@@ -12,8 +12,8 @@ EXTRAS ?= server
 PORT ?=
 HOST ?=
 SERVER_FLAGS := $(if $(PORT),--port $(PORT)) $(if $(HOST),--host $(HOST))
-# On a cgroup v2 host under systemd, the server runs in a scope of its own with its cgroup delegated
-# (docs/sandbox.md); elsewhere it runs as is.
+# On a cgroup v2 host under systemd, the server (and the test suite, which starts sandboxes itself) runs in a
+# scope of its own with its cgroup delegated (docs/sandbox.md); elsewhere it runs as is.
 OWN_CGROUP := $(shell if [ -f /sys/fs/cgroup/cgroup.controllers ] && [ -d /run/systemd/system ] \
 	&& [ "$$(id -u)" = 0 ] && command -v systemd-run >/dev/null 2>&1; then \
 	echo "systemd-run --scope --quiet --collect -p Delegate=yes --"; fi)
@@ -33,8 +33,8 @@ lint:
 
 test: EXTRAS = all,dev
 test: setup lint
-	$(PY)/pytest -q -ra
+	$(OWN_CGROUP) $(PY)/pytest -q -ra
 
 bench: EXTRAS = all,dev
 bench: setup  # make bench BENCH_ARGS=--quick (or --only queue ...)
-	$(PY)/python -m bench $(BENCH_ARGS)
+	$(OWN_CGROUP) $(PY)/python -m bench $(BENCH_ARGS)
