@@ -12,6 +12,7 @@ pip cache, too slow for this tier).
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -116,3 +117,18 @@ def test_the_wheel_holds_what_the_server_needs_at_run_time(wheel: Path) -> None:
         zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     )
     assert re.search(r"Requires-Dist: aiohttp>=3.9; extra == ['\"]server['\"]", metadata)
+
+
+def make_dry_run(*argv: str) -> str:
+    done = subprocess.run(["make", "-n", *argv], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_server_takes_port_and_host_and_installs_only_the_server_extra() -> None:
+    server = make_dry_run("server", "PORT=8080", "HOST=127.0.0.2")
+    assert "bash scripts/bootstrap.sh server\n" in server
+    assert "tako-vm server --port 8080 --host 127.0.0.2" in server
+    assert re.search(r"tako-vm server\s*$", make_dry_run("server"), re.M)  # no flags: the config's defaults
+    assert "bash scripts/bootstrap.sh all,dev\n" in make_dry_run("test")
