@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from sandbox_support import Sandbox, make_job
 
+from tako_shim.local import cgroups
 from tako_shim.local.executor import LocalExecutor, SandboxUnavailable
 
 pytestmark = pytest.mark.sandbox
@@ -139,6 +140,30 @@ def test_runtime_info_reports_runsc(executor: LocalExecutor) -> None:
     assert info["runtime"] == "runsc"
     assert info["platform"] in ("systrap", "ptrace")
     assert info["version"]
+    assert info["cgroup"] == cgroups.detect_version(Path("/proc/self/mountinfo").read_text())
+
+
+def test_strict_mode_refuses_without_a_usable_cgroup_controller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host without the controllers (here: the detection pointed at an empty directory and a mountinfo
+    with no cgroup filesystem, since this host has them) fails closed in one line naming what is missing;
+    permissive mode falls back to no sandbox, loudly."""
+    real_open_host = cgroups.open_host
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("1 0 0:1 / / rw - ext4 /dev/sda rw\n")
+
+    def without_cgroups() -> cgroups.Cgroups:
+        return real_open_host(tmp_path / "no-cgroupfs", mountinfo, Path("/proc/self/cgroup"))
+
+    monkeypatch.setattr(cgroups, "open_host", without_cgroups)
+    with pytest.raises(SandboxUnavailable) as caught:
+        LocalExecutor(work_dir=tmp_path / "w")
+    message = str(caught.value)
+    assert message.startswith("no usable cgroup controller: no cgroup filesystem is mounted at ")
+    assert "memory, pids and cpu" in message and "\n" not in message
+    fallback = LocalExecutor(work_dir=tmp_path / "p", security_mode="permissive")
+    assert fallback.runtime_info()["runtime"] == "none"
 
 
 async def test_latency_of_print_1_is_recorded(executor: LocalExecutor, tmp_path: Path) -> None:

@@ -382,6 +382,7 @@ class LocalExecutor:
             "platform": self.platform if self.runtime == "runsc" else None,
             "runsc_path": self.runsc,
             "security_mode": self.security_mode,
+            "cgroup": self.cgroups.version if self.cgroups is not None else None,  # v1, hybrid or v2
         }
 
     # ------------------------------------------------------------------ bundles
