@@ -1,18 +1,30 @@
 # The two commands a newcomer needs (see README.md):
-#   make server   install everything (runsc, venv) and start `tako-vm server` on 127.0.0.1:8000
-#   make test     install everything and run the whole suite (lint, types, import contracts, tests)
+#   make server   install runsc and a venv with the server's runtime extra, start `tako-vm server`
+#                 (127.0.0.1:8000; make server PORT=8080 HOST=127.0.0.1)
+#   make test     install everything plus the dev extra and run the whole suite (lint, types, import contracts, tests)
 .PHONY: setup server test lint unit bench
 
 PY := .venv/bin
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
+# Extras installed into .venv: the server's runtime only (`make server EXTRAS=all` adds the kubernetes backend's).
+EXTRAS ?= server
+PORT ?=
+HOST ?=
+SERVER_FLAGS := $(if $(PORT),--port $(PORT)) $(if $(HOST),--host $(HOST))
+# On a cgroup v2 host under systemd, the server (and the test suite, which starts sandboxes itself) runs in a
+# scope of its own with its cgroup delegated (docs/sandbox.md); elsewhere it runs as is.
+OWN_CGROUP := $(shell if [ -f /sys/fs/cgroup/cgroup.controllers ] && [ -d /run/systemd/system ] \
+	&& [ "$$(id -u)" = 0 ] && command -v systemd-run >/dev/null 2>&1; then \
+	echo "systemd-run --scope --quiet --collect -p Delegate=yes --"; fi)
+
 setup:
 	bash scripts/install-system.sh
-	bash scripts/bootstrap.sh
+	bash scripts/bootstrap.sh $(EXTRAS)
 	bash scripts/build-rootfs.sh
 
 server: setup
-	$(PY)/tako-vm server
+	$(OWN_CGROUP) $(PY)/tako-vm server $(SERVER_FLAGS)
 
 lint:
 	$(PY)/ruff check .
@@ -20,8 +32,10 @@ lint:
 	$(PY)/mypy
 	$(PY)/lint-imports
 
+test: EXTRAS = all,dev
 test: setup lint
-	$(PY)/pytest -q -ra
+	$(OWN_CGROUP) $(PY)/pytest -q -ra
 
+bench: EXTRAS = all,dev
 bench: setup  # make bench BENCH_ARGS=--quick (or --only queue ...)
-	$(PY)/python -m bench $(BENCH_ARGS)
+	$(OWN_CGROUP) $(PY)/python -m bench $(BENCH_ARGS)

@@ -1,6 +1,7 @@
-"""Per-job effect of the sandboxes' own root filesystem (shim/tako_shim/backends/local/rootfs.py) against binding the
-host's /usr, as every sandbox did before: ``LocalExecutor.run`` without a pool, two executors interleaved in
-a random order per round, for ``print(1)`` and for a job that imports a few stdlib modules.
+"""Per-job effect of the sandboxes' own root filesystem (shim/tako_shim/backends/local/rootfs.py)
+against binding the host's /usr, as every sandbox did before: ``LocalExecutor.run`` without a pool,
+two executors interleaved in a random order per round,
+for ``print(1)`` and for a job that imports a few stdlib modules.
 
     PATH=$PWD/.tools/bin:$PATH .venv/bin/python -m bench.rootfs_cost [ROUNDS]
 

@@ -61,7 +61,36 @@ fi
 
 version="$("$tools/bin/runsc" --version 2>&1)" || { say "runsc at $tools/bin/runsc does not run" >&2; exit 1; }
 say "${version%%$'\n'*}"
-if [ ! -d /sys/fs/cgroup/memory ]; then
-    say "WARNING: no cgroup v1 memory controller at /sys/fs/cgroup/memory; the local executor's memory" >&2
-    say "limits and OOM detection need it (cgroup v2-only hosts are not supported yet)" >&2
+# cgroups: the local executor puts every sandbox in a cgroup with memory, pids and cpu limits
+# (shim/tako_shim/backends/local/cgroups.py). Check what the host offers; the server repeats this check at start-up.
+cgroup_fs="$(stat -f -c %T /sys/fs/cgroup 2>/dev/null || echo none)"
+if [ "$cgroup_fs" = cgroup2fs ]; then
+    offered="$(cat /sys/fs/cgroup/cgroup.controllers 2>/dev/null || true)"
+    missing=""
+    for controller in memory pids cpu; do
+        case " $offered " in *" $controller "*) ;; *) missing="$missing $controller" ;; esac
+    done
+    if [ -n "$missing" ]; then
+        say "WARNING: cgroup v2 without the${missing} controller(s) (cgroup.controllers: ${offered:-empty});" >&2
+        say "the local executor needs memory, pids and cpu (strict mode refuses to start without them)" >&2
+    elif [ -d /run/systemd/system ] && ! command -v systemd-run >/dev/null 2>&1; then
+        say "WARNING: cgroup v2 under systemd but no systemd-run: run the server with" >&2
+        say "packaging/systemd/tako-vm.service (Delegate=yes) so that it has a cgroup of its own" >&2
+    else
+        say "cgroups: v2 (unified) with memory, pids and cpu; the server runs in a delegated cgroup" \
+            "(make server: systemd-run --scope -p Delegate=yes; or packaging/systemd/tako-vm.service)"
+    fi
+else
+    missing=""
+    for controller in memory pids cpu; do
+        [ -d "/sys/fs/cgroup/$controller" ] || missing="$missing $controller"
+    done
+    kind=v1
+    [ "$(stat -f -c %T /sys/fs/cgroup/unified 2>/dev/null || true)" = cgroup2fs ] && kind=hybrid
+    if [ -n "$missing" ]; then
+        say "WARNING: no cgroup v1 controller(s)${missing} under /sys/fs/cgroup (filesystem: $cgroup_fs);" >&2
+        say "the local executor needs memory, pids and cpu (strict mode refuses to start without them)" >&2
+    else
+        say "cgroups: $kind with memory, pids and cpu"
+    fi
 fi

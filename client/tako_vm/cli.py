@@ -1,6 +1,6 @@
 """The `tako-vm` command.
 
-    tako-vm server [--backend local|kubernetes] [--host H] [--port P]   run the REST server
+    tako-vm server [--backend local|kubernetes] [--host H] [--port P] [--data-dir D]  run the REST server
     tako-vm operator [--namespace NS ...]                              run the Kubernetes operator
     tako-vm run FILE.py [--input JSON] [--timeout S] [-r REQ ...]       run a file, exit with its code
     tako-vm status [JOB_ID]                                            one job's status (or server health)
@@ -161,7 +161,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     server = _import_extra("tako_shim.server", "tako-vm server", "server")
     config = _import_extra("tako_shim.config", "tako-vm server", "server")
     try:
-        server.run_server(args.config, args.backend, args.host, args.port)
+        server.run_server(args.config, args.backend, args.host, args.port, args.data_dir)
     except config.ConfigError as exc:
         raise CommandError(str(exc)) from exc
     return 0
@@ -315,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--backend", choices=["local", "kubernetes"], help="default: the config's backend")
     server.add_argument("--host", help="bind address (non-loopback needs auth)")
     server.add_argument("--port", type=int, help="port (0 = any free port)")
+    server.add_argument("--data-dir", help="state directory; one server per data dir (default: ~/.tako_vm)")
 
     operator = commands.add_parser("operator", help="run the Kubernetes operator")
     operator.add_argument("--namespace", action="append", help="watch only this namespace (repeatable)")

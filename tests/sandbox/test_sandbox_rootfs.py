@@ -1,4 +1,5 @@
-"""The sandboxes' root filesystem is the project's (shim/tako_shim/backends/local/rootfs.py), never the host's:
+"""The sandboxes' root filesystem is the project's (shim/tako_shim/backends/local/rootfs.py), never the
+host's:
 a file put in the host's /usr/local is invisible in a cold and in a warm sandbox, and the interpreter
 sandboxes run is the system root's python3 (the same binary, stdlib and version as its manifest says).
 Real runsc; skipped with the reason by the ``executor`` fixture when runsc cannot start a sandbox."""

@@ -69,7 +69,11 @@ def _bundle(executor: LocalExecutor, root: Path, port: int) -> Path:
         code_dir=str(root / "code"),
         input_dir=str(root / "input"),
         deps_dir=None,
-        cgroup_path=f"/tako-vm-standby-test/{root.name}",
+        # the executor's cgroup parent (v1: /tako-vm, v2: the server's delegated cgroup); runsc creates and
+        # removes this one itself
+        cgroup_path=executor.cgroups.oci_path(f"standby-{root.name}")
+        if executor.cgroups
+        else "/tako-vm-standby",
         memory_limit_bytes=256 * sandbox.MIB,
         pids_limit=64,
         cpu_limit=1.0,

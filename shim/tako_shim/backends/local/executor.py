@@ -49,7 +49,7 @@ from typing import Any
 import tako_shim.backends.local.rootfs as rootfs_module
 from tako_runner import runner as runner_module
 from tako_runner.outcome import HEADER, Outcome, classify, parse_envelope
-from tako_shim.backends.local import sandbox
+from tako_shim.backends.local import cgroups, sandbox
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,11 @@ INSTALL_HINT = (
     ".tools/bin/runsc) or `apt-get install runsc`, and make sure it is on PATH or pass runsc_path / set "
     "TAKO_VM_RUNSC. To run without a sandbox (NOT safe for untrusted code) set security_mode: permissive."
 )
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-CGROUP_PARENT = "tako-vm"
-CGROUP_CONTROLLERS = ("memory", "pids", "cpu")
+CGROUP_HINT = (
+    "The local executor needs the memory, pids and cpu cgroup controllers (cgroup v1, v2 or hybrid; "
+    "see docs/sandbox.md). To run without a sandbox (NOT safe for untrusted code) set "
+    "security_mode: permissive."
+)
 EXTERNAL_DEADLINE_MARGIN_S = 5.0  # slack over the runner's own deadline + kill grace
 EGRESS_PROBE_ALLOWANCE_S = 3.0
 KILL_GRACE_S = 2.0
@@ -293,7 +295,13 @@ class LocalExecutor:
         self.runsc = _find_runsc(runsc_path)
         self.platform: str | None = None
         self.version: str | None = None
-        problem = self._probe_runsc()
+        self.cgroups: cgroups.Cgroups | None = None
+        try:
+            problem = self._probe_runsc()
+        except cgroups.CgroupUnavailable as exc:
+            if security_mode == "strict":
+                raise SandboxUnavailable(f"no usable cgroup controller: {exc}. {CGROUP_HINT}") from None
+            problem = str(exc)
         if problem is None:
             self.runtime = "runsc"
             self._reap_stale()
@@ -358,6 +366,8 @@ class LocalExecutor:
         )
         if os.geteuid() != 0:
             return "the local executor needs root to create sandboxes and cgroups (runsc rootful mode)"
+        self.cgroups = cgroups.open_host()  # CgroupUnavailable names what is missing
+        log.info("%s", self.cgroups.describe())
         errors = []
         for platform in ("systrap", "ptrace"):
             problem = self._smoke_test(platform)
@@ -415,6 +425,7 @@ class LocalExecutor:
             "runsc_path": self.runsc,
             "system_root": str(self.system_root),
             "security_mode": self.security_mode,
+            "cgroup": self.cgroups.version if self.cgroups is not None else None,  # v1, hybrid or v2
         }
 
     # ------------------------------------------------------------------ bundles
@@ -434,7 +445,8 @@ class LocalExecutor:
     ) -> Path:
         install = mode == "install"
         memory_mb = max(job.memory_limit_mb, INSTALL_MEMORY_FLOOR_MB) if install else job.memory_limit_mb
-        cgroup = f"/{CGROUP_PARENT}/{cid}"
+        assert self.cgroups is not None
+        cgroup = self.cgroups.oci_path(cid)
         spec = sandbox.SandboxSpec(
             mode=mode,
             rootfs=str(self.work_dir / "rootfs"),
@@ -462,22 +474,27 @@ class LocalExecutor:
         return bundle
 
     def _create_cgroups(self, cid: str, memory_bytes: int, pids_limit: int, cpu_limit: float) -> None:
-        """Pre-create the sandbox's cgroups with their limits so that OOM counters survive the sandbox."""
-        settings = sandbox.cgroup_settings(memory_bytes, pids_limit, cpu_limit)
-        (self._teardown_dir / cid).touch()  # journal: removed by _cleanup; a restart finishes the rest
-        for controller in CGROUP_CONTROLLERS:
-            path = CGROUP_ROOT / controller / CGROUP_PARENT / cid
-            path.mkdir(parents=True, exist_ok=True)
-            for name, value in settings[controller].items():
-                (path / name).write_text(value)
+        """Pre-create the sandbox's cgroups with their limits so that OOM counters survive the sandbox.
+
+        The journal entry (``teardown/<cid>``) lists the cgroup directories: a restart removes exactly
+        those, wherever this server's cgroup was (on v2 it can differ between runs)."""
+        assert self.cgroups is not None
+        dirs = self.cgroups.dirs(cid)
+        journal = self._teardown_dir / cid
+        journal.write_text(json.dumps([str(d) for d in dirs]))  # removed by _cleanup once all is gone
+        limits = cgroups.Limits(memory_bytes, sandbox.host_pids_limit(pids_limit), cpu_limit)
+        self.cgroups.create(cid, limits)
 
     def _oom_killed(self, cid: str) -> bool:
-        path = CGROUP_ROOT / "memory" / CGROUP_PARENT / cid / "memory.oom_control"
-        try:
-            fields = dict(line.split() for line in path.read_text().splitlines() if line.strip())
-        except OSError:
-            return False
-        return int(fields.get("oom_kill", "0")) > 0
+        return self.cgroups is not None and self.cgroups.oom_killed(cid)
+
+    def _cgroup_dirs(self, cid: str) -> list[Path]:
+        """The cgroup directories journalled for a sandbox (else where this server would put them)."""
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            listed = json.loads((self._teardown_dir / cid).read_text() or "null")
+            if isinstance(listed, list) and all(isinstance(d, str) for d in listed):
+                return [Path(d) for d in listed]
+        return self.cgroups.dirs(cid) if self.cgroups is not None else []
 
     def _cleanup(self, platform: str | None, cid: str, job_dir: Path | None) -> None:
         """Remove the container (only if runsc left state behind: `runsc run` cleans up after itself
@@ -490,16 +507,7 @@ class LocalExecutor:
                 timeout=30,
                 check=False,
             )
-        for controller in CGROUP_CONTROLLERS:
-            path = CGROUP_ROOT / controller / CGROUP_PARENT / cid
-            for _ in range(50):
-                try:
-                    path.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)
+        cgroups.remove_dirs(self._cgroup_dirs(cid))
         if job_dir is not None:
             shutil.rmtree(job_dir, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):

@@ -1,11 +1,11 @@
 """Pure builders for the local gVisor sandboxes: the OCI runtime spec (config.json) of the install and
-run sandboxes, the minimal /etc they see, and the host cgroup limits. No I/O here.
+run sandboxes, the minimal /etc they see, and the host pids cap. No I/O here (cgroups: cgroups.py).
 
 Shape of a sandbox (see docs/sandbox.md):
 - an empty, read-only root whose /bin, /lib, /lib64, /sbin are symlinks into /usr (as in the system root);
-- the /usr of the project's system root (``tako_shim.backends.local.rootfs``: Debian bookworm minbase with python3
-  and python3-pip, never the host's /usr) bound read-only, a generated minimal /etc bound read-only, the
-  runner on /runner, code on /code and input on /input, all read-only;
+- the /usr of the project's system root (``tako_shim.backends.local.rootfs``: Debian bookworm minbase
+  with python3 and python3-pip, never the host's /usr) bound read-only, a generated minimal /etc bound
+  read-only, the runner on /runner, code on /code and input on /input, all read-only;
 - tmpfs /tmp and /output with size caps, a private /proc and /dev;
 - uid/gid 65534 (nobody), no capabilities, no_new_privileges, rlimits for open files, processes and
   file size (never above the executor's own hard limits: root here lacks CAP_SYS_RESOURCE);
@@ -184,19 +184,6 @@ def host_pids_limit(pids_limit: int) -> int:
     threads, so the host cap is a generous backstop that protects the machine, not the user-visible limit.
     """
     return max(512, 8 * pids_limit + 256)
-
-
-def cgroup_settings(memory_limit_bytes: int, pids_limit: int, cpu_limit: float) -> dict[str, dict[str, str]]:
-    """Files to write in the pre-created cgroup v1 directories: controller -> {file: value}."""
-    period = 100_000
-    return {
-        "memory": {"memory.limit_in_bytes": str(memory_limit_bytes)},
-        "pids": {"pids.max": str(host_pids_limit(pids_limit))},
-        "cpu": {
-            "cpu.cfs_period_us": str(period),
-            "cpu.cfs_quota_us": str(max(1000, int(cpu_limit * period))),
-        },
-    }
 
 
 def etc_files(*, with_resolv_conf: str | None) -> dict[str, str]:
