@@ -85,6 +85,8 @@ RUNTIME_REQUIREMENTS_DISABLED = (
     "Runtime dependency installation is disabled. Use pre-built images or set "
     "allow_runtime_requirements=True."
 )
+
+
 def check_requirements(requirements: list[str], field: str = "requirements") -> None:
     """Each entry, stripped, must be a plain ``name[extras](op version, ...)`` spec: no URLs, paths or
     options (the one grammar, ``tako_vm.models.crd.REQUIREMENT_PATTERN``, which the CRD also states)."""

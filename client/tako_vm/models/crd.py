@@ -61,6 +61,7 @@ def is_requirement(entry: str) -> bool:
     `fullmatch`, because Python's `$` also matches before a final newline (RE2 and Rust do not)."""
     return len(entry) <= REQUIREMENT_MAX_CHARS and _REQUIREMENT_RE.fullmatch(entry) is not None
 
+
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 LABEL_KEY_PATTERN = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
