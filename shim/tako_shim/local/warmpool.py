@@ -230,9 +230,6 @@ class WarmPool:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.executor.drain()
 
-    def ready_count(self) -> int:
-        return len(self._ready)
-
     async def wait_ready(self, count: int | None = None, within_s: float = 30.0) -> bool:
         """Wait until ``count`` (default: ``size``) sandboxes are ready; for tests and benchmarks."""
         await self.start()
