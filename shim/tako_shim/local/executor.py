@@ -47,6 +47,7 @@ from typing import Any
 from tako_runner import runner as runner_module
 from tako_runner.outcome import HEADER, Outcome, classify, parse_envelope
 from tako_shim.local import sandbox
+from tako_vm.models.runner import RunnerConfig
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +334,9 @@ class LocalExecutor:
             for d in (code_dir, input_dir):
                 d.mkdir()
             (code_dir / "main.py").write_text("import os\nprint(os.uname().release)\n")
-            (code_dir / "job.json").write_text(json.dumps({"timeout": 20, "python": sandbox.SANDBOX_PYTHON}))
+            (code_dir / "job.json").write_text(
+                RunnerConfig(timeout=20, python=sandbox.SANDBOX_PYTHON).job_json()
+            )
             for p in (job_dir, code_dir, input_dir):
                 p.chmod(0o755)
             bundle = self._write_bundle(
@@ -536,23 +539,23 @@ class LocalExecutor:
             deps_dir = job_dir / "deps"
             deps_dir.mkdir()
             os.chown(deps_dir, sandbox.SANDBOX_UID, sandbox.SANDBOX_GID)
-        config = {
-            "timeout": job.timeout,
-            "startup_timeout": job.startup_timeout,
-            "requirements": list(job.requirements),
-            "deps_dir": "/deps",
-            "python": sandbox.SANDBOX_PYTHON,
-            "max_stdout_bytes": job.max_stdout_bytes,
-            "max_stderr_bytes": job.max_stderr_bytes,
-            "max_artifact_bytes": job.max_artifact_bytes,
-            "max_total_artifact_bytes": job.max_total_artifact_bytes,
-            "embed_artifacts": True,
-            "environment": dict(job.environment),
-            "egress_probe": True,
-            "egress_probe_timeout": 0,
-            "kill_grace_seconds": KILL_GRACE_S,
-        }
-        (code_dir / "job.json").write_text(json.dumps(config), encoding="utf-8")
+        config = RunnerConfig(
+            timeout=job.timeout,
+            startup_timeout=job.startup_timeout,
+            requirements=list(job.requirements),
+            deps_dir="/deps",
+            python=sandbox.SANDBOX_PYTHON,
+            max_stdout_bytes=job.max_stdout_bytes,
+            max_stderr_bytes=job.max_stderr_bytes,
+            max_artifact_bytes=job.max_artifact_bytes,
+            max_total_artifact_bytes=job.max_total_artifact_bytes,
+            embed_artifacts=True,
+            environment=dict(job.environment),
+            egress_probe=True,
+            egress_probe_timeout=0,
+            kill_grace_seconds=KILL_GRACE_S,
+        )
+        (code_dir / "job.json").write_text(config.job_json(), encoding="utf-8")
         for path in (job_dir, code_dir, input_dir):
             path.chmod(0o755)
         for path in (code_dir / "main.py", code_dir / "job.json", input_dir / "data.json"):
@@ -744,30 +747,30 @@ class LocalExecutor:
             (root / "code" / "main.py").write_text(job.code, encoding="utf-8")
             (root / "input" / "data.json").write_text(json.dumps(job.input_data), encoding="utf-8")
             shutil.copyfile(runner_module.__file__, root / "runner.py")
-            base = {
-                "timeout": job.timeout,
-                "startup_timeout": job.startup_timeout,
-                "requirements": list(job.requirements),
-                "deps_dir": str(root / "deps"),
-                "code_path": str(root / "code" / "main.py"),
-                "input_path": str(root / "input" / "data.json"),
-                "output_dir": str(root / "output"),
-                "work_dir": str(root / "tmp"),
-                "python": _fallback_python(),
-                "max_stdout_bytes": job.max_stdout_bytes,
-                "max_stderr_bytes": job.max_stderr_bytes,
-                "max_artifact_bytes": job.max_artifact_bytes,
-                "max_total_artifact_bytes": job.max_total_artifact_bytes,
-                "embed_artifacts": True,
-                "kill_all_processes": False,
-                "kill_grace_seconds": KILL_GRACE_S,
-                "environment": {
+            base = RunnerConfig(
+                timeout=job.timeout,
+                startup_timeout=job.startup_timeout,
+                requirements=list(job.requirements),
+                deps_dir=str(root / "deps"),
+                code_path=str(root / "code" / "main.py"),
+                input_path=str(root / "input" / "data.json"),
+                output_dir=str(root / "output"),
+                work_dir=str(root / "tmp"),
+                python=_fallback_python(),
+                max_stdout_bytes=job.max_stdout_bytes,
+                max_stderr_bytes=job.max_stderr_bytes,
+                max_artifact_bytes=job.max_artifact_bytes,
+                max_total_artifact_bytes=job.max_total_artifact_bytes,
+                embed_artifacts=True,
+                kill_all_processes=False,
+                kill_grace_seconds=KILL_GRACE_S,
+                environment={
                     **job.environment,
                     "TAKO_INPUT_PATH": str(root / "input" / "data.json"),
                     "TAKO_OUTPUT_DIR": str(root / "output"),
                 },
-            }
-            (root / "code" / "job.json").write_text(json.dumps(base))
+            )
+            (root / "code" / "job.json").write_text(base.job_json())
             if os.geteuid() == 0:  # never run user code as root, even without a sandbox
                 for path in [root, *root.rglob("*")]:
                     os.chown(path, sandbox.SANDBOX_UID, sandbox.SANDBOX_GID)
