@@ -527,19 +527,10 @@ class LocalExecutor:
 
     # ------------------------------------------------------------------ running
 
-    def _prepare_job_dir(self, job: SandboxJob) -> tuple[Path, Path | None]:
-        job_dir = Path(tempfile.mkdtemp(prefix=_safe_id(job.job_id)[:40] + "-", dir=self._jobs_dir))
-        code_dir, input_dir = job_dir / "code", job_dir / "input"
-        code_dir.mkdir()
-        input_dir.mkdir()
-        (code_dir / "main.py").write_text(job.code, encoding="utf-8")
-        (input_dir / "data.json").write_text(json.dumps(job.input_data), encoding="utf-8")
-        deps_dir = None
-        if job.requirements:
-            deps_dir = job_dir / "deps"
-            deps_dir.mkdir()
-            os.chown(deps_dir, sandbox.SANDBOX_UID, sandbox.SANDBOX_GID)
-        config = RunnerConfig(
+    @staticmethod
+    def runner_config(job: SandboxJob) -> RunnerConfig:
+        """The runner's job.json for a sandboxed run (the warm pool's is this one without the probe)."""
+        return RunnerConfig(
             timeout=job.timeout,
             startup_timeout=job.startup_timeout,
             requirements=list(job.requirements),
@@ -555,7 +546,20 @@ class LocalExecutor:
             egress_probe_timeout=0,
             kill_grace_seconds=KILL_GRACE_S,
         )
-        (code_dir / "job.json").write_text(config.job_json(), encoding="utf-8")
+
+    def _prepare_job_dir(self, job: SandboxJob) -> tuple[Path, Path | None]:
+        job_dir = Path(tempfile.mkdtemp(prefix=_safe_id(job.job_id)[:40] + "-", dir=self._jobs_dir))
+        code_dir, input_dir = job_dir / "code", job_dir / "input"
+        code_dir.mkdir()
+        input_dir.mkdir()
+        (code_dir / "main.py").write_text(job.code, encoding="utf-8")
+        (input_dir / "data.json").write_text(json.dumps(job.input_data), encoding="utf-8")
+        deps_dir = None
+        if job.requirements:
+            deps_dir = job_dir / "deps"
+            deps_dir.mkdir()
+            os.chown(deps_dir, sandbox.SANDBOX_UID, sandbox.SANDBOX_GID)
+        (code_dir / "job.json").write_text(self.runner_config(job).job_json(), encoding="utf-8")
         for path in (job_dir, code_dir, input_dir):
             path.chmod(0o755)
         for path in (code_dir / "main.py", code_dir / "job.json", input_dir / "data.json"):

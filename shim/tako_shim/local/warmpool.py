@@ -38,9 +38,7 @@ from typing import Any
 from tako_runner.outcome import Outcome
 from tako_shim.config import Settings
 from tako_shim.local import executor as executor_module
-from tako_shim.local import sandbox as sandbox_module
 from tako_shim.local.executor import LocalExecutor, SandboxJob
-from tako_vm.models.runner import RunnerConfig
 
 log = logging.getLogger(__name__)
 
@@ -147,22 +145,8 @@ def job_config(job: SandboxJob) -> dict[str, Any]:
     """The runner config of a warm run: what ``LocalExecutor._prepare_job_dir`` writes (a test keeps
     the two equal), except the egress probe, which the launcher ran once at boot in this very network
     namespace (fixed at sandbox creation, so the answer cannot change before ``go``)."""
-    return RunnerConfig(
-        timeout=job.timeout,
-        startup_timeout=job.startup_timeout,
-        requirements=[],
-        deps_dir="/deps",
-        python=sandbox_module.SANDBOX_PYTHON,
-        max_stdout_bytes=job.max_stdout_bytes,
-        max_stderr_bytes=job.max_stderr_bytes,
-        max_artifact_bytes=job.max_artifact_bytes,
-        max_total_artifact_bytes=job.max_total_artifact_bytes,
-        embed_artifacts=True,
-        environment=dict(job.environment),
-        egress_probe=False,
-        egress_probe_timeout=0,
-        kill_grace_seconds=executor_module.KILL_GRACE_S,
-    ).as_json_dict()
+    cold = LocalExecutor.runner_config(job)
+    return cold.model_copy(update={"requirements": [], "egress_probe": False}).as_json_dict()
 
 
 def pool_shape(job: SandboxJob) -> tuple[Any, ...]:
