@@ -83,11 +83,16 @@ def execute(
     return _one(core.execute_call(job).with_correlation(correlation_id))
 
 
+JobOptions = tuple[int | None, int | None, str | None, Sequence[str] | None]
+"""`core.Job`'s fields after code and input: timeout, startup_timeout, job_type, requirements."""
+
+
 def _typed_call(
-    func: Callable[..., Any], input_data: Any, job_options: tuple[Any, ...]
+    func: Callable[..., Any], input_data: Any, job_options: JobOptions
 ) -> core.Call[ExecutionResult]:
     """`POST /execute` of a typed function, its answer parsed into an `ExecutionResult`."""
-    call = core.execute_call(core.Job(*typed_program(func, input_data), *job_options))
+    code, payload = typed_program(func, input_data)
+    call = core.execute_call(core.Job(code, payload, *job_options))
 
     def parse(response: httpx.Response) -> ExecutionResult:
         return typed_result(func, core.parse_object(response), response.headers.get(core.CORRELATION_HEADER))
