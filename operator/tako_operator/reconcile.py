@@ -21,7 +21,6 @@ from tako_operator.settings import OperatorSettings
 from tako_vm.models.crd import PythonJob
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Timeout", "OOM", "Cancelled"})
-ACTIVE_PHASES = frozenset({"Pending", "Running"})
 
 JOB_CONTAINER = "job"
 INSTALL_CONTAINER = "install"

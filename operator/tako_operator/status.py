@@ -368,10 +368,9 @@ def cancelled_before_start(job: PythonJob, now: datetime.datetime) -> dict[str, 
     return _finish(job, fields, now)
 
 
-def queued_status(job: PythonJob, now: datetime.datetime, position: int | None = None) -> dict[str, Any]:
+def queued_status(job: PythonJob, now: datetime.datetime) -> dict[str, Any]:
     """Waiting for a concurrency slot."""
-    message = "Waiting for a free slot" + (f" (position {position})" if position else "")
-    fields: dict[str, Any] = {"phase": "Queued", "message": message}
+    fields: dict[str, Any] = {"phase": "Queued", "message": "Waiting for a free slot"}
     if not (job.status and job.status.queued_at):
         fields["queuedAt"] = format_time(now)
     return _finish(job, fields, now)

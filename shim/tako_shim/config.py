@@ -186,9 +186,6 @@ class Settings(BaseModel):
             )
         return self
 
-    def tenant_for_key(self, key: str) -> str | None:
-        return self.api_keys.get(key)
-
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tako_shim.config import JobTypeConfig, Settings
 from tako_shim.errors import InvalidRequest
+from tako_vm.models.crd import is_requirement
 from tako_vm.models.wire import ExecuteRequest, JobTypeResponse
 
 
@@ -85,16 +85,13 @@ RUNTIME_REQUIREMENTS_DISABLED = (
     "Runtime dependency installation is disabled. Use pre-built images or set "
     "allow_runtime_requirements=True."
 )
-_REQUIREMENT_RE = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*\])?"
-    r"(\s*(==|!=|<=|>=|<|>|~=|===)\s*[A-Za-z0-9.*+!-]+(\s*,\s*(==|!=|<=|>=|<|>|~=|===)\s*[A-Za-z0-9.*+!-]+)*)?$"
-)
 
 
 def check_requirements(requirements: list[str], field: str = "requirements") -> None:
-    """Each entry must be a plain ``name[extras](op version, ...)`` spec: no URLs, paths or options."""
+    """Each entry, stripped, must be a plain ``name[extras](op version, ...)`` spec: no URLs, paths or
+    options (the one grammar, ``tako_vm.models.crd.REQUIREMENT_PATTERN``, which the CRD also states)."""
     for index, entry in enumerate(requirements):
-        if len(entry) > 256 or not _REQUIREMENT_RE.match(entry.strip()):
+        if not is_requirement(entry.strip()):
             raise InvalidRequest(f"{field}[{index}]: {entry[:80]!r} is not a valid requirement specifier")
 
 

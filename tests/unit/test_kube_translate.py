@@ -105,15 +105,6 @@ def test_job_object_carries_the_submission_labels_and_annotations() -> None:
     assert fingerprint_of(body) == "f" * 64
 
 
-def test_the_job_types_preinstalled_requirements_are_not_installed_again() -> None:
-    sub = submission(requirements=["pandas==2.2.3", "tqdm"])
-    assert job_object("n", "ns", "t", sub, ["pandas==2.2.3"])["spec"]["requirements"] == ["tqdm"]
-    assert (
-        "requirements"
-        not in job_object("n", "ns", "t", submission(requirements=["pandas"]), ["pandas"])["spec"]
-    )
-
-
 def test_lineage_is_written_for_reruns_and_forks() -> None:
     body = job_object("n", "ns", "t", submission(parent_execution_id="parent-1", relationship="fork"))
     assert body["spec"]["parentJob"] == "parent-1" and body["spec"]["relationship"] == "fork"

@@ -243,7 +243,7 @@ def test_cancel_while_running() -> None:
 
 
 def test_cancel_while_queued_keeps_admitted_false() -> None:
-    queued = status.queued_status(make_job(), NOW, position=3)
+    queued = status.queued_status(make_job(), NOW)
     job = make_job(status_=queued, cancel=True)
     result = check_valid(status.compute_status(job, None, {}, NOW + datetime.timedelta(seconds=5)))
     assert result["phase"] == "Cancelled"
@@ -270,9 +270,9 @@ def test_pending_then_running() -> None:
 
 
 def test_queued_status() -> None:
-    result = check_valid(status.queued_status(make_job(), NOW, position=2))
+    result = check_valid(status.queued_status(make_job(), NOW))
     assert result["phase"] == "Queued"
-    assert result["message"] == "Waiting for a free slot (position 2)"
+    assert result["message"] == "Waiting for a free slot"
     assert result["queuedAt"] == status.format_time(NOW)
     assert conditions(result)["Admitted"] == "False"
 

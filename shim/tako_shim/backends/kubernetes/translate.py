@@ -87,20 +87,14 @@ def job_object(
     namespace: str,
     tenant: str,
     submission: Submission,
-    job_type_requirements: list[str] | None = None,
     code_ref: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """The PythonJob to create for ``submission``; ``InvalidRequest`` naming the field if it cannot be.
 
-    ``job_type_requirements`` are the configured job type's own packages, which the resolver put in
-    front of the request's; in the cluster the job type's image already has them, so they are dropped.
     ``code_ref`` (``(configmap, key)``) replaces ``submission.code``: a rerun of a job whose code is in
     a ConfigMap points at the same ConfigMap instead of copying the code (the shim may not read it).
     """
     requirements = list(submission.requirements)
-    preinstalled = job_type_requirements or []
-    if requirements[: len(preinstalled)] == preinstalled:
-        requirements = requirements[len(preinstalled) :]
     try:
         spec = PythonJobSpec(
             code=None if code_ref else submission.code,

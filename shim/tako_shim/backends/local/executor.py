@@ -50,6 +50,7 @@ import tako_shim.backends.local.rootfs as rootfs_module
 from tako_runner import runner as runner_module
 from tako_runner.outcome import HEADER, Outcome, classify, parse_envelope
 from tako_shim.backends.local import cgroups, sandbox
+from tako_vm.models.runner import RunnerConfig
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +386,9 @@ class LocalExecutor:
             for d in (code_dir, input_dir):
                 d.mkdir()
             (code_dir / "main.py").write_text("import os\nprint(os.uname().release)\n")
-            (code_dir / "job.json").write_text(json.dumps({"timeout": 20, "python": sandbox.SANDBOX_PYTHON}))
+            (code_dir / "job.json").write_text(
+                RunnerConfig(timeout=20, python=sandbox.SANDBOX_PYTHON).job_json()
+            )
             for p in (job_dir, code_dir, input_dir):
                 p.chmod(0o755)
             bundle = self._write_bundle(
@@ -574,6 +577,26 @@ class LocalExecutor:
 
     # ------------------------------------------------------------------ running
 
+    @staticmethod
+    def runner_config(job: SandboxJob) -> RunnerConfig:
+        """The runner's job.json for a sandboxed run (the warm pool's is this one without the probe)."""
+        return RunnerConfig(
+            timeout=job.timeout,
+            startup_timeout=job.startup_timeout,
+            requirements=list(job.requirements),
+            deps_dir="/deps",
+            python=sandbox.SANDBOX_PYTHON,
+            max_stdout_bytes=job.max_stdout_bytes,
+            max_stderr_bytes=job.max_stderr_bytes,
+            max_artifact_bytes=job.max_artifact_bytes,
+            max_total_artifact_bytes=job.max_total_artifact_bytes,
+            embed_artifacts=True,
+            environment=dict(job.environment),
+            egress_probe=True,
+            egress_probe_timeout=0,
+            kill_grace_seconds=KILL_GRACE_S,
+        )
+
     def _prepare_job_dir(self, job: SandboxJob) -> tuple[Path, Path | None]:
         job_dir = Path(tempfile.mkdtemp(prefix=_safe_id(job.job_id)[:40] + "-", dir=self._jobs_dir))
         code_dir, input_dir = job_dir / "code", job_dir / "input"
@@ -586,23 +609,7 @@ class LocalExecutor:
             deps_dir = job_dir / "deps"
             deps_dir.mkdir()
             os.chown(deps_dir, sandbox.SANDBOX_UID, sandbox.SANDBOX_GID)
-        config = {
-            "timeout": job.timeout,
-            "startup_timeout": job.startup_timeout,
-            "requirements": list(job.requirements),
-            "deps_dir": "/deps",
-            "python": sandbox.SANDBOX_PYTHON,
-            "max_stdout_bytes": job.max_stdout_bytes,
-            "max_stderr_bytes": job.max_stderr_bytes,
-            "max_artifact_bytes": job.max_artifact_bytes,
-            "max_total_artifact_bytes": job.max_total_artifact_bytes,
-            "embed_artifacts": True,
-            "environment": dict(job.environment),
-            "egress_probe": True,
-            "egress_probe_timeout": 0,
-            "kill_grace_seconds": KILL_GRACE_S,
-        }
-        (code_dir / "job.json").write_text(json.dumps(config), encoding="utf-8")
+        (code_dir / "job.json").write_text(self.runner_config(job).job_json(), encoding="utf-8")
         for path in (job_dir, code_dir, input_dir):
             path.chmod(0o755)
         for path in (code_dir / "main.py", code_dir / "job.json", input_dir / "data.json"):
@@ -794,30 +801,30 @@ class LocalExecutor:
             (root / "code" / "main.py").write_text(job.code, encoding="utf-8")
             (root / "input" / "data.json").write_text(json.dumps(job.input_data), encoding="utf-8")
             shutil.copyfile(runner_module.__file__, root / "runner.py")
-            base = {
-                "timeout": job.timeout,
-                "startup_timeout": job.startup_timeout,
-                "requirements": list(job.requirements),
-                "deps_dir": str(root / "deps"),
-                "code_path": str(root / "code" / "main.py"),
-                "input_path": str(root / "input" / "data.json"),
-                "output_dir": str(root / "output"),
-                "work_dir": str(root / "tmp"),
-                "python": _fallback_python(),
-                "max_stdout_bytes": job.max_stdout_bytes,
-                "max_stderr_bytes": job.max_stderr_bytes,
-                "max_artifact_bytes": job.max_artifact_bytes,
-                "max_total_artifact_bytes": job.max_total_artifact_bytes,
-                "embed_artifacts": True,
-                "kill_all_processes": False,
-                "kill_grace_seconds": KILL_GRACE_S,
-                "environment": {
+            base = RunnerConfig(
+                timeout=job.timeout,
+                startup_timeout=job.startup_timeout,
+                requirements=list(job.requirements),
+                deps_dir=str(root / "deps"),
+                code_path=str(root / "code" / "main.py"),
+                input_path=str(root / "input" / "data.json"),
+                output_dir=str(root / "output"),
+                work_dir=str(root / "tmp"),
+                python=_fallback_python(),
+                max_stdout_bytes=job.max_stdout_bytes,
+                max_stderr_bytes=job.max_stderr_bytes,
+                max_artifact_bytes=job.max_artifact_bytes,
+                max_total_artifact_bytes=job.max_total_artifact_bytes,
+                embed_artifacts=True,
+                kill_all_processes=False,
+                kill_grace_seconds=KILL_GRACE_S,
+                environment={
                     **job.environment,
                     "TAKO_INPUT_PATH": str(root / "input" / "data.json"),
                     "TAKO_OUTPUT_DIR": str(root / "output"),
                 },
-            }
-            (root / "code" / "job.json").write_text(json.dumps(base))
+            )
+            (root / "code" / "job.json").write_text(base.job_json())
             if os.geteuid() == 0:  # never run user code as root, even without a sandbox
                 for path in [root, *root.rglob("*")]:
                     os.chown(path, sandbox.SANDBOX_UID, sandbox.SANDBOX_GID)

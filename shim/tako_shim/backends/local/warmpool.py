@@ -37,7 +37,6 @@ from typing import Any
 
 from tako_runner.outcome import Outcome
 from tako_shim.backends.local import executor as executor_module
-from tako_shim.backends.local import sandbox as sandbox_module
 from tako_shim.backends.local.executor import LocalExecutor, SandboxJob
 from tako_shim.config import Settings
 
@@ -146,22 +145,8 @@ def job_config(job: SandboxJob) -> dict[str, Any]:
     """The runner config of a warm run: what ``LocalExecutor._prepare_job_dir`` writes (a test keeps
     the two equal), except the egress probe, which the launcher ran once at boot in this very network
     namespace (fixed at sandbox creation, so the answer cannot change before ``go``)."""
-    return {
-        "timeout": job.timeout,
-        "startup_timeout": job.startup_timeout,
-        "requirements": [],
-        "deps_dir": "/deps",
-        "python": sandbox_module.SANDBOX_PYTHON,
-        "max_stdout_bytes": job.max_stdout_bytes,
-        "max_stderr_bytes": job.max_stderr_bytes,
-        "max_artifact_bytes": job.max_artifact_bytes,
-        "max_total_artifact_bytes": job.max_total_artifact_bytes,
-        "embed_artifacts": True,
-        "environment": dict(job.environment),
-        "egress_probe": False,
-        "egress_probe_timeout": 0,
-        "kill_grace_seconds": executor_module.KILL_GRACE_S,
-    }
+    cold = LocalExecutor.runner_config(job)
+    return cold.model_copy(update={"requirements": [], "egress_probe": False}).as_json_dict()
 
 
 def pool_shape(job: SandboxJob) -> tuple[Any, ...]:
@@ -229,9 +214,6 @@ class WarmPool:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         await self.executor.drain()
-
-    def ready_count(self) -> int:
-        return len(self._ready)
 
     async def wait_ready(self, count: int | None = None, within_s: float = 30.0) -> bool:
         """Wait until ``count`` (default: ``size``) sandboxes are ready; for tests and benchmarks."""
