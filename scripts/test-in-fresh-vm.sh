@@ -69,15 +69,38 @@ say "run $run: commit ${commit:0:12}, guest log in $run/serial.log, timeout ${ti
 tail -n +1 -F "$run/serial.log" 2> /dev/null | grep --line-buffered -a 'tako-vm-test: step' &
 progress=$!
 started=$(date +%s)
-set +e
-timeout --kill-after=30 "${timeout_minutes}m" qemu-system-x86_64 \
+qemu-system-x86_64 \
     -accel tcg,thread=multi -cpu max -smp 2 -m 4096 \
     -display none -monitor none -serial "file:$run/serial.log" -no-reboot \
     -kernel "$base/vmlinuz" -initrd "$base/initrd.img" -append "console=ttyS0 root=/dev/vda rw" \
     -drive "file=$run/disk.qcow2,format=qcow2,if=virtio" \
     -netdev user,id=net0 -device virtio-net-pci,netdev=net0,romfile= \
     -virtfs "local,path=$run/share,mount_tag=tako,security_model=none,id=tako" \
-    > "$run/qemu.log" 2>&1
+    > "$run/qemu.log" 2>&1 &
+qemu=$!
+trap 'kill "$qemu" "$progress" 2> /dev/null || true' EXIT  # an interrupted run leaves no guest behind
+# Wait for the guest to power off; kill it at the timeout, or 120 s after its script wrote #done (a
+# guest that finished its work but hangs on the way down must not cost the whole timeout).
+ended=""
+done_at=""
+while kill -0 "$qemu" 2> /dev/null; do
+    now=$(date +%s)
+    if [ -z "$done_at" ] && grep -qx '#done' "$run/share/results/results.tsv" 2> /dev/null; then done_at=$now; fi
+    if [ $((now - started)) -ge $((timeout_minutes * 60)) ]; then
+        ended="TIMEOUT: the guest did not finish within ${timeout_minutes} min; qemu was killed"
+    elif [ -n "$done_at" ] && [ $((now - done_at)) -ge 120 ]; then
+        ended="the guest finished its script but did not power off within 120 s; qemu was killed"
+    fi
+    if [ -n "$ended" ]; then
+        kill "$qemu" 2> /dev/null || true
+        sleep 10
+        kill -KILL "$qemu" 2> /dev/null || true
+        break
+    fi
+    sleep 5
+done
+set +e
+wait "$qemu"
 qemu_rc=$?
 set -e
 elapsed=$(($(date +%s) - started))
@@ -88,15 +111,17 @@ wait "$progress" 2> /dev/null || true
 results="$run/share/results"
 
 say "guest ran $((elapsed / 60)) min $((elapsed % 60)) s; $(grep -h '^boot=' "$results/host.txt" 2> /dev/null || echo 'boot=?')"
-case $qemu_rc in
-    0) ;;
-    124 | 137) say "TIMEOUT: the guest did not power off within ${timeout_minutes} min; qemu was killed" ;;
-    *) say "qemu exited with $qemu_rc: $(tail -3 "$run/qemu.log")" ;;
-esac
+if [ -n "$ended" ]; then
+    say "$ended"
+elif [ "$qemu_rc" != 0 ]; then
+    say "qemu exited with $qemu_rc: $(tail -3 "$run/qemu.log")"
+fi
 set +e
 python3 "$repo/scripts/vm/results.py" "$results"
 verdict=$?
 set -e
 say "logs: $results/ (results.tsv, server.log, pytest logs, journal.log) and $run/serial.log"
-[ $qemu_rc = 0 ] || verdict=1
+# A guest killed after its script wrote #done reported everything: its results decide.
+if [ -n "$ended" ] && [ -z "$done_at" ]; then verdict=1; fi
+if [ -z "$ended" ] && [ "$qemu_rc" != 0 ]; then verdict=1; fi
 exit $verdict
