@@ -2,7 +2,8 @@
 #   make server   install runsc and a venv with the server's runtime extra, start `tako-vm server`
 #                 (127.0.0.1:8000; make server PORT=8080 HOST=127.0.0.1)
 #   make test     install everything plus the dev extra and run the whole suite (lint, types, import contracts, tests)
-.PHONY: setup server test lint unit bench
+#   make test-vm  the pre-release proof on a fresh Debian 12 VM (systemd, cgroup v2); docs/sandbox.md
+.PHONY: setup server test lint unit bench test-vm
 
 PY := .venv/bin
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
@@ -39,3 +40,6 @@ test: setup lint
 bench: EXTRAS = all,dev
 bench: setup  # make bench BENCH_ARGS=--quick (or --only queue ...)
 	$(OWN_CGROUP) $(PY)/python -m bench $(BENCH_ARGS)
+
+test-vm:  # as root; boots a fresh Debian 12 guest under QEMU and runs the cgroup v2 checks in it
+	bash scripts/test-in-fresh-vm.sh
