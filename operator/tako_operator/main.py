@@ -221,7 +221,7 @@ async def operate(
     finally:
         if server is not None:
             server[0].shutdown()
-        kube.api_client.close()
+        kube.close()
 
 
 # kopf logs this (logger kopf._core.reactor.running) when its root task fails; kopf 1.45.2 is pinned.

@@ -124,7 +124,7 @@ class StandbyPool:
         if namespace in self.shared_ready:
             return
         await self.kube.create_network_policy(sb.build_standby_policy(namespace, self.standby))
-        await self.kube.create_configmap(builders.build_runner_configmap(namespace))
+        await self.kube.ensure_shared_configmap(builders.build_runner_configmap(namespace))
         await self.kube.create_configmap(sb.build_standby_configmap(namespace))
         self.shared_ready.add(namespace)
 
