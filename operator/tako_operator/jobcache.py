@@ -12,8 +12,9 @@ only the operator writes a job's status and its retry annotations), so:
   body and confirms it; an older one is dropped (the cached answer is newer).
 
 Bounded: at most `max_entries` bodies (least recently used dropped first; a miss costs one GET), each
-stored without what a pass never reads from the cache (`spec.code`, `spec.inputData`, `status.stdout`,
-`status.stderr`, `managedFields`, kubectl's last-applied annotation). A pass that may create objects
+stored without what a pass never reads from the cache (`spec.code` becomes a placeholder comment,
+`spec.inputData`, `status.stdout`, `status.stderr`, `managedFields` and kubectl's last-applied
+annotation are dropped). A pass that may create objects
 needs the full job (the builders put code and input into the ConfigMap and the push): `slim(body)` is
 True for those bodies and the pass reads the job from the API or uses its full watch event.
 """
@@ -28,6 +29,7 @@ from tako_operator.standby import ANNOTATION_CLAIMED_BY as CLAIMED_BY
 Key = tuple[str, str]
 SLIM = "__tako_slim__"  # marks a body stored without code/input/output
 SPEC_DROPPED = ("code", "inputData")
+CODE_PLACEHOLDER = "# spec.code is not kept in the operator's job cache"
 STATUS_DROPPED = ("stdout", "stderr")
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 DEFAULT_MAX_ENTRIES = 2048
@@ -42,6 +44,8 @@ def slim_copy(body: dict[str, Any]) -> dict[str, Any]:
     if annotations and LAST_APPLIED in annotations:
         meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
     spec = {k: v for k, v in (body.get("spec") or {}).items() if k not in SPEC_DROPPED}
+    if "code" in (body.get("spec") or {}):
+        spec["code"] = CODE_PLACEHOLDER  # keeps the job a valid PythonJob for the status builders
     result = {**body, "metadata": meta, "spec": spec, SLIM: True}
     if isinstance(body.get("status"), dict):
         result["status"] = {k: v for k, v in body["status"].items() if k not in STATUS_DROPPED}
