@@ -217,8 +217,11 @@ class Reconciler:
         if job_type is not None and (admitted or terminal or attempt > 0):
             pod_name = status.get("podName") or objects.pod_name(job, max(attempt, 1))
             pod = await self.find_pod(key[0], pod_name)
-            if pod is None and pod_name != objects.pod_name(job, max(attempt, 1)):
-                pod = await self.kube.get_pod(key[0], pod_name)  # a claimed standby Pod, not yet indexed
+            if pod is None and (attempt > 0 or pod_name != objects.pod_name(job, max(attempt, 1))):
+                # The Pod of a started attempt (or a claimed standby Pod) that the index does not show
+                # (yet: the Pod watch may lag the job watch under a burst): ask the API before the plan
+                # takes it for lost and schedules a retry.
+                pod = await self.kube.get_pod(key[0], pod_name)
         standby = None
         if admitted and pod is None and attempt == 0 and job_type and job_type.get("standbyPods"):
             pod = self.find_claimed_pod(job)  # claimed before a crash, status not yet written

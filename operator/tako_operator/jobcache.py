@@ -32,7 +32,7 @@ SPEC_DROPPED = ("code", "inputData")
 CODE_PLACEHOLDER = "# spec.code is not kept in the operator's job cache"
 STATUS_DROPPED = ("stdout", "stderr")
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
-DEFAULT_MAX_ENTRIES = 2048
+DEFAULT_MAX_ENTRIES = 256
 POD_SPEC_READ = ("runtimeClassName", "activeDeadlineSeconds", "nodeName")
 
 
