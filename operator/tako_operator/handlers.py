@@ -109,6 +109,8 @@ class Reconciler:
         # PythonJobs and PythonJobTypes, so a reconcile reads them without API calls.
         self.pod_index: Any = None
         self.type_index: Any = None
+        self.indexes_bound = asyncio.Event()  # set once this kopf run's indexes are known
+        self.runs = 0
         metrics.bind(lambda: self.entries, lambda: self.admission.waiting(self.entries))
 
     # -- entry points ---------------------------------------------------------------------------
@@ -131,6 +133,17 @@ class Reconciler:
         self.job_index = kwargs[JOB_INDEX]
         self.pod_index = kwargs[POD_INDEX]
         self.type_index = kwargs[TYPE_INDEX]
+        self.indexes_bound.set()
+
+    def new_run(self) -> None:
+        """kopf (re)starts: forget what the previous run knew about the jobs (its indexes, the job
+        cache). The new run lists every resource from the API and fills new indexes before its first
+        handler; until then a pass (a wake-up timer) waits for them instead of deciding on a list
+        that may hold jobs deleted meanwhile. Admission slots and timers live on."""
+        self.runs += 1
+        self.job_index = self.pod_index = self.type_index = None
+        self.indexes_bound = asyncio.Event()
+        self.jobs = JobCache(self.config.job_cache_entries)
 
     async def poke(self, namespace: str, name: str) -> None:
         """Reconcile a job by name, reading it fresh from the API."""
@@ -149,6 +162,8 @@ class Reconciler:
         A transient API fault (5xx, 409 Conflict, 429, a dropped connection) on any call schedules the
         same pass again with backoff: kopf does not retry event handlers, and no other watch event
         may ever come for the job. Every pass starts from what is stored, so a retry is idempotent."""
+        if self.runs and not self.indexes_bound.is_set():
+            await self.indexes_bound.wait()  # a restarted kopf run has not listed the jobs yet
         lock = self.locks.setdefault(key, asyncio.Lock())
         started = time.monotonic()
         try:

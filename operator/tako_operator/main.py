@@ -201,6 +201,7 @@ async def operate(
         namespaces = [default_ns]
 
     async def run_kopf() -> None:
+        reconciler.new_run()  # each run rebuilds its job list from the API, not the previous run's
         await bounded_shutdown(
             kopf.operator(
                 registry=registry,
