@@ -28,6 +28,8 @@ from tako_operator.standby import ANNOTATION_CLAIMED_BY as CLAIMED_BY
 
 Key = tuple[str, str]
 SLIM = "__tako_slim__"  # marks a body stored without code/input/output
+ANSWER = "__tako_answer__"  # marks a body that is the API's answer to the operator's own patch
+UNCONFIRMED_FACTOR = 4
 SPEC_DROPPED = ("code", "inputData")
 CODE_PLACEHOLDER = "# spec.code is not kept in the operator's job cache"
 STATUS_DROPPED = ("stdout", "stderr")
@@ -127,8 +129,21 @@ class JobCache:
     def wrote(self, answer: dict[str, Any], annotations: dict[str, Any] | None = None) -> None:
         """The API's answer to a patch of the job's status or `annotations` (the object after it)."""
         key = _key(answer)
-        self.unconfirmed[key] = _written(answer, dict(annotations or {}))
-        self._store(key, slim_copy(answer))
+        written = _written(answer, dict(annotations or {}))
+        stored = self.bodies.get(key)
+        if stored is not None and stored.get(ANSWER) is None and _shows(stored, written):
+            # the watch already showed this write (its event can beat the answer to the patch)
+            self.unconfirmed.pop(key, None)
+            return
+        self.unconfirmed[key] = written
+        while len(self.unconfirmed) > UNCONFIRMED_FACTOR * max(self.max_entries, 1):
+            # bounded too: a job whose write is forgotten unconfirmed is read from the API next time
+            oldest = next(iter(self.unconfirmed))
+            del self.unconfirmed[oldest]
+            self.bodies.pop(oldest, None)
+        body = slim_copy(answer)
+        body[ANSWER] = True
+        self._store(key, body)
 
     def forget(self, key: Key) -> None:
         self.bodies.pop(key, None)

@@ -102,3 +102,17 @@ def test_the_admission_fast_path_decides_like_the_ordered_one() -> None:
             or key in admissible(entries, granted, released, limit)
         )
         assert admission.decide(key, entries) == expected, (entries, limit, granted, released, key)
+
+
+def test_an_echo_that_beat_the_answer_leaves_nothing_unconfirmed() -> None:
+    cache = JobCache()
+    cache.observed(job("a", {"phase": "Pending", "attempts": 1}))  # the watch shows the write first
+    cache.wrote(job("a", {"phase": "Pending", "attempts": 1}))  # then the answer to the patch arrives
+    assert cache.unconfirmed == {}
+
+
+def test_unconfirmed_writes_are_bounded() -> None:
+    cache = JobCache(max_entries=2)
+    for n in range(20):
+        cache.wrote(job(f"j{n}", {"attempts": 1}))
+    assert len(cache.unconfirmed) <= 8 and len(cache) <= 2
