@@ -201,6 +201,7 @@ async def operate(
         namespaces = [default_ns]
 
     async def run_kopf() -> None:
+        reconciler.new_run()  # each run rebuilds its job list from the API, not the previous run's
         await bounded_shutdown(
             kopf.operator(
                 registry=registry,
@@ -221,7 +222,7 @@ async def operate(
     finally:
         if server is not None:
             server[0].shutdown()
-        kube.api_client.close()
+        kube.close()
 
 
 # kopf logs this (logger kopf._core.reactor.running) when its root task fails; kopf 1.45.2 is pinned.

@@ -340,8 +340,8 @@ def _create_attempt(observed: Observed, result: Plan, attempt: int) -> Plan:
     except JobRejected as exc:
         return _finish(observed, result, status_mod.rejected_status(_model(observed), exc, observed.now))
     pod = result.create[-1]
-    message = f"attempt {attempt}: pod created"
-    result.status = _pending_record(observed, attempt, pod["metadata"]["name"], message)
+    # the status the next pass computes from this Pod as created, so that pass writes nothing
+    result.status = _pending_record(observed, attempt, pod["metadata"]["name"], None, pod)
     result.events.append(("Normal", "Admitted" if attempt == 1 else "Retried", f"attempt {attempt} started"))
     return result
 
@@ -366,11 +366,15 @@ def _claim_attempt(observed: Observed, result: Plan) -> bool:
     return True
 
 
-def _pending_record(observed: Observed, attempt: int, pod_name: str, message: str) -> dict[str, Any]:
-    """The status of a job whose attempt `attempt` just got its Pod."""
+def _pending_record(
+    observed: Observed, attempt: int, pod_name: str, message: str | None, pod: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The status of a job whose attempt `attempt` just got its Pod (`pod`: as it is being created)."""
     model = _model(observed)
-    record = status_mod.compute_status(model, None, {}, observed.now, observed.settings)
-    record.update(phase="Pending", attempts=attempt, podName=pod_name, message=message)
+    record = status_mod.compute_status(model, pod, {}, observed.now, observed.settings)
+    record.update(phase="Pending", attempts=attempt, podName=pod_name)
+    if message is not None:
+        record["message"] = message
     status = observed.job.get("status") or {}
     if not status.get("queuedAt"):
         record["queuedAt"] = status_mod.format_time(observed.now)

@@ -290,6 +290,10 @@ class KubeHarness:
         """How many create requests for `plural` (e.g. "pods") the emulator has served."""
         return int(self._emulator.creations[plural])
 
+    def requests(self) -> list[rendering.Request]:
+        """Every request the emulator has served so far (kmock's history), oldest first."""
+        return list(self._emulator)
+
     @property
     def pod_order(self) -> list[str]:
         return list(self._emulator.pod_order)
