@@ -284,6 +284,8 @@ def plan(observed: Observed) -> Plan:
         )
     if status_mod.pod_finished(pod) or _install_failed(pod):
         record = status_mod.compute_status(model, _as_finished(pod), observed.logs, now, settings)
+        if not status.get("attempts"):  # the Pod's own status write was lost (an operator restart)
+            record["attempts"] = attempts
         return _finish(observed, result, record)
 
     # Still running. Install finished -> close egress before user code may start.

@@ -11,10 +11,13 @@ What it adds on top of kmock (each one emulates an API-server behaviour kmock la
   API server does (kmock stores the body verbatim);
 - `GET pods/{name}/log?container=...` serves text that a test or the node agent stored with
   `set_log()` (kmock has no kubelet and would answer the Pod JSON);
-- `kubeconfig()` writes a kubeconfig file pointing at the emulator.
+- `kubeconfig()` writes a kubeconfig file pointing at the emulator;
+- Leases get the API server's optimistic concurrency: every write bumps `metadata.resourceVersion`,
+  and a patch naming a resourceVersion that is not the stored one is answered 409 Conflict (leader
+  election is a compare-and-swap on it; kmock would apply both writes).
 
-What it cannot emulate (tested elsewhere): resourceVersion, schema validation, label selectors,
-status-subresource separation and garbage collection of owned objects.
+What it cannot emulate (tested elsewhere): resourceVersion (except for Leases), schema validation,
+label selectors, status-subresource separation and garbage collection of owned objects.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ class _Emulator(kmock.KubernetesEmulator):
     pod_order: list[str] = attrs.field(factory=list, init=False)
     pods_alive: int = attrs.field(default=0, init=False)
     pods_peak: int = attrs.field(default=0, init=False)
+    lease_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
 
     def __iter__(self) -> Iterator[rendering.Request]:
         """kmock picks the reaction for a request by testing `request in reaction_view` for each of
@@ -99,9 +103,33 @@ class _Emulator(kmock.KubernetesEmulator):
     async def _handle(self, request: rendering.Request) -> Any:
         token = _SERVING.set(request)
         try:
+            if request.resource is not None and request.resource.plural == "leases":
+                async with self.lease_lock:
+                    return await self._handle_lease(request)
             return await self._handle_tracked(request)
         finally:
             _SERVING.reset(token)
+
+    async def _handle_lease(self, request: rendering.Request) -> Any:
+        """resourceVersion as the API server keeps it, for Leases: bumped by every write, and a patch
+        naming a stale one is refused (serialised by `lease_lock`, so check and write are atomic)."""
+        data = request.data
+        writing = request.action in (enums.action.CREATE, enums.action.UPDATE) and isinstance(data, dict)
+        if writing and request.action == enums.action.UPDATE:
+            key = (request.resource, request.namespace, request.name)
+            stored = self.objects[key] if key in self.objects and not self.objects[key].deleted else None
+            current = str(
+                ((stored.get("metadata") if stored is not None else None) or {}).get("resourceVersion")
+            )
+            wanted = (data.get("metadata") or {}).get("resourceVersion")
+            if stored is not None and wanted and str(wanted) != current:
+                raise kmock.KubernetesError(
+                    status=409, reason="Conflict", message=f"lease changed: resourceVersion is {current}"
+                )
+            data.setdefault("metadata", {})["resourceVersion"] = str(
+                int(current) + 1 if current.isdigit() else 1
+            )
+        return await self._handle_tracked(request)
 
     async def _handle_tracked(self, request: rendering.Request) -> Any:
         data = request.data

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,32 @@ def wait_phase(kube: KubeHarness, name: str, phase: str, timeout: float = 30.0) 
     job = kube.get("pythonjobs", name)
     assert job is not None
     return job
+
+
+class BusyKubelet:
+    """Completes every Pod shortly after it appears, from a background thread."""
+
+    def __init__(self, kube: KubeHarness, delay: float = 0.1) -> None:
+        self.kube = kube
+        self.kubelet = FakeKubelet(kube)
+        self.delay = delay
+        self.stop = threading.Event()
+        self.done: set[str] = set()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            for pod in self.kube.list("pods"):
+                name = pod["metadata"]["name"]
+                if name not in self.done:
+                    self.kubelet.succeed(name, stdout=f"{name}\n")
+                    self.done.add(name)
+            time.sleep(0.2)
+
+    def __enter__(self) -> BusyKubelet:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
