@@ -17,11 +17,9 @@ from tako_operator import builders, objects
 from tako_operator import standby as standby_mod
 from tako_operator import status as status_mod
 from tako_operator.builders import JobRejected
+from tako_operator.conditions import TERMINAL_PHASES
 from tako_operator.settings import OperatorSettings
 from tako_vm.models.crd import PythonJob
-
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Timeout", "OOM", "Cancelled"})
-ACTIVE_PHASES = frozenset({"Pending", "Running"})
 
 JOB_CONTAINER = "job"
 INSTALL_CONTAINER = "install"
@@ -217,6 +215,18 @@ def _deadline_pod(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 def plan(observed: Observed) -> Plan:
+    """The plan for `observed`. Every status it writes is checked against the shared PythonJobStatus
+    model, and a pass that changes nothing else still records an unobserved generation (a spec change,
+    also on a finished job, is always observed)."""
+    result = _plan(observed)
+    if result.status:
+        result.status = status_mod.validated(result.status)
+    else:
+        result.status = status_mod.observe_generation(observed.job)
+    return result
+
+
+def _plan(observed: Observed) -> Plan:
     job = observed.job
     spec = job.get("spec") or {}
     status = job.get("status") or {}

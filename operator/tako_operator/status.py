@@ -14,20 +14,19 @@ import datetime
 import json
 from typing import Any
 
+from tako_operator import conditions as cond
 from tako_operator.builders import INSTALL_CONTAINER, JOB_CONTAINER, JobRejected
 from tako_operator.settings import OperatorSettings
 from tako_runner.outcome import Outcome, classify, parse_envelope
-from tako_vm.models.crd import STATUS_ARTIFACTS_MAX, TERMINAL_PHASES, PythonJob
+from tako_vm.models.crd import STATUS_ARTIFACTS_MAX, TERMINAL_PHASES, PythonJob, PythonJobStatus
 
 PHASE_BY_OUTCOME = {
-    "succeeded": "Succeeded",
-    "failed": "Failed",
-    "timeout": "Timeout",
-    "oom": "OOM",
-    "cancelled": "Cancelled",
+    "succeeded": cond.SUCCEEDED,
+    "failed": cond.FAILED,
+    "timeout": cond.TIMEOUT,
+    "oom": cond.OOM,
+    "cancelled": cond.CANCELLED,
 }
-FAILURE_PHASES = frozenset({"Failed", "Timeout", "OOM"})
-ADMITTED_PHASES = frozenset({"Pending", "Running", *TERMINAL_PHASES})
 MESSAGE_MAX = 1024
 ERROR_MESSAGE_MAX = 4096
 LOG_TRUNCATED = "[tako-operator] log truncated at max_log_bytes="
@@ -243,26 +242,6 @@ def _message(phase: str, fields: dict[str, Any]) -> str:
 # --- conditions -------------------------------------------------------------------------------------
 
 
-def desired_conditions(phase: str, message: str) -> list[tuple[str, str, str, str]]:
-    """(type, status, reason, message) for each condition type, from the phase alone."""
-    terminal = phase in TERMINAL_PHASES
-    ready = ("Ready", "True" if terminal else "False", phase, message)
-    if phase == "Queued":
-        admitted = ("Admitted", "False", "Queued", "Waiting for a free slot")
-    elif phase in ADMITTED_PHASES:
-        admitted = ("Admitted", "True", "Admitted", "Admitted to run")
-    else:
-        admitted = ("Admitted", "Unknown", phase, "Not yet admitted")
-    if phase == "Succeeded":
-        succeeded = ("Succeeded", "True", phase, message)
-    elif terminal:
-        succeeded = ("Succeeded", "False", phase, message)
-    else:
-        succeeded = ("Succeeded", "Unknown", phase, "Not finished")
-    failed = ("Failed", "True" if phase in FAILURE_PHASES else "False", phase, message)
-    return [ready, admitted, succeeded, failed]
-
-
 def conditions_for(
     phase: str,
     message: str,
@@ -276,9 +255,14 @@ def conditions_for(
     """
     before = {c.get("type"): c for c in previous}
     out = []
-    for kind, status, reason, text in desired_conditions(phase, message):
+    for kind, status, reason, text in cond.job_conditions(phase, message):
         old = before.get(kind)
-        if kind == "Admitted" and phase == "Cancelled" and old is not None and old.get("status") != "True":
+        if (
+            kind == cond.ADMITTED
+            and phase == cond.CANCELLED
+            and old is not None
+            and old.get("status") != cond.TRUE
+        ):
             status, reason, text = (
                 old["status"],
                 str(old.get("reason") or "Cancelled"),
@@ -386,6 +370,26 @@ def rejected_status(job: PythonJob, error: JobRejected | str, now: datetime.date
         "finishedAt": format_time(now),
     }
     return _finish(job, fields, now)
+
+
+def observe_generation(job: dict[str, Any]) -> dict[str, Any]:
+    """The status fields that record the job's current generation as observed, or {} if it is. A
+    finished job's record never changes otherwise, but a spec change on it (spec.cancel set after the
+    end) must be observed: else kstatus, Argo CD and `kubectl wait` see an unobserved generation forever."""
+    generation = (job.get("metadata") or {}).get("generation")
+    status = job.get("status") or {}
+    if generation is None or not status or status.get("observedGeneration") == generation:
+        return {}
+    conditions = [{**c, "observedGeneration": int(generation)} for c in status.get("conditions") or []]
+    return {"observedGeneration": int(generation), "conditions": conditions}
+
+
+def validated(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` checked against the shared PythonJobStatus model (the CRD's status schema) and written
+    back in its JSON form: a status the API server would refuse fails here, naming the field."""
+    model = PythonJobStatus.model_validate(fields)
+    dumped: dict[str, Any] = model.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return dumped
 
 
 def status_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:

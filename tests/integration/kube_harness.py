@@ -12,6 +12,8 @@ What it adds on top of kmock (each one emulates an API-server behaviour kmock la
 - `GET pods/{name}/log?container=...` serves text that a test or the node agent stored with
   `set_log()` (kmock has no kubelet and would answer the Pod JSON);
 - `kubeconfig()` writes a kubeconfig file pointing at the emulator;
+- a write to an object's `spec` (not through a subresource) increments `metadata.generation`, as the
+  API server does (kstatus, Argo CD and `kubectl wait` compare it with `observedGeneration`);
 - Leases get the API server's optimistic concurrency: every write bumps `metadata.resourceVersion`,
   and a patch naming a resourceVersion that is not the stored one is answered 409 Conflict (leader
   election is a compare-and-swap on it; kmock would apply both writes).
@@ -152,6 +154,16 @@ class _Emulator(kmock.KubernetesEmulator):
             meta.setdefault("resourceVersion", "1")
             if request.namespace and not meta.get("namespace"):
                 meta["namespace"] = request.namespace
+        if (
+            request.action == enums.action.UPDATE
+            and not request.subresource
+            and isinstance(data, dict)
+            and "spec" in data
+            and key in self.objects
+            and not self.objects[key].deleted
+        ):
+            stored_meta = self.objects[key].get("metadata") or {}
+            data.setdefault("metadata", {})["generation"] = int(stored_meta.get("generation") or 1) + 1
         response = await super()._handle(request)
         if is_pod and request.action == enums.action.CREATE and response.status < 300:
             self.pod_order.append(str((request.data or {}).get("metadata", {}).get("name")))

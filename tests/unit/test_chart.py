@@ -305,7 +305,9 @@ def test_operator_replicas_share_arguments_and_elect_a_leader_through_a_lease(
         },
     ]
     binding = one(production_objects, "RoleBinding", "tako-operator-leader-election", NAMESPACE)
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tako-operator", "namespace": NAMESPACE}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tako-operator", "namespace": NAMESPACE}
+    ]
 
 
 def test_shim_runs_the_kubernetes_backend_with_api_keys_from_a_secret(

@@ -80,7 +80,7 @@ def test_entry_for_reads_status() -> None:
 def test_not_admitted_is_queued_once() -> None:
     result = plan(observe(job(), admitted=False))
     assert result.status["phase"] == "Queued" and not result.create
-    again = plan(observe(job({"phase": "Queued"}), admitted=False))
+    again = plan(observe(job(result.status), admitted=False))
     assert again.status == {} and not again.events, "no rewrite when nothing changed"
 
 
