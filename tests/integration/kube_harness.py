@@ -14,6 +14,8 @@ What it adds on top of kmock (each one emulates an API-server behaviour kmock la
 - `kubeconfig()` writes a kubeconfig file pointing at the emulator;
 - a write to an object's `spec` (not through a subresource) increments `metadata.generation`, as the
   API server does (kstatus, Argo CD and `kubectl wait` compare it with `observedGeneration`);
+- `authorize(fn)` puts an RBAC check in front of every request but the test's own (403 when `fn`
+  says no; tests/integration/chart_support.py's Enforcer checks the chart's rendered Roles);
 - Leases get the API server's optimistic concurrency: every write bumps `metadata.resourceVersion`,
   and a patch naming a resourceVersion that is not the stored one is answered 409 Conflict (leader
   election is a compare-and-swap on it; kmock would apply both writes).
@@ -88,6 +90,8 @@ class _Emulator(kmock.KubernetesEmulator):
     pods_alive: int = attrs.field(default=0, init=False)
     pods_peak: int = attrs.field(default=0, init=False)
     lease_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    # RBAC: called with each request of a client other than the test's own (httpx); False -> 403.
+    authorizer: Callable[[rendering.Request], bool] | None = attrs.field(default=None, init=False)
 
     def __iter__(self) -> Iterator[rendering.Request]:
         """kmock picks the reaction for a request by testing `request in reaction_view` for each of
@@ -105,12 +109,23 @@ class _Emulator(kmock.KubernetesEmulator):
     async def _handle(self, request: rendering.Request) -> Any:
         token = _SERVING.set(request)
         try:
+            if not self._authorized(request):
+                raise kmock.KubernetesError(
+                    status=403, reason="Forbidden", message="the chart's RBAC does not allow this request"
+                )
             if request.resource is not None and request.resource.plural == "leases":
                 async with self.lease_lock:
                     return await self._handle_lease(request)
             return await self._handle_tracked(request)
         finally:
             _SERVING.reset(token)
+
+    def _authorized(self, request: rendering.Request) -> bool:
+        if self.authorizer is None or request.resource is None or not request.resource.plural:
+            return True  # no RBAC set, or discovery (/api, /apis/G/V: allowed to every client)
+        if request.headers.get("User-Agent", "").startswith("python-httpx/"):
+            return True  # the test itself, playing user and kubelet
+        return self.authorizer(request)
 
     async def _handle_lease(self, request: rendering.Request) -> Any:
         """resourceVersion as the API server keeps it, for Leases: bumped by every write, and a patch
@@ -325,6 +340,9 @@ class KubeHarness:
             return False
         resp.raise_for_status()
         return True
+
+    def authorize(self, authorizer: Callable[[rendering.Request], bool] | None) -> None:
+        self._emulator.authorizer = authorizer
 
     def creations(self, plural: str) -> int:
         """How many create requests for `plural` (e.g. "pods") the emulator has served."""

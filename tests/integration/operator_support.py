@@ -112,7 +112,7 @@ class FakeKubelet:
         pod: dict[str, Any] = wait_for(find, timeout=timeout, what=f"a pod for {job}")
         return pod
 
-    def run(self, pod: str) -> None:
+    def run(self, pod: str, namespace: str | None = None) -> None:
         self.kube.patch_status(
             "pods",
             pod,
@@ -122,13 +122,20 @@ class FakeKubelet:
                     {"name": "job", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}
                 ],
             },
+            namespace=namespace,
         )
 
     def terminate(
-        self, pod: str, exit_code: int, log: str | None, reason: str = "Completed", phase: str | None = None
+        self,
+        pod: str,
+        exit_code: int,
+        log: str | None,
+        reason: str = "Completed",
+        phase: str | None = None,
+        namespace: str | None = None,
     ) -> None:
         if log is not None:
-            self.kube.set_log(pod, "job", log)
+            self.kube.set_log(pod, "job", log, namespace=namespace)
         self.kube.patch_status(
             "pods",
             pod,
@@ -138,11 +145,18 @@ class FakeKubelet:
                     {"name": "job", "state": {"terminated": {"exitCode": exit_code, "reason": reason}}}
                 ],
             },
+            namespace=namespace,
         )
 
-    def succeed(self, pod: str, stdout: str = "hello\n", output: dict[str, Any] | None = None) -> None:
-        self.run(pod)
-        self.terminate(pod, 0, envelope(0, stdout, output=output))
+    def succeed(
+        self,
+        pod: str,
+        stdout: str = "hello\n",
+        output: dict[str, Any] | None = None,
+        namespace: str | None = None,
+    ) -> None:
+        self.run(pod, namespace)
+        self.terminate(pod, 0, envelope(0, stdout, output=output), namespace=namespace)
 
     def evict(self, pod: str) -> None:
         self.kube.patch_status(
@@ -163,23 +177,26 @@ def wait_phase(kube: KubeHarness, name: str, phase: str, timeout: float = 30.0) 
 
 
 class BusyKubelet:
-    """Completes every Pod shortly after it appears, from a background thread."""
+    """Completes every Pod shortly after it appears (in `namespaces`, default the harness's), from a
+    background thread."""
 
-    def __init__(self, kube: KubeHarness, delay: float = 0.1) -> None:
+    def __init__(self, kube: KubeHarness, delay: float = 0.1, namespaces: list[str] | None = None) -> None:
         self.kube = kube
+        self.namespaces = namespaces or [kube.namespace]
         self.kubelet = FakeKubelet(kube)
         self.delay = delay
         self.stop = threading.Event()
-        self.done: set[str] = set()
+        self.done: set[tuple[str, str]] = set()
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
         while not self.stop.is_set():
-            for pod in self.kube.list("pods"):
-                name = pod["metadata"]["name"]
-                if name not in self.done:
-                    self.kubelet.succeed(name, stdout=f"{name}\n")
-                    self.done.add(name)
+            for namespace in self.namespaces:
+                for pod in self.kube.list("pods", namespace=namespace):
+                    name = pod["metadata"]["name"]
+                    if (namespace, name) not in self.done:
+                        self.kubelet.succeed(name, stdout=f"{name}\n", namespace=namespace)
+                        self.done.add((namespace, name))
             time.sleep(0.2)
 
     def __enter__(self) -> BusyKubelet:

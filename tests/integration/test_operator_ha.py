@@ -11,139 +11,59 @@ one host cannot bind the same port).
 
 from __future__ import annotations
 
-import os
+import contextlib
 import signal
 import socket
-import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import helm_python as helm
 import httpx
 import pytest
-import yaml
+from chart_support import (
+    Enforcer,
+    Replica,
+    holder_pod,
+    lease,
+    lease_name,
+    operator_container,
+    operator_grants,
+    render,
+)
 from kube_harness import KubeHarness, wait_for
 from operator_support import BusyKubelet, sample_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
-REPO = Path(__file__).resolve().parents[2]
-LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}"
 
 
-def chart_operator(namespace: str) -> tuple[list[str], dict[str, str]]:
-    """The operator container's args and plain env values, rendered by Helm's own library with the
-    chart's defaults (two replicas), the job namespace being kmock's."""
-    values = {"jobs": {"namespaces": [namespace]}, "fullnameOverride": "tako"}
-    with helm.Chart.load(REPO / "charts" / "tako-vm") as chart:
-        rendered = chart.render(values, name="tako", namespace=namespace)
-    docs = [
-        doc
-        for path, text in rendered.items()
-        if not path.endswith("NOTES.txt")
-        for doc in yaml.safe_load_all(text)
-        if isinstance(doc, dict)
-    ]
-    (deployment,) = [
-        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "tako-operator"
-    ]
-    assert deployment["spec"]["replicas"] == 2, "the chart's default is two replicas"
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
-    env.pop("HOME", None)
-    return list(container["args"]), env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def with_own_ports(args: list[str]) -> list[str]:
-    """The chart's args with this process's own ports (the one difference between two Pods' argv)."""
-    out = []
-    for arg in args:
-        if arg.startswith("--liveness="):
-            arg = f"--liveness=http://127.0.0.1:{free_port()}/healthz"
-        elif arg.startswith("--metrics-port="):
-            arg = f"--metrics-port={free_port()}"
-        out.append(arg)
-    return out
-
-
-class Replica:
-    def __init__(self, kube: KubeHarness, tmp_path: Path, pod: str, args: list[str], env: dict[str, str]):
-        self.pod = pod
-        self.args = with_own_ports(args)
-        self.log = tmp_path / f"{pod}.log"
-        environment = {
-            **os.environ,
-            **env,
-            "KUBECONFIG": str(kube.kubeconfig(tmp_path)),
-            "POD_NAME": pod,
-            "POD_NAMESPACE": kube.namespace,
-        }
-        environment.pop("KUBERNETES_SERVICE_HOST", None)
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "tako-vm"), *self.args],
-            env=environment,
-            cwd=REPO,
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def liveness(self) -> str:
-        (url,) = [a.removeprefix("--liveness=") for a in self.args if a.startswith("--liveness=")]
-        return url
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 40) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout=timeout)
-
-
-def lease(kube: KubeHarness, name: str) -> dict[str, Any] | None:
-    assert kube.http is not None
-    resp = kube.http.get(LEASE_PATH.format(ns=kube.namespace, name=name))
-    if resp.status_code == 404:
-        return None
-    resp.raise_for_status()
-    body: dict[str, Any] = resp.json()
-    return body
-
-
-def holder_pod(kube: KubeHarness, name: str) -> str | None:
-    spec = (lease(kube, name) or {}).get("spec") or {}
-    identity = str(spec.get("holderIdentity") or "")
-    return identity.rsplit("_", 1)[0] if identity else None
-
-
-def lease_name(args: list[str]) -> str:
-    (name,) = [a.removeprefix("--leader-election=") for a in args if a.startswith("--leader-election=")]
-    return name
+def chart_operator(namespace: str) -> tuple[list[str], dict[str, str], Enforcer]:
+    """The chart's defaults (two replicas), installed in kmock's namespace (also the job namespace)."""
+    objects = render({"jobs": {"namespaces": [namespace]}}, namespace)
+    args, env, replicas = operator_container(objects)
+    assert replicas == 2, "the chart's default is two replicas"
+    return args, env, Enforcer(operator_grants(objects, namespace))
 
 
 @pytest.fixture
 def replicas(kube: KubeHarness, tmp_path: Path) -> Any:
     started: list[Replica] = []
-    args, env = chart_operator(kube.namespace)
+    args, env, enforcer = chart_operator(kube.namespace)
+    kube.authorize(enforcer)  # every request must be one the chart's RBAC allows
 
     def start(pod: str) -> Replica:
-        replica = Replica(kube, tmp_path, pod, args, env)
+        replica = Replica(kube, tmp_path, pod, args, env, kube.namespace)
         started.append(replica)
         return replica
 
     yield start, lease_name(args)
     for replica in started:
         replica.stop(signal.SIGKILL)
+    assert enforcer.denied == [], "requests the chart's RBAC forbids"
 
 
 def test_the_chart_runs_the_same_arguments_in_every_replica(kube: KubeHarness) -> None:
-    args, env = chart_operator(kube.namespace)
+    args, env, _ = chart_operator(kube.namespace)
     assert not any(a.startswith(("--namespace", "--peering", "--priority")) for a in args), args
     assert env["TAKO_OPERATOR_NAMESPACES"] == kube.namespace
     assert lease_name(args) == "tako-operator"
@@ -223,3 +143,106 @@ def test_sigterm_hands_the_lease_over_at_once(kube: KubeHarness, replicas: Any) 
             timeout=60,
             what="the job run by the new leader",
         )
+
+
+class Partition:
+    """A TCP relay in front of kmock that can drop the network: after `blackhole()`, bytes on open
+    connections are no longer delivered and new connections are accepted but never answered (what a
+    client sees when the API server's address stops routing)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.host, port = upstream.removeprefix("http://").split(":")
+        self.upstream_port = int(port)
+        self.dropped = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.sockets: list[socket.socket] = [self.server]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def blackhole(self) -> None:
+        self.dropped.set()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self.sockets.append(client)
+            if self.dropped.is_set():
+                continue  # accepted, never answered
+            upstream = socket.create_connection((self.host, self.upstream_port))
+            self.sockets.append(upstream)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                if self.dropped.is_set():
+                    continue  # packets lost from now on
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.dropped.clear()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the relay threads and ends kmock's streams
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@pytest.mark.parametrize("fault", ["refused", "blackholed-while-leading"])
+def test_sigterm_ends_the_operator_within_the_grace_period_when_the_api_server_is_unreachable(
+    kube: KubeHarness, tmp_path: Path, fault: str
+) -> None:
+    """The chart gives an operator Pod terminationGracePeriodSeconds between SIGTERM and SIGKILL: the
+    operator exits within it even when the API server refuses connections (nothing listens) or stops
+    answering while the operator leads (requests in flight hang, as on a network partition)."""
+    objects = render({"jobs": {"namespaces": [kube.namespace]}}, kube.namespace)
+    (deployment,) = [
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "tako-operator"
+    ]
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    args, env, _ = operator_container(objects)
+    partition = Partition(kube.url)
+    try:
+        if fault == "refused":
+            with socket.socket() as probe:  # a port nothing listens on
+                probe.bind(("127.0.0.1", 0))
+                dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+            config = tmp_path / "kubeconfig"
+            kube.kubeconfig(tmp_path)
+            config.write_text(config.read_text().replace(kube.url, dead))
+        else:
+            kube.kubeconfig(tmp_path)
+            config = tmp_path / "kubeconfig"
+            config.write_text(config.read_text().replace(kube.url, partition.url))
+        replica = Replica(kube, tmp_path, "tako-operator-0", args, env, kube.namespace, kubeconfig=config)
+        if fault == "refused":
+            wait_for(lambda: "not written" in replica.log.read_text(), timeout=60, what="failed lease tries")
+        else:
+            wait_for(lambda: holder_pod(kube, lease_name(args)), timeout=60, what="the operator to lead")
+            with BusyKubelet(kube):
+                kube.create("pythonjobs", sample_job("before-partition"))
+                wait_for(
+                    lambda: (
+                        ((kube.get("pythonjobs", "before-partition") or {}).get("status") or {}).get("phase")
+                        == "Succeeded"
+                    ),
+                    timeout=60,
+                    what="a job reconciled before the partition",
+                )
+            partition.blackhole()
+            kube.create("pythonjobs", sample_job("during-partition"))  # its watch event is lost
+            time.sleep(3.0)  # kopf's watches and the lease renewal now hang
+        signalled = time.monotonic()
+        replica.proc.send_signal(signal.SIGTERM)
+        code = replica.proc.wait(timeout=grace + 30)
+        took = time.monotonic() - signalled
+        print(f"{fault}: exited {code} {took:.1f} s after SIGTERM (grace {grace} s)")
+        assert took < grace, f"still running {took:.1f} s after SIGTERM: the kubelet would SIGKILL it"
+    finally:
+        partition.close()
