@@ -73,3 +73,29 @@ def job_conditions(phase: str, message: str) -> list[Condition]:
     else:
         out.append((ADMITTED, UNKNOWN, phase, "Not yet admitted"))
     return out
+
+
+# --- PythonJobType --------------------------------------------------------------------------------
+SPEC_INVALID = "InvalidSpec"
+IMAGE_PULL_FAILED = "ImagePullFailed"
+POOL_FILLING = "PoolFilling"
+POOL_READY = "PoolReady"
+ACCEPTED = "Accepted"
+
+
+def job_type_conditions(
+    problem: str | None, wanted: int, ready: int, pull_error: str | None
+) -> list[Condition]:
+    """A PythonJobType is Ready when jobs can use it: its spec is valid, and its standby pool (if it
+    has one) is full. Stalled=True when it cannot become usable without a change (an invalid spec, an
+    image its standby Pods cannot pull); Reconciling=True while the pool fills."""
+    if problem is not None:
+        return [(READY, FALSE, SPEC_INVALID, problem), (STALLED, TRUE, SPEC_INVALID, problem)]
+    if pull_error is not None:
+        return [(READY, FALSE, IMAGE_PULL_FAILED, pull_error), (STALLED, TRUE, IMAGE_PULL_FAILED, pull_error)]
+    if wanted == 0:
+        return [(READY, TRUE, ACCEPTED, "Jobs of this type get their Pods on demand")]
+    if ready < wanted:
+        text = f"{ready} of {wanted} standby Pods ready"
+        return [(READY, FALSE, POOL_FILLING, text), (RECONCILING, TRUE, POOL_FILLING, text)]
+    return [(READY, TRUE, POOL_READY, f"{ready} of {wanted} standby Pods ready")]

@@ -281,6 +281,24 @@ class Kube:
             raise
         return True
 
+    async def patch_job_type_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        try:
+            await self._call(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                JOB_TYPES,
+                name,
+                {"status": status},
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     async def patch_job_metadata(self, namespace: str, name: str, metadata: dict[str, Any]) -> bool:
         try:
             await self._call(

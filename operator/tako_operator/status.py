@@ -14,11 +14,20 @@ import datetime
 import json
 from typing import Any
 
+from pydantic import ValidationError
+
 from tako_operator import conditions as cond
 from tako_operator.builders import INSTALL_CONTAINER, JOB_CONTAINER, JobRejected
 from tako_operator.settings import OperatorSettings
 from tako_runner.outcome import Outcome, classify, parse_envelope
-from tako_vm.models.crd import STATUS_ARTIFACTS_MAX, TERMINAL_PHASES, PythonJob, PythonJobStatus
+from tako_vm.models.crd import (
+    STATUS_ARTIFACTS_MAX,
+    TERMINAL_PHASES,
+    PythonJob,
+    PythonJobStatus,
+    PythonJobTypeSpec,
+    PythonJobTypeStatus,
+)
 
 PHASE_BY_OUTCOME = {
     "succeeded": cond.SUCCEEDED,
@@ -254,7 +263,7 @@ def conditions_for(
     A cancelled job that was never admitted keeps Admitted as it was (it never got a slot).
     """
     before = {c.get("type"): c for c in previous}
-    out = []
+    desired = []
     for kind, status, reason, text in cond.job_conditions(phase, message):
         old = before.get(kind)
         if (
@@ -268,6 +277,22 @@ def conditions_for(
                 str(old.get("reason") or "Cancelled"),
                 str(old.get("message") or ""),
             )
+        desired.append((kind, status, reason, text))
+    return merge_conditions(desired, generation, now, previous)
+
+
+def merge_conditions(
+    desired: list[cond.Condition],
+    generation: int | None,
+    now: datetime.datetime,
+    previous: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """metav1.Conditions from (type, status, reason, message), keeping each one's lastTransitionTime
+    while its status stays the same."""
+    before = {c.get("type"): c for c in previous}
+    out = []
+    for kind, status, reason, text in desired:
+        old = before.get(kind)
         since = (old or {}).get("lastTransitionTime")
         if old is None or old.get("status") != status or not since:
             since = format_time(now)
@@ -282,6 +307,31 @@ def conditions_for(
             condition["observedGeneration"] = generation
         out.append(condition)
     return out
+
+
+def job_type_status(
+    job_type: dict[str, Any], ready_pods: int, pull_error: str | None, now: datetime.datetime
+) -> dict[str, Any]:
+    """The status of a PythonJobType (see conditions.job_type_conditions), validated by the shared model."""
+    problem = None
+    wanted = 0
+    try:
+        spec = PythonJobTypeSpec.model_validate(job_type.get("spec") or {})
+        wanted = spec.standby_pods
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        problem = f"spec.{where}: {first['msg']}"[:MESSAGE_MAX]
+    generation = (job_type.get("metadata") or {}).get("generation")
+    previous = (job_type.get("status") or {}).get("conditions") or []
+    desired = cond.job_type_conditions(problem, wanted, ready_pods, pull_error)
+    fields: dict[str, Any] = {"conditions": merge_conditions(desired, generation, now, previous)}
+    if generation is not None:
+        fields["observedGeneration"] = int(generation)
+    dumped: dict[str, Any] = PythonJobTypeStatus.model_validate(fields).model_dump(
+        mode="json", by_alias=True, exclude_unset=True
+    )
+    return dumped
 
 
 # --- the entry points -------------------------------------------------------------------------------

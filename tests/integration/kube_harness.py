@@ -58,7 +58,7 @@ RESOURCES: list[tuple[str, str, str, bool, list[str]]] = [
     ("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy", True, []),
     ("coordination.k8s.io/v1", "leases", "Lease", True, []),
     ("takovm.dev/v1alpha1", "pythonjobs", "PythonJob", True, ["status"]),
-    ("takovm.dev/v1alpha1", "pythonjobtypes", "PythonJobType", True, []),
+    ("takovm.dev/v1alpha1", "pythonjobtypes", "PythonJobType", True, ["status"]),
     ("kopf.dev/v1", "kopfpeerings", "KopfPeering", True, []),
     ("kopf.dev/v1", "clusterkopfpeerings", "ClusterKopfPeering", False, []),
 ]

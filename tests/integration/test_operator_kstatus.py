@@ -191,3 +191,60 @@ def _write_testdata(states: dict[str, dict[str, Any]]) -> None:
         "# tests/unit/test_argocd_health.py runs them with a real Lua runtime (lupa).\n"
     )
     (HEALTH_DIR / "health_test.yaml").write_text(header + yaml.safe_dump({"tests": cases}, sort_keys=False))
+
+
+def job_type(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "takovm.dev/v1alpha1",
+        "kind": "PythonJobType",
+        "metadata": {"name": name},
+        "spec": {"image": "python:3.11-slim", **spec},
+    }
+
+
+def type_conditions(kube: KubeHarness, name: str) -> dict[str, str]:
+    status = (kube.get("pythonjobtypes", name) or {}).get("status") or {}
+    return {c["type"]: c["status"] for c in status.get("conditions") or []}
+
+
+def test_a_job_type_is_ready_when_usable_in_kstatus_terms(kube: KubeHarness, run_operator: Any) -> None:
+    """PythonJobType status as the operator writes it: Ready=True for a usable type (its standby pool,
+    if any, full), Reconciling=True while the pool fills, Stalled=True for a spec it cannot use."""
+    run_operator()
+    kube.create("pythonjobtypes", job_type("plain"))
+    kube.create("pythonjobtypes", job_type("broken", image="no spaces allowed"))  # kmock skips the schema
+    kube.create("pythonjobtypes", job_type("warm", standbyPods=1))
+    wait_for(lambda: type_conditions(kube, "plain").get("Ready") == "True", what="plain Ready")
+    wait_for(lambda: type_conditions(kube, "broken").get("Stalled") == "True", what="broken Stalled")
+    wait_for(lambda: type_conditions(kube, "warm").get("Reconciling") == "True", what="warm filling")
+    verdicts = {name: kstatus(job_state_of(kube, name)) for name in ("plain", "broken", "warm")}
+    assert verdicts == {"plain": "Current", "broken": "Failed", "warm": "InProgress"}
+    assert "spec.image" in _condition(kube, "broken", "Stalled")["message"]
+    assert _condition(kube, "warm", "Ready")["message"] == "0 of 1 standby Pods ready"
+
+    (standby,) = wait_for(lambda: kube.list("pods"), what="the standby Pod")
+    kube.patch_status(
+        "pods",
+        standby["metadata"]["name"],
+        {"phase": "Running", "podIP": "10.0.0.9", "conditions": [{"type": "Ready", "status": "True"}]},
+    )
+    wait_for(
+        lambda: type_conditions(kube, "warm").get("Ready") == "True", what="warm Ready once its pool is full"
+    )
+    warm = job_state_of(kube, "warm")
+    assert kstatus(warm) == "Current" and kubectl_wait_met(warm, "Ready")
+    assert "Reconciling" not in type_conditions(kube, "warm"), "abnormal-true: dropped once False"
+    for name in ("plain", "broken", "warm"):
+        obj = job_state_of(kube, name)
+        assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+
+
+def job_state_of(kube: KubeHarness, name: str) -> dict[str, Any]:
+    found = kube.get("pythonjobtypes", name)
+    assert found is not None
+    return found
+
+
+def _condition(kube: KubeHarness, name: str, kind: str) -> dict[str, Any]:
+    (found,) = [c for c in job_state_of(kube, name)["status"]["conditions"] if c["type"] == kind]
+    return found

@@ -169,6 +169,7 @@ OPERATOR_NAMESPACED_RULES = {
     ("takovm.dev", "pythonjobs"): {"get", "list", "watch", "patch", "delete"},
     ("takovm.dev", "pythonjobs/status"): {"get", "patch"},
     ("takovm.dev", "pythonjobtypes"): {"get", "list", "watch"},
+    ("takovm.dev", "pythonjobtypes/status"): {"patch"},  # Ready when the type is usable
     ("", "pods"): {"create", "get", "list", "watch", "patch", "delete"},
     ("", "pods/log"): {"get"},
     ("", "configmaps"): {"create", "get", "delete"},
