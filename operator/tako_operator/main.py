@@ -136,7 +136,6 @@ def config_from_env(env: os._Environ[str] | dict[str, str]) -> OperatorConfig:
         max_attempts=int(number("TAKO_OPERATOR_MAX_ATTEMPTS", 3)) or 1,
         retry_backoff_seconds=number("TAKO_OPERATOR_RETRY_BACKOFF_SECONDS", 5.0),
         retry_backoff_max_seconds=number("TAKO_OPERATOR_RETRY_BACKOFF_MAX_SECONDS", 300.0),
-        deadline_grace_seconds=number("TAKO_OPERATOR_DEADLINE_GRACE_SECONDS", 30.0),
         default_ttl_seconds=None
         if ttl_raw in ("", "none")
         else int(number("TAKO_OPERATOR_DEFAULT_TTL_SECONDS", 3600)),
@@ -155,13 +154,22 @@ def config_from_env(env: os._Environ[str] | dict[str, str]) -> OperatorConfig:
 
 def builder_settings_from_env(env: os._Environ[str] | dict[str, str]) -> OperatorSettings:
     """The builders' settings; the Helm chart sets TAKO_VM_RUNTIME_CLASS_NAME. TAKO_OPERATOR_MAX_LOG_BYTES
-    (unset: derived from the job caps) bounds how much of a Pod's log the operator reads."""
+    (unset: derived from the job caps) bounds how much of a Pod's log the operator reads.
+    TAKO_OPERATOR_DEADLINE_GRACE_SECONDS is the one deadline knob: a job Pod's activeDeadlineSeconds is
+    startup timeout + timeout + this, and the operator ends a Pod still running then itself."""
     runtime_class = env.get("TAKO_VM_RUNTIME_CLASS_NAME", "gvisor").strip()
+    grace_raw = env.get("TAKO_OPERATOR_DEADLINE_GRACE_SECONDS", "").strip()
+    if grace_raw and not grace_raw.isdigit():
+        raise ValueError(
+            f"TAKO_OPERATOR_DEADLINE_GRACE_SECONDS must be a whole number of seconds >= 0, got {grace_raw!r}"
+        )
     max_log_raw = env.get("TAKO_OPERATOR_MAX_LOG_BYTES", "").strip()
     if max_log_raw and not max_log_raw.isdigit():
         raise ValueError(f"TAKO_OPERATOR_MAX_LOG_BYTES must be a whole number of bytes, got {max_log_raw!r}")
     return OperatorSettings(
-        runtime_class_name=runtime_class or None, max_log_bytes=int(max_log_raw) if max_log_raw else None
+        runtime_class_name=runtime_class or None,
+        max_log_bytes=int(max_log_raw) if max_log_raw else None,
+        deadline_grace_seconds=int(grace_raw) if grace_raw else OperatorSettings.deadline_grace_seconds,
     )
 
 

@@ -44,7 +44,6 @@ class Limits:
     max_attempts: int = 3
     retry_backoff_seconds: float = 5.0
     retry_backoff_max_seconds: float = 300.0
-    deadline_grace_seconds: float = 30.0
     default_ttl_seconds: int | None = 3600
 
 
@@ -312,8 +311,9 @@ def _plan(observed: Observed) -> Plan:
         record = failed_status(observed, "image_pull_error", f"{pull[0]}: {pull[1]}".strip(": "))
         return _finish(observed, result, record)
 
-    # Operator-side bound, in case both the runner deadline and activeDeadlineSeconds fail.
-    bound = startup + timeout_seconds(job, observed.job_type) + limits.deadline_grace_seconds
+    # Operator-side bound, in case both the runner deadline and activeDeadlineSeconds fail: the Pod's
+    # own activeDeadlineSeconds (one knob, settings.deadline_grace_seconds, moves both).
+    bound = startup + timeout_seconds(job, observed.job_type) + settings.deadline_grace_seconds
     if age > bound:
         record = status_mod.compute_status(model, _deadline_pod(pod), observed.logs, now, settings)
         return _finish(observed, result, record)

@@ -9,6 +9,7 @@ Pod status and stores container logs the way a kubelet would; the operator canno
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -56,13 +57,19 @@ def operator_options(kube: KubeHarness, tmp_path: Path, **overrides: Any) -> Ope
         max_attempts=overrides.pop("max_attempts", 3),
         retry_backoff_seconds=overrides.pop("retry_backoff_seconds", 0.2),
         retry_backoff_max_seconds=2.0,
-        deadline_grace_seconds=overrides.pop("deadline_grace_seconds", 30.0),
         default_ttl_seconds=overrides.pop("default_ttl_seconds", 3600),
     )
     config = OperatorConfig(
         max_concurrent=overrides.pop("max_concurrent", 10),
         limits=limits,
-        builder_settings=overrides.pop("builder_settings", OperatorSettings()),
+        builder_settings=dataclasses.replace(
+            overrides.pop("builder_settings", OperatorSettings()),
+            **(
+                {"deadline_grace_seconds": overrides.pop("deadline_grace_seconds")}
+                if "deadline_grace_seconds" in overrides
+                else {}
+            ),
+        ),
     )
     return OperatorOptions(
         namespaces=[kube.namespace],

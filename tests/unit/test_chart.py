@@ -574,7 +574,7 @@ def test_operator_environment_is_accepted_by_the_real_operator_configuration(
     assert config.limits.max_attempts == 2
     assert config.limits.default_ttl_seconds == 86400
     assert (config.limits.retry_backoff_seconds, config.limits.retry_backoff_max_seconds) == (10, 600)
-    assert config.limits.deadline_grace_seconds == 60
+    assert config.builder_settings.deadline_grace_seconds == 60  # the Pod's deadline and the operator's
     assert config.builder_settings.runtime_class_name == "gvisor"
     assert config.default_image == production_values()["jobs"]["defaultJobType"]["image"]
 

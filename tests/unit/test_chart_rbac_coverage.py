@@ -123,7 +123,6 @@ def test_every_request_of_the_real_operator_is_allowed_by_the_chart_rbac(
                 max_attempts=2,
                 retry_backoff_seconds=0.2,
                 retry_backoff_max_seconds=1.0,
-                deadline_grace_seconds=30.0,
                 default_ttl_seconds=3600,
             ),
             builder_settings=OperatorSettings(),
