@@ -104,9 +104,10 @@ def test_killed_leader_mid_burst_every_job_gets_one_pod(kube: KubeHarness, repli
     assert follower.proc.poll() is None, "the new leader keeps running"
     spec = (lease(kube, name) or {})["spec"]
     assert spec["leaseTransitions"] == 1 and spec["leaseDurationSeconds"] == 15
-    # The follower reconciled nothing before it led: its first reconcile comes after "leads".
+    # The follower waited for the lease from its start and led once, after the kill (one transition).
     text = follower.log.read_text()
-    assert "leads (lease" in text
+    assert text.index("waiting for lease") < text.index("leads (lease")
+    assert text.count("leads (lease") == 1
 
 
 def _alive(url: str) -> bool:

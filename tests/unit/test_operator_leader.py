@@ -169,3 +169,15 @@ def test_only_globs_need_namespace_scanning() -> None:
     assert not Scope(True).needs_scanning, "all namespaces: cluster-wide watches, no namespace list"
     assert Scope(False, ("team-*",)).needs_scanning
     assert Scope(False, ("!kube-system",)).needs_scanning
+
+
+def test_kopf_lists_no_namespaces_unless_globs_ask_for_it() -> None:
+    """The bug this replaces: without --namespace, kopf's scanning was derived from the empty flag list
+    and listed namespaces cluster-wide, which a namespaced install's RBAC forbids."""
+    from tako_operator.main import OperatorOptions, _kopf_settings
+
+    options = OperatorOptions()
+    own = resolve_scope(None, False, {"POD_NAMESPACE": "tako-system"}, None)
+    assert _kopf_settings(options, own).scanning.disabled
+    assert _kopf_settings(options, Scope(True)).scanning.disabled
+    assert not _kopf_settings(options, Scope(False, ("team-*",))).scanning.disabled
