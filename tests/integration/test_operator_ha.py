@@ -102,6 +102,7 @@ def test_killed_leader_mid_burst_every_job_gets_one_pod(kube: KubeHarness, repli
     for job in jobs:
         assert kube.get("pythonjobs", job)["status"]["attempts"] == 1
     assert follower.proc.poll() is None, "the new leader keeps running"
+    wait_for(lambda: _alive(follower.liveness), timeout=30, what="the new leader's liveness (now kopf's)")
     spec = (lease(kube, name) or {})["spec"]
     assert spec["leaseTransitions"] == 1 and spec["leaseDurationSeconds"] == 15
     # The follower waited for the lease from its start and led once, after the kill (one transition).
