@@ -182,6 +182,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
         liveness=args.liveness,
         metrics_port=args.metrics_port,
         kubeconfig=args.kubeconfig,
+        leader_election=args.leader_election,
+        leader_election_namespace=args.leader_election_namespace,
     )
     return 0
 
@@ -322,6 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("--all-namespaces", action="store_true", help="watch PythonJobs in every namespace")
     operator.add_argument(
         "--peering", help="kopf peering object for active/standby replicas (default: standalone)"
+    )
+    operator.add_argument(
+        "--leader-election",
+        metavar="LEASE",
+        help="replicas started alike elect one leader through this coordination.k8s.io Lease",
+    )
+    operator.add_argument(
+        "--leader-election-namespace", metavar="NS", help="the Lease's namespace (default: $POD_NAMESPACE)"
     )
     operator.add_argument("--liveness", help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     operator.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")

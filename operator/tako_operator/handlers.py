@@ -384,6 +384,8 @@ class Reconciler:
         uid = (found.get("metadata") or {}).get("uid") if found else None
         self.pool.saw_standby_pod(namespace, type_name)
         self.pool.refill_soon(namespace, type_name, spec, uid)
+        if found is not None:
+            await self.pool.report(namespace, type_name, copy.deepcopy(dict(found)))
 
     # -- wake-ups ---------------------------------------------------------------------------------
 
@@ -467,6 +469,8 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
         spec = None if type == "DELETED" else dict(body.get("spec") or {})
         uid = (body.get("metadata") or {}).get("uid")
         reconciler.pool.refill_soon(namespace or "", name, spec, uid)
+        if type != "DELETED":
+            await reconciler.pool.report(namespace or "", name, copy.deepcopy(dict(body)))
 
     standby_labels = {standby_mod.LABEL_POOL: kopf.PRESENT}
 

@@ -321,6 +321,23 @@ class Kube:
         """Merge `status` into the job's status; the job as stored after the patch (None: it is gone)."""
         return await self._patch_job(namespace, name, {"status": status}, status=True)
 
+    async def patch_job_type_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        try:
+            await self._call(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                JOB_TYPES,
+                name,
+                {"status": status},
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     async def patch_job_metadata(
         self, namespace: str, name: str, metadata: dict[str, Any]
     ) -> dict[str, Any] | None:
@@ -383,6 +400,53 @@ class Kube:
         }
         with contextlib.suppress(ApiException):
             await self._call(self.core.create_namespaced_event, meta["namespace"], body=event)
+
+    # -- leader election (coordination.k8s.io/v1 Lease, see leader.py) ---------------------------
+    # Bounded by `request_timeout` seconds each: an unreachable API server must not hold up the election.
+
+    async def get_lease(self, namespace: str, name: str, request_timeout: float) -> dict[str, Any] | None:
+        api = kubernetes.client.CoordinationV1Api(self.api_client)
+        try:
+            response = await self._call(
+                api.read_namespaced_lease,
+                name,
+                namespace,
+                _request_timeout=request_timeout,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return self._json(response)
+
+    async def write_lease(self, namespace: str, body: dict[str, Any], request_timeout: float) -> bool:
+        """Create the Lease (no resourceVersion in `body`), or merge-patch it with the resourceVersion it
+        was read at, which the API server checks as a precondition. False when someone else created or
+        changed it first (409)."""
+        api = kubernetes.client.CoordinationV1Api(self.api_client)
+        name = body["metadata"]["name"]
+        try:
+            if body["metadata"].get("resourceVersion"):
+                await self._call(
+                    api.patch_namespaced_lease,
+                    name,
+                    namespace,
+                    body,
+                    _content_type="application/merge-patch+json",
+                    _request_timeout=request_timeout,
+                )
+            else:
+                await self._call(
+                    api.create_namespaced_lease,
+                    namespace,
+                    body,
+                    _request_timeout=request_timeout,
+                )
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
 
 
 # Statuses worth retrying the same pass for: a request timeout, a Conflict, rate limiting, and every

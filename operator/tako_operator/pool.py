@@ -9,6 +9,7 @@ type whose size is 0 and that has no standby Pods left.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import secrets
@@ -19,7 +20,9 @@ import aiohttp
 
 from tako_operator import builders
 from tako_operator import standby as sb
+from tako_operator import status as status_mod
 from tako_operator.kube import Kube
+from tako_operator.reconcile import waiting_reason
 from tako_operator.settings import OperatorSettings
 from tako_vm.models.crd import PythonJob, PythonJobTypeSpec
 
@@ -170,6 +173,26 @@ class StandbyPool:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("standby pool refill failed: %r", task.exception())
+
+    # -- the job type's status ------------------------------------------------------------------------
+
+    async def report(self, namespace: str, type_name: str, job_type: dict[str, Any]) -> None:
+        """Write the PythonJobType's status when it changed: Ready when jobs can use it (valid spec,
+        standby pool full), Reconciling while the pool fills, Stalled for an invalid spec or an image
+        its standby Pods cannot pull. Types without a pool cost no API call but the first write."""
+        raw = (job_type.get("spec") or {}).get("standbyPods")
+        wanted = raw if isinstance(raw, int) else 0
+        ready, pull_error = 0, None
+        if wanted > 0:
+            pods = await self.kube.list_pods(namespace, {sb.LABEL_POOL: builders.label_safe(type_name)})
+            live = [pod for pod in pods if sb.is_live(pod)]
+            ready = sum(1 for pod in live if sb.is_ready(pod))
+            pulls = [found for pod in live if (found := waiting_reason(pod)) is not None]
+            pull_error = f"{pulls[0][0]}: {pulls[0][1]}".strip(": ") if pulls else None
+        now = datetime.datetime.now(datetime.UTC)
+        wanted_status = status_mod.job_type_status(job_type, ready, pull_error, now)
+        if status_mod.status_changed(job_type.get("status"), wanted_status):
+            await self.kube.patch_job_type_status(namespace, type_name, wanted_status)
 
     # -- claiming ---------------------------------------------------------------------------------
 

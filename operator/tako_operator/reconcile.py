@@ -17,10 +17,9 @@ from tako_operator import builders, objects
 from tako_operator import standby as standby_mod
 from tako_operator import status as status_mod
 from tako_operator.builders import JobRejected
+from tako_operator.conditions import TERMINAL_PHASES
 from tako_operator.settings import OperatorSettings
 from tako_vm.models.crd import PythonJob
-
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Timeout", "OOM", "Cancelled"})
 
 JOB_CONTAINER = "job"
 INSTALL_CONTAINER = "install"
@@ -45,7 +44,6 @@ class Limits:
     max_attempts: int = 3
     retry_backoff_seconds: float = 5.0
     retry_backoff_max_seconds: float = 300.0
-    deadline_grace_seconds: float = 30.0
     default_ttl_seconds: int | None = 3600
 
 
@@ -216,6 +214,18 @@ def _deadline_pod(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 def plan(observed: Observed) -> Plan:
+    """The plan for `observed`. Every status it writes is checked against the shared PythonJobStatus
+    model, and a pass that changes nothing else still records an unobserved generation (a spec change,
+    also on a finished job, is always observed)."""
+    result = _plan(observed)
+    if result.status:
+        result.status = status_mod.validated(result.status)
+    else:
+        result.status = status_mod.observe_generation(observed.job)
+    return result
+
+
+def _plan(observed: Observed) -> Plan:
     job = observed.job
     spec = job.get("spec") or {}
     status = job.get("status") or {}
@@ -283,6 +293,8 @@ def plan(observed: Observed) -> Plan:
         )
     if status_mod.pod_finished(pod) or _install_failed(pod):
         record = status_mod.compute_status(model, _as_finished(pod), observed.logs, now, settings)
+        if not status.get("attempts"):  # the Pod's own status write was lost (an operator restart)
+            record["attempts"] = attempts
         return _finish(observed, result, record)
 
     # Still running. Install finished -> close egress before user code may start.
@@ -299,8 +311,9 @@ def plan(observed: Observed) -> Plan:
         record = failed_status(observed, "image_pull_error", f"{pull[0]}: {pull[1]}".strip(": "))
         return _finish(observed, result, record)
 
-    # Operator-side bound, in case both the runner deadline and activeDeadlineSeconds fail.
-    bound = startup + timeout_seconds(job, observed.job_type) + limits.deadline_grace_seconds
+    # Operator-side bound, in case both the runner deadline and activeDeadlineSeconds fail: the Pod's
+    # own activeDeadlineSeconds (one knob, settings.deadline_grace_seconds, moves both).
+    bound = startup + timeout_seconds(job, observed.job_type) + settings.deadline_grace_seconds
     if age > bound:
         record = status_mod.compute_status(model, _deadline_pod(pod), observed.logs, now, settings)
         return _finish(observed, result, record)

@@ -330,6 +330,13 @@ class PythonJobTypeSpec(_Spec):
         return env
 
 
+class PythonJobTypeStatus(_Observed):
+    """Observed state of a PythonJobType (kstatus conditions); written only by the operator."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    conditions: list[Condition] | None = Field(default=None, max_length=4)
+
+
 class PythonJobType(_Observed):
     """A whole PythonJobType object as read from the API."""
 
@@ -337,6 +344,7 @@ class PythonJobType(_Observed):
     kind: Literal["PythonJobType"] = "PythonJobType"
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: PythonJobTypeSpec
+    status: PythonJobTypeStatus | None = None
 
 
 DEFAULT_JOB_TYPE_NAME = "default"
