@@ -472,6 +472,19 @@ def run_operator(
 EXIT_THREADS_GRACE_SECONDS = 3.0
 
 
+def _threads_still_busy(grace: float) -> bool:
+    """True if a worker thread (the API executor's, whose threads the interpreter joins at exit without
+    a bound) is still alive after `grace` seconds."""
+    deadline = time.monotonic() + grace
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            return True
+    return False
+
+
 def run_bounded(main: Coroutine[Any, Any, None], grace: float = EXIT_THREADS_GRACE_SECONDS) -> None:
     """`asyncio.run(main)`, except that the end does not wait for worker threads stuck in API calls
     (a blackholed API server holds a blocking request until its socket times out, and asyncio.run
@@ -494,7 +507,7 @@ def run_bounded(main: Coroutine[Any, Any, None], grace: float = EXIT_THREADS_GRA
             loop.run_until_complete(asyncio.wait(pending, timeout=grace))
         shutdown = loop.create_task(loop.shutdown_default_executor())
         loop.run_until_complete(asyncio.wait({shutdown}, timeout=grace))
-        stuck = not shutdown.done()
+        stuck = not shutdown.done() or _threads_still_busy(grace)
         loop.close()
         if stuck:
             log.warning("API calls still hang after %.0f s; exiting without them", grace)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from kube_harness import KubeHarness
 from test_shim_kubernetes import job_type_object
 
-from tako_shim.backends import kubernetes as kubernetes_backend
+from tako_shim.backends.kubernetes import backend as kubernetes_backend
 from tako_shim.backends.kubernetes.api import KubeApiError
 from tako_shim.backends.kubernetes.backend import KubernetesBackend
 from tako_shim.config import KubernetesOptions, Settings
