@@ -81,9 +81,11 @@ pip_keys='^[[:space:]]*(cert|client-cert|index-url|trusted-host|proxy|timeout|de
 pip_files=(/etc/pip.conf /etc/xdg/pip/pip.conf "${XDG_CONFIG_HOME:-$HOME/.config}/pip/pip.conf" "$HOME/.pip/pip.conf")
 {
     echo "[global]"
-    for f in "${pip_files[@]}"; do [ -f "$f" ] && grep -hE "$pip_keys" "$f"; done | awk -F= '!seen[$1]++'
+    for f in "${pip_files[@]}"; do
+        if [ -f "$f" ]; then grep -hE "$pip_keys" "$f" || true; fi
+    done
     for v in PIP_CERT PIP_INDEX_URL PIP_TRUSTED_HOST PIP_PROXY PIP_DEFAULT_TIMEOUT; do
-        [ -n "${!v:-}" ] && echo "$(echo "${v#PIP_}" | tr 'A-Z_' 'a-z-') = ${!v}"
+        if [ -n "${!v:-}" ]; then echo "$(echo "${v#PIP_}" | tr 'A-Z_' 'a-z-') = ${!v}"; fi
     done
 } | awk -F= '{ k = $1; gsub(/[[:space:]]/, "", k) } !seen[k]++' > "$trust/pip.conf"
 say "host trust for the guest: $(find "$trust/ca" -name '*.crt' | wc -l) extra CA certificate(s), pip.conf: $(grep -c = "$trust/pip.conf") setting(s)"
