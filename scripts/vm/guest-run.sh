@@ -217,12 +217,17 @@ else
     finish
 fi
 export PATH=$tree/.tools/bin:$PATH
+# As `make test` does (the Makefile's OWN_CGROUP): the suite starts sandboxes itself, so on this cgroup v2
+# host it runs in a scope of its own with its cgroup delegated. Run from this unit's cgroup, which also
+# holds this script, the executor would rightly refuse (no controllers for children of a cgroup with
+# other processes in it).
+own_cgroup="systemd-run --scope --quiet --collect -p Delegate=yes --"
 # pytest_step STEP JUNIT_NAME ARGS...: PASS on exit 0, SKIP on exit 5 (nothing collected), else FAIL.
 pytest_step() {
     local name=$1 junit=$2 rc
     shift 2
     begin "$name"
-    timeout 5400 .venv/bin/pytest -q -ra -p no:cacheprovider --junitxml="$out/$junit" "$@" \
+    timeout 5400 $own_cgroup .venv/bin/pytest -q -ra -p no:cacheprovider --junitxml="$out/$junit" "$@" \
         > "$out/$name.log" 2>&1
     rc=$?
     case $rc in
