@@ -63,6 +63,32 @@ git -C "$repo" bundle create "$run/share/tree.bundle" HEAD 2> /dev/null
 [ -z "$(git -C "$repo" status --porcelain --untracked-files=no)" ] \
     || say "WARNING: uncommitted changes are not tested: the guest clones HEAD ($commit)"
 install -m 0755 "$repo/scripts/vm/guest-run.sh" "$run/share/guest-run.sh"
+
+# --- the host's trust, for the guest (this machine's environment, not the product) ------------------
+# This machine reaches PyPI through a TLS-intercepting proxy whose CA only the host trusts; the guest's
+# `make setup` (pip) would fail with CERTIFICATE_VERIFY_FAILED. So the guest gets what the host trusts:
+# the extra CA certificates the host installed (/usr/local/share/ca-certificates, for
+# update-ca-certificates in the guest) and the network part of the host's pip configuration (cert,
+# index-url, trusted-host, proxy, timeout; find-links, constraints and file:// indexes name host paths
+# the guest does not have). A host without any of these passes nothing and the guest uses Debian's CAs.
+trust="$run/share/host-trust"
+mkdir -p "$trust/ca"
+if [ -d /usr/local/share/ca-certificates ]; then
+    find /usr/local/share/ca-certificates -name '*.crt' -type f -print0 \
+        | while IFS= read -r -d '' crt; do install -m 0644 "$crt" "$trust/ca/$(basename "$crt")"; done
+fi
+pip_keys='^[[:space:]]*(cert|client-cert|index-url|trusted-host|proxy|timeout|default-timeout)[[:space:]]*='
+pip_files=(/etc/pip.conf /etc/xdg/pip/pip.conf "${XDG_CONFIG_HOME:-$HOME/.config}/pip/pip.conf" "$HOME/.pip/pip.conf")
+{
+    echo "[global]"
+    for f in "${pip_files[@]}"; do
+        if [ -f "$f" ]; then grep -hE "$pip_keys" "$f" || true; fi
+    done
+    for v in PIP_CERT PIP_INDEX_URL PIP_TRUSTED_HOST PIP_PROXY PIP_DEFAULT_TIMEOUT; do
+        if [ -n "${!v:-}" ]; then echo "$(echo "${v#PIP_}" | tr 'A-Z_' 'a-z-') = ${!v}"; fi
+    done
+} | awk -F= '{ k = $1; gsub(/[[:space:]]/, "", k) } !seen[k]++' > "$trust/pip.conf"
+say "host trust for the guest: $(find "$trust/ca" -name '*.crt' | wc -l) extra CA certificate(s), pip.conf: $(grep -c = "$trust/pip.conf") setting(s)"
 say "run $run: commit ${commit:0:12}, guest log in $run/serial.log, timeout ${timeout_minutes} min"
 
 : > "$run/serial.log"

@@ -17,7 +17,7 @@ tree=/root/tako-vm
 url=http://127.0.0.1:8000
 mkdir -p "$out"
 results=$out/results.tsv
-steps=(cgroup-v2-host clone make-server job-42 job-oom job-fork-bomb job-timeout server-survives
+steps=(cgroup-v2-host host-trust clone make-server job-42 job-oom job-fork-bomb job-timeout server-survives
        test-deps pytest-sandbox pytest-cgroup-unit)
 echo "#plan ${steps[*]}" > "$results"
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 HOME=/root LANG=C.UTF-8
@@ -69,13 +69,34 @@ else
     record cgroup-v2-host FAIL "not a cgroup v2 + systemd host: /sys/fs/cgroup is $fstype, PID 1 is $pid1"
 fi
 
-# --- 2. the project, as a user gets it ---------------------------------------------------------------
+# --- 2. trust what the host trusts (this machine's environment, not the product) ---------------------
+# The build machine reaches PyPI through a TLS-intercepting proxy whose CA only the host trusts;
+# scripts/test-in-fresh-vm.sh copies the host's extra CA certificates and the network part of its pip
+# configuration to /mnt/tako/host-trust. Installed here as a user of such a network would install them.
+begin host-trust
+ncas=0
+if [ -d "$share/host-trust/ca" ]; then
+    mkdir -p /usr/local/share/ca-certificates/host
+    for crt in "$share/host-trust/ca"/*.crt; do
+        [ -f "$crt" ] || continue
+        install -m 0644 "$crt" /usr/local/share/ca-certificates/host/
+        ncas=$((ncas + 1))
+    done
+fi
+if [ -s "$share/host-trust/pip.conf" ]; then install -m 0644 "$share/host-trust/pip.conf" /etc/pip.conf; fi
+if update-ca-certificates > "$out/host-trust.log" 2>&1; then
+    record host-trust PASS "$ncas host CA certificate(s) installed; /etc/pip.conf: $(grep = /etc/pip.conf 2> /dev/null | tr '\n' ';')"
+else
+    record host-trust FAIL "update-ca-certificates: $(tail -3 "$out/host-trust.log")"
+fi
+
+# --- 3. the project, as a user gets it ---------------------------------------------------------------
 begin clone
 if git -c advice.detachedHead=false clone -q "$share/tree.bundle" "$tree" > "$out/clone.log" 2>&1; then
     record clone PASS "commit $(git -C "$tree" rev-parse --short HEAD)"
 else
     record clone FAIL "$(tail -3 "$out/clone.log")"
-    skip_rest "no project tree (clone failed)" "${steps[@]:2}"
+    skip_rest "no project tree (clone failed)" "${steps[@]:3}"
     finish
 fi
 cd "$tree" || exit 1
@@ -196,12 +217,17 @@ else
     finish
 fi
 export PATH=$tree/.tools/bin:$PATH
+# As `make test` does (the Makefile's OWN_CGROUP): the suite starts sandboxes itself, so on this cgroup v2
+# host it runs in a scope of its own with its cgroup delegated. Run from this unit's cgroup, which also
+# holds this script, the executor would rightly refuse (no controllers for children of a cgroup with
+# other processes in it).
+own_cgroup="systemd-run --scope --quiet --collect -p Delegate=yes --"
 # pytest_step STEP JUNIT_NAME ARGS...: PASS on exit 0, SKIP on exit 5 (nothing collected), else FAIL.
 pytest_step() {
     local name=$1 junit=$2 rc
     shift 2
     begin "$name"
-    timeout 5400 .venv/bin/pytest -q -ra -p no:cacheprovider --junitxml="$out/$junit" "$@" \
+    timeout 5400 $own_cgroup .venv/bin/pytest -q -ra -p no:cacheprovider --junitxml="$out/$junit" "$@" \
         > "$out/$name.log" 2>&1
     rc=$?
     case $rc in
