@@ -18,6 +18,7 @@ from tako_shim import middleware
 from tako_shim.backends.base import Backend, Overrides, RecordFilter
 from tako_shim.config import Settings
 from tako_shim.errors import NotFound, Unauthorized, WaitTimeout
+from tako_shim.guards import browser_guard, read_body
 from tako_shim.middleware import (
     CORRELATION_ID_KEY,
     LIMITER_KEY,
@@ -58,7 +59,7 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 async def parse_body(request: web.Request, model: type[Model], *, empty_ok: bool = False) -> Model:
-    raw = await request.read()
+    raw = await read_body(request, request.app[SETTINGS_KEY].server_body_timeout_seconds)
     if empty_ok and not raw.strip():
         raw = b"{}"
     try:
@@ -409,6 +410,7 @@ def create_app(settings: Settings, backend: Backend) -> web.Application:
         client_max_size=settings.api_max_payload_bytes,
         middlewares=[
             middleware.boundary,
+            browser_guard(settings),
             middleware.payload_cap,
             middleware.rate_limit,
             middleware.authenticate,

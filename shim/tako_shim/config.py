@@ -102,6 +102,15 @@ class Settings(BaseModel):
     server_host: str = "127.0.0.1"
     server_port: int = Field(default=8000, ge=0, le=65535)  # 0 = any free port
     allow_unauthenticated_network_access: bool = False
+    # Connection hardening (tako_shim/serving.py): slow or silent clients are dropped, the number of
+    # open connections stays below the file-descriptor limit, excess connections get a 503.
+    server_max_connections: int = Field(default=10_000, ge=16, le=1_000_000)
+    server_header_timeout_seconds: float = Field(default=10.0, ge=1, le=300)
+    server_body_timeout_seconds: float = Field(default=30.0, ge=1, le=600)
+    # Browser guards (tako_shim/guards.py). Empty allowed hosts on a loopback bind: localhost,
+    # 127.0.0.1 and [::1] with server_port; on any other bind the Host header is not checked.
+    server_allowed_hosts: list[str] = Field(default_factory=list, max_length=100)
+    server_allowed_origins: list[str] = Field(default_factory=list, max_length=100)
 
     api_auth_enabled: bool = False
     api_keys: dict[str, str] = Field(default_factory=dict)  # key -> tenant; a YAML list maps to "default"
@@ -144,6 +153,29 @@ class Settings(BaseModel):
                 mapped[key] = tenant if sep else DEFAULT_TENANT
             return mapped
         return value
+
+    @field_validator("server_allowed_hosts", "server_allowed_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the env form: "a.example,b.example"
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("server_allowed_hosts")
+    @classmethod
+    def _hosts_valid(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not re.match(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$", host):
+                raise ValueError(f"{host!r} must be a host name or address, optionally with ':port'")
+        return [host.lower() for host in value]
+
+    @field_validator("server_allowed_origins")
+    @classmethod
+    def _origins_valid(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not re.match(r"^https?://[^/\s]+$", origin):
+                raise ValueError(f"{origin!r} must look like 'https://console.example:8443' (no path)")
+        return [origin.lower() for origin in value]
 
     @field_validator("api_keys")
     @classmethod

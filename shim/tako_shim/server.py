@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
-
-from aiohttp import web
 
 from tako_shim.app import create_app
 from tako_shim.backends import make_backend
 from tako_shim.config import ConfigError, Settings, load_settings
 from tako_shim.errors import BackendStartError
+from tako_shim.serving import install_log_rate_limit, serve
 
 
 def build_settings(
@@ -32,6 +32,7 @@ def run_server(config_path: str | None, backend: str | None, host: str | None, p
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    install_log_rate_limit()
     try:
         app = create_app(settings, make_backend(settings))
     except ConfigError as exc:
@@ -44,7 +45,7 @@ def run_server(config_path: str | None, backend: str | None, host: str | None, p
         flush=True,
     )
     try:
-        web.run_app(app, host=settings.server_host, port=settings.server_port, print=None, access_log=None)
+        asyncio.run(serve(app, settings, settings.server_host, settings.server_port))
     except BackendStartError as exc:
         print(f"tako-vm server: cannot start the {settings.backend} backend: {exc}", file=sys.stderr)
         raise SystemExit(3) from None
