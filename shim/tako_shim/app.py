@@ -6,6 +6,7 @@ answers 503 until it is ready. All errors become JSON at one place (``middleware
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -88,6 +89,13 @@ def reply(model: BaseModel, status: int = 200) -> web.Response:
     return web.json_response(model.model_dump(mode="json"), status=status)
 
 
+async def reply_off_loop(model: BaseModel) -> web.Response:
+    """``reply`` for bodies that can be large (records, history pages): serialised in a worker thread
+    so a big record does not hold the event loop (and ``/health``) while it is encoded."""
+    body = await asyncio.to_thread(model.model_dump_json)
+    return web.Response(body=body.encode(), content_type="application/json")
+
+
 def record_view(record: ExecutionRecordFull, view: str | None) -> ExecutionRecord:
     return record if view == "full" else record.slim()
 
@@ -158,7 +166,7 @@ async def job_result(request: web.Request) -> web.Response:
             raise WaitTimeout("Timeout waiting for job")
     else:
         record = await backend.get_record(tenant, job_id)
-    return reply(record_view(record, query.view))
+    return await reply_off_loop(record_view(record, query.view))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -212,8 +220,8 @@ async def list_executions(request: web.Request) -> web.Response:
     page = await backend.list_records(
         tenant, RecordFilter(status=status, job_type=query.job_type, limit=query.limit, offset=query.offset)
     )
-    items = [record_view(r, query.view).model_dump(mode="json") for r in page.records]
-    return reply(
+    items = [record_view(r, query.view) for r in page.records]
+    return await reply_off_loop(
         PaginatedResponse(
             items=items, limit=query.limit, offset=query.offset, has_more=page.has_more, count=len(items)
         )
@@ -227,7 +235,7 @@ async def get_execution(request: web.Request) -> web.Response:
         record = await backend.get_record(tenant, request.match_info["execution_id"])
     except NotFound:
         raise NotFound("Execution not found") from None
-    return reply(record_view(record, query.view))
+    return await reply_off_loop(record_view(record, query.view))
 
 
 async def list_job_types(request: web.Request) -> web.Response:

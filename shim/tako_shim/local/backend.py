@@ -183,6 +183,7 @@ def _sandbox_job(
         max_stderr_bytes=settings.max_stderr_bytes,
         max_artifact_bytes=settings.max_artifact_bytes,
         max_total_artifact_bytes=settings.max_total_artifacts_bytes,
+        max_artifact_count=settings.max_artifact_count,
     )
 
 
@@ -324,7 +325,8 @@ class LocalBackend(Backend):
         return records.status_from_row(row, position)
 
     async def get_record(self, tenant: str, job_id: str) -> ExecutionRecordFull:
-        return records.record_from_row(await self._row(tenant, job_id))
+        row = await self._row(tenant, job_id)
+        return await asyncio.to_thread(records.record_from_row, row)  # a big record is built off the loop
 
     async def get_submission(self, tenant: str, job_id: str) -> Submission:
         row = await self._row(tenant, job_id)
@@ -366,10 +368,9 @@ class LocalBackend(Backend):
             limit=query.limit + 1,
             offset=query.offset,
         )
-        return RecordPage(
-            records=[records.record_from_row(self._as_known(r)) for r in rows[: query.limit]],
-            has_more=len(rows) > query.limit,
-        )
+        known = [self._as_known(r) for r in rows[: query.limit]]
+        built = await asyncio.to_thread(lambda: [records.record_from_row(r) for r in known])  # off the loop
+        return RecordPage(records=built, has_more=len(rows) > query.limit)
 
     # -- control ------------------------------------------------------------------------------------
 

@@ -84,6 +84,7 @@ class SandboxJob:
     max_stderr_bytes: int = 65536
     max_artifact_bytes: int = 10 * 1024 * 1024
     max_total_artifact_bytes: int = 50 * 1024 * 1024
+    max_artifact_count: int = 1000
 
 
 class SandboxUnavailable(Exception):
@@ -546,6 +547,7 @@ class LocalExecutor:
             "max_stderr_bytes": job.max_stderr_bytes,
             "max_artifact_bytes": job.max_artifact_bytes,
             "max_total_artifact_bytes": job.max_total_artifact_bytes,
+            "max_artifact_count": job.max_artifact_count,
             "embed_artifacts": True,
             "environment": dict(job.environment),
             "egress_probe": True,
@@ -758,6 +760,7 @@ class LocalExecutor:
                 "max_stderr_bytes": job.max_stderr_bytes,
                 "max_artifact_bytes": job.max_artifact_bytes,
                 "max_total_artifact_bytes": job.max_total_artifact_bytes,
+                "max_artifact_count": job.max_artifact_count,
                 "embed_artifacts": True,
                 "kill_all_processes": False,
                 "kill_grace_seconds": KILL_GRACE_S,

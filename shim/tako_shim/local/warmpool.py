@@ -156,6 +156,7 @@ def job_config(job: SandboxJob) -> dict[str, Any]:
         "max_stderr_bytes": job.max_stderr_bytes,
         "max_artifact_bytes": job.max_artifact_bytes,
         "max_total_artifact_bytes": job.max_total_artifact_bytes,
+        "max_artifact_count": job.max_artifact_count,
         "embed_artifacts": True,
         "environment": dict(job.environment),
         "egress_probe": False,
@@ -430,5 +431,6 @@ def warm_pool_for(executor: LocalExecutor, settings: Settings) -> WarmPool:
         max_stderr_bytes=settings.max_stderr_bytes,
         max_artifact_bytes=settings.max_artifact_bytes,
         max_total_artifact_bytes=settings.max_total_artifacts_bytes,
+        max_artifact_count=settings.max_artifact_count,
     )
     return WarmPool(executor, settings.warm_pool_size, template)
