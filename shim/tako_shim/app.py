@@ -20,6 +20,7 @@ from tako_shim.backends.base import Backend, Overrides, RecordFilter
 from tako_shim.config import Settings
 from tako_shim.errors import NotFound, Unauthorized, WaitTimeout
 from tako_shim.guards import browser_guard, read_body
+from tako_shim.listing import page_items
 from tako_shim.middleware import (
     CORRELATION_ID_KEY,
     LIMITER_KEY,
@@ -217,13 +218,28 @@ async def list_executions(request: web.Request) -> web.Response:
     backend, tenant = _ctx(request)
     query = parse_query(request, ListQuery)
     status = "queued" if query.status == "pending" else query.status
+    settings = request.app[SETTINGS_KEY]
     page = await backend.list_records(
-        tenant, RecordFilter(status=status, job_type=query.job_type, limit=query.limit, offset=query.offset)
+        tenant,
+        RecordFilter(
+            status=status,
+            job_type=query.job_type,
+            limit=query.limit,
+            offset=query.offset,
+            inline_output_bytes=settings.list_inline_output_bytes,
+        ),
     )
-    items = [record_view(r, query.view) for r in page.records]
+    views = [record_view(r, query.view) for r in page.records]
+    items, cut = await asyncio.to_thread(
+        page_items, views, page.omitted_outputs, settings.list_max_response_bytes
+    )
     return await reply_off_loop(
         PaginatedResponse(
-            items=items, limit=query.limit, offset=query.offset, has_more=page.has_more, count=len(items)
+            items=items,
+            limit=query.limit,
+            offset=query.offset,
+            has_more=page.has_more or cut,
+            count=len(items),
         )
     )
 

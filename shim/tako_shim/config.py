@@ -135,6 +135,8 @@ class Settings(BaseModel):
     max_artifact_bytes: int = Field(default=10_485_760, ge=1024, le=1_073_741_824)
     max_total_artifacts_bytes: int = Field(default=52_428_800, ge=1024, le=10_737_418_240)
     max_artifact_count: int = Field(default=1000, ge=1, le=100_000)
+    list_inline_output_bytes: int = Field(default=16_384, ge=0, le=104_857_600)
+    list_max_response_bytes: int = Field(default=8_388_608, ge=65_536, le=1_073_741_824)
     execution_record_ttl_days: int = Field(default=30, ge=1, le=3650)
     data_dir: Path = Field(default_factory=lambda: _default_data_dir())
     job_types: list[JobTypeConfig] = Field(default_factory=list)

@@ -82,3 +82,50 @@ def test_a_deep_or_non_finite_result_is_the_users_error_and_history_still_answer
     assert (
         http.get("/dlq").json()["count"] == 0 or job_id not in http.get("/dlq").text
     )  # the user's, not ours
+
+
+async def test_large_outputs_are_linked_not_inlined_in_history_pages(server: LocalServer) -> None:
+    """Finding 2: 20 jobs with a 10 MiB result.json made one history page 210 MB (RSS +1.7 GB,
+    /health 18.6 s). List items now carry a size and a link instead of large outputs."""
+    big = "import json\njson.dump({'blob': 'x' * 3_000_000}, open('/output/result.json', 'w'))"
+    small = "import json\njson.dump({'n': 7}, open('/output/result.json', 'w'))"
+    async with httpx.AsyncClient(base_url=server.url, timeout=180) as client:
+        ids = [(await client.post("/execute/async", json={"code": big})).json()["job_id"] for _ in range(5)]
+        small_id = (await client.post("/execute/async", json={"code": small})).json()["job_id"]
+        for job_id in [*ids, small_id]:
+            assert (await finished(client, job_id))["status"] == "succeeded"
+        stop = asyncio.Event()
+        probe = asyncio.create_task(health_latencies(client, stop))
+        sizes = []
+        for _ in range(10):  # history read over and over (one page used to hold every output)
+            pages = await asyncio.gather(*(client.get("/executions", params={"limit": 20}) for _ in range(4)))
+            sizes += [len(page.content) for page in pages]
+        stop.set()
+        latencies = await probe
+        page = pages[0].json()
+        items = {item["execution_id"]: item for item in page["items"]}
+        linked = (await client.get(items[ids[0]]["output_url"])).json()
+    assert max(sizes) < 200_000, max(sizes)  # five 3 MB outputs, none inlined
+    for job_id in ids:
+        assert items[job_id]["output"] is None and items[job_id]["output_size_bytes"] > 3_000_000
+        assert items[job_id]["output_url"] == f"/executions/{job_id}"
+    assert items[small_id]["output"] == {"n": 7}  # small outputs stay where clients read them
+    assert len(linked["output"]["blob"]) == 3_000_000
+    assert max(latencies) < HEALTH_BUDGET_SECONDS, sorted(latencies)[-5:]
+
+
+def test_a_page_stops_at_its_byte_budget() -> None:
+    from tako_shim.listing import page_items
+    from tako_vm.models.wire import ExecutionRecord
+
+    records = [
+        ExecutionRecord(
+            execution_id=f"id{i}", status="succeeded", job_type="default", created_at="t", stdout="x" * 1000
+        )
+        for i in range(50)
+    ]
+    items, cut = page_items(records, {"id3": 12345}, byte_budget=10_000)
+    assert cut and 5 <= len(items) < 10
+    assert items[3]["output"] is None and items[3]["output_size_bytes"] == 12345
+    assert items[3]["output_url"] == "/executions/id3"
+    assert page_items(records[:2], {}, byte_budget=10)[0] == [r.model_dump(mode="json") for r in records[:1]]

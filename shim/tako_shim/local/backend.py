@@ -367,10 +367,12 @@ class LocalBackend(Backend):
             job_type=query.job_type,
             limit=query.limit + 1,
             offset=query.offset,
+            inline_output_bytes=query.inline_output_bytes,
         )
         known = [self._as_known(r) for r in rows[: query.limit]]
         built = await asyncio.to_thread(lambda: [records.record_from_row(r) for r in known])  # off the loop
-        return RecordPage(records=built, has_more=len(rows) > query.limit)
+        omitted = {r.job_id: r.omitted_output_bytes for r in known if r.omitted_output_bytes is not None}
+        return RecordPage(records=built, has_more=len(rows) > query.limit, omitted_outputs=omitted)
 
     # -- control ------------------------------------------------------------------------------------
 
