@@ -108,7 +108,7 @@ class Settings(BaseModel):
     server_header_timeout_seconds: float = Field(default=10.0, ge=1, le=300)
     server_body_timeout_seconds: float = Field(default=30.0, ge=1, le=600)
     # Browser guards (tako_shim/guards.py). Empty allowed hosts on a loopback bind: localhost,
-    # 127.0.0.1 and [::1] with server_port; on any other bind the Host header is not checked.
+    # 127.0.0.1 and [::1] (any port); on any other bind the Host header is not checked.
     server_allowed_hosts: list[str] = Field(default_factory=list, max_length=100)
     server_allowed_origins: list[str] = Field(default_factory=list, max_length=100)
 

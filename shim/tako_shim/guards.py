@@ -60,8 +60,9 @@ class BrowserPolicy:
         if settings.server_allowed_hosts:
             hosts: frozenset[str] | None = frozenset(settings.server_allowed_hosts)
         elif is_loopback(settings.server_host):
-            port = settings.server_port
-            hosts = frozenset(f"{name}:{port}" if port else name for name in LOOPBACK_NAMES)
+            # Any port: what DNS rebinding changes is the name, and a test or a second server may sit
+            # on a port the configuration does not know (server_port 0, an in-process test server).
+            hosts = frozenset(LOOPBACK_NAMES)
         else:
             hosts = None  # a network bind has auth on (config.py refuses it otherwise)
         return cls(hosts=hosts, origins=frozenset(settings.server_allowed_origins))

@@ -97,8 +97,8 @@ def policy(**settings: object) -> BrowserPolicy:
 def test_policy_defaults_and_configured_names() -> None:
     loopback = policy(server_port=8000)
     assert loopback.host_allowed("localhost:8000") and loopback.host_allowed("[::1]:8000")
-    assert not loopback.host_allowed("localhost:9000") and not loopback.host_allowed("")
-    assert policy(server_port=0).host_allowed("127.0.0.1:41234")
+    assert loopback.host_allowed("127.0.0.1:41234") and loopback.host_allowed("localhost")
+    assert not loopback.host_allowed("") and not loopback.host_allowed("evil.example:8000")
     custom = policy(server_allowed_hosts=["tako.internal", "proxy.example:8443"])
     assert custom.host_allowed("tako.internal:8000") and custom.host_allowed("proxy.example:8443")
     assert not custom.host_allowed("proxy.example:8444") and not custom.host_allowed("localhost:8000")

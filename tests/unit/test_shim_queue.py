@@ -292,3 +292,34 @@ async def test_exhausted_sandbox_retries_become_internal_errors_listed_as_dead_l
         assert await backend.dead_letters("other-tenant") == []
     finally:
         await backend.close()
+
+
+async def test_a_cancel_is_durable_before_the_answer_and_never_requeued(tmp_path: Path) -> None:
+    """Issue #19 finding 4: cancelling running jobs (200 ``cancelled``), then a SIGKILL and a restart,
+    ran all of them again (the cancel only set an in-memory event)."""
+    runner = FakeSandboxRunner()  # the gate stays closed: the jobs run until something stops them
+    backend = make_backend(tmp_path, runner, max_workers=3)
+    await backend.start()
+    ids = [(await backend.submit("default", submission(backend, f"print({i})"))).job_id for i in range(3)]
+    await asyncio.sleep(0.05)
+    assert runner.started == ids  # all three running
+    for job_id in ids:
+        await backend.cancel("default", job_id)
+        # What a server killed right now leaves on disk (no await in between: no worker ran since):
+        with sqlite3.connect(tmp_path / "tako_vm.sqlite3") as db:
+            (status,) = db.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        assert status == "cancelled"
+    await backend.close()
+
+    runner2 = FakeSandboxRunner()
+    runner2.gate.set()
+    restarted = make_backend(tmp_path, runner2, max_workers=3)
+    await restarted.start()
+    try:
+        await asyncio.sleep(0.1)
+        assert runner2.started == []  # never requeued
+        for job_id in ids:
+            record = await restarted.get_record("default", job_id)
+            assert record.status == "cancelled"
+    finally:
+        await restarted.close()

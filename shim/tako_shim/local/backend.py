@@ -380,14 +380,11 @@ class LocalBackend(Backend):
         row = await self._db(self.store.get, tenant, job_id)
         if row is None or self._as_known(row).status in TERMINAL_STATUSES:
             raise NotFound("Job not found or already completed")
+        cancelled = TerminalState(
+            "cancelled", records.utc_now(), None, records.cancelled_outcome("Execution was cancelled by user")
+        )
         if job_id in self._pending:
             self._pending.remove(job_id)  # the worker skips ids no longer pending
-            cancelled = TerminalState(
-                "cancelled",
-                records.utc_now(),
-                None,
-                records.cancelled_outcome("Execution was cancelled by user"),
-            )
             try:  # one attempt: the client learns whether the cancel is durable (503 if not)
                 await self._write_terminal(job_id, cancelled)
             except StorageUnavailable:
@@ -395,7 +392,12 @@ class LocalBackend(Backend):
                 raise
             self._wake(job_id)
         elif job_id in self._cancels:
+            # Durable before the answer: a crash right after the 200 must not run the job again (at a
+            # restart only unfinished rows are queued). The worker's own outcome then finds the row
+            # terminal and is dropped; a write that fails is a 503 and the job keeps running.
+            await self._write_terminal(job_id, cancelled)
             self._cancels[job_id].set()
+            self._wake(job_id)
         else:
             raise NotFound("Job not found or already completed")
 
