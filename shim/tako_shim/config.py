@@ -126,6 +126,10 @@ class Settings(BaseModel):
     allow_runtime_requirements: bool = False
     max_workers: int = Field(default=4, ge=1, le=64)
     max_queue_size: int = Field(default=100, ge=1, le=10_000)
+    # Per-tenant caps (None: half the queue, and all workers but one, when API keys name more than one
+    # tenant; no cap for a single tenant). Fair scheduling across tenants applies either way.
+    tenant_max_queued_jobs: int | None = Field(default=None, ge=1, le=10_000)
+    tenant_max_running_jobs: int | None = Field(default=None, ge=1, le=64)
     max_retry_attempts: int = Field(default=2, ge=1, le=10)
     default_timeout: int = Field(default=30, ge=1, le=3600)
     max_timeout: int = Field(default=300, ge=1, le=86400)
@@ -219,6 +223,17 @@ class Settings(BaseModel):
                 "allow_unauthenticated_network_access: true)"
             )
         return self
+
+    def tenant_caps(self) -> tuple[int, int]:
+        """(queued, running) jobs one tenant may have at once, defaults applied."""
+        shared = self.api_auth_enabled and len(set(self.api_keys.values())) > 1
+        queued = self.tenant_max_queued_jobs or (
+            max(1, self.max_queue_size // 2) if shared else self.max_queue_size
+        )
+        running = self.tenant_max_running_jobs or (
+            max(1, self.max_workers - 1) if shared else self.max_workers
+        )
+        return queued, running
 
     def tenant_for_key(self, key: str) -> str | None:
         return self.api_keys.get(key)

@@ -45,11 +45,13 @@ from tako_shim.errors import (
     Conflict,
     InvalidRequest,
     NotFound,
+    RateLimited,
     StorageUnavailable,
     Unavailable,
 )
 from tako_shim.jobs import canonical_json, sha256_hex
 from tako_shim.local import records
+from tako_shim.local.fairqueue import FairQueue
 from tako_shim.local.store import JobRow, JobStore
 from tako_vm import __version__
 from tako_vm.models.wire import (
@@ -205,7 +207,8 @@ class LocalBackend(Backend):
         self._validate_requirements = validate_requirements or _validate_requirements
         self._executor: SandboxRunner | None = None
         self._runtime_info: dict[str, Any] = {}
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._tenant_queued_cap, running_cap = settings.tenant_caps()
+        self._queue = FairQueue(running_cap)  # per-tenant FIFOs, fewest-running tenant first
         self._pending = PendingOrder()  # jobs waiting for a worker, with their queue positions
         self._cancels: dict[str, asyncio.Event] = {}  # running job -> its cancel switch
         self._done: dict[str, asyncio.Event] = {}  # job -> event set once its terminal state is known
@@ -236,8 +239,8 @@ class LocalBackend(Backend):
         if start_pool is not None:
             await start_pool()
         await self._apply_retention()
-        for job_id in await self._db(self.store.requeue_unfinished):
-            self._enqueue(job_id)
+        for job_id, tenant in await self._db(self.store.requeue_unfinished):
+            self._enqueue(job_id, tenant)
         if self._pending:
             log.info("re-queued %d unfinished jobs from the previous run", len(self._pending))
         self._tasks = [
@@ -277,6 +280,12 @@ class LocalBackend(Backend):
                     return SubmitResult(existing.job_id, cast(QueueStatus, existing.status), created=False)
             if len(self._pending) >= self.settings.max_queue_size:
                 raise Unavailable(QUEUE_FULL)
+            if self._queue.queued(tenant) >= self._tenant_queued_cap:
+                raise RateLimited(
+                    f"Tenant '{tenant}' already has {self._queue.queued(tenant)} queued jobs, its limit "
+                    f"(tenant_max_queued_jobs={self._tenant_queued_cap}). Try again when some have run.",
+                    headers={"Retry-After": "5"},
+                )
             row = JobRow(
                 job_id=str(uuid.uuid4()),
                 tenant=tenant,
@@ -297,12 +306,12 @@ class LocalBackend(Backend):
                 relationship=submission.relationship,
             )
             await self._db(self.store.insert, row)
-            self._enqueue(row.job_id)
+            self._enqueue(row.job_id, tenant)
         return SubmitResult(row.job_id, "queued", created=True)
 
-    def _enqueue(self, job_id: str) -> None:
+    def _enqueue(self, job_id: str, tenant: str) -> None:
         self._pending.add(job_id)
-        self._queue.put_nowait(job_id)
+        self._queue.put(tenant, job_id)
 
     # -- reads --------------------------------------------------------------------------------------
 
@@ -385,10 +394,11 @@ class LocalBackend(Backend):
         )
         if job_id in self._pending:
             self._pending.remove(job_id)  # the worker skips ids no longer pending
+            self._queue.discard(job_id)
             try:  # one attempt: the client learns whether the cancel is durable (503 if not)
                 await self._write_terminal(job_id, cancelled)
             except StorageUnavailable:
-                self._enqueue(job_id)  # still queued (at the back); a stale queue entry is skipped
+                self._enqueue(job_id, tenant)  # still queued (at the back); a stale queue entry is skipped
                 raise
             self._wake(job_id)
         elif job_id in self._cancels:
@@ -451,8 +461,9 @@ class LocalBackend(Backend):
 
     async def _worker(self, number: int) -> None:
         while True:
-            job_id = await self._queue.get()
+            tenant, job_id = await self._queue.get()
             if job_id not in self._pending:
+                self._queue.done(tenant)
                 continue  # cancelled while queued
             self._pending.remove(job_id)
             # From here on the job counts as running, so a cancel reaches it through this switch.
@@ -461,13 +472,14 @@ class LocalBackend(Backend):
                 await self._run(job_id, cancel)
             except StorageUnavailable as exc:  # the job could not even be read, so it has not run
                 log.warning("worker %d: job %s not started (%s); re-queued", number, job_id, exc.cause)
-                self._enqueue(job_id)
+                self._enqueue(job_id, tenant)
                 await asyncio.sleep(TERMINAL_WRITE_FIRST_DELAY_SECONDS)
             except Exception as exc:  # a bug: record it, keep the worker alive
                 log.exception("worker %d: job %s failed outside the sandbox", number, job_id)
                 await self._finish(job_id, "failed", None, records.internal_error_outcome(str(exc)))
             finally:
                 self._cancels.pop(job_id, None)
+                self._queue.done(tenant)
 
     async def _run(self, job_id: str, cancel: asyncio.Event) -> None:
         """Run one job; raises ``StorageUnavailable`` only before it starts (the read of its row)."""

@@ -248,15 +248,17 @@ class JobStore:
             )
         return cursor.rowcount == 1
 
-    def requeue_unfinished(self) -> list[str]:
+    def requeue_unfinished(self) -> list[tuple[str, str]]:
         """At start-up: running jobs go back to queued (the process restarted, not the job failed).
 
-        Returns every queued job id, oldest first.
+        Returns every queued job as ``(job_id, tenant)``, oldest first.
         """
         with self._db() as db:
             db.execute("UPDATE jobs SET status = 'queued', started_at = NULL WHERE status = 'running'")
-            rows = db.execute("SELECT job_id FROM jobs WHERE status = 'queued' ORDER BY seq").fetchall()
-        return [r["job_id"] for r in rows]
+            rows = db.execute(
+                "SELECT job_id, tenant FROM jobs WHERE status = 'queued' ORDER BY seq"
+            ).fetchall()
+        return [(r["job_id"], r["tenant"]) for r in rows]
 
     def list_rows(
         self,
