@@ -81,6 +81,9 @@ REQUIREMENT_RE = re.compile(
 )
 
 
+_LINE_BREAKING = re.compile(r"[^\S ]")  # whitespace other than a space: "six>=\n--pre" is two lines to pip
+
+
 def check_requirements(requirements: Any) -> list[str]:
     """Validate pip requirement strings; raise ValueError naming the first offending entry.
 
@@ -98,7 +101,7 @@ def check_requirements(requirements: Any) -> list[str]:
             raise ValueError(
                 f"requirements[{index}] is longer than {MAX_REQUIREMENT_LENGTH} characters: {entry[:40]!r}..."
             )
-        if not REQUIREMENT_RE.match(entry.strip()) or entry != entry.strip():
+        if not REQUIREMENT_RE.match(entry.strip()) or entry != entry.strip() or _LINE_BREAKING.search(entry):
             raise ValueError(
                 f"requirements[{index}] {entry!r} is not a plain 'name[extras] op version' requirement "
                 "(URLs, paths, options, markers and shell characters are not allowed)"
@@ -620,6 +623,9 @@ def collect_artifacts(config: dict[str, Any]) -> tuple[list[dict[str, Any]], lis
         except OSError:
             continue
         if name.startswith(".") or not stat_mod.S_ISREG(st.st_mode):
+            continue
+        if not name.isprintable():  # CR/LF and other controls would break the download's headers
+            skipped.append({"name": repr(name), "size_bytes": st.st_size, "reason": "unprintable name"})
             continue
         if len(kept) >= count_cap:
             skipped.append({"name": name, "size_bytes": st.st_size, "reason": "count"})

@@ -19,7 +19,7 @@ from tako_shim import middleware
 from tako_shim.backends.base import Backend, Overrides, RecordFilter
 from tako_shim.config import Settings
 from tako_shim.errors import NotFound, Unauthorized, WaitTimeout
-from tako_shim.guards import browser_guard, read_body
+from tako_shim.guards import browser_guard, content_disposition, read_body
 from tako_shim.listing import page_items
 from tako_shim.middleware import (
     CORRELATION_ID_KEY,
@@ -201,7 +201,7 @@ async def artifact(request: web.Request) -> web.Response:
     etag = f'"{found.sha256}"'
     headers = {
         "ETag": etag,
-        "Content-Disposition": f'attachment; filename="{found.name}"',
+        "Content-Disposition": content_disposition(found.name),
         "Cache-Control": "private, max-age=0, must-revalidate",
     }
     if etag in {tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")} or (

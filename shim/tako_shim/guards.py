@@ -5,12 +5,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Mapping
+from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from tako_shim.config import Settings, is_loopback
 from tako_shim.errors import ShimError
+
+
+def content_disposition(name: str) -> str:
+    """``attachment`` with an ASCII ``filename`` (quotes and backslashes escaped, anything else
+    replaced) and the exact name as RFC 5987 ``filename*``: a name cannot break out of the header."""
+    fallback = "".join(ch if 32 <= ord(ch) < 127 else "_" for ch in name)
+    fallback = fallback.replace("\\", "\\\\").replace('"', '\\"')
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 class BodyTimeout(ShimError):

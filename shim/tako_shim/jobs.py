@@ -94,7 +94,7 @@ _REQUIREMENT_RE = re.compile(
 def check_requirements(requirements: list[str], field: str = "requirements") -> None:
     """Each entry must be a plain ``name[extras](op version, ...)`` spec: no URLs, paths or options."""
     for index, entry in enumerate(requirements):
-        if len(entry) > 256 or not _REQUIREMENT_RE.match(entry.strip()):
+        if len(entry) > 256 or not _REQUIREMENT_RE.match(entry.strip()) or re.search(r"[^\S ]", entry):
             raise InvalidRequest(f"{field}[{index}]: {entry[:80]!r} is not a valid requirement specifier")
 
 

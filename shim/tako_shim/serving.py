@@ -23,11 +23,15 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from tako_shim.config import Settings
+from tako_shim.middleware import CORRELATION_HEADER, SECURITY_HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +85,10 @@ def refusal_response() -> bytes:
 class ConnectionGuard:
     """Counts open client connections and builds the protocol for each new one (an asyncio factory)."""
 
-    def __init__(self, server: Callable[[], asyncio.Protocol], cap: int) -> None:
+    def __init__(self, server: web.Server, cap: int, keepalive_timeout: float) -> None:
         self.server = server
         self.cap = cap
+        self.keepalive_timeout = keepalive_timeout
         self.active = 0
         self.lingering = 0
         self.refused = 0
@@ -96,7 +101,42 @@ class ConnectionGuard:
                     "connection cap %d reached; %d connection(s) refused so far", self.cap, self.refused
                 )
             return _Refusal(self)
-        return _Counted(self.server(), self)
+        handler = BrandedRequestHandler(
+            self.server,
+            loop=asyncio.get_running_loop(),
+            keepalive_timeout=self.keepalive_timeout,  # also the header timeout (see the module doc)
+            access_log=None,  # type: ignore[arg-type]  # aiohttp checks truthiness; tako_shim.access logs
+        )
+        return _Counted(handler, self)
+
+
+def low_level_error(status: int) -> web.Response:
+    """The answer to a request aiohttp's parser refused (bad request line, oversized header): the same
+    JSON body, correlation id and headers as every other error, and no framework banner."""
+    correlation_id = str(uuid.uuid4())
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    detail = "Malformed HTTP request." if status == 400 else f"{phrase}."
+    response = web.json_response(
+        {"detail": detail, "correlation_id": correlation_id},
+        status=status,
+        headers={**SECURITY_HEADERS, CORRELATION_HEADER: correlation_id, "Server": "tako-vm"},
+    )
+    response.force_close()
+    return response
+
+
+class BrandedRequestHandler(RequestHandler):
+    """aiohttp's handler, answering its own low-level errors with ``low_level_error``."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs; raises if a response already started
+        return low_level_error(status)
 
 
 class _Counted(asyncio.Protocol):
@@ -210,7 +250,7 @@ async def serve(app: web.Application, settings: Settings, host: str, port: int) 
     server: Any = None
     try:
         assert runner.server is not None
-        guard = ConnectionGuard(runner.server, cap)
+        guard = ConnectionGuard(runner.server, cap, settings.server_header_timeout_seconds)
         server = await loop.create_server(guard, host, port, reuse_address=True, backlog=128)
         log.info("open-file limit %d; at most %d client connections", soft, cap)
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -412,7 +412,7 @@ class LocalBackend(Backend):
             raise NotFound("Job not found or already completed")
 
     async def get_artifact(self, tenant: str, job_id: str, name: str) -> Artifact:
-        if not name or "/" in name or "\\" in name or name in {".", ".."} or "\x00" in name:
+        if not name or "/" in name or "\\" in name or name in {".", ".."} or not name.isprintable():
             raise BadRequest("Invalid artifact path")
         record = await self.get_record(tenant, job_id)
         info = next((a for a in record.artifacts if a.name == name), None)
