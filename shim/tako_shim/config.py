@@ -130,6 +130,7 @@ class Settings(BaseModel):
     # tenant; no cap for a single tenant). Fair scheduling across tenants applies either way.
     tenant_max_queued_jobs: int | None = Field(default=None, ge=1, le=10_000)
     tenant_max_running_jobs: int | None = Field(default=None, ge=1, le=64)
+    tenant_storage_quota_bytes: int = Field(default=2_147_483_648, ge=1024, le=1 << 50)
     max_retry_attempts: int = Field(default=2, ge=1, le=10)
     default_timeout: int = Field(default=30, ge=1, le=3600)
     max_timeout: int = Field(default=300, ge=1, le=86400)

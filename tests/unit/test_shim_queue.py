@@ -17,7 +17,15 @@ import pytest
 
 from tako_shim.backends.base import Overrides, RecordFilter
 from tako_shim.config import Settings
-from tako_shim.errors import BadRequest, Conflict, InvalidRequest, NotFound, RateLimited, Unavailable
+from tako_shim.errors import (
+    BadRequest,
+    Conflict,
+    InsufficientStorage,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    Unavailable,
+)
 from tako_shim.local.backend import LocalBackend
 from tako_shim.local.fairqueue import FairQueue
 from tako_vm.models.wire import ExecuteRequest
@@ -388,3 +396,19 @@ async def test_a_tenant_at_its_running_cap_leaves_workers_to_others() -> None:
     await asyncio.sleep(0.01)
     assert not fourth.done() and queue.empty()  # the discarded job never comes back
     fourth.cancel()
+
+
+async def test_a_tenant_over_its_storage_quota_gets_507_and_the_others_do_not(tmp_path: Path) -> None:
+    """Issue #19 finding 2: per-tenant storage needs a quota (history rows and artifact files)."""
+    backend = make_backend(tmp_path, FakeSandboxRunner(), tenant_storage_quota_bytes=1_000_000, **TWO_TENANTS)
+    await backend.start()
+    try:
+        blob = {"blob": "x" * 400_000}
+        for _ in range(3):  # 1.2 MB stored, counted as it is submitted
+            await backend.submit("team-a", submission(backend, input_data=blob))
+        with pytest.raises(InsufficientStorage, match=r"Tenant 'team-a'.*tenant_storage_quota_bytes=1000000"):
+            await backend.submit("team-a", submission(backend, input_data=blob))
+        await backend.submit("team-b", submission(backend, input_data=blob))  # another tenant's quota
+        assert await asyncio.to_thread(backend.store.tenant_usage, "team-a") > 1_200_000  # measured in SQLite
+    finally:
+        await backend.close()

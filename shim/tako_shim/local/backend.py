@@ -43,6 +43,7 @@ from tako_shim.errors import (
     BackendStartError,
     BadRequest,
     Conflict,
+    InsufficientStorage,
     InvalidRequest,
     NotFound,
     RateLimited,
@@ -69,6 +70,7 @@ log = logging.getLogger(__name__)
 QUEUE_FULL = "Job queue is full. Try again later."
 IDEMPOTENCY_CONFLICT = "Idempotency key reused with different payload"
 RETENTION_INTERVAL_SECONDS = 3600
+USAGE_MAX_AGE_SECONDS = 60.0
 # A terminal write that meets a locked database or a full disk is retried with doubling delays (capped)
 # for this long; a lock outlasting it is an outage, logged as an error.
 TERMINAL_WRITE_FIRST_DELAY_SECONDS = 0.5
@@ -214,6 +216,7 @@ class LocalBackend(Backend):
         self._done: dict[str, asyncio.Event] = {}  # job -> event set once its terminal state is known
         self._unsaved: dict[str, TerminalState] = {}  # finished jobs whose terminal write has not landed
         self._submit_lock = asyncio.Lock()
+        self._usage: dict[str, tuple[float, int]] = {}  # tenant -> (measured at, bytes stored)
         self._tasks: list[asyncio.Task[None]] = []
         # SQLite gets its own thread: the default pool is shared with the sandbox layer's blocking calls.
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tako-sqlite")
@@ -280,6 +283,7 @@ class LocalBackend(Backend):
                     return SubmitResult(existing.job_id, cast(QueueStatus, existing.status), created=False)
             if len(self._pending) >= self.settings.max_queue_size:
                 raise Unavailable(QUEUE_FULL)
+            await self._check_quota(tenant)  # after the replay check: a replay stores nothing
             if self._queue.queued(tenant) >= self._tenant_queued_cap:
                 raise RateLimited(
                     f"Tenant '{tenant}' already has {self._queue.queued(tenant)} queued jobs, its limit "
@@ -307,7 +311,25 @@ class LocalBackend(Backend):
             )
             await self._db(self.store.insert, row)
             self._enqueue(row.job_id, tenant)
+            at, used = self._usage.get(tenant, (0.0, 0))
+            self._usage[tenant] = (at, used + len(row.code) + len(canonical_json(row.input_data)))
         return SubmitResult(row.job_id, "queued", created=True)
+
+    async def _check_quota(self, tenant: str) -> None:
+        """``tenant_storage_quota_bytes`` against the tenant's usage: measured in SQLite at most every
+        ``USAGE_MAX_AGE_SECONDS``, plus what was submitted since (outcomes count from the next measure)."""
+        now = asyncio.get_running_loop().time()
+        at, used = self._usage.get(tenant, (-USAGE_MAX_AGE_SECONDS, 0))
+        if now - at >= USAGE_MAX_AGE_SECONDS:
+            used = await self._db(self.store.tenant_usage, tenant)
+            self._usage[tenant] = (now, used)
+        quota = self.settings.tenant_storage_quota_bytes
+        if used >= quota:
+            raise InsufficientStorage(
+                f"Tenant '{tenant}' stores {used} bytes of history and artifacts, its quota "
+                f"(tenant_storage_quota_bytes={quota}). Old records are deleted after "
+                f"execution_record_ttl_days={self.settings.execution_record_ttl_days}."
+            )
 
     def _enqueue(self, job_id: str, tenant: str) -> None:
         self._pending.add(job_id)

@@ -302,6 +302,17 @@ class JobStore:
             found.append(row)
         return found
 
+    def tenant_usage(self, tenant: str) -> int:
+        """Bytes one tenant keeps: code, input and outcome rows plus the artifact files they list."""
+        with self._db() as db:
+            (used,) = db.execute(
+                "SELECT COALESCE(SUM(length(code) + length(input_json) + COALESCE(length(outcome_json), 0)"
+                " + COALESCE((SELECT SUM(json_extract(value, '$.size_bytes'))"
+                " FROM json_each(outcome_json, '$.artifacts')), 0)), 0) FROM jobs WHERE tenant = ?",
+                (tenant,),
+            ).fetchone()
+        return int(used)
+
     def delete_finished_before(self, cutoff_iso: str) -> list[str]:
         """Retention: delete terminal rows created before ``cutoff_iso``; returns their ids."""
         with self._db() as db:
