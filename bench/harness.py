@@ -21,7 +21,7 @@ from tako_vm.testing import LocalServer, local_server
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS_PATH = f"{REPO / '.tools' / 'bin'}:{os.environ.get('PATH', '')}"
-HOST_PYTHON = "/usr/bin/python3"  # the interpreter the sandboxes run (never a pyenv shim)
+HOST_PYTHON = "/usr/bin/python3"  # in a sandbox the project root filesystem's; on the host, not a pyenv shim
 CODE = "print(1)"
 
 # Benchmarks measure the product, not the per-key rate limit.
@@ -67,12 +67,12 @@ class BareRunsc:
     writing the bundle and deleting the container afterwards are not."""
 
     def __init__(self, work_dir: Path) -> None:
-        from tako_shim.local.executor import LocalExecutor
+        from tako_shim.backends.local.executor import LocalExecutor
 
         self.executor = LocalExecutor(work_dir=work_dir, security_mode="strict")
 
     def once(self, code: str = CODE) -> float:
-        from tako_shim.local.executor import SandboxJob
+        from tako_shim.backends.local.executor import SandboxJob
 
         ex = self.executor
         job_dir = Path(tempfile.mkdtemp(prefix="bare-", dir=ex._jobs_dir))

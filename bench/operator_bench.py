@@ -1,18 +1,23 @@
-"""Operator suite: the real operator (``tako-vm operator``, its own process) against kmock.
+"""Operator suite: the real operator (``tako-vm operator``, its own process) against kmock, side by side
+with a baseline operator: the tree at BASELINE_REV (the last commit before the throughput work of issue
+#17), unpacked with ``git archive`` and run from its own sources, in the same run, in random order.
 
-PythonJobs are created in bursts of 10, 100 and 1,000; for each job the latency is the Pod's
-``creationTimestamp`` minus the PythonJob's (both stamped by the emulator, microsecond precision,
-one clock). Nothing runs the Pods (kmock has no kubelet): this measures reconciliation, i.e. admission,
-ConfigMap + NetworkPolicy + Pod creation and the status patch. The concurrency limit is lifted so that
-the operator's own speed is measured, not its admission policy. The emulator harness is the test
-suite's (tests/integration/kube_harness.py).
+PythonJobs are created in bursts of 10, 100 and 1,000, then a second 1,000 (memory must stay flat);
+for each job the latency is the Pod's ``creationTimestamp`` minus the PythonJob's (both stamped by the
+emulator, microsecond precision, one clock). Nothing runs the Pods (kmock has no kubelet): this
+measures reconciliation, i.e. admission, ConfigMap + NetworkPolicy + Pod creation and the status patch.
+The concurrency limit is lifted so that the operator's own speed is measured, not its admission
+policy. Each operator gets its own emulator (the test suite's, tests/integration/kube_harness.py),
+which also counts the API requests it served per job.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
+import tarfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +31,12 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 KEEP_REQUESTS = 8
 CAP_S = 120.0  # per burst, after the last PythonJob was created
-SIZES = {"quick": (10, 50), "full": (10, 100, 1000)}
+# the bursts, in order; the last one repeats the one before (RSS must not grow per job)
+SIZES = {"quick": (10, 50, 50), "full": (10, 100, 1000, 1000)}
+BASELINE_REV = "801a114"  # before issue #17's throughput work (docs/performance.md: 16-20 jobs/s)
+# The baseline's figures in the run recorded in docs/performance.md before this work (2026-11-28, load
+# 17-22), printed when the baseline tree cannot be unpacked (no git history, e.g. an sdist).
+RECORDED_BASELINE = {"jobs_per_s": {"10": 18.4, "100": 19.6, "1000": 15.8}, "rss_after_mib": 183.6}
 
 
 def _fast_harness(namespace: str) -> Any:
@@ -58,6 +68,7 @@ def _fast_harness(namespace: str) -> Any:
             return result
 
         async def _handle(self, request: Any) -> Any:
+            self.served = getattr(self, "served", 0) + 1
             for history in [self._requests, *(p._requests for p in self._payloads)]:
                 if len(history) > 2 * KEEP_REQUESTS:
                     del history[:-KEEP_REQUESTS]
@@ -99,24 +110,46 @@ def _wait_pods(kube: Any, total: int, within_s: float) -> bool:
     return True
 
 
-def operator_suite(root: Path, quick: bool) -> dict[str, Any]:
-    sizes = SIZES["quick" if quick else "full"]
+def baseline_tree(root: Path) -> Path | None:
+    """The sources at BASELINE_REV, unpacked under `root` (None without git history)."""
+    target = root / "baseline"
+    archive = root / "baseline.tar"
+    try:
+        subprocess.run(
+            ["git", "-C", str(REPO), "archive", "--format=tar", "-o", str(archive), BASELINE_REV],
+            check=True,
+            capture_output=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")
+    return target
+
+
+def operator_argv(tree: Path | None, kubeconfig: Path, namespace: str) -> tuple[list[str], dict[str, str]]:
+    """`tako-vm operator` of this tree, or of `tree` (its own sources first on the path)."""
+    env = {
+        **os.environ,
+        "TAKO_OPERATOR_MAX_CONCURRENT_JOBS": "100000",
+        "TAKO_OPERATOR_DEFAULT_TTL_SECONDS": "3600",
+    }
+    args = ["operator", "--namespace", namespace, "--kubeconfig", str(kubeconfig)]
+    if tree is None:
+        return [str(Path(sys.executable).parent / "tako-vm"), *args], env
+    paths = [str(tree / part) for part in ("client", "operator", "runner", "shim")]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    code = "import sys; from tako_vm.cli import main; sys.exit(main(sys.argv[1:]))"
+    return [sys.executable, "-c", code, *args], env
+
+
+def run_operator(root: Path, sizes: tuple[int, ...], tree: Path | None) -> dict[str, Any]:
+    """One operator against its own emulator: every burst in `sizes`, RSS, requests per job."""
     root.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
+    rss: dict[str, Any] = {}
     with _fast_harness("tako-bench") as kube:
-        env = {
-            **os.environ,
-            "TAKO_OPERATOR_MAX_CONCURRENT_JOBS": "100000",
-            "TAKO_OPERATOR_DEFAULT_TTL_SECONDS": "3600",
-        }
-        argv = [
-            str(Path(sys.executable).parent / "tako-vm"),
-            "operator",
-            "--namespace",
-            kube.namespace,
-            "--kubeconfig",
-            str(kube.kubeconfig(root)),
-        ]
+        argv, env = operator_argv(tree, kube.kubeconfig(root), kube.namespace)
         log = (root / "operator.log").open("wb")
         process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -124,20 +157,29 @@ def operator_suite(root: Path, quick: bool) -> dict[str, Any]:
             if not _wait_pods(kube, 1, 120):
                 raise RuntimeError("the operator did not reconcile a first PythonJob within 120 s")
             time.sleep(1.0)
-            at_rest = rss_mib(process.pid)
+            rss["at_rest"] = rss_mib(process.pid)
             created = 1
             with MemorySampler(process.pid) as sampler:
-                for size in sizes:
-                    names = [f"b{size}-{n}" for n in range(size)]
+                for number, size in enumerate(sizes):
+                    label = str(size) if str(size) not in results else f"{size} again"
+                    names = [f"b{number}-{size}-{n}" for n in range(size)]
+                    served = kube._emulator.served
                     started = time.perf_counter()
                     for name in names:
                         kube.create("pythonjobs", _job(name))
                     created += size
                     complete = _wait_pods(kube, created, CAP_S)
                     wall = time.perf_counter() - started
-                    results[str(size)] = {**_measure(kube, names, wall), "complete_within_cap": complete}
-            peak = sampler.peak
-            after = rss_mib(process.pid)
+                    time.sleep(1.0)  # let the last passes (status echoes, pod events) finish
+                    requests = kube._emulator.served - served - size  # minus the creates themselves
+                    results[label] = {
+                        **_measure(kube, names, wall),
+                        "complete_within_cap": complete,
+                        "api_requests_per_job": round(requests / size, 2),
+                        "rss_after_mib": rss_mib(process.pid),
+                    }
+            rss["peak_under_load"] = sampler.peak
+            rss["after"] = rss_mib(process.pid)
         finally:
             process.terminate()
             try:
@@ -145,28 +187,84 @@ def operator_suite(root: Path, quick: bool) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 process.kill()
             log.close()
-    rows = [
-        [
-            size,
-            r["pods"],
-            r["latency"]["p50_ms"],
-            r["latency"]["p95_ms"],
-            r["latency"]["p99_ms"],
-            r["jobs_per_s"],
-        ]
-        for size, r in results.items()
-    ]
-    table = markdown_table(
-        ["PythonJobs at once", "Pods created", "CR->Pod p50 ms", "p95 ms", "p99 ms", "reconciled jobs/s"],
-        rows,
-    )
-    table += "\n\n" + markdown_table(
-        ["operator RSS MiB", "at rest", "peak under load", "after"],
-        [["tako-vm operator", at_rest, peak, after]],
-    )
+    return {"sizes": results, "operator_rss_mib": rss}
+
+
+def _ratio(new: float | None, old: float | None) -> float | None:
+    return round(new / old, 2) if new and old else None
+
+
+def operator_suite(root: Path, quick: bool) -> dict[str, Any]:
+    sizes = SIZES["quick" if quick else "full"]
+    root.mkdir(parents=True, exist_ok=True)
+    tree = baseline_tree(root)
+    order = ["current", "baseline"] if tree is not None else ["current"]
+    random.shuffle(order)
+    runs = {name: run_operator(root / name, sizes, None if name == "current" else tree) for name in order}
+    current = runs["current"]
+    baseline = runs.get("baseline")
+    rows = []
+    for label, r in current["sizes"].items():
+        old = (baseline or {}).get("sizes", {}).get(label) if baseline else None
+        rows.append(
+            [
+                label,
+                r["pods"],
+                r["latency"]["p50_ms"],
+                r["latency"]["p99_ms"],
+                r["jobs_per_s"],
+                r["api_requests_per_job"],
+                r["rss_after_mib"],
+                old["jobs_per_s"] if old else "",
+                old["api_requests_per_job"] if old else "",
+                old["rss_after_mib"] if old else "",
+                _ratio(r["jobs_per_s"], old["jobs_per_s"]) if old else "",
+            ]
+        )
+    headers = [
+        "PythonJobs at once", "Pods created", "CR->Pod p50 ms", "p99 ms", "jobs/s", "API requests/job",
+        "RSS after MiB", f"baseline {BASELINE_REV} jobs/s", "baseline requests/job", "baseline RSS MiB",
+        "jobs/s ratio",
+    ]  # fmt: skip
+    table = markdown_table(headers, rows)
+    rss_rows = [[name, *(run["operator_rss_mib"].get(k) for k in ("at_rest", "peak_under_load", "after"))]
+                for name, run in runs.items()]  # fmt: skip
+    table += "\n\n" + markdown_table(["operator RSS MiB", "at rest", "peak under load", "after"], rss_rows)
+    ratios: dict[str, Any] = {}
+    if baseline is not None:
+        for label, r in current["sizes"].items():
+            old = baseline["sizes"].get(label)
+            if old:
+                ratios[f"jobs_per_s_{label.replace(' ', '_')}_over_baseline"] = _ratio(
+                    r["jobs_per_s"], old["jobs_per_s"]
+                )
+        ratios["rss_after_over_baseline"] = _ratio(
+            current["operator_rss_mib"]["after"], baseline["operator_rss_mib"]["after"]
+        )
+    else:
+        table += (
+            f"\n\nNo git history: against the RECORDED baseline figures (another run): {RECORDED_BASELINE}"
+        )
+        for label, old in RECORDED_BASELINE["jobs_per_s"].items():
+            if label in current["sizes"]:
+                ratios[f"jobs_per_s_{label}_over_recorded"] = _ratio(
+                    current["sizes"][label]["jobs_per_s"], old
+                )
+    labels = list(current["sizes"])
+    first, again = current["sizes"][labels[-2]], current["sizes"][labels[-1]]
+    growth = {
+        "rss_growth_first_burst_mib": round(
+            first["rss_after_mib"] - current["operator_rss_mib"]["at_rest"], 1
+        ),
+        "rss_growth_repeat_burst_mib": round(again["rss_after_mib"] - first["rss_after_mib"], 1),
+    }
     return {
-        "sizes": results,
-        "operator_rss_mib": {"at_rest": at_rest, "peak_under_load": peak, "after": after},
+        "sizes": current["sizes"],
+        "operator_rss_mib": current["operator_rss_mib"],
+        "baseline": {"rev": BASELINE_REV, **baseline} if baseline else {"recorded": RECORDED_BASELINE},
+        "order": order,
+        "ratios": ratios,
+        "growth": growth,
         "table": table,
     }
 

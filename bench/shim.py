@@ -1,6 +1,6 @@
 """Shim suites: list_executions at 10,000 records (vs 10), and what a long-poll costs.
 
-History is seeded straight into the server's SQLite store (``tako_shim.local.store.JobStore``, the
+History is seeded straight into the server's SQLite store (``tako_shim.backends.local.store.JobStore``, the
 same code the server uses) before the server starts: running 10,000 sandboxes is not the point here.
 """
 
@@ -23,8 +23,8 @@ STATUSES = ["succeeded"] * 8 + ["failed", "timeout"]
 
 def seed_history(data_dir: Path, count: int) -> None:
     """``count`` finished records of the default tenant, 10% failed/timeout, with realistic outcomes."""
-    from tako_shim.jobs import canonical_json, sha256_hex
-    from tako_shim.local.store import JobRow, JobStore
+    from tako_shim.backends.local.store import JobRow, JobStore
+    from tako_shim.submission import canonical_json, sha256_hex
 
     store = JobStore(data_dir / "tako_vm.sqlite3")
     store.open()

@@ -4,10 +4,9 @@
 #   - gVisor's runsc: the 2024 build from Debian trixie (systrap platform, ~20x faster than ptrace on
 #     syscall-heavy code) into .tools/bin/runsc, taken with a private apt list dir so the system's apt
 #     sources are never changed; Debian bookworm's runsc (2022, ptrace only) as the fallback;
-#   - the Python that sandboxes run: Debian's /usr/bin/python3 with pip (python3-pip). The host's /usr
-#     is bound read-only into every sandbox, so that interpreter (and its stdlib) is what user code and
-#     the runner see; pip is needed by the install sandbox (`python3 -m pip install --target /deps`).
-#     See docs/sandbox.md.
+#   - python3 with venv (python3-venv) for the project's .venv (scripts/bootstrap.sh), and debootstrap.
+#     Sandboxes never use the host's Python or /usr: they bind the project's own root filesystem, which
+#     scripts/build-rootfs.sh builds (Debian bookworm + python3, python3-pip; see docs/sandbox.md).
 # Environment: TAKO_RUNSC_RETRY=1 retries the trixie download when a previous run fell back to bookworm.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -23,9 +22,10 @@ fi
 
 need_apt=()
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
-has_pip='import importlib.util, sys; sys.exit(importlib.util.find_spec("pip") is None)'
-/usr/bin/python3 -c "$has_pip" >/dev/null 2>&1 || need_apt+=(python3-pip)
+has_venv='import importlib.util, sys; sys.exit(importlib.util.find_spec("ensurepip") is None)'
+python3 -c "$has_venv" >/dev/null 2>&1 || need_apt+=(python3-venv)
 [ -x /usr/bin/runsc ] || need_apt+=(runsc)
+[ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
 if [ ${#need_apt[@]} -gt 0 ]; then
     say "apt-get install ${need_apt[*]}"
     apt-get update -qq
@@ -61,9 +61,36 @@ fi
 
 version="$("$tools/bin/runsc" --version 2>&1)" || { say "runsc at $tools/bin/runsc does not run" >&2; exit 1; }
 say "${version%%$'\n'*}"
-say "sandbox python: $(/usr/bin/python3 -c 'import importlib.metadata as m, platform
-print("/usr/bin/python3", platform.python_version(), "with pip", m.version("pip"))')"
-if [ ! -d /sys/fs/cgroup/memory ]; then
-    say "WARNING: no cgroup v1 memory controller at /sys/fs/cgroup/memory; the local executor's memory" >&2
-    say "limits and OOM detection need it (cgroup v2-only hosts are not supported yet)" >&2
+# cgroups: the local executor puts every sandbox in a cgroup with memory, pids and cpu limits
+# (shim/tako_shim/backends/local/cgroups.py). Check what the host offers; the server repeats this check at start-up.
+cgroup_fs="$(stat -f -c %T /sys/fs/cgroup 2>/dev/null || echo none)"
+if [ "$cgroup_fs" = cgroup2fs ]; then
+    offered="$(cat /sys/fs/cgroup/cgroup.controllers 2>/dev/null || true)"
+    missing=""
+    for controller in memory pids cpu; do
+        case " $offered " in *" $controller "*) ;; *) missing="$missing $controller" ;; esac
+    done
+    if [ -n "$missing" ]; then
+        say "WARNING: cgroup v2 without the${missing} controller(s) (cgroup.controllers: ${offered:-empty});" >&2
+        say "the local executor needs memory, pids and cpu (strict mode refuses to start without them)" >&2
+    elif [ -d /run/systemd/system ] && ! command -v systemd-run >/dev/null 2>&1; then
+        say "WARNING: cgroup v2 under systemd but no systemd-run: run the server with" >&2
+        say "packaging/systemd/tako-vm.service (Delegate=yes) so that it has a cgroup of its own" >&2
+    else
+        say "cgroups: v2 (unified) with memory, pids and cpu; the server runs in a delegated cgroup" \
+            "(make server: systemd-run --scope -p Delegate=yes; or packaging/systemd/tako-vm.service)"
+    fi
+else
+    missing=""
+    for controller in memory pids cpu; do
+        [ -d "/sys/fs/cgroup/$controller" ] || missing="$missing $controller"
+    done
+    kind=v1
+    [ "$(stat -f -c %T /sys/fs/cgroup/unified 2>/dev/null || true)" = cgroup2fs ] && kind=hybrid
+    if [ -n "$missing" ]; then
+        say "WARNING: no cgroup v1 controller(s)${missing} under /sys/fs/cgroup (filesystem: $cgroup_fs);" >&2
+        say "the local executor needs memory, pids and cpu (strict mode refuses to start without them)" >&2
+    else
+        say "cgroups: $kind with memory, pids and cpu"
+    fi
 fi

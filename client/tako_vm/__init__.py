@@ -7,56 +7,72 @@
 
 The module-level functions delegate to a default blocking `Client` set by `configure()` (created
 on first use from `TAKO_VM_URL` / `TAKO_VM_API_KEY`, else `http://localhost:8000`, if `configure`
-was never called). For asyncio use `AsyncClient`, whose methods are the same coroutines.
+was never called). For asyncio use `AsyncClient`, whose methods are the same coroutines. All
+three surfaces are generated from one definition per operation (`tako_vm._operations`).
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
 
 import httpx
 
+from tako_vm import _operations as ops
 from tako_vm._client import AsyncClient, Client, TakoVM
 from tako_vm._core import DEFAULT_BASE_URL
+from tako_vm._surface import default_function
 from tako_vm._typed import ExecutionResult
 from tako_vm._version import __version__
 from tako_vm.errors import (
+    APIConnectionError,
     APIError,
+    APITimeoutError,
     AuthenticationError,
+    BadRequestError,
     ClientError,
     ConflictError,
     ExecutionError,
+    InternalServerError,
     MalformedResponseError,
     NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
     RateLimitError,
     SDKExecutionError,
     ServerError,
     TakoVMError,
     TransportError,
+    UnprocessableEntityError,
     ValidationError,
     WaitTimeoutError,
 )
 
 __all__ = [
+    "APIConnectionError",
     "APIError",
+    "APITimeoutError",
     "AsyncClient",
     "AuthenticationError",
+    "BadRequestError",
     "Client",
     "ClientError",
     "ConflictError",
     "ExecutionError",
     "ExecutionResult",
+    "InternalServerError",
     "MalformedResponseError",
     "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
     "RateLimitError",
     "SDKExecutionError",
     "ServerError",
     "TakoVM",
     "TakoVMError",
     "TransportError",
+    "UnprocessableEntityError",
     "ValidationError",
     "WaitTimeoutError",
     "__version__",
@@ -127,193 +143,26 @@ def get_client() -> Client:
         return _default_client
 
 
-def submit_code(
-    code: str,
-    input_data: Mapping[str, Any] | None = None,
-    *,
-    timeout: int | None = None,
-    startup_timeout: int | None = None,
-    job_type: str | None = None,
-    requirements: Sequence[str] | None = None,
-    idempotency_key: str | None = None,
-    correlation_id: str | None = None,
-) -> str:
-    """Queue `code` and return its job id. Creates an idempotency key when none is given and retries
-    transport errors and 502/503/504 with that same key, so a flaky network never runs code twice."""
-    return get_client().submit_code(
-        code,
-        input_data,
-        timeout=timeout,
-        startup_timeout=startup_timeout,
-        job_type=job_type,
-        requirements=requirements,
-        idempotency_key=idempotency_key,
-        correlation_id=correlation_id,
-    )
+def _default() -> Client:
+    return get_client()  # looked up at call time, so a patched `get_client` is honoured
 
 
-def submit(
-    func: Callable[..., Any],
-    input_data: Any,
-    *,
-    timeout: int | None = None,
-    startup_timeout: int | None = None,
-    job_type: str | None = None,
-    requirements: Sequence[str] | None = None,
-    idempotency_key: str | None = None,
-    correlation_id: str | None = None,
-) -> str:
-    """Queue a typed function (one dataclass in, one dataclass out) and return its job id."""
-    return get_client().submit(
-        func,
-        input_data,
-        timeout=timeout,
-        startup_timeout=startup_timeout,
-        job_type=job_type,
-        requirements=requirements,
-        idempotency_key=idempotency_key,
-        correlation_id=correlation_id,
-    )
-
-
-def execute(
-    code: str,
-    input_data: Mapping[str, Any] | None = None,
-    *,
-    timeout: int | None = None,
-    startup_timeout: int | None = None,
-    job_type: str | None = None,
-    requirements: Sequence[str] | None = None,
-    correlation_id: str | None = None,
-) -> dict[str, Any]:
-    """Run `code` and wait for it (`POST /execute`); a failed run returns `success: False`, not an error."""
-    return get_client().execute(
-        code,
-        input_data,
-        timeout=timeout,
-        startup_timeout=startup_timeout,
-        job_type=job_type,
-        requirements=requirements,
-        correlation_id=correlation_id,
-    )
-
-
-def send(
-    func: Callable[..., Any],
-    input_data: Any,
-    timeout: int | None = None,
-    job_type: str | None = None,
-    requirements: Sequence[str] | None = None,
-    *,
-    startup_timeout: int | None = None,
-    idempotency_key: str | None = None,
-    correlation_id: str | None = None,
-) -> Any:
-    """Run `func(input_data)` in the sandbox and return its dataclass result; `ExecutionError` on failure."""
-    return get_client().send(
-        func,
-        input_data,
-        timeout,
-        job_type,
-        requirements,
-        startup_timeout=startup_timeout,
-        idempotency_key=idempotency_key,
-        correlation_id=correlation_id,
-    )
-
-
-def send_raw(
-    func: Callable[..., Any],
-    input_data: Any,
-    timeout: int | None = None,
-    job_type: str | None = None,
-    requirements: Sequence[str] | None = None,
-    *,
-    startup_timeout: int | None = None,
-    idempotency_key: str | None = None,
-    correlation_id: str | None = None,
-) -> ExecutionResult:
-    """Like `send`, but returns an `ExecutionResult` instead of raising when the code fails."""
-    return get_client().send_raw(
-        func,
-        input_data,
-        timeout,
-        job_type,
-        requirements,
-        startup_timeout=startup_timeout,
-        idempotency_key=idempotency_key,
-        correlation_id=correlation_id,
-    )
-
-
-def get_status(job_id: str) -> dict[str, Any]:
-    """`{job_id, status, created_at, duration_ms, queue_position}`."""
-    return get_client().get_status(job_id)
-
-
-def get_result(job_id: str, *, timeout: float | None = None, view: str | None = None) -> dict[str, Any]:
-    """The job's record; a truthy `timeout` waits up to that long for it to end, else `WaitTimeoutError`."""
-    return get_client().get_result(job_id, timeout=timeout, view=view)
-
-
-def cancel(job_id: str) -> dict[str, Any]:
-    """Cancel a queued or running job (`NotFoundError` if unknown or already finished)."""
-    return get_client().cancel(job_id)
-
-
-def rerun(job_id: str, *, job_type: str | None = None, timeout: int | None = None) -> str:
-    """Run a finished job's code and input again; returns the new job id."""
-    return get_client().rerun(job_id, job_type=job_type, timeout=timeout)
-
-
-def fork(job_id: str, code: str, *, job_type: str | None = None, timeout: int | None = None) -> str:
-    """Run new `code` on a finished job's input; returns the new job id."""
-    return get_client().fork(job_id, code, job_type=job_type, timeout=timeout)
-
-
-def download_artifact(job_id: str, artifact_name: str) -> bytes:
-    """The bytes of a file the job wrote to `/output`."""
-    return get_client().download_artifact(job_id, artifact_name)
-
-
-def list_executions(
-    *,
-    status: str | None = None,
-    job_type: str | None = None,
-    limit: int = 50,
-    offset: int = 0,
-    view: str | None = None,
-) -> dict[str, Any]:
-    """A page of history: `{items, limit, offset, has_more, count}`."""
-    return get_client().list_executions(
-        status=status, job_type=job_type, limit=limit, offset=offset, view=view
-    )
-
-
-def get_execution(execution_id: str, *, view: str | None = None) -> dict[str, Any]:
-    """One execution record (`view="full"` for artifacts, lineage, hashes)."""
-    return get_client().get_execution(execution_id, view=view)
-
-
-def health() -> dict[str, Any]:
-    return get_client().health()
-
-
-def pool_stats() -> dict[str, Any]:
-    return get_client().pool_stats()
-
-
-def dlq_stats() -> dict[str, Any]:
-    return get_client().dlq_stats()
-
-
-def list_job_types() -> list[Any]:
-    return get_client().list_job_types()
-
-
-def get_job_type(name: str) -> dict[str, Any]:
-    return get_client().get_job_type(name)
-
-
-def build_job_type(name: str) -> dict[str, Any]:
-    return get_client().build_job_type(name)
+submit_code = default_function(ops.submit_code, _default)
+submit = default_function(ops.submit, _default)
+execute = default_function(ops.execute, _default)
+send = default_function(ops.send, _default)
+send_raw = default_function(ops.send_raw, _default)
+get_status = default_function(ops.get_status, _default)
+get_result = default_function(ops.get_result, _default)
+cancel = default_function(ops.cancel, _default)
+rerun = default_function(ops.rerun, _default)
+fork = default_function(ops.fork, _default)
+download_artifact = default_function(ops.download_artifact, _default)
+list_executions = default_function(ops.list_executions, _default)
+get_execution = default_function(ops.get_execution, _default)
+health = default_function(ops.health, _default)
+pool_stats = default_function(ops.pool_stats, _default)
+dlq_stats = default_function(ops.dlq_stats, _default)
+list_job_types = default_function(ops.list_job_types, _default)
+get_job_type = default_function(ops.get_job_type, _default)
+build_job_type = default_function(ops.build_job_type, _default)

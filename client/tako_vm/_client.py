@@ -1,82 +1,46 @@
-# `timeout` in the async methods is the job's time limit (the REST field), not a cancellation scope:
-# ruff: noqa: ASYNC109
 """`Client` (blocking, httpx.Client) and `AsyncClient` (asyncio, httpx.AsyncClient).
 
-Both are thin: every method builds a `Call` with the shared core, and `_run` sends it, retrying
-as `retry_delay` says with the same headers (same correlation id) and the same body (same
-idempotency key) on every attempt.
+Both are thin: every method is generated from one operation in `tako_vm._operations`, and
+`_drive` runs its plan through the shared engine (`tako_vm._core.steps`), doing only what a
+transport must do itself: send a request, sleep between attempts. Retries resend the same
+headers (same correlation id) and the same body (same idempotency key).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Self, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Generic, Self, TypeVar
 
 import httpx
 
 from tako_vm import _core as core
-from tako_vm._typed import ExecutionResult, typed_program, typed_result
-from tako_vm.errors import ExecutionError, TransportError, WaitTimeoutError
+from tako_vm import _operations as ops
+from tako_vm._surface import async_method, sync_method
 
 T = TypeVar("T")
+HttpT = TypeVar("HttpT", httpx.Client, httpx.AsyncClient)
+TransportT = TypeVar("TransportT", httpx.BaseTransport, httpx.AsyncBaseTransport)
+SleepT = TypeVar("SleepT", Callable[[float], None], Callable[[float], Awaitable[None]])
 
 
-def _with_correlation(call: core.Call[T], correlation_id: str | None) -> core.Call[T]:
-    return dataclasses.replace(call, correlation_id=correlation_id) if correlation_id else call
-
-
-def _typed_call(func: Callable[..., Any], call: core.Call[dict[str, Any]]) -> core.Call[ExecutionResult]:
-    def parse(response: httpx.Response) -> ExecutionResult:
-        return typed_result(func, core.parse_object(response), response.headers.get(core.CORRELATION_HEADER))
-
-    return core.Call(
-        call.method,
-        call.path,
-        parse,
-        body=call.body,
-        read_timeout=call.read_timeout,
-        correlation_id=call.correlation_id,
-    )
-
-
-def _raise_for_failure(result: ExecutionResult) -> Any:
-    if not result.success:
-        raise ExecutionError(
-            result.error or "execution failed",
-            stdout=result.stdout,
-            stderr=result.stderr,
-            exit_code=result.exit_code,
-            correlation_id=result.correlation_id,
-        )
-    return result.output
-
-
-def _transport_error(call: core.Call[Any], headers: Mapping[str, str], exc: Exception) -> TransportError:
-    return TransportError(
-        f"{call.method} {call.path} failed: {type(exc).__name__}: {exc}",
-        correlation_id=headers.get(core.CORRELATION_HEADER),
-    )
-
-
-class Client:
-    """A blocking client. Safe to share between threads (httpx.Client is)."""
+class _BaseClient(Generic[HttpT, TransportT, SleepT]):
+    """The configuration and the httpx client; the subclasses differ only in how they perform steps."""
 
     def __init__(
         self,
         base_url: str = core.DEFAULT_BASE_URL,
         timeout: float = 30,
         headers: Mapping[str, str] | None = None,
-        session: httpx.Client | None = None,
+        session: HttpT | None = None,
         connect_timeout: float = 10.0,
         correlation_id: str | None = None,
         *,
         api_key: str | None = None,
         max_retries: int = 2,
-        transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        transport: TransportT | None = None,
+        sleep: SleepT | None = None,
     ) -> None:
         self.config = core.make_config(
             base_url,
@@ -88,8 +52,24 @@ class Client:
             max_retries=max_retries,
         )
         self._owns_http = session is None
-        self._http = session if session is not None else httpx.Client(transport=transport)
-        self._sleep = sleep
+        self._http: HttpT = session if session is not None else self._new_http(transport)
+        self._sleep: SleepT = sleep if sleep is not None else self._default_sleep()
+
+    def _new_http(self, transport: TransportT | None) -> HttpT:
+        raise NotImplementedError
+
+    def _default_sleep(self) -> SleepT:
+        raise NotImplementedError
+
+
+class Client(_BaseClient[httpx.Client, httpx.BaseTransport, Callable[[float], None]]):
+    """A blocking client. Safe to share between threads (httpx.Client is)."""
+
+    def _new_http(self, transport: httpx.BaseTransport | None) -> httpx.Client:
+        return httpx.Client(transport=transport)
+
+    def _default_sleep(self) -> Callable[[float], None]:
+        return time.sleep
 
     def close(self) -> None:
         if self._owns_http:
@@ -101,253 +81,57 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run(self, call: core.Call[T]) -> T:
-        headers = core.request_headers(self.config, call)
-        attempt = 0
-        while True:
-            request = core.build_request(self._http, self.config, call, headers)
-            try:
-                response = self._http.send(request)
-            except httpx.RequestError as exc:
-                transient = isinstance(exc, httpx.TransportError)
-                delay = core.retry_delay(self.config, call, attempt, None) if transient else None
-                if delay is None:
-                    raise _transport_error(call, headers, exc) from exc
-            else:
-                if response.is_success:
-                    return call.parse(response)
-                delay = core.retry_delay(self.config, call, attempt, response)
-                if delay is None:
-                    raise core.api_error(response)
-            self._sleep(delay)
-            attempt += 1
+    def _drive(self, plan: core.Plan[T]) -> T:
+        running = core.steps(self.config, plan)
+        step = core.advance(running, None)
+        while not isinstance(step, core.Done):
+            step = core.advance(running, self._perform(step))
+        return step.value
 
-    # -- jobs ------------------------------------------------------------------------------
+    def _perform(self, step: core.Step) -> core.Outcome:
+        if isinstance(step, core.Sleep):
+            self._sleep(step.seconds)
+            return None
+        try:
+            return self._http.send(core.build_request(self._http, self.config, step.call, step.headers))
+        except httpx.RequestError as exc:
+            return exc
 
-    def submit_code(
-        self,
-        code: str,
-        input_data: Mapping[str, Any] | None = None,
-        *,
-        timeout: int | None = None,
-        startup_timeout: int | None = None,
-        job_type: str | None = None,
-        requirements: Sequence[str] | None = None,
-        idempotency_key: str | None = None,
-        correlation_id: str | None = None,
-    ) -> str:
-        """Queue `code` and return its job id at once. Retries reuse one idempotency key."""
-        call = core.submit_call(
-            code,
-            input_data,
-            timeout=timeout,
-            startup_timeout=startup_timeout,
-            job_type=job_type,
-            requirements=requirements,
-            idempotency_key=idempotency_key,
-        )
-        return self._run(_with_correlation(call, correlation_id))
-
-    def submit(
-        self,
-        func: Callable[..., Any],
-        input_data: Any,
-        *,
-        timeout: int | None = None,
-        startup_timeout: int | None = None,
-        job_type: str | None = None,
-        requirements: Sequence[str] | None = None,
-        idempotency_key: str | None = None,
-        correlation_id: str | None = None,
-    ) -> str:
-        """Queue a typed function (see `send`); the result's `output` is the returned dataclass as a dict."""
-        code, payload = typed_program(func, input_data)
-        return self.submit_code(
-            code,
-            payload,
-            timeout=timeout,
-            startup_timeout=startup_timeout,
-            job_type=job_type,
-            requirements=requirements,
-            idempotency_key=idempotency_key,
-            correlation_id=correlation_id,
-        )
-
-    def execute(
-        self,
-        code: str,
-        input_data: Mapping[str, Any] | None = None,
-        *,
-        timeout: int | None = None,
-        startup_timeout: int | None = None,
-        job_type: str | None = None,
-        requirements: Sequence[str] | None = None,
-        correlation_id: str | None = None,
-    ) -> dict[str, Any]:
-        """Run `code` and wait (`POST /execute`); returns the response dict, `success` false on failure."""
-        call = core.execute_call(
-            code,
-            input_data,
-            timeout=timeout,
-            startup_timeout=startup_timeout,
-            job_type=job_type,
-            requirements=requirements,
-        )
-        return self._run(_with_correlation(call, correlation_id))
-
-    def send_raw(
-        self,
-        func: Callable[..., Any],
-        input_data: Any,
-        timeout: int | None = None,
-        job_type: str | None = None,
-        requirements: Sequence[str] | None = None,
-        *,
-        startup_timeout: int | None = None,
-        idempotency_key: str | None = None,
-        correlation_id: str | None = None,
-    ) -> ExecutionResult:
-        """Run a typed function and wait; never raises for a failed execution (see `ExecutionResult`).
-
-        `idempotency_key` is accepted for 0.3.0 compatibility; the sync route ignores it.
-        """
-        code, payload = typed_program(func, input_data)
-        call = core.execute_call(
-            code,
-            payload,
-            timeout=timeout,
-            startup_timeout=startup_timeout,
-            job_type=job_type,
-            requirements=requirements,
-        )
-        return self._run(_typed_call(func, _with_correlation(call, correlation_id)))
-
-    def send(
-        self,
-        func: Callable[..., Any],
-        input_data: Any,
-        timeout: int | None = None,
-        job_type: str | None = None,
-        requirements: Sequence[str] | None = None,
-        *,
-        startup_timeout: int | None = None,
-        idempotency_key: str | None = None,
-        correlation_id: str | None = None,
-    ) -> Any:
-        """Run `func(input_data)` in the sandbox; return its dataclass result or raise `ExecutionError`."""
-        result = self.send_raw(
-            func,
-            input_data,
-            timeout,
-            job_type,
-            requirements,
-            startup_timeout=startup_timeout,
-            idempotency_key=idempotency_key,
-            correlation_id=correlation_id,
-        )
-        return _raise_for_failure(result)
-
-    def get_status(self, job_id: str) -> dict[str, Any]:
-        return self._run(core.status_call(job_id))
-
-    def get_result(
-        self, job_id: str, *, timeout: float | None = None, view: str | None = None
-    ) -> dict[str, Any]:
-        """The job's record. A truthy `timeout` waits up to that many seconds for it to finish
-        (long-polls of at most 300 s each), then raises `WaitTimeoutError`; without one it returns
-        the record in whatever state it is."""
-        if not timeout:
-            return self._run(core.result_call(job_id, view=view))
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self._run(core.result_call(job_id, wait=deadline - time.monotonic(), view=view))
-            except WaitTimeoutError:
-                if deadline - time.monotonic() < core.MIN_SERVER_WAIT_SECONDS:
-                    raise
-
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._run(core.cancel_call(job_id))
-
-    def rerun(self, job_id: str, *, job_type: str | None = None, timeout: int | None = None) -> str:
-        return self._run(core.rerun_call(job_id, job_type=job_type, timeout=timeout))
-
-    def fork(self, job_id: str, code: str, *, job_type: str | None = None, timeout: int | None = None) -> str:
-        return self._run(core.fork_call(job_id, code, job_type=job_type, timeout=timeout))
-
-    def download_artifact(self, job_id: str, artifact_name: str) -> bytes:
-        return self._run(core.artifact_call(job_id, artifact_name))
-
-    # -- history and server ----------------------------------------------------------------
-
-    def list_executions(
-        self,
-        *,
-        status: str | None = None,
-        job_type: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-        view: str | None = None,
-    ) -> dict[str, Any]:
-        return self._run(
-            core.list_executions_call(status=status, job_type=job_type, limit=limit, offset=offset, view=view)
-        )
-
-    def get_execution(self, execution_id: str, *, view: str | None = None) -> dict[str, Any]:
-        return self._run(core.execution_call(execution_id, view=view))
-
-    def health(self) -> dict[str, Any]:
-        return self._run(core.health_call())
-
-    def pool_stats(self) -> dict[str, Any]:
-        return self._run(core.pool_stats_call())
-
-    def dlq_stats(self) -> dict[str, Any]:
-        return self._run(core.dlq_stats_call())
-
-    def list_job_types(self) -> list[Any]:
-        return self._run(core.list_job_types_call())
-
-    def get_job_type(self, name: str) -> dict[str, Any]:
-        return self._run(core.job_type_call(name))
-
-    def build_job_type(self, name: str) -> dict[str, Any]:
-        return self._run(core.build_job_type_call(name))
+    submit_code = sync_method(ops.submit_code)
+    submit = sync_method(ops.submit)
+    execute = sync_method(ops.execute)
+    send_raw = sync_method(ops.send_raw)
+    send = sync_method(ops.send)
+    get_status = sync_method(ops.get_status)
+    get_result = sync_method(ops.get_result)
+    cancel = sync_method(ops.cancel)
+    rerun = sync_method(ops.rerun)
+    fork = sync_method(ops.fork)
+    download_artifact = sync_method(ops.download_artifact)
+    list_executions = sync_method(ops.list_executions)
+    get_execution = sync_method(ops.get_execution)
+    health = sync_method(ops.health)
+    pool_stats = sync_method(ops.pool_stats)
+    dlq_stats = sync_method(ops.dlq_stats)
+    list_job_types = sync_method(ops.list_job_types)
+    get_job_type = sync_method(ops.get_job_type)
+    build_job_type = sync_method(ops.build_job_type)
 
 
 TakoVM = Client
 """The 0.3.0 name of the blocking client."""
 
 
-class AsyncClient:
+class AsyncClient(
+    _BaseClient[httpx.AsyncClient, httpx.AsyncBaseTransport, Callable[[float], Awaitable[None]]]
+):
     """The asyncio client: the same methods as `Client`, as coroutines; never blocks the event loop."""
 
-    def __init__(
-        self,
-        base_url: str = core.DEFAULT_BASE_URL,
-        timeout: float = 30,
-        headers: Mapping[str, str] | None = None,
-        session: httpx.AsyncClient | None = None,
-        connect_timeout: float = 10.0,
-        correlation_id: str | None = None,
-        *,
-        api_key: str | None = None,
-        max_retries: int = 2,
-        transport: httpx.AsyncBaseTransport | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self.config = core.make_config(
-            base_url,
-            timeout,
-            headers,
-            connect_timeout,
-            correlation_id,
-            api_key=api_key,
-            max_retries=max_retries,
-        )
-        self._owns_http = session is None
-        self._http = session if session is not None else httpx.AsyncClient(transport=transport)
-        self._sleep = sleep
+    def _new_http(self, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=transport)
+
+    def _default_sleep(self) -> Callable[[float], Awaitable[None]]:
+        return asyncio.sleep
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -359,202 +143,38 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _run(self, call: core.Call[T]) -> T:
-        headers = core.request_headers(self.config, call)
-        attempt = 0
-        while True:
-            request = core.build_request(self._http, self.config, call, headers)
-            try:
-                response = await self._http.send(request)
-            except httpx.RequestError as exc:
-                transient = isinstance(exc, httpx.TransportError)
-                delay = core.retry_delay(self.config, call, attempt, None) if transient else None
-                if delay is None:
-                    raise _transport_error(call, headers, exc) from exc
-            else:
-                if response.is_success:
-                    return call.parse(response)
-                delay = core.retry_delay(self.config, call, attempt, response)
-                if delay is None:
-                    raise core.api_error(response)
-            await self._sleep(delay)
-            attempt += 1
+    async def _drive(self, plan: core.Plan[T]) -> T:
+        running = core.steps(self.config, plan)
+        step = core.advance(running, None)
+        while not isinstance(step, core.Done):
+            step = core.advance(running, await self._perform(step))
+        return step.value
 
-    async def submit_code(
-        self,
-        code: str,
-        input_data: Mapping[str, Any] | None = None,
-        *,
-        timeout: int | None = None,
-        startup_timeout: int | None = None,
-        job_type: str | None = None,
-        requirements: Sequence[str] | None = None,
-        idempotency_key: str | None = None,
-        correlation_id: str | None = None,
-    ) -> str:
-        call = core.submit_call(
-            code,
-            input_data,
-            timeout=timeout,
-            startup_timeout=startup_timeout,
-            job_type=job_type,
-            requirements=requirements,
-            idempotency_key=idempotency_key,
-        )
-        return await self._run(_with_correlation(call, correlation_id))
+    async def _perform(self, step: core.Step) -> core.Outcome:
+        if isinstance(step, core.Sleep):
+            await self._sleep(step.seconds)
+            return None
+        try:
+            return await self._http.send(core.build_request(self._http, self.config, step.call, step.headers))
+        except httpx.RequestError as exc:
+            return exc
 
-    async def submit(
-        self,
-        func: Callable[..., Any],
-        input_data: Any,
-        *,
-        timeout: int | None = None,
-        startup_timeout: int | None = None,
-        job_type: str | None = None,
-        requirements: Sequence[str] | None = None,
-        idempotency_key: str | None = None,
-        correlation_id: str | None = None,
-    ) -> str:
-        code, payload = typed_program(func, input_data)
-        return await self.submit_code(
-            code,
-            payload,
-            timeout=timeout,
-            startup_timeout=startup_timeout,
-            job_type=job_type,
-            requirements=requirements,
-            idempotency_key=idempotency_key,
-            correlation_id=correlation_id,
-        )
-
-    async def execute(
-        self,
-        code: str,
-        input_data: Mapping[str, Any] | None = None,
-        *,
-        timeout: int | None = None,
-        startup_timeout: int | None = None,
-        job_type: str | None = None,
-        requirements: Sequence[str] | None = None,
-        correlation_id: str | None = None,
-    ) -> dict[str, Any]:
-        call = core.execute_call(
-            code,
-            input_data,
-            timeout=timeout,
-            startup_timeout=startup_timeout,
-            job_type=job_type,
-            requirements=requirements,
-        )
-        return await self._run(_with_correlation(call, correlation_id))
-
-    async def send_raw(
-        self,
-        func: Callable[..., Any],
-        input_data: Any,
-        timeout: int | None = None,
-        job_type: str | None = None,
-        requirements: Sequence[str] | None = None,
-        *,
-        startup_timeout: int | None = None,
-        idempotency_key: str | None = None,
-        correlation_id: str | None = None,
-    ) -> ExecutionResult:
-        code, payload = typed_program(func, input_data)
-        call = core.execute_call(
-            code,
-            payload,
-            timeout=timeout,
-            startup_timeout=startup_timeout,
-            job_type=job_type,
-            requirements=requirements,
-        )
-        return await self._run(_typed_call(func, _with_correlation(call, correlation_id)))
-
-    async def send(
-        self,
-        func: Callable[..., Any],
-        input_data: Any,
-        timeout: int | None = None,
-        job_type: str | None = None,
-        requirements: Sequence[str] | None = None,
-        *,
-        startup_timeout: int | None = None,
-        idempotency_key: str | None = None,
-        correlation_id: str | None = None,
-    ) -> Any:
-        result = await self.send_raw(
-            func,
-            input_data,
-            timeout,
-            job_type,
-            requirements,
-            startup_timeout=startup_timeout,
-            idempotency_key=idempotency_key,
-            correlation_id=correlation_id,
-        )
-        return _raise_for_failure(result)
-
-    async def get_status(self, job_id: str) -> dict[str, Any]:
-        return await self._run(core.status_call(job_id))
-
-    async def get_result(
-        self, job_id: str, *, timeout: float | None = None, view: str | None = None
-    ) -> dict[str, Any]:
-        if not timeout:
-            return await self._run(core.result_call(job_id, view=view))
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return await self._run(core.result_call(job_id, wait=deadline - time.monotonic(), view=view))
-            except WaitTimeoutError:
-                if deadline - time.monotonic() < core.MIN_SERVER_WAIT_SECONDS:
-                    raise
-
-    async def cancel(self, job_id: str) -> dict[str, Any]:
-        return await self._run(core.cancel_call(job_id))
-
-    async def rerun(self, job_id: str, *, job_type: str | None = None, timeout: int | None = None) -> str:
-        return await self._run(core.rerun_call(job_id, job_type=job_type, timeout=timeout))
-
-    async def fork(
-        self, job_id: str, code: str, *, job_type: str | None = None, timeout: int | None = None
-    ) -> str:
-        return await self._run(core.fork_call(job_id, code, job_type=job_type, timeout=timeout))
-
-    async def download_artifact(self, job_id: str, artifact_name: str) -> bytes:
-        return await self._run(core.artifact_call(job_id, artifact_name))
-
-    async def list_executions(
-        self,
-        *,
-        status: str | None = None,
-        job_type: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-        view: str | None = None,
-    ) -> dict[str, Any]:
-        return await self._run(
-            core.list_executions_call(status=status, job_type=job_type, limit=limit, offset=offset, view=view)
-        )
-
-    async def get_execution(self, execution_id: str, *, view: str | None = None) -> dict[str, Any]:
-        return await self._run(core.execution_call(execution_id, view=view))
-
-    async def health(self) -> dict[str, Any]:
-        return await self._run(core.health_call())
-
-    async def pool_stats(self) -> dict[str, Any]:
-        return await self._run(core.pool_stats_call())
-
-    async def dlq_stats(self) -> dict[str, Any]:
-        return await self._run(core.dlq_stats_call())
-
-    async def list_job_types(self) -> list[Any]:
-        return await self._run(core.list_job_types_call())
-
-    async def get_job_type(self, name: str) -> dict[str, Any]:
-        return await self._run(core.job_type_call(name))
-
-    async def build_job_type(self, name: str) -> dict[str, Any]:
-        return await self._run(core.build_job_type_call(name))
+    submit_code = async_method(ops.submit_code)
+    submit = async_method(ops.submit)
+    execute = async_method(ops.execute)
+    send_raw = async_method(ops.send_raw)
+    send = async_method(ops.send)
+    get_status = async_method(ops.get_status)
+    get_result = async_method(ops.get_result)
+    cancel = async_method(ops.cancel)
+    rerun = async_method(ops.rerun)
+    fork = async_method(ops.fork)
+    download_artifact = async_method(ops.download_artifact)
+    list_executions = async_method(ops.list_executions)
+    get_execution = async_method(ops.get_execution)
+    health = async_method(ops.health)
+    pool_stats = async_method(ops.pool_stats)
+    dlq_stats = async_method(ops.dlq_stats)
+    list_job_types = async_method(ops.list_job_types)
+    get_job_type = async_method(ops.get_job_type)
+    build_job_type = async_method(ops.build_job_type)

@@ -1,19 +1,21 @@
-"""The I/O-free core shared by `Client` and `AsyncClient`.
+"""The I/O-free core shared by `Client`, `AsyncClient` and the module-level functions.
 
 Everything that does not touch the network lives here: the configuration, one `Call` per API
-operation (method, path, query, body, read timeout, whether it may be retried, how to parse the
-answer), the retry policy and the mapping of HTTP error answers to typed exceptions. The two
-clients only send `Call`s and sleep between attempts.
+request (method, path, query, body, read timeout, whether it may be retried, how to parse the
+answer), the retry policy, the mapping of HTTP error answers to typed exceptions, and the engine
+(`steps`) that turns an operation's plan into `Send` / `Sleep` steps. The sync and the async
+client only perform those steps (`http.send`, `sleep`); every decision is made here, once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -21,19 +23,28 @@ import httpx
 from tako_vm._version import __version__
 from tako_vm.errors import (
     RETRYABLE_STATUSES,
+    APIConnectionError,
     APIError,
+    APITimeoutError,
     AuthenticationError,
+    BadRequestError,
     ClientError,
     ConflictError,
+    InternalServerError,
     MalformedResponseError,
     NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
     RateLimitError,
-    ServerError,
+    TakoVMError,
+    TransportError,
+    UnprocessableEntityError,
     ValidationError,
     WaitTimeoutError,
 )
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 DEFAULT_BASE_URL = "http://localhost:8000"
 MAX_SERVER_WAIT_SECONDS = 300.0
@@ -114,6 +125,13 @@ class Call(Generic[T]):
     """Safe to repeat after a transport error or a 502/503/504 (reads, and keyed submits)."""
     correlation_id: str | None = None
     """Overrides the configured `X-Correlation-ID` for this call."""
+
+    def with_correlation(self, correlation_id: str | None) -> Call[T]:
+        return dataclasses.replace(self, correlation_id=correlation_id) if correlation_id else self
+
+    def with_parser(self, parse: Callable[[httpx.Response], U]) -> Call[U]:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "parse"}
+        return Call(parse=parse, **fields)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,10 +220,14 @@ def retry_delay(
 
 
 _CLIENT_ERRORS: dict[int, type[ClientError]] = {
+    400: BadRequestError,
     401: AuthenticationError,
+    403: PermissionDeniedError,
     404: NotFoundError,
     408: WaitTimeoutError,
     409: ConflictError,
+    413: PayloadTooLargeError,
+    422: UnprocessableEntityError,
 }
 
 
@@ -243,8 +265,17 @@ def api_error(response: httpx.Response) -> APIError:
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
         )
     if status >= 500:
-        return ServerError(status, detail, correlation_id=correlation_id)
+        return InternalServerError(status, detail, correlation_id=correlation_id)
     return _CLIENT_ERRORS.get(status, ClientError)(status, detail, correlation_id=correlation_id)
+
+
+def transport_error(call: Call[Any], headers: Mapping[str, str], exc: Exception) -> TransportError:
+    """The SDK error for a request that got no HTTP answer (a timeout is an `APITimeoutError`)."""
+    cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
+    return cls(
+        f"{call.method} {call.path} failed: {type(exc).__name__}: {exc}",
+        correlation_id=headers.get(CORRELATION_HEADER),
+    )
 
 
 def parse_json(response: httpx.Response) -> Any:
@@ -258,24 +289,22 @@ def parse_json(response: httpx.Response) -> Any:
     return body
 
 
-def parse_object(response: httpx.Response) -> dict[str, Any]:
+def _parse_json_as(response: httpx.Response, kind: type, name: str) -> Any:
     body = parse_json(response)
-    if not isinstance(body, dict):
+    if not isinstance(body, kind):
         raise MalformedResponseError(
-            f"expected a JSON object from {response.request.url.path}, got {type(body).__name__}",
+            f"expected a JSON {name} from {response.request.url.path}, got {type(body).__name__}",
             correlation_id=response.headers.get(CORRELATION_HEADER),
         )
     return body
+
+
+def parse_object(response: httpx.Response) -> dict[str, Any]:
+    return _parse_json_as(response, dict, "object")
 
 
 def parse_list(response: httpx.Response) -> list[Any]:
-    body = parse_json(response)
-    if not isinstance(body, list):
-        raise MalformedResponseError(
-            f"expected a JSON list from {response.request.url.path}, got {type(body).__name__}",
-            correlation_id=response.headers.get(CORRELATION_HEADER),
-        )
-    return body
+    return _parse_json_as(response, list, "list")
 
 
 def parse_job_id(response: httpx.Response) -> str:
@@ -328,56 +357,41 @@ def _check_requirements(requirements: Sequence[str] | None) -> list[str] | None:
     return list(requirements)
 
 
-def submit_call(
-    code: str,
-    input_data: Mapping[str, Any] | None = None,
-    *,
-    timeout: int | None = None,
-    startup_timeout: int | None = None,
-    job_type: str | None = None,
-    requirements: Sequence[str] | None = None,
-    idempotency_key: str | None = None,
-) -> Call[str]:
+@dataclass(frozen=True)
+class Job:
+    """What to run: the fields `POST /execute` and `POST /execute/async` share, checked on creation."""
+
+    code: str
+    input_data: Mapping[str, Any] | None = None
+    timeout: int | None = None
+    startup_timeout: int | None = None
+    job_type: str | None = None
+    requirements: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.code, str):
+            raise ValidationError(f"code must be a string, got {type(self.code).__name__}")
+        object.__setattr__(self, "input_data", _check_input(self.input_data))
+        object.__setattr__(self, "requirements", _check_requirements(self.requirements))
+
+    def body(self, **extra: Any) -> dict[str, Any]:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return _without_none(**fields, **extra)
+
+
+def submit_call(job: Job, idempotency_key: str | None = None) -> Call[str]:
     """`POST /execute/async`. Always carries an idempotency key, so retries can never run code twice."""
-    if not isinstance(code, str):
-        raise ValidationError(f"code must be a string, got {type(code).__name__}")
-    body = _without_none(
-        code=code,
-        input_data=_check_input(input_data),
-        timeout=timeout,
-        startup_timeout=startup_timeout,
-        job_type=job_type,
-        requirements=_check_requirements(requirements),
-        idempotency_key=idempotency_key or new_idempotency_key(),
-    )
+    body = job.body(idempotency_key=idempotency_key or new_idempotency_key())
     return Call("POST", "/execute/async", parse_job_id, body=body, retryable=True)
 
 
-def execute_call(
-    code: str,
-    input_data: Mapping[str, Any] | None = None,
-    *,
-    timeout: int | None = None,
-    startup_timeout: int | None = None,
-    job_type: str | None = None,
-    requirements: Sequence[str] | None = None,
-) -> Call[dict[str, Any]]:
+def execute_call(job: Job) -> Call[dict[str, Any]]:
     """`POST /execute` (run and wait). Never retried: the sync route has no idempotency."""
-    if not isinstance(code, str):
-        raise ValidationError(f"code must be a string, got {type(code).__name__}")
-    body = _without_none(
-        code=code,
-        input_data=_check_input(input_data),
-        timeout=timeout,
-        startup_timeout=startup_timeout,
-        job_type=job_type,
-        requirements=_check_requirements(requirements),
-    )
-    if timeout is None:
+    if job.timeout is None:
         read_timeout = SYNC_EXECUTE_FALLBACK_READ_TIMEOUT
     else:
-        read_timeout = timeout + (startup_timeout or 600) + LONG_POLL_READ_MARGIN
-    return Call("POST", "/execute", parse_object, body=body, read_timeout=read_timeout)
+        read_timeout = job.timeout + (job.startup_timeout or 600) + LONG_POLL_READ_MARGIN
+    return Call("POST", "/execute", parse_object, body=job.body(), read_timeout=read_timeout)
 
 
 def status_call(job_id: str) -> Call[dict[str, Any]]:
@@ -474,3 +488,81 @@ def job_type_call(name: str) -> Call[dict[str, Any]]:
 
 def build_job_type_call(name: str) -> Call[dict[str, Any]]:
     return Call("POST", f"/job-types/{_segment(name, 'name')}/build", parse_object)
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine: plans of calls -> steps the clients perform
+
+Plan: TypeAlias = Generator[Call[Any], Any, T]
+"""An operation: yields the `Call`s it needs, receives each parsed result (or its error, thrown
+in), and returns the operation's value. Written once in `tako_vm._operations` for every surface."""
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send `call` once with these headers (the same dict on every retry: one correlation id)."""
+
+    call: Call[Any]
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Done(Generic[T]):
+    value: T
+
+
+Step: TypeAlias = Send | Sleep
+Outcome: TypeAlias = httpx.Response | httpx.RequestError | None
+"""What a client sends back after a step: the answer or the httpx error of a `Send`, None after `Sleep`."""
+Steps: TypeAlias = Generator[Step, Outcome, T]
+
+
+def attempts(config: ClientConfig, call: Call[T]) -> Steps[T]:
+    """Send `call` until it succeeds or `retry_delay` says stop; the parsed answer, else the typed error."""
+    headers = request_headers(config, call)
+    attempt = 0
+    while True:
+        outcome = yield Send(call, headers)
+        if isinstance(outcome, httpx.Response):
+            if outcome.is_success:
+                return call.parse(outcome)
+            delay = retry_delay(config, call, attempt, outcome)
+            if delay is None:
+                raise api_error(outcome)
+        else:
+            assert outcome is not None, "a Send step is answered with a response or an error"
+            transient = isinstance(outcome, httpx.TransportError)
+            delay = retry_delay(config, call, attempt, None) if transient else None
+            if delay is None:
+                raise transport_error(call, headers, outcome) from outcome
+        yield Sleep(delay)
+        attempt += 1
+
+
+def steps(config: ClientConfig, plan: Plan[T]) -> Steps[T]:
+    """Run an operation's plan: each `Call` it yields goes through `attempts`, and its result is
+    sent back into the plan (an SDK error is thrown into it, so a plan may catch and go on)."""
+    result: Any = None
+    error: TakoVMError | None = None
+    while True:
+        try:
+            call = plan.send(result) if error is None else plan.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            result, error = (yield from attempts(config, call)), None
+        except TakoVMError as exc:
+            result, error = None, exc
+
+
+def advance(running: Steps[T], outcome: Outcome) -> Step | Done[T]:
+    """The next step of `running` after `outcome`, or `Done` with the operation's value."""
+    try:
+        return running.send(outcome)
+    except StopIteration as stop:
+        return Done(stop.value)

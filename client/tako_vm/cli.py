@@ -1,6 +1,6 @@
 """The `tako-vm` command.
 
-    tako-vm server [--backend local|kubernetes] [--host H] [--port P]   run the REST server
+    tako-vm server [--backend local|kubernetes] [--host H] [--port P] [--data-dir D]  run the REST server
     tako-vm operator [--namespace NS ...]                              run the Kubernetes operator
     tako-vm run FILE.py [--input JSON] [--timeout S] [-r REQ ...]       run a file, exit with its code
     tako-vm status [JOB_ID]                                            one job's status (or server health)
@@ -161,7 +161,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     server = _import_extra("tako_shim.server", "tako-vm server", "server")
     config = _import_extra("tako_shim.config", "tako-vm server", "server")
     try:
-        server.run_server(args.config, args.backend, args.host, args.port)
+        server.run_server(args.config, args.backend, args.host, args.port, args.data_dir)
     except config.ConfigError as exc:
         raise CommandError(str(exc)) from exc
     return 0
@@ -182,6 +182,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
         liveness=args.liveness,
         metrics_port=args.metrics_port,
         kubeconfig=args.kubeconfig,
+        leader_election=args.leader_election,
+        leader_election_namespace=args.leader_election_namespace,
     )
     return 0
 
@@ -315,12 +317,21 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--backend", choices=["local", "kubernetes"], help="default: the config's backend")
     server.add_argument("--host", help="bind address (non-loopback needs auth)")
     server.add_argument("--port", type=int, help="port (0 = any free port)")
+    server.add_argument("--data-dir", help="state directory; one server per data dir (default: ~/.tako_vm)")
 
     operator = commands.add_parser("operator", help="run the Kubernetes operator")
     operator.add_argument("--namespace", action="append", help="watch only this namespace (repeatable)")
     operator.add_argument("--all-namespaces", action="store_true", help="watch PythonJobs in every namespace")
     operator.add_argument(
         "--peering", help="kopf peering object for active/standby replicas (default: standalone)"
+    )
+    operator.add_argument(
+        "--leader-election",
+        metavar="LEASE",
+        help="replicas started alike elect one leader through this coordination.k8s.io Lease",
+    )
+    operator.add_argument(
+        "--leader-election-namespace", metavar="NS", help="the Lease's namespace (default: $POD_NAMESPACE)"
     )
     operator.add_argument("--liveness", help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     operator.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")

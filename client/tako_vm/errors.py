@@ -1,35 +1,54 @@
 """Every error the SDK raises, typed by what went wrong (the Tako VM 0.3.0 hierarchy, plus subclasses).
 
+The 0.3.0 names stay the bases, so `except ClientError` / `except ServerError` /
+`except TransportError` / `except ValidationError` still catch everything they caught in 0.3.0;
+the subclasses (named as in openai-python) say which status or failure it was.
+
 TakoVMError
-├── TransportError            the request never got an HTTP answer (connect, read timeout, reset)
-├── APIError                  the server answered with an HTTP error status
-│   ├── ServerError           5xx; `retryable` for 502/503/504
-│   └── ClientError           4xx
+├── TransportError                the request never got an HTTP answer
+│   └── APIConnectionError        connect error, reset, protocol error
+│       └── APITimeoutError       connect, read, write or pool timeout
+├── APIError                      the server answered with an HTTP error status
+│   ├── ServerError               5xx; `retryable` for 502/503/504
+│   │   └── InternalServerError   every 5xx answer
+│   └── ClientError               4xx
+│       ├── BadRequestError       400
 │       ├── AuthenticationError   401
+│       ├── PermissionDeniedError 403
 │       ├── NotFoundError         404
 │       ├── WaitTimeoutError      408: a long-poll expired; the job itself is unaffected
 │       ├── ConflictError         409: idempotency key reused with a different payload
+│       ├── PayloadTooLargeError  413
+│       ├── UnprocessableEntityError  422 (also a ValidationError): the server refused a field
 │       └── RateLimitError        429; `retry_after` seconds when the server said so
 ├── ExecutionError            the code ran and failed (`send`)
 ├── MalformedResponseError    a 2xx answer without the fields the call needs
-└── ValidationError           the SDK refused the arguments before sending anything
+└── ValidationError           the arguments were refused: by the SDK before sending, or (as
+                              UnprocessableEntityError) by the server with a 422
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "APIConnectionError",
     "APIError",
+    "APITimeoutError",
     "AuthenticationError",
+    "BadRequestError",
     "ClientError",
     "ConflictError",
     "ExecutionError",
+    "InternalServerError",
     "MalformedResponseError",
     "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
     "RateLimitError",
     "SDKExecutionError",
     "ServerError",
     "TakoVMError",
     "TransportError",
+    "UnprocessableEntityError",
     "ValidationError",
     "WaitTimeoutError",
 ]
@@ -50,6 +69,19 @@ class TransportError(TakoVMError):
     """No HTTP response: the connection failed, was reset, or the read timed out."""
 
 
+class APIConnectionError(TransportError):
+    """The server could not be reached or the connection broke before an answer."""
+
+
+class APITimeoutError(APIConnectionError):
+    """A connect, read, write or pool timeout expired before an answer."""
+
+
+class ValidationError(TakoVMError):
+    """The arguments were refused: by the SDK before sending (e.g. `send` without dataclass
+    annotations), or by the server with a 422 (then it is an `UnprocessableEntityError`)."""
+
+
 class APIError(TakoVMError):
     """The server answered with an HTTP error status; `detail` is its `detail` field as a string."""
 
@@ -67,12 +99,24 @@ class ServerError(APIError):
         return self.status_code in RETRYABLE_STATUSES
 
 
+class InternalServerError(ServerError):
+    """Any 5xx answer (openai-python's name); `retryable` says whether repeating may help."""
+
+
 class ClientError(APIError):
     """A 4xx answer: the request itself was refused; sending it again unchanged will not help."""
 
 
+class BadRequestError(ClientError):
+    """400: e.g. rerun of an unfinished job, or an invalid artifact path."""
+
+
 class AuthenticationError(ClientError):
     """401: missing or invalid API key."""
+
+
+class PermissionDeniedError(ClientError):
+    """403: the key is valid but may not do this (e.g. another tenant's job)."""
 
 
 class NotFoundError(ClientError):
@@ -85,6 +129,14 @@ class WaitTimeoutError(ClientError):
 
 class ConflictError(ClientError):
     """409: the idempotency key was already used with a different payload."""
+
+
+class PayloadTooLargeError(ClientError):
+    """413: the request body is larger than the server accepts."""
+
+
+class UnprocessableEntityError(ClientError, ValidationError):
+    """422: the server refused a field; `detail` names it (a JSON list for schema errors)."""
 
 
 class RateLimitError(ClientError):
@@ -126,7 +178,3 @@ SDKExecutionError = ExecutionError
 
 class MalformedResponseError(TakoVMError):
     """A 2xx response whose body is not JSON or lacks the field the call needs (e.g. `job_id`)."""
-
-
-class ValidationError(TakoVMError):
-    """The SDK refused the arguments before sending (e.g. `send` without dataclass annotations)."""

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from tako_operator.leader import LeadershipLost
 from tako_operator.main import run_operator
 
 
@@ -40,6 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--priority", type=int, default=0, help="peering priority; the highest one acts")
     parser.add_argument(
+        "--leader-election",
+        metavar="LEASE",
+        default=None,
+        help="replicas started alike elect one leader through this coordination.k8s.io Lease; "
+        "only the leader reconciles (replaces --peering)",
+    )
+    parser.add_argument(
+        "--leader-election-namespace",
+        metavar="NS",
+        default=None,
+        help="the Lease's namespace (default: $POD_NAMESPACE, else the kubeconfig's namespace)",
+    )
+    parser.add_argument(
         "--liveness",
         metavar="URL",
         default=None,
@@ -72,12 +86,17 @@ def main(argv: list[str] | None = None) -> int:
             metrics_port=args.metrics_port,
             priority=args.priority,
             kubeconfig=args.kubeconfig,
+            leader_election=args.leader_election,
+            leader_election_namespace=args.leader_election_namespace,
         )
     except KeyboardInterrupt:
         return 130
     except ValueError as exc:
         print(f"tako-vm operator: {exc}", file=sys.stderr)
         return 2
+    except LeadershipLost as exc:
+        print(f"tako-vm operator: {exc}; exiting to restart as a follower", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -33,6 +33,7 @@ from tako_vm.models.crd import (
     PythonJob,
     PythonJobTypeSpec,
 )
+from tako_vm.models.runner import RunnerConfig
 
 CONFIGMAP_MAX_BYTES = 1_048_576  # the API server's limit on a ConfigMap's keys + values
 NAME_MAX = 253
@@ -252,22 +253,22 @@ def runner_config(job: PythonJob, job_type: PythonJobTypeSpec, settings: Operato
     """The runner's ``/code/job.json``."""
     timeout, startup = effective_timeouts(job, job_type)
     requirements = check_requirements_allowed(job, job_type)
-    return {
-        "timeout": timeout,
-        "startup_timeout": startup,
-        "requirements": requirements,
-        "deps_dir": DEPS_DIR,
-        "code_path": f"{CODE_DIR}/main.py",
-        "input_path": f"{INPUT_DIR}/data.json",
-        "output_dir": OUTPUT_DIR,
-        "work_dir": TMP_DIR,
-        "max_stdout_bytes": settings.max_stdout_bytes,
-        "max_stderr_bytes": settings.max_stderr_bytes,
-        "max_artifact_bytes": settings.max_artifact_bytes,
-        "max_total_artifact_bytes": settings.max_total_artifact_bytes,
-        "environment": {var.name: var.value for var in job_type.env or []},
-        "egress_probe": bool(requirements) and settings.egress_probe,
-    }
+    return RunnerConfig(
+        timeout=timeout,
+        startup_timeout=startup,
+        requirements=requirements,
+        deps_dir=DEPS_DIR,
+        code_path=f"{CODE_DIR}/main.py",
+        input_path=f"{INPUT_DIR}/data.json",
+        output_dir=OUTPUT_DIR,
+        work_dir=TMP_DIR,
+        max_stdout_bytes=settings.max_stdout_bytes,
+        max_stderr_bytes=settings.max_stderr_bytes,
+        max_artifact_bytes=settings.max_artifact_bytes,
+        max_total_artifact_bytes=settings.max_total_artifact_bytes,
+        environment={var.name: var.value for var in job_type.env or []},
+        egress_probe=bool(requirements) and settings.egress_probe,
+    ).as_json_dict()
 
 
 def configmap_size(data: dict[str, str]) -> int:

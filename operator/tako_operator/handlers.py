@@ -20,9 +20,10 @@ from typing import Any
 
 import kopf
 
-from tako_operator import objects
+from tako_operator import builders, objects
 from tako_operator import standby as standby_mod
 from tako_operator.admission import Admission, Entry, Key, entry_for
+from tako_operator.jobcache import DEFAULT_MAX_ENTRIES, JobCache, is_slim, slim_pod
 from tako_operator.kube import GROUP, JOB_TYPES, JOBS, VERSION, Kube, retryable
 from tako_operator.metrics import Metrics
 from tako_operator.pool import StandbyPool, standby_settings_from_env
@@ -53,10 +54,25 @@ class OperatorConfig:
     # retrying a pass that met a transient API error: the first delay, doubling up to the cap
     api_retry_backoff_seconds: float = 0.5
     api_retry_backoff_max_seconds: float = 30.0
+    # bodies of PythonJobs kept in memory so that a pass needs no GET (least recently used dropped)
+    job_cache_entries: int = field(default_factory=lambda: job_cache_entries_from_env(os.environ))
     # The standby-Pod pool's operator-wide knobs (TAKO_OPERATOR_STANDBY_*); pool sizes are per job type.
     standby: standby_mod.StandbySettings = field(
         default_factory=lambda: standby_settings_from_env(os.environ)
     )
+
+
+JOB_CACHE_ENV = "TAKO_OPERATOR_JOB_CACHE_ENTRIES"
+
+
+def job_cache_entries_from_env(env: os._Environ[str] | dict[str, str]) -> int:
+    """TAKO_OPERATOR_JOB_CACHE_ENTRIES: PythonJob bodies kept in memory (0 = read each job per pass)."""
+    raw = env.get(JOB_CACHE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_ENTRIES
+    if not raw.isdigit() or int(raw) > 1_000_000:
+        raise ValueError(f"{JOB_CACHE_ENV} must be a whole number from 0 to 1000000, got {raw!r}")
+    return int(raw)
 
 
 def _now() -> datetime.datetime:
@@ -87,10 +103,14 @@ class Reconciler:
         self.admission_lock = asyncio.Lock()
         self.wakeups: dict[Key, asyncio.TimerHandle] = {}
         self.job_index: Any = None
+        # The newest body of each job (watch or the answer to the operator's own write): no GET per pass.
+        self.jobs = JobCache(config.job_cache_entries)
         # kopf's in-memory indexes (live views, filled before any handler runs): pods owned by
         # PythonJobs and PythonJobTypes, so a reconcile reads them without API calls.
         self.pod_index: Any = None
         self.type_index: Any = None
+        self.indexes_bound = asyncio.Event()  # set once this kopf run's indexes are known
+        self.runs = 0
         metrics.bind(lambda: self.entries, lambda: self.admission.waiting(self.entries))
 
     # -- entry points ---------------------------------------------------------------------------
@@ -99,7 +119,8 @@ class Reconciler:
         if event_type == "DELETED":
             await self.forget(job)
             return
-        await self.reconcile(job_key(job))
+        stored = self.jobs.observed(job)
+        await self.reconcile(job_key(job), None if stored is None else (job, stored))
 
     @property
     def entries(self) -> list[Entry]:
@@ -112,6 +133,17 @@ class Reconciler:
         self.job_index = kwargs[JOB_INDEX]
         self.pod_index = kwargs[POD_INDEX]
         self.type_index = kwargs[TYPE_INDEX]
+        self.indexes_bound.set()
+
+    def new_run(self) -> None:
+        """kopf (re)starts: forget what the previous run knew about the jobs (its indexes, the job
+        cache). The new run lists every resource from the API and fills new indexes before its first
+        handler; until then a pass (a wake-up timer) waits for them instead of deciding on a list
+        that may hold jobs deleted meanwhile. Admission slots and timers live on."""
+        self.runs += 1
+        self.job_index = self.pod_index = self.type_index = None
+        self.indexes_bound = asyncio.Event()
+        self.jobs = JobCache(self.config.job_cache_entries)
 
     async def poke(self, namespace: str, name: str) -> None:
         """Reconcile a job by name, reading it fresh from the API."""
@@ -119,18 +151,24 @@ class Reconciler:
 
     # -- the loop body ------------------------------------------------------------------------
 
-    async def reconcile(self, key: Key) -> None:
-        """One pass for the job `key`. The job is read inside the per-job lock: a watch event's body
-        may already be older than what another pass just wrote.
+    async def reconcile(self, key: Key, event: tuple[dict[str, Any], dict[str, Any]] | None = None) -> None:
+        """One pass for the job `key`, on its newest known body (`event`: the body of the watch event
+        that triggered the pass and what the cache stored of it, used while that is the newest).
+        Taken inside the per-job lock from the job cache: a watch event's body may already be older
+        than what another pass just wrote, and the cache knows (jobcache.py). The job is read from
+        the API only when the cache has no body, or a slim one and the pass may create objects
+        (which need the code and input).
 
         A transient API fault (5xx, 409 Conflict, 429, a dropped connection) on any call schedules the
         same pass again with backoff: kopf does not retry event handlers, and no other watch event
         may ever come for the job. Every pass starts from what is stored, so a retry is idempotent."""
+        if self.runs and not self.indexes_bound.is_set():
+            await self.indexes_bound.wait()  # a restarted kopf run has not listed the jobs yet
         lock = self.locks.setdefault(key, asyncio.Lock())
         started = time.monotonic()
         try:
             async with lock:
-                fresh = await self.kube.get_job(*key)
+                fresh = await self.current_job(key, event)
                 if fresh is None or (fresh.get("metadata") or {}).get("deletionTimestamp"):
                     return
                 observed = await self.observe(fresh)
@@ -153,6 +191,31 @@ class Reconciler:
         self.api_failures.pop(key, None)
         self.metrics.reconcile_seconds.observe(time.monotonic() - started)
 
+    async def current_job(
+        self, key: Key, event: tuple[dict[str, Any], dict[str, Any]] | None
+    ) -> dict[str, Any] | None:
+        if event is not None and self.jobs.is_current(key, event[1]):
+            return event[0]  # the triggering event is still the newest version: full, in hand
+        cached = self.jobs.get(key)
+        if cached is not None and not (is_slim(cached) and self.may_create(cached)):
+            return copy.deepcopy(cached)
+        fresh = await self.kube.get_job(*key)
+        if fresh is not None:
+            self.jobs.observed(fresh)  # newer than every event so far
+        return fresh
+
+    def may_create(self, job: dict[str, Any]) -> bool:
+        """Whether a pass on `job` may create objects or push to a standby Pod (then it needs the full
+        job): not finished, not cancelled, and no attempt yet or its Pod not seen."""
+        status = job.get("status") or {}
+        if status.get("phase") in TERMINAL_PHASES or (job.get("spec") or {}).get("cancel"):
+            return False
+        attempts = int(status.get("attempts") or 0)
+        if attempts == 0 or self.pod_index is None:
+            return True
+        pod_name = status.get("podName") or objects.pod_name(job, attempts)
+        return not list(self.pod_index.get((job_key(job)[0], pod_name), []))
+
     async def observe(self, job: dict[str, Any]) -> Observed:
         key = job_key(job)
         status = job.get("status") or {}
@@ -169,8 +232,11 @@ class Reconciler:
         if job_type is not None and (admitted or terminal or attempt > 0):
             pod_name = status.get("podName") or objects.pod_name(job, max(attempt, 1))
             pod = await self.find_pod(key[0], pod_name)
-            if pod is None and pod_name != objects.pod_name(job, max(attempt, 1)):
-                pod = await self.kube.get_pod(key[0], pod_name)  # a claimed standby Pod, not yet indexed
+            if pod is None and (attempt > 0 or pod_name != objects.pod_name(job, max(attempt, 1))):
+                # The Pod of a started attempt (or a claimed standby Pod) that the index does not show
+                # (yet: the Pod watch may lag the job watch under a burst): ask the API before the plan
+                # takes it for lost and schedules a retry.
+                pod = await self.kube.get_pod(key[0], pod_name)
         standby = None
         if admitted and pod is None and attempt == 0 and job_type and job_type.get("standbyPods"):
             pod = self.find_claimed_pod(job)  # claimed before a crash, status not yet written
@@ -242,9 +308,13 @@ class Reconciler:
         elif observed.standby is not None:
             self.pool.unreserve(namespace, observed.standby["metadata"]["name"])
         if result.annotations:
-            await self.kube.patch_job_metadata(namespace, name, {"annotations": result.annotations})
+            answer = await self.kube.patch_job_metadata(namespace, name, {"annotations": result.annotations})
+            if answer is not None:
+                self.jobs.wrote(answer, result.annotations)
         if status and status_changed(job.get("status"), status):
-            await self.kube.patch_job_status(namespace, name, status)
+            answer = await self.kube.patch_job_status(namespace, name, status)
+            if answer is not None:
+                self.jobs.wrote(answer, result.annotations)
         if result.remove_egress and observed.pod is not None:
             await self.kube.remove_pod_label(namespace, observed.pod["metadata"]["name"], EGRESS_LABEL)
             await self.kube.delete_network_policy(namespace, objects.install_policy_name(job))
@@ -267,7 +337,9 @@ class Reconciler:
 
     async def create(self, obj: dict[str, Any]) -> None:
         kind = obj.get("kind")
-        if kind == "Pod":
+        if kind == "ConfigMap" and obj["metadata"]["name"] == builders.runner_configmap_name():
+            await self.kube.ensure_shared_configmap(obj)  # one per namespace, shared by every job
+        elif kind == "Pod":
             await self.kube.create_pod(obj)
         elif kind == "ConfigMap":
             await self.kube.create_configmap(obj)
@@ -300,6 +372,7 @@ class Reconciler:
             handle.cancel()
         self.locks.pop(key, None)
         self.api_failures.pop(key, None)
+        self.jobs.forget(key)
         self.wake_queue()
 
     async def on_standby_event(self, namespace: str, pod: kopf.Body) -> None:
@@ -311,6 +384,8 @@ class Reconciler:
         uid = (found.get("metadata") or {}).get("uid") if found else None
         self.pool.saw_standby_pod(namespace, type_name)
         self.pool.refill_soon(namespace, type_name, spec, uid)
+        if found is not None:
+            await self.pool.report(namespace, type_name, copy.deepcopy(dict(found)))
 
     # -- wake-ups ---------------------------------------------------------------------------------
 
@@ -372,11 +447,11 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
 
     @kopf.index(GROUP, VERSION, JOBS, id=JOB_INDEX, registry=registry)
     def tako_jobs(body: kopf.Body, **_: Any) -> dict[str, Entry]:
-        return {INDEX_KEY: entry_for(copy.deepcopy(dict(body)))}
+        return {INDEX_KEY: entry_for(dict(body))}
 
     @kopf.index("v1", "pods", id=POD_INDEX, when=_owned_by_job, registry=registry)
     def tako_pods(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
-        return {(namespace or "", name): copy.deepcopy(dict(body))}
+        return {(namespace or "", name): slim_pod(body)}
 
     @kopf.index(GROUP, VERSION, JOB_TYPES, id=TYPE_INDEX, registry=registry)
     def tako_job_types(
@@ -394,6 +469,8 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
         spec = None if type == "DELETED" else dict(body.get("spec") or {})
         uid = (body.get("metadata") or {}).get("uid")
         reconciler.pool.refill_soon(namespace or "", name, spec, uid)
+        if type != "DELETED":
+            await reconciler.pool.report(namespace or "", name, copy.deepcopy(dict(body)))
 
     standby_labels = {standby_mod.LABEL_POOL: kopf.PRESENT}
 

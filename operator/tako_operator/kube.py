@@ -1,8 +1,12 @@
 """The operator's only module that talks to the Kubernetes API.
 
 It wraps the official (blocking) `kubernetes` client: every public coroutine runs the call in a
-worker thread with `asyncio.to_thread`, so the kopf event loop never blocks. Objects go in and
-come out as plain dicts (`_preload_content=False`), the same shape the pure builders produce.
+worker thread of the module's own executor (`API_CONCURRENCY_ENV` threads, default
+DEFAULT_API_CONCURRENCY, and as many pooled keep-alive connections), so the kopf event loop never
+blocks and a burst is not limited to the default `asyncio.to_thread` pool (cpu_count + 4 threads).
+Objects go in and come out as plain dicts (`_preload_content=False`, the same shape the pure builders
+produce); every response is read to its end and its connection handed back to urllib3's pool, so
+calls reuse keep-alive connections instead of opening (in a cluster: a TLS handshake) one per call.
 
 Configuration: in-cluster service account when `KUBERNETES_SERVICE_HOST` is set, otherwise the
 file named by `$KUBECONFIG` (read at call time, not at import time) or `~/.kube/config`.
@@ -13,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import json
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +41,38 @@ VERSION = "v1alpha1"
 JOBS = "pythonjobs"
 JOB_TYPES = "pythonjobtypes"
 
+API_CONCURRENCY_ENV = "TAKO_OPERATOR_API_CONCURRENCY"
+DEFAULT_API_CONCURRENCY = 16
+MAX_API_CONCURRENCY = 256
+# A shared object (the namespace's runner ConfigMap) found present is not re-created for this long:
+# one request per namespace and interval instead of a create answered 409 per job.
+SHARED_RECHECK_SECONDS = 60.0
+
+
+def api_concurrency_from_env(env: os._Environ[str] | dict[str, str]) -> int:
+    """TAKO_OPERATOR_API_CONCURRENCY: API calls in flight at once (threads and pooled connections)."""
+    raw = env.get(API_CONCURRENCY_ENV, "").strip()
+    if not raw:
+        return DEFAULT_API_CONCURRENCY
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_API_CONCURRENCY:
+        raise ValueError(
+            f"{API_CONCURRENCY_ENV} must be a whole number from 1 to {MAX_API_CONCURRENCY}, got {raw!r}"
+        )
+    return int(raw)
+
+
+def _read_and_release(fn: Any, *args: Any, **kwargs: Any) -> bytes:
+    """Blocking: one API call; its body read to the end and the connection back in the pool.
+
+    With `_preload_content=False` the client returns urllib3's response unread: a response nobody
+    reads keeps its connection checked out, and the next call opens a new one."""
+    response = fn(*args, _preload_content=False, **kwargs)
+    try:
+        data: bytes = response.data or b""
+    finally:
+        response.release_conn()
+    return data
+
 
 @dataclass(frozen=True)
 class Connection:
@@ -51,23 +90,36 @@ class Connection:
 class Kube:
     """Typed, plain-dict access to the resources the operator manages."""
 
-    def __init__(self, api_client: Any, connection: Connection) -> None:
+    def __init__(
+        self, api_client: Any, connection: Connection, concurrency: int = DEFAULT_API_CONCURRENCY
+    ) -> None:
         self.api_client = api_client
         self.connection = connection
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.networking = kubernetes.client.NetworkingV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
+        self.executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kube-api")
+        self.shared_seen: dict[tuple[str, str], float] = {}  # (namespace, name) -> when found present
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.api_client.close()
 
     # -- generic plumbing -----------------------------------------------------------------------
 
-    @staticmethod
-    async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        """`fn(*args)` (blocking) in the API executor."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> bytes:
+        """The API call `fn(*args, **kwargs)` in the API executor: the response body (connection released)."""
+        data: bytes = await self._run(functools.partial(_read_and_release, fn, *args, **kwargs))
+        return data
 
     @staticmethod
-    def _json(response: Any) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(response.data or b"{}")
-        return data
+    def _json(data: bytes) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(data or b"{}")
+        return parsed
 
     async def _create(self, fn: Any, read: Any, namespace: str, body: dict[str, Any]) -> bool:
         """Create `body`; False if it already exists (deterministic names make this idempotent).
@@ -75,14 +127,14 @@ class Kube:
         A 409 counts as "exists" only when it says AlreadyExists or the object can be read: any
         other 409 (a Conflict) created nothing, and is raised so that the pass is retried."""
         try:
-            await self._call(fn, namespace, body=body, _preload_content=False)
+            await self._call(fn, namespace, body=body)
         except ApiException as exc:
             if exc.status != 409:
                 raise
             if _reason(exc) == "AlreadyExists":
                 return False
             try:
-                await self._call(read, body["metadata"]["name"], namespace, _preload_content=False)
+                await self._call(read, body["metadata"]["name"], namespace)
             except ApiException as missing:
                 if missing.status == 404:
                     raise exc from None
@@ -92,7 +144,7 @@ class Kube:
 
     async def _delete(self, fn: Any, name: str, namespace: str, **kwargs: Any) -> bool:
         try:
-            await self._call(fn, name, namespace, _preload_content=False, **kwargs)
+            await self._call(fn, name, namespace, **kwargs)
         except ApiException as exc:
             if exc.status == 404:
                 return False
@@ -121,11 +173,19 @@ class Kube:
             net.create_namespaced_network_policy, net.read_namespaced_network_policy, namespace, policy
         )
 
+    async def ensure_shared_configmap(self, configmap: dict[str, Any]) -> None:
+        """Create a ConfigMap every job of the namespace shares (immutable, named by its content), at
+        most once per SHARED_RECHECK_SECONDS: re-sending it for every job costs a request answered 409."""
+        key = (configmap["metadata"]["namespace"], configmap["metadata"]["name"])
+        seen = self.shared_seen.get(key)
+        if seen is not None and time.monotonic() - seen < SHARED_RECHECK_SECONDS:
+            return
+        await self.create_configmap(configmap)
+        self.shared_seen[key] = time.monotonic()
+
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            response = await self._call(
-                self.core.read_namespaced_pod, name, namespace, _preload_content=False
-            )
+            response = await self._call(self.core.read_namespaced_pod, name, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -143,9 +203,7 @@ class Kube:
         data = b""
         for tail_lines in (LOG_TAIL_LINES, ENVELOPE_LINES):
             try:
-                data = await self._call(
-                    self._read_log_end, namespace, pod, container, tail_lines, limit_bytes
-                )
+                data = await self._run(self._read_log_end, namespace, pod, container, tail_lines, limit_bytes)
             except ApiException as exc:
                 if exc.status in (400, 404):
                     return None
@@ -177,7 +235,6 @@ class Kube:
                 pod,
                 namespace,
                 body={"metadata": {"labels": {label: None}}},
-                _preload_content=False,
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -191,9 +248,7 @@ class Kube:
     async def list_pods(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         """Pods carrying every label in `labels` (also filtered here: emulators ignore selectors)."""
         selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
-        response = await self._call(
-            self.core.list_namespaced_pod, namespace, label_selector=selector, _preload_content=False
-        )
+        response = await self._call(self.core.list_namespaced_pod, namespace, label_selector=selector)
         items: list[dict[str, Any]] = self._json(response).get("items") or []
         return [
             pod
@@ -213,7 +268,6 @@ class Kube:
                 namespace,
                 body=patch,
                 _content_type="application/merge-patch+json",
-                _preload_content=False,
             )
         except ApiException as exc:
             if exc.status in (404, 409):
@@ -238,7 +292,6 @@ class Kube:
                 namespace,
                 JOBS,
                 name,
-                _preload_content=False,
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -255,7 +308,6 @@ class Kube:
                 namespace,
                 JOB_TYPES,
                 name,
-                _preload_content=False,
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -263,17 +315,22 @@ class Kube:
             raise
         return self._json(response)
 
-    async def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+    async def patch_job_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge `status` into the job's status; the job as stored after the patch (None: it is gone)."""
+        return await self._patch_job(namespace, name, {"status": status}, status=True)
+
+    async def patch_job_type_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
         try:
             await self._call(
                 self.custom.patch_namespaced_custom_object_status,
                 GROUP,
                 VERSION,
                 namespace,
-                JOBS,
+                JOB_TYPES,
                 name,
                 {"status": status},
-                _preload_content=False,
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -281,23 +338,24 @@ class Kube:
             raise
         return True
 
-    async def patch_job_metadata(self, namespace: str, name: str, metadata: dict[str, Any]) -> bool:
+    async def patch_job_metadata(
+        self, namespace: str, name: str, metadata: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge `metadata` into the job's metadata; the job as stored after the patch (None: it is gone)."""
+        return await self._patch_job(namespace, name, {"metadata": metadata}, status=False)
+
+    async def _patch_job(
+        self, namespace: str, name: str, body: dict[str, Any], status: bool
+    ) -> dict[str, Any] | None:
+        custom = self.custom
+        fn = custom.patch_namespaced_custom_object_status if status else custom.patch_namespaced_custom_object
         try:
-            await self._call(
-                self.custom.patch_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                JOBS,
-                name,
-                {"metadata": metadata},
-                _preload_content=False,
-            )
+            response = await self._call(fn, GROUP, VERSION, namespace, JOBS, name, body)
         except ApiException as exc:
             if exc.status == 404:
-                return False
+                return None
             raise
-        return True
+        return self._json(response)
 
     async def delete_job(self, namespace: str, name: str) -> bool:
         try:
@@ -308,7 +366,6 @@ class Kube:
                 namespace,
                 JOBS,
                 name,
-                _preload_content=False,
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -342,9 +399,54 @@ class Kube:
             "count": 1,
         }
         with contextlib.suppress(ApiException):
-            await self._call(
-                self.core.create_namespaced_event, meta["namespace"], body=event, _preload_content=False
+            await self._call(self.core.create_namespaced_event, meta["namespace"], body=event)
+
+    # -- leader election (coordination.k8s.io/v1 Lease, see leader.py) ---------------------------
+    # Bounded by `request_timeout` seconds each: an unreachable API server must not hold up the election.
+
+    async def get_lease(self, namespace: str, name: str, request_timeout: float) -> dict[str, Any] | None:
+        api = kubernetes.client.CoordinationV1Api(self.api_client)
+        try:
+            response = await self._call(
+                api.read_namespaced_lease,
+                name,
+                namespace,
+                _request_timeout=request_timeout,
             )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return self._json(response)
+
+    async def write_lease(self, namespace: str, body: dict[str, Any], request_timeout: float) -> bool:
+        """Create the Lease (no resourceVersion in `body`), or merge-patch it with the resourceVersion it
+        was read at, which the API server checks as a precondition. False when someone else created or
+        changed it first (409)."""
+        api = kubernetes.client.CoordinationV1Api(self.api_client)
+        name = body["metadata"]["name"]
+        try:
+            if body["metadata"].get("resourceVersion"):
+                await self._call(
+                    api.patch_namespaced_lease,
+                    name,
+                    namespace,
+                    body,
+                    _content_type="application/merge-patch+json",
+                    _request_timeout=request_timeout,
+                )
+            else:
+                await self._call(
+                    api.create_namespaced_lease,
+                    namespace,
+                    body,
+                    _request_timeout=request_timeout,
+                )
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
 
 
 # Statuses worth retrying the same pass for: a request timeout, a Conflict, rate limiting, and every
@@ -371,9 +473,13 @@ def _reason(exc: ApiException) -> str | None:
     return body.get("reason") if isinstance(body, dict) else None
 
 
-def load_connection(kubeconfig: str | None = None) -> tuple[Any, Connection]:
-    """Build an API client: in-cluster config if available, else `kubeconfig` or `$KUBECONFIG`."""
+def load_connection(
+    kubeconfig: str | None = None, concurrency: int = DEFAULT_API_CONCURRENCY
+) -> tuple[Any, Connection]:
+    """Build an API client: in-cluster config if available, else `kubeconfig` or `$KUBECONFIG`;
+    `concurrency` pooled keep-alive connections."""
     configuration = kubernetes.client.Configuration()
+    configuration.connection_pool_maxsize = concurrency
     namespace: str | None = None
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         kubernetes.config.load_incluster_config(client_configuration=configuration)
@@ -403,6 +509,8 @@ def load_connection(kubeconfig: str | None = None) -> tuple[Any, Connection]:
     return kubernetes.client.ApiClient(configuration), connection
 
 
-def connect(kubeconfig: str | None = None) -> Kube:
-    api_client, connection = load_connection(kubeconfig)
-    return Kube(api_client, connection)
+def connect(kubeconfig: str | None = None, concurrency: int | None = None) -> Kube:
+    """A Kube with `concurrency` (default: $TAKO_OPERATOR_API_CONCURRENCY) calls in flight at most."""
+    size = api_concurrency_from_env(os.environ) if concurrency is None else concurrency
+    api_client, connection = load_connection(kubeconfig, size)
+    return Kube(api_client, connection, size)

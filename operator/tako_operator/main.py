@@ -17,9 +17,10 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,13 @@ import kopf
 from tako_operator import handlers
 from tako_operator.handlers import OperatorConfig, Reconciler
 from tako_operator.kube import connect
+from tako_operator.leader import (
+    ElectionSettings,
+    LeaderElector,
+    LeadershipLost,
+    follower_liveness,
+    new_identity,
+)
 from tako_operator.metrics import Metrics
 from tako_operator.pool import standby_settings_from_env
 from tako_operator.reconcile import Limits
@@ -100,6 +108,12 @@ class OperatorOptions:
     peering_lifetime: int = 60
     peering_interval: float = 30.0
     restart: RestartPolicy = field(default_factory=lambda: restart_policy_from_env(os.environ))
+    # Lease-based leader election (see leader.py): the Lease's name, or None for none
+    leader_election: str | None = None
+    leader_election_namespace: str | None = None  # default: $POD_NAMESPACE, else the kubeconfig's
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
 
 
 def config_from_env(env: os._Environ[str] | dict[str, str]) -> OperatorConfig:
@@ -122,7 +136,6 @@ def config_from_env(env: os._Environ[str] | dict[str, str]) -> OperatorConfig:
         max_attempts=int(number("TAKO_OPERATOR_MAX_ATTEMPTS", 3)) or 1,
         retry_backoff_seconds=number("TAKO_OPERATOR_RETRY_BACKOFF_SECONDS", 5.0),
         retry_backoff_max_seconds=number("TAKO_OPERATOR_RETRY_BACKOFF_MAX_SECONDS", 300.0),
-        deadline_grace_seconds=number("TAKO_OPERATOR_DEADLINE_GRACE_SECONDS", 30.0),
         default_ttl_seconds=None
         if ttl_raw in ("", "none")
         else int(number("TAKO_OPERATOR_DEFAULT_TTL_SECONDS", 3600)),
@@ -141,17 +154,68 @@ def config_from_env(env: os._Environ[str] | dict[str, str]) -> OperatorConfig:
 
 def builder_settings_from_env(env: os._Environ[str] | dict[str, str]) -> OperatorSettings:
     """The builders' settings; the Helm chart sets TAKO_VM_RUNTIME_CLASS_NAME. TAKO_OPERATOR_MAX_LOG_BYTES
-    (unset: derived from the job caps) bounds how much of a Pod's log the operator reads."""
+    (unset: derived from the job caps) bounds how much of a Pod's log the operator reads.
+    TAKO_OPERATOR_DEADLINE_GRACE_SECONDS is the one deadline knob: a job Pod's activeDeadlineSeconds is
+    startup timeout + timeout + this, and the operator ends a Pod still running then itself."""
     runtime_class = env.get("TAKO_VM_RUNTIME_CLASS_NAME", "gvisor").strip()
+    grace_raw = env.get("TAKO_OPERATOR_DEADLINE_GRACE_SECONDS", "").strip()
+    if grace_raw and not grace_raw.isdigit():
+        raise ValueError(
+            f"TAKO_OPERATOR_DEADLINE_GRACE_SECONDS must be a whole number of seconds >= 0, got {grace_raw!r}"
+        )
     max_log_raw = env.get("TAKO_OPERATOR_MAX_LOG_BYTES", "").strip()
     if max_log_raw and not max_log_raw.isdigit():
         raise ValueError(f"TAKO_OPERATOR_MAX_LOG_BYTES must be a whole number of bytes, got {max_log_raw!r}")
     return OperatorSettings(
-        runtime_class_name=runtime_class or None, max_log_bytes=int(max_log_raw) if max_log_raw else None
+        runtime_class_name=runtime_class or None,
+        max_log_bytes=int(max_log_raw) if max_log_raw else None,
+        deadline_grace_seconds=int(grace_raw) if grace_raw else OperatorSettings.deadline_grace_seconds,
     )
 
 
-def _kopf_settings(options: OperatorOptions) -> kopf.OperatorSettings:
+@dataclass(frozen=True)
+class Scope:
+    """What the operator watches: every namespace, or these namespaces (literal names or globs)."""
+
+    clusterwide: bool
+    namespaces: tuple[str, ...] = ()
+
+    @property
+    def needs_scanning(self) -> bool:
+        """Only globs ('team-*', '!kube-system') need kopf to list and watch Namespaces cluster-wide;
+        literal names and the all-namespaces mode need no namespace scanning (nor RBAC for it)."""
+        return not self.clusterwide and any("*" in ns or "!" in ns for ns in self.namespaces)
+
+
+NAMESPACES_ENV = "TAKO_OPERATOR_NAMESPACES"
+
+
+def resolve_scope(
+    namespaces: list[str] | None,
+    all_namespaces: bool,
+    env: os._Environ[str] | dict[str, str],
+    own_namespace: str | None,
+) -> Scope:
+    """The watch scope: the flags win; without them TAKO_OPERATOR_NAMESPACES (the chart sets it:
+    comma-separated names, or `*` for every namespace); without that, the operator's own namespace
+    ($POD_NAMESPACE, the service account's or the kubeconfig context's namespace)."""
+    if all_namespaces:
+        return Scope(clusterwide=True)
+    if namespaces:
+        return Scope(clusterwide=False, namespaces=tuple(namespaces))
+    raw = env.get(NAMESPACES_ENV, "").strip()
+    if raw == "*":
+        return Scope(clusterwide=True)
+    listed = tuple(ns.strip() for ns in raw.split(",") if ns.strip())
+    if listed:
+        return Scope(clusterwide=False, namespaces=listed)
+    own = (env.get("POD_NAMESPACE") or "").strip() or own_namespace
+    if not own:
+        raise ValueError(f"give --namespace (repeatable), --all-namespaces or {NAMESPACES_ENV}")
+    return Scope(clusterwide=False, namespaces=(own,))
+
+
+def _kopf_settings(options: OperatorOptions, scope: Scope) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.watching.server_timeout = options.watch_server_timeout
     settings.watching.client_timeout = options.watch_server_timeout + 10
@@ -159,7 +223,7 @@ def _kopf_settings(options: OperatorOptions) -> kopf.OperatorSettings:
     settings.posting.level = logging.WARNING
     settings.peering.lifetime = options.peering_lifetime
     settings.peering.stealth = True
-    if options.peering:
+    if options.peering and options.leader_election is None:
         settings.peering.name = options.peering
         settings.peering.mandatory = True
     settings.peering.priority = options.priority
@@ -169,13 +233,7 @@ def _kopf_settings(options: OperatorOptions) -> kopf.OperatorSettings:
     # case when it fails: with in-process restarts that timer would kill the restarted operator
     # 10 minutes later. A stuck shutdown is bounded by the Pod's termination grace period instead.
     settings.process.ultimate_exiting_timeout = None
-    # Explicit namespaces need no namespace scanning (and no RBAC to list namespaces).
-    namespaces = options.namespaces or []
-    settings.scanning.disabled = (
-        not options.all_namespaces
-        and bool(namespaces)
-        and not any("*" in ns or "!" in ns for ns in namespaces)
-    )
+    settings.scanning.disabled = not scope.needs_scanning
     return settings
 
 
@@ -193,22 +251,22 @@ async def operate(
     server = None
     if options.metrics_port is not None:
         server = metrics.serve(options.metrics_port)
-    namespaces = [] if options.all_namespaces else list(options.namespaces or [])
-    if not namespaces and not options.all_namespaces:
-        default_ns = kube.connection.default_namespace
-        if default_ns is None:
-            raise ValueError("give --namespace (repeatable) or --all-namespaces")
-        namespaces = [default_ns]
+    scope = resolve_scope(
+        options.namespaces, options.all_namespaces, os.environ, kube.connection.default_namespace
+    )
+    log.info("watching %s", "every namespace" if scope.clusterwide else ", ".join(scope.namespaces))
+    elected = options.leader_election is not None
 
     async def run_kopf() -> None:
+        reconciler.new_run()  # each run rebuilds its job list from the API, not the previous run's
         await bounded_shutdown(
             kopf.operator(
                 registry=registry,
-                settings=_kopf_settings(options),
-                clusterwide=options.all_namespaces,
-                namespaces=namespaces,
-                standalone=options.standalone,
-                peering_name=options.peering,
+                settings=_kopf_settings(options, scope),
+                clusterwide=scope.clusterwide,
+                namespaces=list(scope.namespaces),
+                standalone=options.standalone or elected,
+                peering_name=None if elected else options.peering,
                 priority=options.priority,
                 liveness_endpoint=options.liveness,
                 stop_flag=stop_flag,
@@ -217,11 +275,66 @@ async def operate(
         )
 
     try:
-        await supervise(run_kopf, options.restart, stop_flag)
+        if options.leader_election is None:
+            await supervise(run_kopf, options.restart, stop_flag)
+        else:
+            election = ElectionSettings(
+                namespace=options.leader_election_namespace
+                or os.environ.get("POD_NAMESPACE")
+                or kube.connection.default_namespace
+                or _fail("give --leader-election-namespace (or set POD_NAMESPACE)"),
+                name=options.leader_election,
+                identity=new_identity(),
+                lease_duration=options.lease_duration,
+                renew_deadline=options.renew_deadline,
+                retry_period=options.retry_period,
+            )
+            await lead(
+                LeaderElector(kube, election),
+                lambda: supervise(run_kopf, options.restart, stop_flag),
+                options.liveness,
+                stop_flag,
+            )
     finally:
         if server is not None:
             server[0].shutdown()
-        kube.api_client.close()
+        kube.close()
+
+
+def _fail(message: str) -> str:
+    raise ValueError(message)
+
+
+async def lead(
+    elector: LeaderElector,
+    run: Callable[[], Awaitable[None]],
+    liveness: str | None,
+    stop_flag: StopFlag | None = None,
+) -> None:
+    """Wait for leadership (answering the liveness probe meanwhile), then `run` (kopf, supervised)
+    while renewing the Lease. Lost leadership cancels `run` at once and raises LeadershipLost (the
+    process exits and restarts as a follower); a clean stop releases the Lease."""
+    stopped = asyncio.Event()  # SIGINT/SIGTERM while following (kopf handles them once it runs)
+    _catch_signals(stopped)
+    async with follower_liveness(liveness):
+        acquired = await elector.acquire(lambda: _is_set(stop_flag) or stopped.is_set())
+    if not acquired:
+        return
+    holding = asyncio.ensure_future(elector.hold())
+    working = asyncio.ensure_future(run())
+    try:
+        await asyncio.wait({holding, working}, return_when=asyncio.FIRST_COMPLETED)
+        if not working.done():
+            for _ in range(2):  # the second cancellation skips kopf's graceful stop
+                working.cancel()
+                await asyncio.wait({working}, timeout=elector.settings.retry_period)
+            raise LeadershipLost(f"lease {elector.settings.namespace}/{elector.settings.name} lost")
+        working.result()
+    finally:
+        holding.cancel()
+        if not working.done():
+            working.cancel()
+        await elector.release()
 
 
 # kopf logs this (logger kopf._core.reactor.running) when its root task fails; kopf 1.45.2 is pinned.
@@ -353,4 +466,39 @@ def run_operator(
         **extra,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(operate(options))
+    run_bounded(operate(options))
+
+
+EXIT_THREADS_GRACE_SECONDS = 3.0
+
+
+def run_bounded(main: Coroutine[Any, Any, None], grace: float = EXIT_THREADS_GRACE_SECONDS) -> None:
+    """`asyncio.run(main)`, except that the end does not wait for worker threads stuck in API calls
+    (a blackholed API server holds a blocking request until its socket times out, and asyncio.run
+    and the interpreter's exit join those threads without a bound): after `grace` seconds the
+    process ends with them, so SIGTERM ends the operator within the Pod's termination grace period."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    code = 0
+    try:
+        loop.run_until_complete(main)
+    except BaseException as exc:
+        code = 130 if isinstance(exc, KeyboardInterrupt) else 1
+        log.error("operator stopped: %r", exc)
+        raise
+    finally:
+        pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=grace))
+        shutdown = loop.create_task(loop.shutdown_default_executor())
+        loop.run_until_complete(asyncio.wait({shutdown}, timeout=grace))
+        stuck = not shutdown.done()
+        loop.close()
+        if stuck:
+            log.warning("API calls still hang after %.0f s; exiting without them", grace)
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)

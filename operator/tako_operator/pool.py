@@ -9,6 +9,7 @@ type whose size is 0 and that has no standby Pods left.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import secrets
@@ -19,7 +20,9 @@ import aiohttp
 
 from tako_operator import builders
 from tako_operator import standby as sb
+from tako_operator import status as status_mod
 from tako_operator.kube import Kube
+from tako_operator.reconcile import waiting_reason
 from tako_operator.settings import OperatorSettings
 from tako_vm.models.crd import PythonJob, PythonJobTypeSpec
 
@@ -41,6 +44,14 @@ def standby_settings_from_env(env: os._Environ[str] | dict[str, str]) -> sb.Stan
         kwargs["port"] = int(env["TAKO_OPERATOR_STANDBY_PORT"])
     if env.get("TAKO_OPERATOR_STANDBY_MAX_AGE_SECONDS"):
         kwargs["max_age_seconds"] = int(env["TAKO_OPERATOR_STANDBY_MAX_AGE_SECONDS"])
+    if env.get("TAKO_OPERATOR_STANDBY_RESYNC_SECONDS"):
+        raw = env["TAKO_OPERATOR_STANDBY_RESYNC_SECONDS"]
+        try:
+            kwargs["resync_seconds"] = float(raw)
+        except ValueError:
+            raise ValueError(
+                f"TAKO_OPERATOR_STANDBY_RESYNC_SECONDS must be a number of seconds, got {raw!r}"
+            ) from None
     if env.get("TAKO_OPERATOR_STANDBY_PUSH_FROM_NAMESPACE"):
         kwargs["operator_namespace"] = env["TAKO_OPERATOR_STANDBY_PUSH_FROM_NAMESPACE"]
     if labels_raw is not None:
@@ -78,6 +89,9 @@ class StandbyPool:
         self.known: set[PoolKey] = set()  # pools that have (or had) standby Pods
         self.cooling: dict[PoolKey, float] = {}  # pool -> monotonic time its push cooldown ends
         self.dropped: set[tuple[str, str]] = set()  # claimed, push failed, deleted: never adopt them
+        # the last known job type of each pool with standby Pods: (spec or None, uid), for the resync
+        self.types: dict[PoolKey, tuple[dict[str, Any] | None, str | None]] = {}
+        self.resync_task: asyncio.Task[None] | None = None
 
     # -- keeping pools full ---------------------------------------------------------------------
 
@@ -124,7 +138,7 @@ class StandbyPool:
         if namespace in self.shared_ready:
             return
         await self.kube.create_network_policy(sb.build_standby_policy(namespace, self.standby))
-        await self.kube.create_configmap(builders.build_runner_configmap(namespace))
+        await self.kube.ensure_shared_configmap(builders.build_runner_configmap(namespace))
         await self.kube.create_configmap(sb.build_standby_configmap(namespace))
         self.shared_ready.add(namespace)
 
@@ -136,14 +150,49 @@ class StandbyPool:
         self, namespace: str, type_name: str, job_type: dict[str, Any] | None, type_uid: str | None
     ) -> None:
         """`ensure` in the background (after a claim: the job's own reconcile does not wait for it)."""
+        self.types[(namespace, type_name)] = (job_type, type_uid)
+        if self.resync_task is None or self.resync_task.done():
+            self.resync_task = asyncio.get_running_loop().create_task(self.resync())
         task = asyncio.get_running_loop().create_task(self.ensure(namespace, type_name, job_type, type_uid))
         self.tasks.add(task)
         task.add_done_callback(self._done)
+
+    async def resync(self) -> None:
+        """Forever: every `resync_seconds`, bring every pool that has (or had) standby Pods to its job
+        type's size, so a failed refill is retried without waiting for an event (no API call for
+        pools that are off and never had Pods)."""
+        while True:
+            await asyncio.sleep(self.standby.resync_seconds)
+            for (namespace, type_name), (job_type, uid) in list(self.types.items()):
+                try:
+                    await self.ensure(namespace, type_name, job_type, uid)
+                except Exception as exc:  # the next round tries again
+                    log.warning("standby pool %s/%s: resync failed: %r", namespace, type_name, exc)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("standby pool refill failed: %r", task.exception())
+
+    # -- the job type's status ------------------------------------------------------------------------
+
+    async def report(self, namespace: str, type_name: str, job_type: dict[str, Any]) -> None:
+        """Write the PythonJobType's status when it changed: Ready when jobs can use it (valid spec,
+        standby pool full), Reconciling while the pool fills, Stalled for an invalid spec or an image
+        its standby Pods cannot pull. Types without a pool cost no API call but the first write."""
+        raw = (job_type.get("spec") or {}).get("standbyPods")
+        wanted = raw if isinstance(raw, int) else 0
+        ready, pull_error = 0, None
+        if wanted > 0:
+            pods = await self.kube.list_pods(namespace, {sb.LABEL_POOL: builders.label_safe(type_name)})
+            live = [pod for pod in pods if sb.is_live(pod)]
+            ready = sum(1 for pod in live if sb.is_ready(pod))
+            pulls = [found for pod in live if (found := waiting_reason(pod)) is not None]
+            pull_error = f"{pulls[0][0]}: {pulls[0][1]}".strip(": ") if pulls else None
+        now = datetime.datetime.now(datetime.UTC)
+        wanted_status = status_mod.job_type_status(job_type, ready, pull_error, now)
+        if status_mod.status_changed(job_type.get("status"), wanted_status):
+            await self.kube.patch_job_type_status(namespace, type_name, wanted_status)
 
     # -- claiming ---------------------------------------------------------------------------------
 

@@ -17,11 +17,9 @@ from tako_operator import builders, objects
 from tako_operator import standby as standby_mod
 from tako_operator import status as status_mod
 from tako_operator.builders import JobRejected
+from tako_operator.conditions import TERMINAL_PHASES
 from tako_operator.settings import OperatorSettings
 from tako_vm.models.crd import PythonJob
-
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Timeout", "OOM", "Cancelled"})
-ACTIVE_PHASES = frozenset({"Pending", "Running"})
 
 JOB_CONTAINER = "job"
 INSTALL_CONTAINER = "install"
@@ -46,7 +44,6 @@ class Limits:
     max_attempts: int = 3
     retry_backoff_seconds: float = 5.0
     retry_backoff_max_seconds: float = 300.0
-    deadline_grace_seconds: float = 30.0
     default_ttl_seconds: int | None = 3600
 
 
@@ -217,6 +214,18 @@ def _deadline_pod(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 def plan(observed: Observed) -> Plan:
+    """The plan for `observed`. Every status it writes is checked against the shared PythonJobStatus
+    model, and a pass that changes nothing else still records an unobserved generation (a spec change,
+    also on a finished job, is always observed)."""
+    result = _plan(observed)
+    if result.status:
+        result.status = status_mod.validated(result.status)
+    else:
+        result.status = status_mod.observe_generation(observed.job)
+    return result
+
+
+def _plan(observed: Observed) -> Plan:
     job = observed.job
     spec = job.get("spec") or {}
     status = job.get("status") or {}
@@ -284,6 +293,8 @@ def plan(observed: Observed) -> Plan:
         )
     if status_mod.pod_finished(pod) or _install_failed(pod):
         record = status_mod.compute_status(model, _as_finished(pod), observed.logs, now, settings)
+        if not status.get("attempts"):  # the Pod's own status write was lost (an operator restart)
+            record["attempts"] = attempts
         return _finish(observed, result, record)
 
     # Still running. Install finished -> close egress before user code may start.
@@ -300,8 +311,9 @@ def plan(observed: Observed) -> Plan:
         record = failed_status(observed, "image_pull_error", f"{pull[0]}: {pull[1]}".strip(": "))
         return _finish(observed, result, record)
 
-    # Operator-side bound, in case both the runner deadline and activeDeadlineSeconds fail.
-    bound = startup + timeout_seconds(job, observed.job_type) + limits.deadline_grace_seconds
+    # Operator-side bound, in case both the runner deadline and activeDeadlineSeconds fail: the Pod's
+    # own activeDeadlineSeconds (one knob, settings.deadline_grace_seconds, moves both).
+    bound = startup + timeout_seconds(job, observed.job_type) + settings.deadline_grace_seconds
     if age > bound:
         record = status_mod.compute_status(model, _deadline_pod(pod), observed.logs, now, settings)
         return _finish(observed, result, record)
@@ -341,8 +353,8 @@ def _create_attempt(observed: Observed, result: Plan, attempt: int) -> Plan:
     except JobRejected as exc:
         return _finish(observed, result, status_mod.rejected_status(_model(observed), exc, observed.now))
     pod = result.create[-1]
-    message = f"attempt {attempt}: pod created"
-    result.status = _pending_record(observed, attempt, pod["metadata"]["name"], message)
+    # the status the next pass computes from this Pod as created, so that pass writes nothing
+    result.status = _pending_record(observed, attempt, pod["metadata"]["name"], None, pod)
     result.events.append(("Normal", "Admitted" if attempt == 1 else "Retried", f"attempt {attempt} started"))
     return result
 
@@ -367,11 +379,15 @@ def _claim_attempt(observed: Observed, result: Plan) -> bool:
     return True
 
 
-def _pending_record(observed: Observed, attempt: int, pod_name: str, message: str) -> dict[str, Any]:
-    """The status of a job whose attempt `attempt` just got its Pod."""
+def _pending_record(
+    observed: Observed, attempt: int, pod_name: str, message: str | None, pod: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The status of a job whose attempt `attempt` just got its Pod (`pod`: as it is being created)."""
     model = _model(observed)
-    record = status_mod.compute_status(model, None, {}, observed.now, observed.settings)
-    record.update(phase="Pending", attempts=attempt, podName=pod_name, message=message)
+    record = status_mod.compute_status(model, pod, {}, observed.now, observed.settings)
+    record.update(phase="Pending", attempts=attempt, podName=pod_name)
+    if message is not None:
+        record["message"] = message
     status = observed.job.get("status") or {}
     if not status.get("queuedAt"):
         record["queuedAt"] = status_mod.format_time(observed.now)

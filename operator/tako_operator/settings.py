@@ -44,7 +44,8 @@ class OperatorSettings:
     runtime_class_name: str | None = "gvisor"  # None only for clusters without gVisor (tests, kind smoke)
     run_as_user: int = 1000
     run_as_group: int = 1000
-    deadline_grace_seconds: int = 30  # activeDeadlineSeconds = startup + timeout + this
+    # activeDeadlineSeconds = startup + timeout + this; also the operator's own bound on a job Pod
+    deadline_grace_seconds: int = 30
     termination_grace_seconds: int = 5
     tmp_size_limit: str = "100Mi"
     output_size_limit: str = "64Mi"

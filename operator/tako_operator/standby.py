@@ -54,6 +54,9 @@ class StandbySettings:
         }
     )
     push_timeout_seconds: float = 10.0
+    # Every pool is compared with its job type this often besides on events: a refill that failed
+    # (API error, quota) is retried without waiting for the next event.
+    resync_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65_535:
@@ -62,6 +65,8 @@ class StandbySettings:
             raise ValueError(f"standby max_age_seconds must be >= 60, got {self.max_age_seconds}")
         if self.push_timeout_seconds <= 0:
             raise ValueError("standby push_timeout_seconds must be > 0")
+        if not 0.1 <= self.resync_seconds <= 86_400:
+            raise ValueError(f"standby resync_seconds must be 0.1..86400, got {self.resync_seconds}")
 
 
 # --- names and shipped files ------------------------------------------------------------------------

@@ -14,20 +14,28 @@ import datetime
 import json
 from typing import Any
 
+from pydantic import ValidationError
+
+from tako_operator import conditions as cond
 from tako_operator.builders import INSTALL_CONTAINER, JOB_CONTAINER, JobRejected
 from tako_operator.settings import OperatorSettings
 from tako_runner.outcome import Outcome, classify, parse_envelope
-from tako_vm.models.crd import STATUS_ARTIFACTS_MAX, TERMINAL_PHASES, PythonJob
+from tako_vm.models.crd import (
+    STATUS_ARTIFACTS_MAX,
+    TERMINAL_PHASES,
+    PythonJob,
+    PythonJobStatus,
+    PythonJobTypeSpec,
+    PythonJobTypeStatus,
+)
 
 PHASE_BY_OUTCOME = {
-    "succeeded": "Succeeded",
-    "failed": "Failed",
-    "timeout": "Timeout",
-    "oom": "OOM",
-    "cancelled": "Cancelled",
+    "succeeded": cond.SUCCEEDED,
+    "failed": cond.FAILED,
+    "timeout": cond.TIMEOUT,
+    "oom": cond.OOM,
+    "cancelled": cond.CANCELLED,
 }
-FAILURE_PHASES = frozenset({"Failed", "Timeout", "OOM"})
-ADMITTED_PHASES = frozenset({"Pending", "Running", *TERMINAL_PHASES})
 MESSAGE_MAX = 1024
 ERROR_MESSAGE_MAX = 4096
 LOG_TRUNCATED = "[tako-operator] log truncated at max_log_bytes="
@@ -243,26 +251,6 @@ def _message(phase: str, fields: dict[str, Any]) -> str:
 # --- conditions -------------------------------------------------------------------------------------
 
 
-def desired_conditions(phase: str, message: str) -> list[tuple[str, str, str, str]]:
-    """(type, status, reason, message) for each condition type, from the phase alone."""
-    terminal = phase in TERMINAL_PHASES
-    ready = ("Ready", "True" if terminal else "False", phase, message)
-    if phase == "Queued":
-        admitted = ("Admitted", "False", "Queued", "Waiting for a free slot")
-    elif phase in ADMITTED_PHASES:
-        admitted = ("Admitted", "True", "Admitted", "Admitted to run")
-    else:
-        admitted = ("Admitted", "Unknown", phase, "Not yet admitted")
-    if phase == "Succeeded":
-        succeeded = ("Succeeded", "True", phase, message)
-    elif terminal:
-        succeeded = ("Succeeded", "False", phase, message)
-    else:
-        succeeded = ("Succeeded", "Unknown", phase, "Not finished")
-    failed = ("Failed", "True" if phase in FAILURE_PHASES else "False", phase, message)
-    return [ready, admitted, succeeded, failed]
-
-
 def conditions_for(
     phase: str,
     message: str,
@@ -275,15 +263,36 @@ def conditions_for(
     A cancelled job that was never admitted keeps Admitted as it was (it never got a slot).
     """
     before = {c.get("type"): c for c in previous}
-    out = []
-    for kind, status, reason, text in desired_conditions(phase, message):
+    desired = []
+    for kind, status, reason, text in cond.job_conditions(phase, message):
         old = before.get(kind)
-        if kind == "Admitted" and phase == "Cancelled" and old is not None and old.get("status") != "True":
+        if (
+            kind == cond.ADMITTED
+            and phase == cond.CANCELLED
+            and old is not None
+            and old.get("status") != cond.TRUE
+        ):
             status, reason, text = (
                 old["status"],
                 str(old.get("reason") or "Cancelled"),
                 str(old.get("message") or ""),
             )
+        desired.append((kind, status, reason, text))
+    return merge_conditions(desired, generation, now, previous)
+
+
+def merge_conditions(
+    desired: list[cond.Condition],
+    generation: int | None,
+    now: datetime.datetime,
+    previous: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """metav1.Conditions from (type, status, reason, message), keeping each one's lastTransitionTime
+    while its status stays the same."""
+    before = {c.get("type"): c for c in previous}
+    out = []
+    for kind, status, reason, text in desired:
+        old = before.get(kind)
         since = (old or {}).get("lastTransitionTime")
         if old is None or old.get("status") != status or not since:
             since = format_time(now)
@@ -298,6 +307,31 @@ def conditions_for(
             condition["observedGeneration"] = generation
         out.append(condition)
     return out
+
+
+def job_type_status(
+    job_type: dict[str, Any], ready_pods: int, pull_error: str | None, now: datetime.datetime
+) -> dict[str, Any]:
+    """The status of a PythonJobType (see conditions.job_type_conditions), validated by the shared model."""
+    problem = None
+    wanted = 0
+    try:
+        spec = PythonJobTypeSpec.model_validate(job_type.get("spec") or {})
+        wanted = spec.standby_pods
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        problem = f"spec.{where}: {first['msg']}"[:MESSAGE_MAX]
+    generation = (job_type.get("metadata") or {}).get("generation")
+    previous = (job_type.get("status") or {}).get("conditions") or []
+    desired = cond.job_type_conditions(problem, wanted, ready_pods, pull_error)
+    fields: dict[str, Any] = {"conditions": merge_conditions(desired, generation, now, previous)}
+    if generation is not None:
+        fields["observedGeneration"] = int(generation)
+    dumped: dict[str, Any] = PythonJobTypeStatus.model_validate(fields).model_dump(
+        mode="json", by_alias=True, exclude_unset=True
+    )
+    return dumped
 
 
 # --- the entry points -------------------------------------------------------------------------------
@@ -368,10 +402,9 @@ def cancelled_before_start(job: PythonJob, now: datetime.datetime) -> dict[str, 
     return _finish(job, fields, now)
 
 
-def queued_status(job: PythonJob, now: datetime.datetime, position: int | None = None) -> dict[str, Any]:
+def queued_status(job: PythonJob, now: datetime.datetime) -> dict[str, Any]:
     """Waiting for a concurrency slot."""
-    message = "Waiting for a free slot" + (f" (position {position})" if position else "")
-    fields: dict[str, Any] = {"phase": "Queued", "message": message}
+    fields: dict[str, Any] = {"phase": "Queued", "message": "Waiting for a free slot"}
     if not (job.status and job.status.queued_at):
         fields["queuedAt"] = format_time(now)
     return _finish(job, fields, now)
@@ -386,6 +419,26 @@ def rejected_status(job: PythonJob, error: JobRejected | str, now: datetime.date
         "finishedAt": format_time(now),
     }
     return _finish(job, fields, now)
+
+
+def observe_generation(job: dict[str, Any]) -> dict[str, Any]:
+    """The status fields that record the job's current generation as observed, or {} if it is. A
+    finished job's record never changes otherwise, but a spec change on it (spec.cancel set after the
+    end) must be observed: else kstatus, Argo CD and `kubectl wait` see an unobserved generation forever."""
+    generation = (job.get("metadata") or {}).get("generation")
+    status = job.get("status") or {}
+    if generation is None or not status or status.get("observedGeneration") == generation:
+        return {}
+    conditions = [{**c, "observedGeneration": int(generation)} for c in status.get("conditions") or []]
+    return {"observedGeneration": int(generation), "conditions": conditions}
+
+
+def validated(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` checked against the shared PythonJobStatus model (the CRD's status schema) and written
+    back in its JSON form: a status the API server would refuse fails here, naming the field."""
+    model = PythonJobStatus.model_validate(fields)
+    dumped: dict[str, Any] = model.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return dumped
 
 
 def status_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:

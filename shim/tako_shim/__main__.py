@@ -1,4 +1,4 @@
-"""``python -m tako_shim [--config FILE] [--backend local|kubernetes] [--host H] [--port P]``."""
+"""``python -m tako_shim [--config FILE] [--backend B] [--host H] [--port P] [--data-dir D]``."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", choices=["local", "kubernetes"])
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
+    parser.add_argument("--data-dir", help="state directory (default: data_dir in the config, ~/.tako_vm)")
     args = parser.parse_args(argv)
-    run_server(args.config, args.backend, args.host, args.port)
+    run_server(args.config, args.backend, args.host, args.port, args.data_dir)
 
 
 if __name__ == "__main__":

@@ -102,12 +102,12 @@ class Settings(BaseModel):
     server_host: str = "127.0.0.1"
     server_port: int = Field(default=8000, ge=0, le=65535)  # 0 = any free port
     allow_unauthenticated_network_access: bool = False
-    # Connection hardening (tako_shim/serving.py): slow or silent clients are dropped, the number of
+    # Connection hardening (tako_shim/http/serving.py): slow or silent clients are dropped, the number of
     # open connections stays below the file-descriptor limit, excess connections get a 503.
     server_max_connections: int = Field(default=10_000, ge=16, le=1_000_000)
     server_header_timeout_seconds: float = Field(default=10.0, ge=1, le=300)
     server_body_timeout_seconds: float = Field(default=30.0, ge=1, le=600)
-    # Browser guards (tako_shim/guards.py). Empty allowed hosts on a loopback bind: localhost,
+    # Browser guards (tako_shim/http/guards.py). Empty allowed hosts on a loopback bind: localhost,
     # 127.0.0.1 and [::1] (any port); on any other bind the Host header is not checked.
     server_allowed_hosts: list[str] = Field(default_factory=list, max_length=100)
     server_allowed_origins: list[str] = Field(default_factory=list, max_length=100)
@@ -122,6 +122,7 @@ class Settings(BaseModel):
 
     security_mode: Literal["strict", "permissive"] = "strict"
     runsc_path: str | None = None
+    rootfs_path: str | None = None  # the sandboxes' system root (default: `make setup`'s build)
     warm_pool_size: int = Field(default=2, ge=0, le=32)  # pre-started sandboxes (0 disables)
     allow_runtime_requirements: bool = False
     max_workers: int = Field(default=4, ge=1, le=64)
@@ -235,9 +236,6 @@ class Settings(BaseModel):
             max(1, self.max_workers - 1) if shared else self.max_workers
         )
         return queued, running
-
-    def tenant_for_key(self, key: str) -> str | None:
-        return self.api_keys.get(key)
 
 
 def is_loopback(host: str) -> bool:

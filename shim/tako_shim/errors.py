@@ -74,7 +74,7 @@ class ClusterUnavailable(Unavailable):
 
 
 class StorageUnavailable(Unavailable):
-    """The job history store cannot be written right now (raised by ``local/store.py``).
+    """The job history store cannot be written right now (raised by ``backends/local/store.py``).
 
     A transient condition of the server, never of the request: the boundary answers 503 with a
     ``Retry-After``, and the worker retries its terminal writes instead of giving up on the job.

@@ -60,15 +60,31 @@ EXPECTED: list[tuple[str, list[str]]] = [
     ("jobtype-default", []),
     ("jobtype-data-science", []),
     ("large-code-configmap", []),
-    ("hello", ["condition=Ready", "condition=Succeeded", "jsonpath={.status.phase}=Succeeded"]),
+    (
+        "hello",
+        [
+            "condition=Ready",
+            "condition=Finished",
+            "condition=Succeeded",
+            "jsonpath={.status.phase}=Succeeded",
+        ],
+    ),
     ("with-input", ["condition=Succeeded"]),
     ("rerun", ["condition=Succeeded"]),
     ("large-code", ["condition=Succeeded"]),
     ("with-requirements", ["condition=Succeeded"]),
-    ("failing", ["condition=Ready", "condition=Failed", "jsonpath={.status.error.type}=name_error"]),
+    (
+        "failing",
+        [
+            "condition=Finished",
+            "condition=Stalled",
+            "condition=Failed",
+            "jsonpath={.status.error.type}=name_error",
+        ],
+    ),
     ("timeout", ["condition=Failed", "jsonpath={.status.phase}=Timeout"]),
     ("oom", ["condition=Failed", "jsonpath={.status.phase}=OOM"]),
-    ("cancel", ["condition=Ready", "jsonpath={.status.phase}=Cancelled"]),
+    ("cancel", ["condition=Finished", "condition=Stalled", "jsonpath={.status.phase}=Cancelled"]),
 ]
 
 # Sample job types name images from an example registry; on kind they run on the default job image.

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from tako_shim.app import ROUTES
+from tako_shim.http.app import ROUTES
 from tako_vm.testing import LocalServer
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]

@@ -11,10 +11,17 @@ What it adds on top of kmock (each one emulates an API-server behaviour kmock la
   API server does (kmock stores the body verbatim);
 - `GET pods/{name}/log?container=...` serves text that a test or the node agent stored with
   `set_log()` (kmock has no kubelet and would answer the Pod JSON);
-- `kubeconfig()` writes a kubeconfig file pointing at the emulator.
+- `kubeconfig()` writes a kubeconfig file pointing at the emulator;
+- a write to an object's `spec` (not through a subresource) increments `metadata.generation`, as the
+  API server does (kstatus, Argo CD and `kubectl wait` compare it with `observedGeneration`);
+- `authorize(fn)` puts an RBAC check in front of every request but the test's own (403 when `fn`
+  says no; tests/integration/chart_support.py's Enforcer checks the chart's rendered Roles);
+- Leases get the API server's optimistic concurrency: every write bumps `metadata.resourceVersion`,
+  and a patch naming a resourceVersion that is not the stored one is answered 409 Conflict (leader
+  election is a compare-and-swap on it; kmock would apply both writes).
 
-What it cannot emulate (tested elsewhere): resourceVersion, schema validation, label selectors,
-status-subresource separation and garbage collection of owned objects.
+What it cannot emulate (tested elsewhere): resourceVersion (except for Leases), schema validation,
+label selectors, status-subresource separation and garbage collection of owned objects.
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ RESOURCES: list[tuple[str, str, str, bool, list[str]]] = [
     ("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy", True, []),
     ("coordination.k8s.io/v1", "leases", "Lease", True, []),
     ("takovm.dev/v1alpha1", "pythonjobs", "PythonJob", True, ["status"]),
-    ("takovm.dev/v1alpha1", "pythonjobtypes", "PythonJobType", True, []),
+    ("takovm.dev/v1alpha1", "pythonjobtypes", "PythonJobType", True, ["status"]),
     ("kopf.dev/v1", "kopfpeerings", "KopfPeering", True, []),
     ("kopf.dev/v1", "clusterkopfpeerings", "ClusterKopfPeering", False, []),
 ]
@@ -82,6 +89,9 @@ class _Emulator(kmock.KubernetesEmulator):
     pod_order: list[str] = attrs.field(factory=list, init=False)
     pods_alive: int = attrs.field(default=0, init=False)
     pods_peak: int = attrs.field(default=0, init=False)
+    lease_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    # RBAC: called with each request of a client other than the test's own (httpx); False -> 403.
+    authorizer: Callable[[rendering.Request], bool] | None = attrs.field(default=None, init=False)
 
     def __iter__(self) -> Iterator[rendering.Request]:
         """kmock picks the reaction for a request by testing `request in reaction_view` for each of
@@ -99,9 +109,44 @@ class _Emulator(kmock.KubernetesEmulator):
     async def _handle(self, request: rendering.Request) -> Any:
         token = _SERVING.set(request)
         try:
+            if not self._authorized(request):
+                raise kmock.KubernetesError(
+                    status=403, reason="Forbidden", message="the chart's RBAC does not allow this request"
+                )
+            if request.resource is not None and request.resource.plural == "leases":
+                async with self.lease_lock:
+                    return await self._handle_lease(request)
             return await self._handle_tracked(request)
         finally:
             _SERVING.reset(token)
+
+    def _authorized(self, request: rendering.Request) -> bool:
+        if self.authorizer is None or request.resource is None or not request.resource.plural:
+            return True  # no RBAC set, or discovery (/api, /apis/G/V: allowed to every client)
+        if request.headers.get("User-Agent", "").startswith("python-httpx/"):
+            return True  # the test itself, playing user and kubelet
+        return self.authorizer(request)
+
+    async def _handle_lease(self, request: rendering.Request) -> Any:
+        """resourceVersion as the API server keeps it, for Leases: bumped by every write, and a patch
+        naming a stale one is refused (serialised by `lease_lock`, so check and write are atomic)."""
+        data = request.data
+        writing = request.action in (enums.action.CREATE, enums.action.UPDATE) and isinstance(data, dict)
+        if writing and request.action == enums.action.UPDATE:
+            key = (request.resource, request.namespace, request.name)
+            stored = self.objects[key] if key in self.objects and not self.objects[key].deleted else None
+            current = str(
+                ((stored.get("metadata") if stored is not None else None) or {}).get("resourceVersion")
+            )
+            wanted = (data.get("metadata") or {}).get("resourceVersion")
+            if stored is not None and wanted and str(wanted) != current:
+                raise kmock.KubernetesError(
+                    status=409, reason="Conflict", message=f"lease changed: resourceVersion is {current}"
+                )
+            data.setdefault("metadata", {})["resourceVersion"] = str(
+                int(current) + 1 if current.isdigit() else 1
+            )
+        return await self._handle_tracked(request)
 
     async def _handle_tracked(self, request: rendering.Request) -> Any:
         data = request.data
@@ -124,6 +169,16 @@ class _Emulator(kmock.KubernetesEmulator):
             meta.setdefault("resourceVersion", "1")
             if request.namespace and not meta.get("namespace"):
                 meta["namespace"] = request.namespace
+        if (
+            request.action == enums.action.UPDATE
+            and not request.subresource
+            and isinstance(data, dict)
+            and "spec" in data
+            and key in self.objects
+            and not self.objects[key].deleted
+        ):
+            stored_meta = self.objects[key].get("metadata") or {}
+            data.setdefault("metadata", {})["generation"] = int(stored_meta.get("generation") or 1) + 1
         response = await super()._handle(request)
         if is_pod and request.action == enums.action.CREATE and response.status < 300:
             self.pod_order.append(str((request.data or {}).get("metadata", {}).get("name")))
@@ -286,9 +341,16 @@ class KubeHarness:
         resp.raise_for_status()
         return True
 
+    def authorize(self, authorizer: Callable[[rendering.Request], bool] | None) -> None:
+        self._emulator.authorizer = authorizer
+
     def creations(self, plural: str) -> int:
         """How many create requests for `plural` (e.g. "pods") the emulator has served."""
         return int(self._emulator.creations[plural])
+
+    def requests(self) -> list[rendering.Request]:
+        """Every request the emulator has served so far (kmock's history), oldest first."""
+        return list(self._emulator)
 
     @property
     def pod_order(self) -> list[str]:

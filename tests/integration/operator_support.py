@@ -9,7 +9,9 @@ Pod status and stores container logs the way a kubelet would; the operator canno
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +57,19 @@ def operator_options(kube: KubeHarness, tmp_path: Path, **overrides: Any) -> Ope
         max_attempts=overrides.pop("max_attempts", 3),
         retry_backoff_seconds=overrides.pop("retry_backoff_seconds", 0.2),
         retry_backoff_max_seconds=2.0,
-        deadline_grace_seconds=overrides.pop("deadline_grace_seconds", 30.0),
         default_ttl_seconds=overrides.pop("default_ttl_seconds", 3600),
     )
     config = OperatorConfig(
         max_concurrent=overrides.pop("max_concurrent", 10),
         limits=limits,
-        builder_settings=overrides.pop("builder_settings", OperatorSettings()),
+        builder_settings=dataclasses.replace(
+            overrides.pop("builder_settings", OperatorSettings()),
+            **(
+                {"deadline_grace_seconds": overrides.pop("deadline_grace_seconds")}
+                if "deadline_grace_seconds" in overrides
+                else {}
+            ),
+        ),
     )
     return OperatorOptions(
         namespaces=[kube.namespace],
@@ -111,7 +119,7 @@ class FakeKubelet:
         pod: dict[str, Any] = wait_for(find, timeout=timeout, what=f"a pod for {job}")
         return pod
 
-    def run(self, pod: str) -> None:
+    def run(self, pod: str, namespace: str | None = None) -> None:
         self.kube.patch_status(
             "pods",
             pod,
@@ -121,13 +129,20 @@ class FakeKubelet:
                     {"name": "job", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}
                 ],
             },
+            namespace=namespace,
         )
 
     def terminate(
-        self, pod: str, exit_code: int, log: str | None, reason: str = "Completed", phase: str | None = None
+        self,
+        pod: str,
+        exit_code: int,
+        log: str | None,
+        reason: str = "Completed",
+        phase: str | None = None,
+        namespace: str | None = None,
     ) -> None:
         if log is not None:
-            self.kube.set_log(pod, "job", log)
+            self.kube.set_log(pod, "job", log, namespace=namespace)
         self.kube.patch_status(
             "pods",
             pod,
@@ -137,11 +152,18 @@ class FakeKubelet:
                     {"name": "job", "state": {"terminated": {"exitCode": exit_code, "reason": reason}}}
                 ],
             },
+            namespace=namespace,
         )
 
-    def succeed(self, pod: str, stdout: str = "hello\n", output: dict[str, Any] | None = None) -> None:
-        self.run(pod)
-        self.terminate(pod, 0, envelope(0, stdout, output=output))
+    def succeed(
+        self,
+        pod: str,
+        stdout: str = "hello\n",
+        output: dict[str, Any] | None = None,
+        namespace: str | None = None,
+    ) -> None:
+        self.run(pod, namespace)
+        self.terminate(pod, 0, envelope(0, stdout, output=output), namespace=namespace)
 
     def evict(self, pod: str) -> None:
         self.kube.patch_status(
@@ -159,3 +181,35 @@ def wait_phase(kube: KubeHarness, name: str, phase: str, timeout: float = 30.0) 
     job = kube.get("pythonjobs", name)
     assert job is not None
     return job
+
+
+class BusyKubelet:
+    """Completes every Pod shortly after it appears (in `namespaces`, default the harness's), from a
+    background thread."""
+
+    def __init__(self, kube: KubeHarness, delay: float = 0.1, namespaces: list[str] | None = None) -> None:
+        self.kube = kube
+        self.namespaces = namespaces or [kube.namespace]
+        self.kubelet = FakeKubelet(kube)
+        self.delay = delay
+        self.stop = threading.Event()
+        self.done: set[tuple[str, str]] = set()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            for namespace in self.namespaces:
+                for pod in self.kube.list("pods", namespace=namespace):
+                    name = pod["metadata"]["name"]
+                    if (namespace, name) not in self.done:
+                        self.kubelet.succeed(name, stdout=f"{name}\n", namespace=namespace)
+                        self.done.add((namespace, name))
+            time.sleep(0.2)
+
+    def __enter__(self) -> BusyKubelet:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)

@@ -149,12 +149,14 @@ def test_runner_timeout_and_active_deadline(
 
 def test_operator_side_deadline_bound(kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet) -> None:
     """Neither the runner nor the kubelet ends the Pod: the operator's own bound does."""
-    # startup 10 + timeout 1 - 9 -> a bound of 2 s: long enough for the test to see the Pod
-    run_operator(deadline_grace_seconds=-9.0)
+    # startup 10 + timeout 1 + grace 0 -> the Pod's activeDeadlineSeconds and the operator's bound: 11 s
+    # (kmock has no kubelet to enforce activeDeadlineSeconds, so only the operator's bound can end it)
+    run_operator(deadline_grace_seconds=0)
     kube.create("pythonjobs", sample_job("hang", timeoutSeconds=1, startupTimeoutSeconds=10))
     pod = kubelet.wait_pod("hang")["metadata"]["name"]
     kubelet.run(pod)
-    status = wait_phase(kube, "hang", "Timeout")["status"]
+    assert kube.get("pods", pod)["spec"]["activeDeadlineSeconds"] == 11
+    status = wait_phase(kube, "hang", "Timeout", timeout=60)["status"]
     assert status["error"]["type"] in ("execution_timeout", "startup_timeout")
     wait_for(lambda: kube.get("pods", pod) is None, what="the hung pod deleted")
 

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,39 +13,10 @@ from typing import Any
 import httpx
 import pytest
 from kube_harness import KubeHarness, wait_for
-from operator_support import FakeKubelet, envelope, phase_of, sample_job, wait_phase
+from operator_support import BusyKubelet, FakeKubelet, envelope, phase_of, sample_job, wait_phase
 
 pytestmark = pytest.mark.timeout(400)
 REPO = Path(__file__).resolve().parents[2]
-
-
-class BusyKubelet:
-    """Completes every Pod shortly after it appears, from a background thread."""
-
-    def __init__(self, kube: KubeHarness, delay: float = 0.1) -> None:
-        self.kube = kube
-        self.kubelet = FakeKubelet(kube)
-        self.delay = delay
-        self.stop = threading.Event()
-        self.done: set[str] = set()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self.stop.is_set():
-            for pod in self.kube.list("pods"):
-                name = pod["metadata"]["name"]
-                if name not in self.done:
-                    self.kubelet.succeed(name, stdout=f"{name}\n")
-                    self.done.add(name)
-            time.sleep(0.2)
-
-    def __enter__(self) -> BusyKubelet:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=10)
 
 
 @pytest.mark.slow

@@ -128,6 +128,8 @@ def test_server_validation_errors_are_client_errors_naming_the_field(client: tak
     with pytest.raises(tako_vm.ClientError) as caught:
         client.submit_code("print(1)", timeout=10**6)
     assert caught.value.status_code == 422 and "timeout" in caught.value.detail
+    assert isinstance(caught.value, tako_vm.UnprocessableEntityError)
+    assert isinstance(caught.value, tako_vm.ValidationError)  # one except for bad input, SDK- or server-side
     with pytest.raises(tako_vm.NotFoundError):
         client.get_status("no-such-job")
 

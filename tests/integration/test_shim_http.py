@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -90,22 +91,28 @@ def test_bad_input_gets_the_contract_error_never_a_500(
 
 
 @pytest.mark.parametrize(
-    "raw",
+    ("raw", "mentions"),
     [
-        b'{"code": "\xff\xfe print(1)"}',  # not UTF-8
-        b'{"code": "\\ud800 print(1)"}',  # a lone surrogate escape
-        b'{"code": "print(1)", "timeout": 1e400}',
-        b'{"code": "print(1)", "input_data": {"n": 123456789012345678901234567890}}',
-        b"",
+        (b'{"code": "\xff\xfe print(1)"}', "not UTF-8"),
+        (b'{"code": "\\ud800 print(1)"}', "json_invalid"),  # a lone surrogate escape
+        (b'{"code": "print(1)", "timeout": 1e400}', "finite"),
+        (b"", "json_invalid"),
     ],
 )
-def test_hostile_bodies_are_client_errors(http: httpx.Client, raw: bytes) -> None:
+def test_hostile_bodies_are_client_errors(http: httpx.Client, raw: bytes, mentions: str) -> None:
     response = http.post("/execute/async", content=raw, headers={"Content-Type": "application/json"})
-    assert response.status_code in {200, 422}, response.text[:300]
-    if response.status_code == 422:
-        assert isinstance(response.json()["detail"], list)
-    else:  # a big integer in input_data is valid JSON: it runs
-        assert wait(http, response.json()["job_id"])["status"] == "succeeded"
+    assert response.status_code == 422, response.text[:300]
+    detail = response.json()["detail"]
+    assert isinstance(detail, list) and mentions in json.dumps(detail), detail
+
+
+def test_a_big_integer_in_input_data_is_valid_json_and_runs(http: httpx.Client) -> None:
+    code = "import json;print(json.load(open('/input/data.json'))['n'] + 1)"
+    raw = json.dumps({"code": code, "input_data": {"n": 123456789012345678901234567890}}).encode()
+    response = http.post("/execute/async", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text[:300]
+    record = wait(http, response.json()["job_id"], view="full")
+    assert record["status"] == "succeeded" and record["stdout"] == "123456789012345678901234567891\n", record
 
 
 def test_huge_offset_is_a_422(http: httpx.Client) -> None:
@@ -220,7 +227,8 @@ def test_artifacts_etag_head_and_if_none_match(http: httpx.Client) -> None:
     cached = http.get(f"/jobs/{job_id}/artifacts/report.txt", headers={"If-None-Match": got.headers["ETag"]})
     assert cached.status_code == 304 and cached.content == b""
     assert http.get(f"/jobs/{job_id}/artifacts/missing.txt").status_code == 404
-    assert http.get(f"/jobs/{job_id}/artifacts/..%2Fsecret").status_code in {400, 404}
+    escape = http.get(f"/jobs/{job_id}/artifacts/..%2Fsecret")
+    assert escape.status_code == 400 and escape.json()["detail"] == "Invalid artifact path", escape.text
 
 
 def test_cancel_running_and_queued_jobs(http: httpx.Client) -> None:
@@ -269,10 +277,49 @@ def test_job_types_health_and_openapi(http: httpx.Client) -> None:
     assert "/execute/async" in spec["paths"] and "ExecuteRequest" in spec["components"]["schemas"]
 
 
-def test_dead_letters_hold_infrastructure_failures_only(http: httpx.Client) -> None:
-    failed = http.post("/execute", json={"code": "raise SystemExit(3)"}).json()
-    assert failed["success"] is False  # the user's failure: a record, never a dead letter
-    stats = http.get("/dlq/stats").json()
-    assert stats == {"total": 0, "by_error_type": {}}
-    page = http.get("/dlq", params={"limit": 5}).json()
-    assert page["items"] == [] and page["limit"] == 5 and page["has_more"] is False
+BREAKABLE_RUNSC = """#!/bin/sh
+# The real runsc, except that sandbox creation fails while the file "broken" is next to this script.
+if [ -e "$(dirname "$0")/broken" ]; then
+    case " $* " in *" run "*|*" create "*) echo "injected fault: no sandbox" >&2; exit 1;; esac
+fi
+exec {real} "$@"
+"""
+
+
+def test_dead_letters_hold_infrastructure_failures_only(tmp_path: Path) -> None:
+    """A user's failure is a record, never a dead letter; a sandbox that cannot start is one, by type."""
+    real = shutil.which("runsc", path=RUNSC_PATH)
+    assert real is not None
+    runsc = tmp_path / "bin" / "runsc"
+    runsc.parent.mkdir()
+    runsc.write_text(BREAKABLE_RUNSC.format(real=real))
+    runsc.chmod(0o755)
+    settings = {
+        "security_mode": "strict",
+        "max_workers": 1,
+        "api_rate_limit_enabled": False,
+        "runsc_path": str(runsc),
+        "warm_pool_size": 0,  # every job creates its sandbox, so the fault reaches it
+        "max_retry_attempts": 2,
+    }
+    with (
+        local_server(tmp_path / "server", settings, env={"PATH": RUNSC_PATH}) as server,
+        httpx.Client(base_url=server.url, timeout=60) as http,
+    ):
+        failed = http.post("/execute", json={"code": "raise SystemExit(3)"}).json()
+        assert failed["success"] is False and failed["exit_code"] == 3  # the user's failure
+        assert http.get("/dlq/stats").json() == {"total": 0, "by_error_type": {}}
+        (runsc.parent / "broken").touch()
+        broken = submit(http, code="print('never runs')")
+        record = wait(http, broken)
+        assert record["status"] == "failed" and record["error"]["type"] == "internal_error", record
+        (runsc.parent / "broken").unlink()
+        assert wait(http, submit(http, code="print(1)"))["status"] == "succeeded"
+
+        assert http.get("/dlq/stats").json() == {"total": 1, "by_error_type": {"internal_error": 1}}
+        page = http.get("/dlq", params={"limit": 5}).json()
+        assert [(e["job_id"], e["error_type"]) for e in page["items"]] == [(broken, "internal_error")]
+        assert page["count"] == 1 and page["has_more"] is False
+        code_hash = hashlib.sha256(b"print('never runs')").hexdigest()
+        assert page["items"][0]["job_data"]["code_hash"] == code_hash
+        assert http.get("/dlq", params={"error_type": "timeout"}).json()["items"] == []

@@ -2,7 +2,7 @@
 
 kmock has no kubelet: the conftest's `FakeKubelet` moves Pods through their states (fast semantics);
 tests/integration/test_full_path.py runs the same path with real gVisor sandboxes. kmock applies no
-label selectors, so the job-type filter is checked client-side too (see kube_translate).
+label selectors, so the job-type filter is checked client-side too (see backends/kubernetes/translate.py).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from aiohttp.test_utils import TestServer
 from kube_harness import KubeHarness, wait_for
 from operator_support import FakeKubelet, wait_phase
 
-from tako_shim.app import create_app
-from tako_shim.backends.kubernetes import KubernetesBackend
+from tako_shim.backends.kubernetes.backend import KubernetesBackend
 from tako_shim.config import KubernetesOptions, Settings
+from tako_shim.http.app import create_app
 
 pytestmark = [pytest.mark.timeout(90)]
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from kube_harness import KubeHarness
 
-from tako_shim.local import sandbox
+from tako_shim.backends.local import sandbox
 
 log = logging.getLogger("nodeagent")
 REPO = Path(__file__).resolve().parents[2]

@@ -106,14 +106,25 @@ async def test_the_stop_flag_during_the_backoff_ends_supervision_without_a_resta
     assert run.calls == 1
 
 
-async def test_a_failure_after_the_stop_flag_is_not_restarted() -> None:
+async def test_a_failure_after_the_stop_flag_is_not_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    """Even as the failure that would exceed the limit: stopping wins, nothing is raised or restarted."""
     stop = asyncio.Event()
+    calls = 0
 
-    async def fails_while_stopping() -> None:
-        stop.set()
-        raise RuntimeError("cancelled watch raised on the way out")
+    async def fails_then_fails_while_stopping() -> None:
+        nonlocal calls
+        calls += 1
+        if calls > FAST.max_consecutive_failures:
+            stop.set()
+            raise RuntimeError("cancelled watch raised on the way out")
+        raise RuntimeError("watch failed: 410 Gone")
 
-    await asyncio.wait_for(supervise(fails_while_stopping, FAST, stop), timeout=2)
+    with caplog.at_level(logging.WARNING, logger="tako_operator"):
+        await asyncio.wait_for(supervise(fails_then_fails_while_stopping, FAST, stop), timeout=2)
+    assert calls == FAST.max_consecutive_failures + 1  # restarted after each failure before the stop only
+    restarts = [r for r in caplog.records if "restarting it" in r.getMessage()]
+    assert len(restarts) == FAST.max_consecutive_failures
+    assert "after the stop flag was set" in caplog.records[-1].getMessage()
 
 
 KOPF_RUNNING = logging.getLogger("kopf._core.reactor.running")
@@ -153,8 +164,17 @@ async def test_a_failed_reactor_that_stops_by_itself_raises_its_own_error() -> N
 
 
 async def test_a_reactor_that_stops_normally_is_left_alone() -> None:
+    """A failure kopf retries by itself is no reactor failure: no cancellation, however long it runs."""
+    seen: list[str] = []
+
     async def stopping_reactor() -> None:
         KOPF_RUNNING.error("Watcher for pods has failed: an inner failure kopf retries")
-        await asyncio.sleep(0.3)
+        try:
+            await asyncio.sleep(0.3)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        seen.append("finished")
 
     await bounded_shutdown(stopping_reactor(), grace=0.05)
+    assert seen == ["finished"]

@@ -10,7 +10,6 @@ after the faults is reconciled exactly once (one Pod, one ConfigMap, one Network
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
 from kube_harness import KubeHarness, wait_for
-from operator_support import OperatorThread, operator_options
+from operator_support import FakeKubelet, OperatorThread, operator_options, wait_phase
 from reliability_support import api_status, inject
 
 pytestmark = pytest.mark.slow
@@ -64,12 +63,18 @@ def create_job(kube: KubeHarness, name: str) -> None:
 
 
 def assert_reconciled_once(kube: KubeHarness, name: str, timeout: float = 60) -> None:
-    wait_for(lambda: kube.creations("pods") == 1, timeout=timeout, what=f"a Pod for {name}")
-    time.sleep(2)  # any duplicate reconciliation would show by now
+    """One Pod create request (kmock counts requests, so a refused duplicate counts too) up to the job's
+    end. Succeeded is written by the operator after it saw the Pod finish, and the plan for a finished
+    job creates nothing, so a duplicate reconcile (say, from the listing after a restart) can only have
+    created a Pod before that point: no sleep needed to give it time to show."""
+    kubelet = FakeKubelet(kube)
+    pod = kubelet.wait_pod(name, timeout=timeout)
     assert kube.creations("pods") == 1
+    kubelet.succeed(pod["metadata"]["name"])
+    wait_phase(kube, name, "Succeeded", timeout=timeout)
+    assert kube.creations("pods") == 1, kube.pod_order
+    assert kube.pod_order == [pod["metadata"]["name"]]
     assert kube.creations("configmaps") >= 1 and kube.creations("networkpolicies") >= 1
-    job = kube.get("pythonjobs", name) or {}
-    assert (job.get("status") or {}).get("podName"), job
 
 
 WATCH_JOBS = (kmock.action.WATCH, kmock.resource("takovm.dev/v1alpha1/pythonjobs"))

@@ -33,13 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from kube_harness import KubeHarness
 from test_shim_kubernetes import job_type_object
 
-from tako_shim.app import create_app
 from tako_shim.backends import kubernetes as kubernetes_backend
-from tako_shim.backends.kubernetes import KubernetesBackend
-from tako_shim.backends.kubernetes_api import KubeApiError
+from tako_shim.backends.kubernetes.api import KubeApiError
+from tako_shim.backends.kubernetes.backend import KubernetesBackend
 from tako_shim.config import KubernetesOptions, Settings
 from tako_shim.errors import InvalidRequest
-from tako_shim.jobs import JobResolver, Overrides
+from tako_shim.http.app import create_app
+from tako_shim.submission import JobResolver, Overrides
 from tako_vm.models.wire import ExecuteRequest
 
 pytestmark = [pytest.mark.timeout(60)]

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from sandbox_support import Sandbox, make_job
 
-from tako_shim.local.executor import LocalExecutor, SandboxUnavailable
+from tako_shim.backends.local import cgroups
+from tako_shim.backends.local.executor import LocalExecutor, SandboxUnavailable
 
 pytestmark = pytest.mark.sandbox
 
@@ -139,6 +140,30 @@ def test_runtime_info_reports_runsc(executor: LocalExecutor) -> None:
     assert info["runtime"] == "runsc"
     assert info["platform"] in ("systrap", "ptrace")
     assert info["version"]
+    assert info["cgroup"] == cgroups.detect_version(Path("/proc/self/mountinfo").read_text())
+
+
+def test_strict_mode_refuses_without_a_usable_cgroup_controller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host without the controllers (here: the detection pointed at an empty directory and a mountinfo
+    with no cgroup filesystem, since this host has them) fails closed in one line naming what is missing;
+    permissive mode falls back to no sandbox, loudly."""
+    real_open_host = cgroups.open_host
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("1 0 0:1 / / rw - ext4 /dev/sda rw\n")
+
+    def without_cgroups() -> cgroups.Cgroups:
+        return real_open_host(tmp_path / "no-cgroupfs", mountinfo, Path("/proc/self/cgroup"))
+
+    monkeypatch.setattr(cgroups, "open_host", without_cgroups)
+    with pytest.raises(SandboxUnavailable) as caught:
+        LocalExecutor(work_dir=tmp_path / "w")
+    message = str(caught.value)
+    assert message.startswith("no usable cgroup controller: no cgroup filesystem is mounted at ")
+    assert "memory, pids and cpu" in message and "\n" not in message
+    fallback = LocalExecutor(work_dir=tmp_path / "p", security_mode="permissive")
+    assert fallback.runtime_info()["runtime"] == "none"
 
 
 async def test_latency_of_print_1_is_recorded(executor: LocalExecutor, tmp_path: Path) -> None:
@@ -193,7 +218,8 @@ def test_a_restarted_executor_removes_sandboxes_a_crashed_one_left_running(
         LocalExecutor(work_dir=work)  # the restarted server
 
         assert not list((work / "runsc-state").glob(f"{cid}_*"))
-        assert not Path(f"/sys/fs/cgroup/memory/tako-vm/{cid}").exists()
+        assert first.cgroups is not None and first.cgroups.dirs(cid)
+        assert not any(path.exists() for path in first.cgroups.dirs(cid))
         assert not job_dir.exists()
     finally:
         first._cleanup(None, cid, None)
@@ -208,11 +234,16 @@ def test_a_restart_finishes_teardowns_a_crash_interrupted(executor: LocalExecuto
     first._create_cgroups(cid, 64 * 1024 * 1024, 10, 0.5)  # what starting a sandbox leaves to remove
     try:
         assert (work / "teardown" / cid).exists()
-        assert Path(f"/sys/fs/cgroup/memory/tako-vm/{cid}").is_dir()
+        assert first.cgroups is not None
+        dirs = first.cgroups.dirs(cid)  # one per controller on v1, one on v2
+        assert dirs and all(path.is_dir() for path in dirs)
+        assert json.loads((work / "teardown" / cid).read_text()) == [
+            str(path) for path in dirs
+        ]  # the journal
 
         LocalExecutor(work_dir=work)  # the restarted server
 
-        assert not Path(f"/sys/fs/cgroup/memory/tako-vm/{cid}").exists()
+        assert not any(path.exists() for path in dirs)
         assert not (work / "teardown" / cid).exists()
     finally:
         first._cleanup(None, cid, None)

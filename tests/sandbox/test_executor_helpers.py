@@ -9,7 +9,9 @@ import json
 import stat
 from pathlib import Path
 
-from tako_shim.local import executor as ex
+import pytest
+
+from tako_shim.backends.local import executor as ex
 
 
 def artifact(name: str, data: bytes, sha: str | None = None) -> dict[str, object]:
@@ -106,3 +108,17 @@ async def test_frame_watch_checks_a_bounded_number_of_candidates() -> None:
     early = ex._FrameWatch(key, ex._TailBuffer(1 << 20))
     await push(early, framed_with_mac(key, {"v": 1, "mode": "run"}))
     assert early.found.is_set() and early.envelope == {"v": 1, "mode": "run"}
+
+
+def test_without_an_explicit_path_the_projects_own_runsc_comes_before_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The repository's .tools/bin/runsc (install-system.sh's build) wins over PATH and /usr/bin/runsc."""
+    root = Path(__file__).resolve().parents[2]
+    fake_tools = root / ".tools" / "bin" / "runsc"
+    monkeypatch.delenv("TAKO_VM_RUNSC", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    real_isfile = ex.os.path.isfile
+    monkeypatch.setattr(ex.os.path, "isfile", lambda p: p == str(fake_tools) or real_isfile(p))
+    monkeypatch.setattr(ex.os, "access", lambda p, mode: p == str(fake_tools))
+    assert ex._find_runsc(None) == str(fake_tools)

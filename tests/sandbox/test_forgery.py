@@ -9,7 +9,7 @@ from sandbox_support import Sandbox
 
 from tako_runner import runner
 from tako_runner.outcome import frame_envelope
-from tako_shim.local import executor as executor_module
+from tako_shim.backends.local import executor as executor_module
 
 pytestmark = pytest.mark.sandbox
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 
 import pytest
 from sandbox_support import Sandbox
+
+from tako_shim.backends.local.executor import LocalExecutor
 
 pytestmark = pytest.mark.sandbox
 
@@ -149,18 +150,33 @@ async def test_artifact_caps_skip_big_files(sx: Sandbox) -> None:
     assert not (sx.artifacts / "big.txt").exists()
 
 
-def read_job_cgroups(job_id: str) -> dict[str, str] | None:
-    """The host cgroup settings of a running job's run sandbox, or None when it has none (yet / any more)."""
-    dirs = list(Path("/sys/fs/cgroup/memory/tako-vm").glob(f"tako-{job_id}-run-*"))
+def read_job_cgroups(executor: LocalExecutor, job_id: str) -> dict[str, str] | None:
+    """The host cgroup settings of a running job's run sandbox, or None when it has none (yet / any more).
+
+    The same view on both versions: v1 (and hybrid) reads memory.limit_in_bytes, cpu.cfs_quota_us and
+    pids.max of the three controllers; v2 reads memory.max, the quota of cpu.max and pids.max."""
+    cgroups = executor.cgroups
+    assert cgroups is not None
+    holder = cgroups.dirs("probe")[0].parent  # where the sandboxes' (memory) cgroups are created
+    dirs = list(holder.glob(f"tako-{job_id}-run-*"))
     if not dirs:
         return None
-    cid = dirs[0].name
+    paths = cgroups.dirs(dirs[0].name)
     try:
+        if cgroups.version == "v2":
+            (path,) = paths
+            return {
+                "memory": (path / "memory.max").read_text().strip(),
+                "cpu": (path / "cpu.max").read_text().split()[0],
+                "pids": (path / "pids.max").read_text().strip(),
+                "procs": (path / "cgroup.procs").read_text().strip(),
+            }
+        memory, pids, cpu = paths  # cgroups.CONTROLLERS order
         return {
-            "memory": (dirs[0] / "memory.limit_in_bytes").read_text().strip(),
-            "cpu": Path(f"/sys/fs/cgroup/cpu/tako-vm/{cid}/cpu.cfs_quota_us").read_text().strip(),
-            "pids": Path(f"/sys/fs/cgroup/pids/tako-vm/{cid}/pids.max").read_text().strip(),
-            "procs": (dirs[0] / "cgroup.procs").read_text().strip(),
+            "memory": (memory / "memory.limit_in_bytes").read_text().strip(),
+            "cpu": (cpu / "cpu.cfs_quota_us").read_text().strip(),
+            "pids": (pids / "pids.max").read_text().strip(),
+            "procs": (memory / "cgroup.procs").read_text().strip(),
         }
     except OSError:
         return None
@@ -174,7 +190,7 @@ async def test_host_cgroup_limits_are_applied_while_the_job_runs(sx: Sandbox) ->
     found: dict[str, str] | None = None
     for _ in range(100):
         await asyncio.sleep(0.05)
-        found = await asyncio.to_thread(read_job_cgroups, "cgcheck")
+        found = await asyncio.to_thread(read_job_cgroups, sx.executor, "cgcheck")
         if found and found["procs"]:
             break
     outcome = await task
@@ -185,4 +201,4 @@ async def test_host_cgroup_limits_are_applied_while_the_job_runs(sx: Sandbox) ->
     assert int(found["pids"]) >= 30
     assert found["procs"], "the sandbox's processes run inside the limited cgroup"
     await sx.executor.drain()  # the teardown runs in the background, after the result is out
-    assert await asyncio.to_thread(read_job_cgroups, "cgcheck") is None  # removed afterwards
+    assert await asyncio.to_thread(read_job_cgroups, sx.executor, "cgcheck") is None  # removed afterwards

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from tako_shim.local import sandbox
+import pytest
+
+from tako_shim.backends.local import sandbox
+
+SYSTEM_ROOT = "/var/cache/tako-vm/rootfs/0123456789abcdef"
 
 
 def spec(mode: str = "run", **overrides: Any) -> dict[str, Any]:
@@ -24,9 +28,10 @@ def spec(mode: str = "run", **overrides: Any) -> dict[str, Any]:
         "output_size_bytes": 51 * sandbox.MIB,
         "max_file_bytes": 65 * sandbox.MIB,
         "host_hard_limits": {"RLIMIT_NOFILE": 200, "RLIMIT_NPROC": -1, "RLIMIT_FSIZE": -1},
+        "system_root": SYSTEM_ROOT,
     }
     fields.update(overrides)
-    return sandbox.build_oci_spec(sandbox.SandboxSpec(**fields), host_dirs={"lib": "usr/lib", "opt2": None})
+    return sandbox.build_oci_spec(sandbox.SandboxSpec(**fields))
 
 
 def mounts(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -52,7 +57,7 @@ def test_run_sandbox_shape() -> None:
     ]
     assert {"type": "network"} in config["linux"]["namespaces"]
     m = mounts(config)
-    for path in ("/usr", "/etc", "/runner", "/code", "/input", "/opt2"):
+    for path in ("/usr", "/etc", "/runner", "/code", "/input"):
         assert m[path]["type"] == "bind" and "ro" in m[path]["options"], path
     assert "/lib" not in m  # a symlink into /usr in the root, not a mount
     assert m["/tmp"]["type"] == "tmpfs" and f"size={64 * sandbox.MIB}" in m["/tmp"]["options"]
@@ -71,12 +76,13 @@ def test_rlimits_never_exceed_the_hosts_hard_limits() -> None:
     assert limits["RLIMIT_CORE"]["hard"] == 0
 
 
-def test_install_sandbox_has_host_network_writable_deps_and_ca_certs() -> None:
-    config = spec("install", deps_dir="/w/job/deps", host_ssl_dir="/etc/ssl", etc_dir="/w/etc-install")
+def test_install_sandbox_has_host_network_writable_deps_and_its_own_etc() -> None:
+    config = spec("install", deps_dir="/w/job/deps", etc_dir="/w/etc-install")
     assert {"type": "network"} not in config["linux"]["namespaces"]  # runsc --network=host
     m = mounts(config)
     assert "rw" in m["/deps"]["options"]
-    assert m["/etc/ssl"]["source"] == "/etc/ssl" and "ro" in m["/etc/ssl"]["options"]
+    assert m["/etc"]["source"] == "/w/etc-install"  # with resolv.conf and the CA bundle (copies)
+    assert "/etc/ssl" not in m
     assert "/output" not in m
     assert config["process"]["args"][4] == "install"
 
@@ -86,14 +92,48 @@ def test_run_sandbox_with_requirements_binds_deps_read_only() -> None:
     assert "ro" in m["/deps"]["options"]
 
 
-def test_cgroup_settings_and_host_pids_backstop() -> None:
-    settings = sandbox.cgroup_settings(256 * sandbox.MIB, 100, 0.5)
-    assert settings["memory"] == {"memory.limit_in_bytes": str(256 * sandbox.MIB)}
-    assert settings["cpu"]["cpu.cfs_quota_us"] == "50000"
-    assert int(settings["pids"]["pids.max"]) >= 8 * 100
+def test_host_pids_backstop() -> None:
+    assert sandbox.host_pids_limit(100) >= 8 * 100
+    assert sandbox.host_pids_limit(1) == 512  # never below the Sentry's own threads + systrap stubs
 
 
 def test_etc_has_no_resolver_in_the_run_sandbox() -> None:
     assert "resolv.conf" not in sandbox.etc_files(with_resolv_conf=None)
     assert sandbox.etc_files(with_resolv_conf="nameserver 1.1.1.1\n")["resolv.conf"].startswith("nameserver")
     assert "nobody:x:65534" in sandbox.etc_files(with_resolv_conf=None)["passwd"]
+
+
+def host_sources(config: dict[str, Any]) -> list[str]:
+    """Bind sources that are host system directories (anything not under the test's own paths)."""
+    ours = ("/w/", SYSTEM_ROOT + "/")
+    return [m["source"] for m in config["mounts"] if m["type"] == "bind" and not m["source"].startswith(ours)]
+
+
+@pytest.mark.parametrize("mode", ["run", "install"])
+def test_system_directories_come_from_the_system_root_never_the_host(mode: str) -> None:
+    config = spec(mode, deps_dir="/w/job/deps")
+    m = mounts(config)
+    assert m["/usr"]["source"] == f"{SYSTEM_ROOT}/usr"
+    assert m["/usr"]["options"] == ["rbind", "nosuid", "nodev", "ro"]
+    assert host_sources(config) == []  # no host /usr, /lib, /etc/ssl ...: every bind is ours
+    assert config["root"]["readonly"] is True
+
+
+def test_a_system_root_without_merged_usr_gets_its_real_directories_bound_read_only() -> None:
+    m = mounts(spec(system_root=SYSTEM_ROOT + "/", system_dirs=("lib", "lib64")))
+    for name in ("usr", "lib", "lib64"):
+        assert m[f"/{name}"]["source"] == f"{SYSTEM_ROOT}/{name}" and "ro" in m[f"/{name}"]["options"]
+    assert "/bin" not in m
+
+
+@pytest.mark.parametrize("root", ["", "/", "//", "relative/rootfs"])
+def test_a_missing_or_host_system_root_is_refused(root: str) -> None:
+    with pytest.raises(ValueError, match="system_root must be an absolute path other than /"):
+        spec(system_root=root)
+
+
+def test_the_empty_root_links_follow_the_system_root() -> None:
+    links = sandbox.rootfs_links({"bin": "usr/bin", "lib": "usr/lib", "lib64": None})
+    assert links["bin"] == "usr/bin" and links["lib"] == "usr/lib"
+    assert links["lib64"] is None and links["usr"] is None  # mount points
+    assert "sbin" not in links  # the system root has none: no dangling link

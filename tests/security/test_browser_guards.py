@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tako_shim.config import Settings
-from tako_shim.guards import BrowserPolicy
+from tako_shim.http.guards import BrowserPolicy
 from tako_vm.testing import LocalServer, local_server
 
 BODY = b'{"code": "print(1)"}'

@@ -115,7 +115,7 @@ async def test_large_outputs_are_linked_not_inlined_in_history_pages(server: Loc
 
 
 def test_a_page_stops_at_its_byte_budget() -> None:
-    from tako_shim.listing import page_items
+    from tako_shim.http.listing import page_items
     from tako_vm.models.wire import ExecutionRecord
 
     records = [

@@ -176,7 +176,7 @@ def test_the_soft_fd_limit_is_raised_within_the_hard_limit(tmp_path: Path) -> No
 
 
 def test_refusal_is_a_well_formed_http_response() -> None:
-    from tako_shim.serving import refusal_response
+    from tako_shim.http.serving import refusal_response
 
     left, right = socket.socketpair()
     with left, right:
@@ -191,7 +191,7 @@ def test_refusal_is_a_well_formed_http_response() -> None:
 
 
 def test_identical_warnings_are_rate_limited_and_counted() -> None:
-    from tako_shim.serving import RateLimitFilter
+    from tako_shim.http.serving import RateLimitFilter
 
     now = [0.0]
     limiter = RateLimitFilter(burst=5, window=10.0, clock=lambda: now[0])

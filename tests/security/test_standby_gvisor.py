@@ -29,8 +29,8 @@ import pytest
 from tako_runner import runner as runner_module
 from tako_runner import standby as standby_runner
 from tako_runner.outcome import parse_envelope
-from tako_shim.local import sandbox
-from tako_shim.local.executor import LocalExecutor, SandboxUnavailable
+from tako_shim.backends.local import sandbox
+from tako_shim.backends.local.executor import LocalExecutor, SandboxUnavailable
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.timeout(120)]
@@ -69,13 +69,18 @@ def _bundle(executor: LocalExecutor, root: Path, port: int) -> Path:
         code_dir=str(root / "code"),
         input_dir=str(root / "input"),
         deps_dir=None,
-        cgroup_path=f"/tako-vm-standby-test/{root.name}",
+        # the executor's cgroup parent (v1: /tako-vm, v2: the server's delegated cgroup); runsc creates and
+        # removes this one itself
+        cgroup_path=executor.cgroups.oci_path(f"standby-{root.name}")
+        if executor.cgroups
+        else "/tako-vm-standby",
         memory_limit_bytes=256 * sandbox.MIB,
         pids_limit=64,
         cpu_limit=1.0,
         tmp_size_bytes=64 * sandbox.MIB,
         output_size_bytes=16 * sandbox.MIB,
         max_file_bytes=64 * sandbox.MIB,
+        system_root=str(executor.system_root),
     )
     oci = sandbox.build_oci_spec(spec)
     oci["process"]["args"] = [

@@ -70,7 +70,7 @@ def test_main_writes_json_and_markdown_and_reports_a_failing_suite(
 
 
 def test_seeded_history_is_what_the_server_reads(tmp_path: Path) -> None:
-    from tako_shim.local.store import JobStore
+    from tako_shim.backends.local.store import JobStore
 
     seed_history(tmp_path, 50)
     store = JobStore(tmp_path / "tako_vm.sqlite3")
@@ -90,7 +90,7 @@ def test_host_python_baseline_runs() -> None:
 
 @pytest.mark.sandbox
 def test_bare_runsc_baseline_runs_the_same_code(tmp_path: Path) -> None:
-    from tako_shim.local.executor import SandboxUnavailable
+    from tako_shim.backends.local.executor import SandboxUnavailable
 
     harness.os.environ["PATH"] = harness.TOOLS_PATH
     try:

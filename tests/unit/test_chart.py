@@ -121,8 +121,8 @@ def test_default_values_render_and_every_object_passes_strict_validation(
         "PodDisruptionBudget",
         "Namespace",
         "Secret",
-        "KopfPeering",
     } <= kinds
+    assert "KopfPeering" not in kinds, "replicas elect a leader through a Lease, not kopf peering"
     validate_strict(default_objects)
 
 
@@ -138,7 +138,7 @@ def test_production_values_render_and_every_object_passes_strict_validation(
 def test_chart_crds_pass_strict_validation() -> None:
     crds = chart_crds()
     names = {crd["metadata"]["name"] for crd in crds}
-    assert {"kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"} <= names
+    assert names == {"pythonjobs.takovm.dev", "pythonjobtypes.takovm.dev"}
     for crd in crds:
         kubernetes_validate.validate(crd, KUBE_VERSION, strict=True)
 
@@ -169,13 +169,15 @@ OPERATOR_NAMESPACED_RULES = {
     ("takovm.dev", "pythonjobs"): {"get", "list", "watch", "patch", "delete"},
     ("takovm.dev", "pythonjobs/status"): {"get", "patch"},
     ("takovm.dev", "pythonjobtypes"): {"get", "list", "watch"},
+    ("takovm.dev", "pythonjobtypes/status"): {"patch"},  # Ready when the type is usable
     ("", "pods"): {"create", "get", "list", "watch", "patch", "delete"},
     ("", "pods/log"): {"get"},
     ("", "configmaps"): {"create", "get", "delete"},
     ("networking.k8s.io", "networkpolicies"): {"create", "get", "delete"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
-    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
+    # Owner references with blockOwnerDeletion (OwnerReferencesPermissionEnforcement, OpenShift)
+    ("takovm.dev", "pythonjobs/finalizers"): {"update"},
 }
 SHIM_NAMESPACED_RULES = {
     ("takovm.dev", "pythonjobs"): {"create", "get", "list", "watch", "patch"},
@@ -185,10 +187,11 @@ SHIM_NAMESPACED_RULES = {
 
 
 def flatten_rules(role: Manifest) -> dict[tuple[str, str], set[str]]:
-    """(apiGroup, resource) -> verbs, failing on anything broader than a plain list."""
+    """(apiGroup, resource) -> verbs, failing on anything broader than a plain list (resourceNames
+    only narrow a rule: the leader-election Lease)."""
     flat: dict[tuple[str, str], set[str]] = {}
     for rule in role["rules"]:
-        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+        assert "nonResourceURLs" not in rule and "*" not in rule.get("resourceNames", [])
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], f"wildcard {field} in {role['kind']} {role['metadata']['name']}"
         for group in rule["apiGroups"]:
@@ -269,27 +272,42 @@ def test_every_container_runs_non_root_read_only_without_privileges(values_file:
             assert container["resources"]["requests"] and container["resources"]["limits"]["memory"], name
 
 
-def test_operator_runs_with_peering_per_job_namespace_and_health_endpoint(
+def test_operator_replicas_share_arguments_and_elect_a_leader_through_a_lease(
     production_objects: list[Manifest],
 ) -> None:
     deployment = one(production_objects, "Deployment", "tako-operator", NAMESPACE)
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
     assert container["image"] == ("registry.example.com/tako/tako-vm-operator@sha256:" + "1" * 64)
-    assert container["args"][:1] == ["operator"]
-    assert [a for a in container["args"] if a.startswith("--namespace=")] == [
-        "--namespace=tenant-alpha",
-        "--namespace=tenant-beta",
-        "--namespace=tenant-gamma",
+    # Identical for every replica: no namespace, peering or priority flags (kopf would pause peers
+    # of equal priority); the namespaces come from the environment, the leader from a Lease.
+    assert container["args"] == [
+        "operator",
+        "--leader-election=tako-operator",
+        "--liveness=http://0.0.0.0:8080/healthz",
+        "--metrics-port=9090",
     ]
-    assert "--peering=tako-vm" in container["args"]
-    assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TAKO_OPERATOR_NAMESPACES"]["value"] == "tenant-alpha,tenant-beta,tenant-gamma"
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert pod["terminationGracePeriodSeconds"] == 30
     assert deployment["spec"]["replicas"] == 3
-    peerings = of_kind(production_objects, "KopfPeering")
-    assert sorted((p["metadata"]["namespace"], p["metadata"]["name"]) for p in peerings) == [
-        ("tenant-alpha", "tako-vm"),
-        ("tenant-beta", "tako-vm"),
-        ("tenant-gamma", "tako-vm"),
+    assert not of_kind(production_objects, "KopfPeering")
+    role = one(production_objects, "Role", "tako-operator-leader-election", NAMESPACE)
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["tako-operator"],
+            "verbs": ["get", "patch"],
+        },
+    ]
+    binding = one(production_objects, "RoleBinding", "tako-operator-leader-election", NAMESPACE)
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tako-operator", "namespace": NAMESPACE}
     ]
 
 
@@ -470,7 +488,9 @@ def test_every_default_value_is_described_by_the_schema() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"jobs": {"namespaces": []}}, "at '/jobs/namespaces': minItems: got 0, want 1"),
+        ({"jobs": {"namespaces": ["Team_A"]}}, "at '/jobs/namespaces/0'"),
+        ({"jobs": {"allNamespaces": "yes"}}, "at '/jobs/allNamespaces'"),
+        ({"operator": {"terminationGracePeriodSeconds": 1}}, "at '/operator/terminationGracePeriodSeconds'"),
         (
             {"jobs": {"namespaces": ["Tenant_A"]}},
             "at '/jobs/namespaces/0': 'Tenant_A' does not match pattern",
@@ -554,7 +574,7 @@ def test_operator_environment_is_accepted_by_the_real_operator_configuration(
     assert config.limits.max_attempts == 2
     assert config.limits.default_ttl_seconds == 86400
     assert (config.limits.retry_backoff_seconds, config.limits.retry_backoff_max_seconds) == (10, 600)
-    assert config.limits.deadline_grace_seconds == 60
+    assert config.builder_settings.deadline_grace_seconds == 60  # the Pod's deadline and the operator's
     assert config.builder_settings.runtime_class_name == "gvisor"
     assert config.default_image == production_values()["jobs"]["defaultJobType"]["image"]
 
@@ -586,8 +606,8 @@ def test_operator_arguments_parse_with_the_real_cli(production_objects: list[Man
     except SystemExit as exit_:
         raise AssertionError("argparse rejected the chart's operator arguments") from exit_
     assert args.command == "operator"
-    assert args.namespace == ["tenant-alpha", "tenant-beta", "tenant-gamma"]
-    assert args.peering == "tako-vm"
+    assert args.namespace is None and args.peering is None
+    assert args.leader_election == "tako-operator"
     assert args.liveness == "http://0.0.0.0:8080/healthz"
     assert args.metrics_port == 9090
 
@@ -595,7 +615,7 @@ def test_operator_arguments_parse_with_the_real_cli(production_objects: list[Man
 def test_operator_arguments_reach_the_operator_entry_point(
     production_objects: list[Manifest], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`tako-vm operator <chart args>` starts the operator with peering (HA), liveness and metrics."""
+    """`tako-vm operator <chart args>` starts the operator with leader election (HA), liveness and metrics."""
     import tako_operator.main
     from tako_vm import cli
 
@@ -604,9 +624,8 @@ def test_operator_arguments_reach_the_operator_entry_point(
     deployment = one(production_objects, "Deployment", "tako-operator", NAMESPACE)
     assert cli.main(deployment["spec"]["template"]["spec"]["containers"][0]["args"]) == 0
     (kwargs,) = calls
-    assert kwargs["namespaces"] == ["tenant-alpha", "tenant-beta", "tenant-gamma"]
-    assert kwargs["all_namespaces"] is False
-    assert (kwargs["peering"], kwargs["standalone"]) == ("tako-vm", False)
+    assert kwargs["namespaces"] is None and kwargs["all_namespaces"] is False
+    assert (kwargs["peering"], kwargs["leader_election"]) == (None, "tako-operator")
     assert kwargs["liveness"] == "http://0.0.0.0:8080/healthz"
     assert kwargs["metrics_port"] == 9090
 

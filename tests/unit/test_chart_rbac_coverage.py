@@ -1,9 +1,10 @@
 """The chart's operator RBAC is sufficient for the real operator, not just minimal on paper.
 
-The real operator (kopf + tako_operator, with peering) runs against kmock (tests/integration's
+The real operator (kopf + tako_operator, with leader election) runs against kmock (tests/integration's
 KubeHarness; kmock stands in for the API server, which cannot run here, and has no RBAC of its own)
 while jobs go through their lives: created, run, succeeded, failed, cancelled, expired by TTL.
-Every request it makes is recorded and must be allowed by the Role/ClusterRole the chart renders.
+Every request it makes is checked, as it is made, against the Roles the chart renders (403 otherwise),
+and the test fails on any refused one.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import helm_python as helm
 import pytest
-import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
+from chart_support import Enforcer, operator_grants, render  # noqa: E402
 from kube_harness import KubeHarness, wait_for  # noqa: E402
 
 from tako_operator.handlers import OperatorConfig  # noqa: E402
@@ -32,44 +32,13 @@ from tako_runner.outcome import frame_envelope  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
-PEERING = "tako-vm"
-Rule = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
+LEASE = "tako-operator"
 
 
-def rendered_rules(namespace: str) -> tuple[set[Rule], set[Rule]]:
-    """(namespaced rules in `namespace`, cluster-wide rules) of the operator, as the chart renders them."""
-    values = {"jobs": {"namespaces": [namespace]}, "fullnameOverride": "tako"}
-    with helm.Chart.load(ROOT / "charts" / "tako-vm") as chart:
-        rendered = chart.render(values, name="tako", namespace="tako-system")
-    objects = [
-        doc
-        for path, text in rendered.items()
-        if not path.endswith("NOTES.txt")
-        for doc in yaml.safe_load_all(text)
-        if isinstance(doc, dict)
-    ]
-
-    def expand(role: dict[str, Any]) -> set[Rule]:
-        return {
-            (group, resource, verb)
-            for rule in role["rules"]
-            for group in rule["apiGroups"]
-            for resource in rule["resources"]
-            for verb in rule["verbs"]
-        }
-
-    (role,) = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == "tako-operator"]
-    cluster_roles = [
-        o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "tako-operator"
-    ]
-    return expand(role), {rule for cluster_role in cluster_roles for rule in expand(cluster_role)}
-
-
-def verb_of(request: Any) -> str:
-    action = request.action.value
-    if action == "UPDATE":
-        return "update" if request.method.value == "PUT" else "patch"
-    return {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "DELETE": "delete"}[action]
+def enforcer_for(namespace: str) -> Enforcer:
+    """The chart installed in `namespace`, which is also its job namespace."""
+    objects = render({"jobs": {"namespaces": [namespace]}}, namespace)
+    return Enforcer(operator_grants(objects, namespace))
 
 
 class Operator:
@@ -141,13 +110,12 @@ def phase(kube: KubeHarness, name: str) -> str | None:
 def test_every_request_of_the_real_operator_is_allowed_by_the_chart_rbac(
     kube: KubeHarness, tmp_path: pathlib.Path
 ) -> None:
-    kube.create(
-        "kopfpeerings", {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING}}
-    )
+    enforcer = enforcer_for(kube.namespace)
+    kube.authorize(enforcer)
     options = OperatorOptions(
         namespaces=[kube.namespace],
-        peering=PEERING,
-        standalone=False,
+        leader_election=LEASE,
+        leader_election_namespace=kube.namespace,
         kubeconfig=str(kube.kubeconfig(tmp_path)),
         config=OperatorConfig(
             max_concurrent=10,
@@ -155,14 +123,11 @@ def test_every_request_of_the_real_operator_is_allowed_by_the_chart_rbac(
                 max_attempts=2,
                 retry_backoff_seconds=0.2,
                 retry_backoff_max_seconds=1.0,
-                deadline_grace_seconds=30.0,
                 default_ttl_seconds=3600,
             ),
             builder_settings=OperatorSettings(),
         ),
         watch_server_timeout=5,
-        peering_lifetime=5,
-        peering_interval=0.5,
     )
     with Operator(options):
         kube.create("pythonjobs", job("ok", "print('x')", ttlSecondsAfterFinished=1))
@@ -177,24 +142,7 @@ def test_every_request_of_the_real_operator_is_allowed_by_the_chart_rbac(
         # ttlSecondsAfterFinished 1: the operator deletes the finished job.
         wait_for(lambda: kube.get("pythonjobs", "ok") is None, timeout=20, what="ok deleted after its TTL")
 
-    namespaced, cluster_wide = rendered_rules(kube.namespace)
-    used: set[Rule] = set()
-    for request in list(kube._emulator):
-        if request.resource is None or request.action is None or not request.resource.plural:
-            continue  # discovery (/api, /apis/G/V): allowed to every authenticated user
-        if request.headers.get("User-Agent", "").startswith("python-httpx/"):
-            continue  # the test itself (KubeHarness's client), playing user and kubelet
-        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
-        rule = (request.resource.group or "", resource, verb_of(request))
-        if request.namespace:
-            assert request.namespace == kube.namespace, f"request outside the job namespace: {request}"
-            assert rule in namespaced, (
-                f"the operator needs {rule} in its namespace; the chart's Role lacks it"
-            )
-        else:
-            assert rule in cluster_wide, (
-                f"the operator needs cluster-wide {rule}; the chart's ClusterRole lacks it"
-            )
-        used.add(rule)
+    assert enforcer.denied == [], "requests the chart's RBAC forbids"
+    used = {(group, resource, verb) for _, group, resource, verb in enforcer.used}
     assert ("", "pods", "create") in used and ("takovm.dev", "pythonjobs", "delete") in used
-    assert ("kopf.dev", "kopfpeerings", "patch") in used, "peering was exercised"
+    assert ("coordination.k8s.io", "leases", "patch") in used, "leader election was exercised"

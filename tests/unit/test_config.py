@@ -96,10 +96,7 @@ def test_non_loopback_bind_without_auth_is_refused() -> None:
 
 def test_api_keys_map_to_tenants() -> None:
     plain = Settings(api_keys=["k-0123456789abcdef"])  # type: ignore[arg-type]
-    assert plain.tenant_for_key("k-0123456789abcdef") == "default"
-    mapped = Settings(api_keys={"k-aaaaaaaaaaaaaaaa": "team-a", "k-bbbbbbbbbbbbbbbb": "team-b"})
-    assert mapped.tenant_for_key("k-bbbbbbbbbbbbbbbb") == "team-b"
-    assert mapped.tenant_for_key("nope") is None
+    assert plain.api_keys == {"k-0123456789abcdef": "default"}
     from_env = load_settings(None, env={"TAKO_VM_API_KEYS": "k-aaaaaaaaaaaaaaaa=team-a,k-cccccccccccccccc"})
     assert from_env.api_keys == {"k-aaaaaaaaaaaaaaaa": "team-a", "k-cccccccccccccccc": "default"}
     with pytest.raises(ConfigError, match="DNS label"):

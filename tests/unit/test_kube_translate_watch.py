@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from tako_shim.backends import kubernetes_api
-from tako_shim.backends.kubernetes_api import KubeApiError, WatchExpired
-from tako_shim.backends.kubernetes_watch import JobWatch
+from tako_shim.backends.kubernetes import api as kubernetes_api
+from tako_shim.backends.kubernetes.api import KubeApiError, WatchExpired
+from tako_shim.backends.kubernetes.watch import JobWatch
 from tako_shim.config import KubernetesOptions
 
 

@@ -80,7 +80,7 @@ def test_entry_for_reads_status() -> None:
 def test_not_admitted_is_queued_once() -> None:
     result = plan(observe(job(), admitted=False))
     assert result.status["phase"] == "Queued" and not result.create
-    again = plan(observe(job({"phase": "Queued"}), admitted=False))
+    again = plan(observe(job(result.status), admitted=False))
     assert again.status == {} and not again.events, "no rewrite when nothing changed"
 
 
@@ -180,3 +180,24 @@ def test_backoff_grows_and_is_capped() -> None:
 def test_entries_differ_when_status_changes() -> None:
     """kopf's index keeps a new value only if it differs: a phase change must make entries unequal."""
     assert entry_for(job({"phase": "Queued"})) != entry_for(job({"phase": "Running", "attempts": 1}))
+
+
+def test_a_spec_change_on_a_finished_job_is_observed_and_changes_nothing_else() -> None:
+    """spec.cancel set after the end bumps metadata.generation: the operator records the generation
+    (top level and every condition), so kstatus, Argo CD and kubectl wait do not wait for it forever."""
+    running = plan(observe(job({"phase": "Running", "attempts": 1}), pod=pod())).status
+    done = plan(observe(job(running), pod=pod("Succeeded", {"terminated": {"exitCode": 0}})))
+    finished = {**running, **done.status}
+    assert finished["phase"] == "Failed" and finished["observedGeneration"] == 1  # no envelope: failed
+    cancelled_late = job(finished, cancel=True)
+    cancelled_late["metadata"]["generation"] = 2
+    result = plan(observe(cancelled_late))
+    assert set(result.status) == {"observedGeneration", "conditions"}
+    assert result.status["observedGeneration"] == 2
+    assert [c["observedGeneration"] for c in result.status["conditions"]] == [2] * len(finished["conditions"])
+    assert [(c["type"], c["status"]) for c in result.status["conditions"]] == [
+        (c["type"], c["status"]) for c in finished["conditions"]
+    ]
+    again = job({**finished, **result.status}, cancel=True)
+    again["metadata"]["generation"] = 2
+    assert plan(observe(again)).status == {}, "observed once"

@@ -7,13 +7,16 @@ tests/integration/test_sdk_server.py.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import httpx
 import pytest
 
 import tako_vm
+import tako_vm._operations
 from tako_vm import AsyncClient, Client
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -172,3 +175,113 @@ async def test_async_client_retries_with_one_key_and_awaits_its_sleeps() -> None
             await client.get_status("nope")
     assert len({body["idempotency_key"] for body in script.bodies()[:3]}) == 1
     assert len(sleeps) == 2
+
+
+# -- one definition per operation, three surfaces ------------------------------------------------
+
+OPERATIONS = [
+    name
+    for name, value in vars(tako_vm._operations).items()
+    if inspect.isfunction(value) and not name.startswith("_") and value.__module__ == "tako_vm._operations"
+]
+
+
+def test_every_operation_is_on_every_surface_with_one_signature() -> None:
+    assert len(OPERATIONS) == 19 and "submit_code" in OPERATIONS and "send" in OPERATIONS
+    for name in OPERATIONS:
+        op = getattr(tako_vm._operations, name)
+        expected = list(inspect.signature(op).parameters.values())
+        module_level = inspect.signature(getattr(tako_vm, name))
+        assert list(module_level.parameters.values()) == expected, name
+        for cls in (Client, AsyncClient):
+            unbound = list(inspect.signature(getattr(cls, name)).parameters.values())
+            assert unbound[0].name == "self" and unbound[1:] == expected, (cls, name)
+        bound = inspect.signature(getattr(Client("http://tako.test"), name))
+        assert list(bound.parameters.values()) == expected, name
+        assert inspect.iscoroutinefunction(getattr(AsyncClient, name)), name
+        assert not inspect.iscoroutinefunction(getattr(Client, name)), name
+        assert getattr(Client, name).__doc__ == op.__doc__ and op.__doc__, name
+        assert str(module_level.return_annotation) != "Plan", name
+
+
+@pytest.mark.parametrize(
+    ("name", "signature"),
+    [  # the 0.3.0 signatures (docs/sdk.md and the reference report, section 7)
+        ("send", "(func, input_data, timeout=None, job_type=None, requirements=None, *, "
+                 "startup_timeout=None, idempotency_key=None, correlation_id=None)"),
+        ("submit_code", "(code, input_data=None, *, timeout=None, startup_timeout=None, job_type=None, "
+                        "requirements=None, idempotency_key=None, correlation_id=None)"),
+        ("get_result", "(job_id, *, timeout=None, view=None)"),
+        ("rerun", "(job_id, *, job_type=None, timeout=None)"),
+        ("fork", "(job_id, code, *, job_type=None, timeout=None)"),
+        ("list_executions", "(*, status=None, job_type=None, limit=50, offset=0, view=None)"),
+        ("download_artifact", "(job_id, artifact_name)"),
+    ],
+)  # fmt: skip
+def test_public_signatures_are_those_of_0_3_0(name: str, signature: str) -> None:
+    plain = inspect.signature(getattr(tako_vm, name)).replace(return_annotation=inspect.Signature.empty)
+    plain = plain.replace(
+        parameters=[p.replace(annotation=inspect.Parameter.empty) for p in plain.parameters.values()]
+    )
+    assert str(plain) == signature
+
+
+@pytest.mark.parametrize(
+    ("outcome", "cls"),
+    [
+        (httpx.ConnectError("refused"), tako_vm.APIConnectionError),
+        (httpx.ReadTimeout("slow"), tako_vm.APITimeoutError),
+        (httpx.Response(403, json={"detail": "not yours"}), tako_vm.PermissionDeniedError),
+        (
+            httpx.Response(422, json={"detail": [{"loc": ["body", "timeout"]}]}),
+            tako_vm.UnprocessableEntityError,
+        ),
+        (httpx.Response(500, json={"detail": "Internal server error"}), tako_vm.InternalServerError),
+    ],
+)
+def test_a_client_raises_the_typed_error_and_the_old_name_catches_it(
+    outcome: httpx.Response | Exception, cls: type[Exception]
+) -> None:
+    """cancel is never retried, so one outcome decides; the 0.3.0 base class still catches it."""
+    old = {
+        tako_vm.APIConnectionError: tako_vm.TransportError,
+        tako_vm.APITimeoutError: tako_vm.TransportError,
+        tako_vm.PermissionDeniedError: tako_vm.ClientError,
+        tako_vm.UnprocessableEntityError: tako_vm.ClientError,
+        tako_vm.InternalServerError: tako_vm.ServerError,
+    }[cls]
+    script = Script(outcome)
+    with pytest.raises(old) as caught:
+        _client(script, []).cancel("job-1")
+    assert type(caught.value) is cls and len(script.requests) == 1
+    if isinstance(caught.value, tako_vm.TransportError):
+        assert caught.value.correlation_id == script.requests[0].headers["X-Correlation-ID"]
+
+
+async def test_async_get_result_keeps_long_polling_after_a_408() -> None:
+    record = {"execution_id": "job-1", "status": "succeeded"}
+    script = Script(
+        httpx.Response(408, json={"detail": "Timeout waiting for job"}), httpx.Response(200, json=record)
+    )
+    async with AsyncClient("http://tako.test", transport=httpx.MockTransport(script)) as client:
+        assert await client.get_result("job-1", timeout=1000) == record
+    assert [r.url.params["wait"] for r in script.requests] == ["true", "true"]
+
+
+def test_send_raises_execution_error_with_the_run_output() -> None:
+    failed = {"success": False, "error": "boom", "stdout": "so far\n", "stderr": "Traceback", "exit_code": 1}
+    script = Script(httpx.Response(200, json=failed, headers={"X-Correlation-ID": "corr-9"}))
+    with pytest.raises(tako_vm.ExecutionError, match="boom") as caught:
+        _client(script, []).send(double, Number(2))
+    assert caught.value.stdout == "so far\n" and caught.value.exit_code == 1
+    assert caught.value.correlation_id == "corr-9"
+    assert json.loads(script.requests[0].content)["input_data"] == {"value": 2}
+
+
+@dataclass
+class Number:
+    value: int
+
+
+def double(data: Number) -> Number:
+    return Number(data.value * 2)

@@ -15,13 +15,23 @@ import pytest
 from tako_vm import _core as core
 from tako_vm._typed import typed_program, typed_result
 from tako_vm.errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
     AuthenticationError,
+    BadRequestError,
     ClientError,
     ConflictError,
+    InternalServerError,
     MalformedResponseError,
     NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
     RateLimitError,
     ServerError,
+    TakoVMError,
+    TransportError,
+    UnprocessableEntityError,
     ValidationError,
     WaitTimeoutError,
 )
@@ -37,18 +47,18 @@ def _response(status: int, body: object = None, headers: dict[str, str] | None =
 
 
 def test_submit_always_carries_an_idempotency_key_and_drops_unset_fields() -> None:
-    call = core.submit_call("print(1)", timeout=60)
+    call = core.submit_call(core.Job("print(1)", timeout=60))
     assert call.method == "POST" and call.path == "/execute/async" and call.retryable
     assert call.body is not None
     assert set(call.body) == {"code", "input_data", "timeout", "idempotency_key"}
     assert call.body["idempotency_key"].startswith("sdk-") and len(call.body["idempotency_key"]) == 36
     assert call.body["input_data"] == {}
-    given = core.submit_call("print(1)", idempotency_key="my-key-123")
+    given = core.submit_call(core.Job("print(1)"), "my-key-123")
     assert given.body is not None and given.body["idempotency_key"] == "my-key-123"
 
 
 def test_two_submits_get_two_different_keys() -> None:
-    first, second = core.submit_call("x=1"), core.submit_call("x=1")
+    first, second = core.submit_call(core.Job("x=1")), core.submit_call(core.Job("x=1"))
     assert first.body is not None and second.body is not None
     assert first.body["idempotency_key"] != second.body["idempotency_key"]
 
@@ -63,7 +73,7 @@ def test_two_submits_get_two_different_keys() -> None:
 )
 def test_bad_arguments_are_refused_before_sending_and_named(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ValidationError, match=field):
-        core.submit_call("print(1)", **kwargs)  # type: ignore[arg-type]
+        core.Job("print(1)", **kwargs)  # type: ignore[arg-type]
 
 
 def test_ids_are_quoted_into_one_path_segment() -> None:
@@ -83,10 +93,10 @@ def test_result_call_long_polls_with_a_clamped_server_wait() -> None:
 
 
 def test_sync_execute_read_timeout_covers_startup_and_run() -> None:
-    assert core.execute_call("x", timeout=10).read_timeout == 10 + 600 + 30
-    assert core.execute_call("x", timeout=10, startup_timeout=20).read_timeout == 60
-    assert core.execute_call("x").read_timeout == 930
-    assert not core.execute_call("x").retryable
+    assert core.execute_call(core.Job("x", timeout=10)).read_timeout == 10 + 600 + 30
+    assert core.execute_call(core.Job("x", timeout=10, startup_timeout=20)).read_timeout == 60
+    assert core.execute_call(core.Job("x")).read_timeout == 930
+    assert not core.execute_call(core.Job("x")).retryable
 
 
 def test_list_executions_sends_the_sdk_default_page() -> None:
@@ -151,24 +161,64 @@ def test_retry_policy(
 
 
 @pytest.mark.parametrize(
-    ("status", "cls"),
+    ("status", "cls", "old_name"),
     [
-        (401, AuthenticationError),
-        (404, NotFoundError),
-        (408, WaitTimeoutError),
-        (409, ConflictError),
-        (400, ClientError),
-        (429, RateLimitError),
-        (500, ServerError),
-        (503, ServerError),
+        (400, BadRequestError, ClientError),
+        (401, AuthenticationError, ClientError),
+        (403, PermissionDeniedError, ClientError),
+        (404, NotFoundError, ClientError),
+        (408, WaitTimeoutError, ClientError),
+        (409, ConflictError, ClientError),
+        (413, PayloadTooLargeError, ClientError),
+        (422, UnprocessableEntityError, ClientError),
+        (418, ClientError, APIError),  # a 4xx without a class of its own is a plain ClientError
+        (429, RateLimitError, ClientError),
+        (500, InternalServerError, ServerError),
+        (502, InternalServerError, ServerError),
+        (503, InternalServerError, ServerError),
+        (504, InternalServerError, ServerError),
     ],
 )
-def test_error_mapping_by_status(status: int, cls: type[Exception]) -> None:
+def test_error_mapping_by_status(status: int, cls: type[Exception], old_name: type[Exception]) -> None:
+    """Each status maps to its typed class, and that class is still caught by the 0.3.0 name."""
     error = core.api_error(_response(status, {"detail": "nope", "correlation_id": "c-1"}))
     assert type(error) is cls
     assert error.status_code == status and error.detail == "nope" and error.correlation_id == "c-1"
+    with pytest.raises(old_name):
+        raise error
+    assert isinstance(error, APIError) and isinstance(error, TakoVMError)
     if isinstance(error, ServerError):
         assert error.retryable is (status in (502, 503, 504))
+
+
+def test_a_server_422_is_also_a_validation_error() -> None:
+    """`except ValidationError` catches a refused argument whether the SDK or the server refused it."""
+    error = core.api_error(_response(422, {"detail": [{"loc": ["body", "timeout"], "msg": "too big"}]}))
+    with pytest.raises(ValidationError) as caught:
+        raise error
+    assert isinstance(caught.value, ClientError) and caught.value.status_code == 422
+    assert "timeout" in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    ("exc", "cls"),
+    [
+        (httpx.ConnectError("refused"), APIConnectionError),
+        (httpx.RemoteProtocolError("reset"), APIConnectionError),
+        (httpx.ReadTimeout("slow"), APITimeoutError),
+        (httpx.ConnectTimeout("slow"), APITimeoutError),
+        (httpx.PoolTimeout("busy"), APITimeoutError),
+    ],
+)
+def test_transport_failures_are_typed_and_still_transport_errors(
+    exc: Exception, cls: type[Exception]
+) -> None:
+    call = core.health_call()
+    error = core.transport_error(call, {core.CORRELATION_HEADER: "c-2"}, exc)
+    assert type(error) is cls and error.correlation_id == "c-2"
+    assert type(exc).__name__ in str(error)
+    with pytest.raises(TransportError):
+        raise error
 
 
 def test_error_mapping_details() -> None:

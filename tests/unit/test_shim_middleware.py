@@ -6,8 +6,8 @@ import pytest
 
 from tako_shim.config import Settings
 from tako_shim.errors import InvalidRequest
-from tako_shim.jobs import JobResolver, check_requirements
-from tako_shim.middleware import FixedWindowLimiter, tenant_for
+from tako_shim.http.middleware import FixedWindowLimiter, tenant_for
+from tako_shim.submission import JobResolver, check_requirements
 from tako_vm.models.wire import ExecuteRequest
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from tako_shim.backends.base import Overrides, RecordFilter
+from tako_shim.backends.local.backend import LocalBackend
+from tako_shim.backends.local.fairqueue import FairQueue
 from tako_shim.config import Settings
 from tako_shim.errors import (
     BadRequest,
@@ -26,8 +28,6 @@ from tako_shim.errors import (
     RateLimited,
     Unavailable,
 )
-from tako_shim.local.backend import LocalBackend
-from tako_shim.local.fairqueue import FairQueue
 from tako_vm.models.wire import ExecuteRequest
 
 

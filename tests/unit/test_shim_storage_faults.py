@@ -21,12 +21,12 @@ import pytest
 from aiohttp.test_utils import TestServer
 from test_shim_queue import FakeSandboxRunner, make_backend, submission
 
-from tako_shim.app import create_app
 from tako_shim.backends.base import RecordFilter
+from tako_shim.backends.local import backend as backend_module
+from tako_shim.backends.local.backend import LocalBackend
+from tako_shim.backends.local.store import JobRow, JobStore, storage_error
 from tako_shim.errors import StorageBusy, StorageFull
-from tako_shim.local import backend as backend_module
-from tako_shim.local.backend import LocalBackend
-from tako_shim.local.store import JobRow, JobStore, storage_error
+from tako_shim.http.app import create_app
 
 BUSY_TIMEOUT = 0.05  # the store's SQLite busy timeout in these tests (production: 5 s)
 
@@ -225,7 +225,7 @@ async def test_a_lock_outlasting_the_retry_budget_logs_keeps_the_outcome_and_the
     second = await backend.submit("default", submission(backend, "print('b')"))
     assert await eventually(lambda: first.job_id in runner_of(backend).started)  # the worker took it (gated)
     with (
-        caplog.at_level(logging.WARNING, logger="tako_shim.local.backend"),
+        caplog.at_level(logging.WARNING, logger="tako_shim.backends.local.backend"),
         exclusive_lock(backend.store.path),
     ):
         runner_of(backend).gate.set()

@@ -139,7 +139,13 @@ def test_success_with_output_and_artifact(tmp_path: pathlib.Path) -> None:
     assert result["finishedAt"] == FINISHED
     assert result["duration"] == "2.0s"
     assert result["observedGeneration"] == 1
-    assert conditions(result) == {"Ready": "True", "Admitted": "True", "Succeeded": "True", "Failed": "False"}
+    assert conditions(result) == {
+        "Ready": "True",
+        "Finished": "True",
+        "Admitted": "True",
+        "Succeeded": "True",
+        "Failed": "False",
+    }
 
 
 def test_failure_is_classified_with_traceback_in_stderr(tmp_path: pathlib.Path) -> None:
@@ -153,7 +159,15 @@ def test_failure_is_classified_with_traceback_in_stderr(tmp_path: pathlib.Path) 
     assert result["stdout"] == "about to fail\n"
     assert result["exitCode"] == 1
     assert result["message"].startswith("name_error: ")
-    assert conditions(result) == {"Ready": "True", "Admitted": "True", "Succeeded": "False", "Failed": "True"}
+    # kstatus: Stalled=True (Failed); `kubectl wait --for=condition=Ready` does not pass.
+    assert conditions(result) == {
+        "Ready": "False",
+        "Stalled": "True",
+        "Finished": "True",
+        "Admitted": "True",
+        "Succeeded": "False",
+        "Failed": "True",
+    }
 
 
 def test_runner_deadline_is_a_timeout(tmp_path: pathlib.Path) -> None:
@@ -235,7 +249,9 @@ def test_cancel_while_running() -> None:
     assert result["error"]["type"] == "cancelled"
     assert result["finishedAt"] == status.format_time(NOW)
     assert conditions(result) == {
-        "Ready": "True",
+        "Ready": "False",
+        "Stalled": "True",
+        "Finished": "True",
         "Admitted": "True",
         "Succeeded": "False",
         "Failed": "False",
@@ -243,12 +259,13 @@ def test_cancel_while_running() -> None:
 
 
 def test_cancel_while_queued_keeps_admitted_false() -> None:
-    queued = status.queued_status(make_job(), NOW, position=3)
+    queued = status.queued_status(make_job(), NOW)
     job = make_job(status_=queued, cancel=True)
     result = check_valid(status.compute_status(job, None, {}, NOW + datetime.timedelta(seconds=5)))
     assert result["phase"] == "Cancelled"
     assert conditions(result)["Admitted"] == "False"
-    assert conditions(result)["Ready"] == "True"
+    assert conditions(result)["Ready"] == "False"
+    assert conditions(result)["Stalled"] == "True" and conditions(result)["Finished"] == "True"
 
 
 # --- non-terminal phases, conditions and invariants -------------------------------------------------
@@ -260,6 +277,8 @@ def test_pending_then_running() -> None:
     assert pending["phase"] == "Pending"
     assert conditions(pending) == {
         "Ready": "False",
+        "Reconciling": "True",
+        "Finished": "False",
         "Admitted": "True",
         "Succeeded": "Unknown",
         "Failed": "False",
@@ -270,9 +289,9 @@ def test_pending_then_running() -> None:
 
 
 def test_queued_status() -> None:
-    result = check_valid(status.queued_status(make_job(), NOW, position=2))
+    result = check_valid(status.queued_status(make_job(), NOW))
     assert result["phase"] == "Queued"
-    assert result["message"] == "Waiting for a free slot (position 2)"
+    assert result["message"] == "Waiting for a free slot"
     assert result["queuedAt"] == status.format_time(NOW)
     assert conditions(result)["Admitted"] == "False"
 
@@ -304,8 +323,11 @@ def test_last_transition_time_moves_only_when_a_condition_changes() -> None:
         make_job(status_=second), pod(exited(137, "OOMKilled"), phase="Failed"), {}, later
     )
     times = {c["type"]: c["lastTransitionTime"] for c in third["conditions"]}
-    assert times["Ready"] == status.format_time(later)
+    assert times["Ready"] == status.format_time(NOW)  # False before and after
     assert times["Failed"] == status.format_time(later)
+    assert times["Finished"] == status.format_time(later)
+    assert times["Stalled"] == status.format_time(later)  # new
+    assert "Reconciling" not in times  # abnormal-true: dropped once False
     assert times["Admitted"] == status.format_time(NOW)
 
 

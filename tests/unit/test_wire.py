@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from tako_shim.app import ROUTES
-from tako_shim.openapi import build_openapi
+from tako_shim.http.app import ROUTES
+from tako_shim.http.openapi import build_openapi
 from tako_vm.models.wire import ExecuteRequest, ExecutionRecordFull, ForkRequest, RerunRequest
 
 REFERENCE = Path("/work/shared/reference/takovm-0.3.0-openapi.json")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from tako_shim.middleware import RequestValidationFailed
+from tako_shim.http.middleware import RequestValidationFailed
 from tako_vm.models.wire import ExecuteRequest, ForkRequest, RerunRequest, non_finite_path
 
 

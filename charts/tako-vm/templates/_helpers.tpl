@@ -122,10 +122,68 @@ The Secret holding API keys.
 {{- end }}
 
 {{/*
+The job namespaces as a JSON list: jobs.namespaces, or the release namespace when that is empty.
+Usage: range $ns := include "tako-vm.jobNamespaceList" . | fromJsonArray
+*/}}
+{{- define "tako-vm.jobNamespaceList" -}}
+{{- if .Values.jobs.namespaces }}
+{{- toJson .Values.jobs.namespaces }}
+{{- else }}
+{{- list .Release.Namespace | toJson }}
+{{- end }}
+{{- end }}
+
+{{/*
 The job namespaces as a comma-separated list.
 */}}
 {{- define "tako-vm.jobNamespaces" -}}
-{{- join "," .Values.jobs.namespaces }}
+{{- include "tako-vm.jobNamespaceList" . | fromJsonArray | join "," }}
+{{- end }}
+
+{{/*
+What the operator watches (TAKO_OPERATOR_NAMESPACES): "*" for every namespace, else the job namespaces.
+*/}}
+{{- define "tako-vm.operator.watchNamespaces" -}}
+{{- if .Values.jobs.allNamespaces }}*{{ else }}{{ include "tako-vm.jobNamespaces" . }}{{ end }}
+{{- end }}
+
+{{/*
+The operator's rules on jobs and what they own: one Role per watched namespace, or a ClusterRole
+in the all-namespaces mode. `pythonjobs/finalizers` update: the Pods, ConfigMaps and NetworkPolicies
+it creates carry owner references with blockOwnerDeletion, which the OwnerReferencesPermissionEnforcement
+admission plugin (on by default in OpenShift) only allows with that permission.
+*/}}
+{{- define "tako-vm.operator.rules" -}}
+- apiGroups: ["takovm.dev"]
+  resources: ["pythonjobs"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
+- apiGroups: ["takovm.dev"]
+  resources: ["pythonjobs/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["takovm.dev"]
+  resources: ["pythonjobs/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["takovm.dev"]
+  resources: ["pythonjobtypes"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["takovm.dev"]
+  resources: ["pythonjobtypes/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["create", "get", "list", "watch", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "get", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "get", "delete"]
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
 {{- end }}
 
 {{/*

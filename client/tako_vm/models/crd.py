@@ -38,11 +38,30 @@ JOB_TYPE_REF_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(@[a-zA-Z0-9_.@:-]+)?$"
 IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9_-]+$"
 MEMORY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
 CPU_PATTERN = r"^([0-9]+m|[0-9]+(\.[0-9]{1,3})?)$"
-_VERSION_OP = r"(===|==|!=|<=|>=|~=|<|>)"
+# The requirement grammar, defined once: `name[extra, ...] op version, op version` (PEP 508 names and
+# extras, PEP 440 comparison operators); no URLs, paths, options (-e, --index-url), markers, newlines
+# or shell characters. Only ASCII, spaces and tabs (PEP 508's whitespace) between the parts, none
+# around the whole. The CRD schema's `pattern` is this string (tests/unit/test_crd_schema.py), the shim
+# checks with `is_requirement`, and the runner keeps a stdlib copy pinned to it by
+# tests/unit/test_requirement_grammar.py. It is valid in Python's re, Rust's regex (pydantic) and
+# RE2 (the API server): no lookaround, no \s (which is Unicode-wide in Python), no \Z.
+_REQ_NAME = r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?"
+_REQ_WS = r"[ \t]*"
+_REQ_CLAUSE = rf"(===|==|!=|<=|>=|~=|<|>){_REQ_WS}[A-Za-z0-9][A-Za-z0-9.*+!-]*"
 REQUIREMENT_PATTERN = (
-    r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*\])?"
-    rf"( *{_VERSION_OP} *[A-Za-z0-9.*+!-]+( *, *{_VERSION_OP} *[A-Za-z0-9.*+!-]+)*)?$"
+    rf"^{_REQ_NAME}({_REQ_WS}\[{_REQ_WS}{_REQ_NAME}({_REQ_WS},{_REQ_WS}{_REQ_NAME})*{_REQ_WS}\])?"
+    rf"({_REQ_WS}{_REQ_CLAUSE}({_REQ_WS},{_REQ_WS}{_REQ_CLAUSE})*)?$"
 )
+_REQUIREMENT_RE = re.compile(REQUIREMENT_PATTERN)
+
+
+def is_requirement(entry: str) -> bool:
+    """Whether `entry` is one requirement of the grammar above, exactly (no stripping).
+
+    `fullmatch`, because Python's `$` also matches before a final newline (RE2 and Rust do not)."""
+    return len(entry) <= REQUIREMENT_MAX_CHARS and _REQUIREMENT_RE.fullmatch(entry) is not None
+
+
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 LABEL_KEY_PATTERN = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
@@ -311,6 +330,13 @@ class PythonJobTypeSpec(_Spec):
         return env
 
 
+class PythonJobTypeStatus(_Observed):
+    """Observed state of a PythonJobType (kstatus conditions); written only by the operator."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    conditions: list[Condition] | None = Field(default=None, max_length=4)
+
+
 class PythonJobType(_Observed):
     """A whole PythonJobType object as read from the API."""
 
@@ -318,6 +344,7 @@ class PythonJobType(_Observed):
     kind: Literal["PythonJobType"] = "PythonJobType"
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: PythonJobTypeSpec
+    status: PythonJobTypeStatus | None = None
 
 
 DEFAULT_JOB_TYPE_NAME = "default"

@@ -11,11 +11,11 @@ from tako_shim.config import ConfigError, Settings
 def make_backend(settings: Settings) -> Backend:
     """Build the backend named by ``settings.backend`` (imported lazily: each pulls different deps)."""
     if settings.backend == "local":
-        from tako_shim.local.backend import LocalBackend
+        from tako_shim.backends.local.backend import LocalBackend
 
         return LocalBackend(settings)
     try:
-        module = importlib.import_module("tako_shim.backends.kubernetes")
+        module = importlib.import_module("tako_shim.backends.kubernetes.backend")
     except ImportError as exc:
         raise ConfigError(f"backend: 'kubernetes' is not available ({exc})") from exc
     backend: Backend = module.KubernetesBackend(settings)

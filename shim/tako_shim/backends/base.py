@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from tako_shim.config import Settings
 from tako_shim.errors import BadRequest
-from tako_shim.jobs import JobResolver, Overrides, Submission
+from tako_shim.submission import JobResolver, Overrides, Submission
 from tako_vm.models.wire import (
     TERMINAL_STATUSES,
     ExecutionRecordFull,

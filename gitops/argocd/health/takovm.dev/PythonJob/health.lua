@@ -1,7 +1,8 @@
 -- Argo CD health check for takovm.dev/PythonJob.
--- Input: the live object as `obj`. Output: hs.status (Healthy | Progressing | Degraded | Suspended)
--- and hs.message. Reads status.phase first, then the kstatus-style conditions, and treats a status
--- written for an older generation as not yet reconciled.
+-- Input: the live object as `obj`. Output: hs.status (Progressing | Healthy | Degraded) and hs.message.
+-- The same verdict as kstatus: a status written for an older generation, or Reconciling=True, is
+-- Progressing; Stalled=True (failed, timeout, OOM, cancelled) is Degraded; Ready=True is Healthy.
+-- Statuses written before these conditions existed are read by their phase.
 local hs = {}
 
 local function condition(status, wanted)
@@ -46,42 +47,34 @@ if generation ~= nil and status.observedGeneration ~= nil and status.observedGen
   return hs
 end
 
+local stalled = condition(status, "Stalled")
+local ready = condition(status, "Ready")
+local reconciling = condition(status, "Reconciling")
 local phase = status.phase
-if phase == nil then
-  -- No phase: derive it from the conditions alone.
-  local succeeded = condition(status, "Succeeded")
-  local failed = condition(status, "Failed")
-  if succeeded ~= nil and succeeded.status == "True" then
-    phase = "Succeeded"
-  elseif failed ~= nil and failed.status == "True" then
-    phase = "Failed"
-  else
-    phase = "Running"
-  end
-end
+local cancelling = obj.spec ~= nil and obj.spec.cancel == true
 
-if phase == "Succeeded" then
+if stalled ~= nil and stalled.status == "True" then
+  hs.status = "Degraded"
+  hs.message = describe(status, "Job " .. string.lower(stalled.reason or "failed"))
+elseif ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = describe(status, "Job succeeded")
-elseif phase == "Failed" then
-  hs.status = "Degraded"
-  hs.message = describe(status, "Job failed")
-elseif phase == "Timeout" then
-  hs.status = "Degraded"
-  hs.message = describe(status, "Job exceeded its timeout")
-elseif phase == "OOM" then
-  hs.status = "Degraded"
-  hs.message = describe(status, "Job exceeded its memory limit")
-elseif phase == "Cancelled" then
-  -- Cancelled on purpose (spec.cancel): not a failure of the platform.
-  hs.status = "Suspended"
-  hs.message = describe(status, "Job cancelled")
-elseif phase == "Queued" then
+elseif reconciling ~= nil and reconciling.status == "True" then
   hs.status = "Progressing"
-  hs.message = describe(status, "Waiting for a free slot")
-elseif phase == "Pending" or phase == "Running" then
+  if cancelling then
+    hs.message = "Cancellation requested"
+  else
+    hs.message = describe(status, "Job " .. string.lower(reconciling.reason or "running"))
+  end
+elseif phase == "Succeeded" then
+  hs.status = "Healthy"
+  hs.message = describe(status, "Job succeeded")
+elseif phase == "Failed" or phase == "Timeout" or phase == "OOM" or phase == "Cancelled" then
+  hs.status = "Degraded"
+  hs.message = describe(status, "Job " .. string.lower(phase))
+elseif phase == "Queued" or phase == "Pending" or phase == "Running" then
   hs.status = "Progressing"
-  if obj.spec ~= nil and obj.spec.cancel == true then
+  if cancelling then
     hs.message = "Cancellation requested"
   else
     hs.message = describe(status, "Job " .. string.lower(phase))

@@ -1,0 +1,1 @@
+"""The Kubernetes backend: PythonJob objects through the API server, watched back into records."""

@@ -1,0 +1,388 @@
+"""The kubernetes backend: every job is a ``PythonJob`` object; the operator runs it, the cluster keeps it.
+
+- ``submit`` creates a PythonJob in the tenant's namespace (tenant = namespace, so one tenant never
+  reads another's jobs). With an idempotency key the name is derived from (tenant, key): a retry
+  meets 409 AlreadyExists and gets the existing job back, or ``Conflict`` if the fingerprint
+  annotation differs.
+- Status, records and history are read from the objects (``translate`` does the mapping);
+  history lists the namespace with a label selector for ``job_type`` and filters, sorts (newest
+  first) and pages in the shim.
+- ``wait_for`` subscribes to the process's shared watch (``watch``), so any replica answers
+  a long-poll for any job.
+- Job types are the namespace's ``PythonJobType`` objects plus the built-in ``default``
+  (``GET /job-types``, and a submit naming another type is refused with 422).
+- ``cancel`` sets ``spec.cancel``; rerun and fork create new objects with
+  ``spec.parentJob``/``spec.relationship``. A rerun of a job whose code is in a ConfigMap
+  (``spec.codeRef``) points at the same ConfigMap: the shim never reads ConfigMaps.
+
+- ``max_queue_size`` caps the jobs waiting (not yet running) in a tenant's namespace: a submit
+  beyond it is 503 ``Job queue is full`` with ``Retry-After``; the count comes from a namespace list
+  at most every 2 s plus this replica's own creates (approximate; a ResourceQuota is exact).
+
+Not here: artifact contents (the cluster keeps artifact metadata in status, not the bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from tako_shim.backends.base import (
+    Artifact,
+    Backend,
+    Overrides,
+    RecordFilter,
+    RecordPage,
+    Submission,
+    SubmitResult,
+)
+from tako_shim.backends.kubernetes.api import KubeApi, KubeApiError
+from tako_shim.backends.kubernetes.translate import (
+    ClusterJobResolver,
+    cancel_patch,
+    code_ref,
+    count_active,
+    fingerprint_of,
+    is_job_name,
+    is_terminal,
+    job_name,
+    job_object,
+    job_type_selector,
+    job_types_from_objects,
+    namespace_for,
+    page_of,
+    record_from_job,
+    status_from_job,
+    submission_from_job,
+    unknown_job_type,
+)
+from tako_shim.backends.kubernetes.watch import JobWatch
+from tako_shim.config import Settings
+from tako_shim.errors import (
+    BackendStartError,
+    BadRequest,
+    ClusterUnavailable,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    ShimError,
+    Unavailable,
+)
+from tako_vm import __version__
+from tako_vm.models.crd import DEFAULT_JOB_TYPE_NAME
+from tako_vm.models.wire import (
+    CircuitBreakerStatus,
+    ExecutionRecordFull,
+    HealthResponse,
+    JobStatusResponse,
+    JobTypeResponse,
+    QueueStatsResponse,
+    QueueStatus,
+)
+
+IDEMPOTENCY_CONFLICT = "Idempotency key reused with different payload"
+NOT_FOUND = "Job not found"
+HEALTH_CACHE_SECONDS = 5.0
+QUEUE_COUNT_MAX_AGE_SECONDS = 2.0
+JOB_TYPE_CACHE_SECONDS = 2.0
+QUEUE_FULL = "Job queue is full. Try again later."
+QUEUE_FULL_RETRY_AFTER_SECONDS = 5
+HEALTH_PROBE_SECONDS = 5.0
+ARTIFACTS_NOT_RETAINED = (
+    "Artifact contents are not retained by the kubernetes backend (status lists name, size and sha256)"
+)
+
+
+class KubernetesBackend(Backend):
+    name = "kubernetes"
+
+    def __init__(self, settings: Settings, api: KubeApi | None = None) -> None:
+        """``api`` is for tests that bring their own connection; normally ``start`` connects."""
+        super().__init__(settings)
+        self.resolver = ClusterJobResolver(settings)
+        self._api = api
+        self._watch: JobWatch | None = None
+        self._health_cache: tuple[float, QueueStatsResponse | None] = (-HEALTH_CACHE_SECONDS, None)
+        self._queued: dict[str, tuple[float, int]] = {}  # namespace -> (when listed, queued jobs)
+        self._job_type_cache: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._api is None:
+            try:
+                self._api = await KubeApi.connect(self.settings.kubernetes)
+            except Exception as exc:  # no kubeconfig, unreadable service account, bad certificate
+                raise BackendStartError(f"cannot load the Kubernetes configuration: {exc}") from exc
+        self._watch = JobWatch(self._api)
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            await self._watch.close()
+        if self._api is not None:
+            await self._api.close()
+
+    @property
+    def api(self) -> KubeApi:
+        if self._api is None:
+            raise Unavailable("The kubernetes backend is not started")
+        return self._api
+
+    @property
+    def watch(self) -> JobWatch:
+        if self._watch is None:
+            raise Unavailable("The kubernetes backend is not started")
+        return self._watch
+
+    def _namespace(self, tenant: str) -> str:
+        return namespace_for(tenant, self.settings.kubernetes)
+
+    async def _call(self, coro: Any) -> Any:
+        """Await an API call, turning API failures into the contract's errors."""
+        try:
+            return await coro
+        except KubeApiError as exc:
+            raise api_failure(exc) from None
+
+    async def _job(self, tenant: str, job_id: str) -> dict[str, Any]:
+        if not is_job_name(job_id):
+            raise NotFound(NOT_FOUND)
+        job: dict[str, Any] | None = await self._call(self.api.get_job(self._namespace(tenant), job_id))
+        if job is None:
+            raise NotFound(NOT_FOUND)
+        return job
+
+    # -- submission ---------------------------------------------------------------------------------
+
+    async def prepare(self, tenant: str, submission: Submission) -> Submission:
+        """Timeouts the request left unset come from the namespace's PythonJobType (as the operator
+        would take them), so ``max_timeout`` and the sync wait see the real value."""
+        if submission.job_type == DEFAULT_JOB_TYPE_NAME:
+            return submission  # the built-in type: the shim's default_timeout applies
+        job_type = await self._job_type_object(self._namespace(tenant), submission.job_type)
+        spec = (job_type or {}).get("spec") or {}
+        return self.resolver.with_job_type_timeouts(
+            submission, _seconds(spec.get("timeoutSeconds")), _seconds(spec.get("startupTimeoutSeconds"))
+        )
+
+    async def submit(self, tenant: str, submission: Submission) -> SubmitResult:
+        return await self._create(tenant, submission)
+
+    async def _create(
+        self, tenant: str, submission: Submission, code_from: tuple[str, str] | None = None
+    ) -> SubmitResult:
+        """Create the PythonJob (``code_from``: a ConfigMap key to run instead of ``submission.code``)."""
+        namespace = self._namespace(tenant)
+        name = job_name(tenant, submission.idempotency_key)
+        body = job_object(name, namespace, tenant, submission, code_ref=code_from)
+        await self._require_job_type(namespace, submission.job_type)
+        if not await self._queue_has_room(namespace):
+            # A retry of a job that exists is answered even when the queue is full; nothing else is.
+            replay = await self._existing(namespace, name, submission) if submission.idempotency_key else None
+            if replay is None:
+                raise Unavailable(QUEUE_FULL, headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_SECONDS)})
+            return replay
+        try:
+            await self.api.create_job(namespace, body)
+        except KubeApiError as exc:
+            if exc.status != 409 or not submission.idempotency_key:
+                raise api_failure(exc) from None
+            replay = await self._existing(namespace, name, submission)
+            if replay is not None:
+                return replay
+            # deleted (TTL) between the create and the read: create again
+            await self._call(self.api.create_job(namespace, body))
+        self._count_queued(namespace)
+        return SubmitResult(name, "queued", created=True)
+
+    async def _existing(self, namespace: str, name: str, submission: Submission) -> SubmitResult | None:
+        """The job an idempotency key already names (``Conflict`` if its payload differs), or ``None``."""
+        existing = await self._call(self.api.get_job(namespace, name))
+        if existing is None:
+            return None
+        if fingerprint_of(existing) != submission.fingerprint:
+            raise Conflict(IDEMPOTENCY_CONFLICT)
+        return SubmitResult(name, _queue_status(existing), created=False)
+
+    async def _queue_has_room(self, namespace: str) -> bool:
+        """Fewer than ``max_queue_size`` jobs of the namespace wait for the operator to start them.
+
+        The count is read by listing the namespace at most every ``QUEUE_COUNT_MAX_AGE_SECONDS``, plus
+        this replica's creates since: a bound per tenant namespace, approximate across replicas and
+        under concurrent submits (a ``ResourceQuota`` on ``count/pythonjobs.takovm.dev`` is exact)."""
+        read_at, queued = self._queued.get(namespace, (-QUEUE_COUNT_MAX_AGE_SECONDS, 0))
+        if time.monotonic() - read_at > QUEUE_COUNT_MAX_AGE_SECONDS:
+            queued, _running = count_active(await self._call(self.api.list_jobs(namespace)))
+            self._queued[namespace] = (time.monotonic(), queued)
+        return queued < self.settings.max_queue_size
+
+    def _count_queued(self, namespace: str) -> None:
+        read_at, queued = self._queued.get(namespace, (-QUEUE_COUNT_MAX_AGE_SECONDS, 0))
+        self._queued[namespace] = (read_at, queued + 1)
+
+    async def _require_job_type(self, namespace: str, name: str) -> None:
+        """``InvalidRequest`` (422) unless ``namespace`` defines ``name`` (``default`` is built in)."""
+        if name == DEFAULT_JOB_TYPE_NAME:
+            return
+        if await self._job_type_object(namespace, name) is None:
+            known = [
+                t.name for t in job_types_from_objects(await self._call(self.api.list_job_types(namespace)))
+            ]
+            raise unknown_job_type(name, known)
+
+    async def _job_type_object(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The PythonJobType; one that exists is reused for ``JOB_TYPE_CACHE_SECONDS`` (a submit asks
+        twice), a missing one is asked for again (so a type just created is seen at once)."""
+        read_at, found = self._job_type_cache.get((namespace, name), (-JOB_TYPE_CACHE_SECONDS, {}))
+        if time.monotonic() - read_at <= JOB_TYPE_CACHE_SECONDS:
+            return found
+        fresh: dict[str, Any] | None = await self._call(self.api.get_job_type(namespace, name))
+        if fresh is not None:
+            self._job_type_cache[(namespace, name)] = (time.monotonic(), fresh)
+        return fresh
+
+    async def job_types(self, tenant: str) -> list[JobTypeResponse]:
+        return job_types_from_objects(await self._call(self.api.list_job_types(self._namespace(tenant))))
+
+    # -- reads --------------------------------------------------------------------------------------
+
+    async def get_status(self, tenant: str, job_id: str) -> JobStatusResponse:
+        return status_from_job(await self._job(tenant, job_id))
+
+    async def get_record(self, tenant: str, job_id: str) -> ExecutionRecordFull:
+        return record_from_job(await self._job(tenant, job_id))
+
+    async def get_submission(self, tenant: str, job_id: str) -> Submission:
+        """As submitted; ``code`` is ``""`` when it is in a ConfigMap (``code_ref``), which the shim
+        may not read: a fork brings its own code and a rerun points at the same ConfigMap."""
+        return self._submission(await self._job(tenant, job_id))
+
+    def _submission(self, job: dict[str, Any]) -> Submission:
+        return submission_from_job(
+            job,
+            code=str((job.get("spec") or {}).get("code") or ""),
+            default_timeout=self.settings.default_timeout,
+            default_startup_timeout=self.settings.default_startup_timeout,
+        )
+
+    async def rerun(self, tenant: str, job_id: str, overrides: Overrides) -> SubmitResult:
+        job = await self._job(tenant, job_id)
+        if not is_terminal(job):
+            raise BadRequest("Cannot rerun job that hasn't completed")
+        derived = self.resolver.derive(self._submission(job), job_id, "rerun", overrides)
+        return await self._create(tenant, derived, code_from=code_ref(job))
+
+    async def wait_for(self, tenant: str, job_id: str, wait_seconds: float) -> ExecutionRecordFull | None:
+        if not is_job_name(job_id):
+            raise NotFound(NOT_FOUND)
+        namespace = self._namespace(tenant)
+        deadline = time.monotonic() + wait_seconds
+        # Subscribe before reading, so a completion between the read and the wait still wakes us.
+        async with self.watch.subscribe(namespace, job_id) as sub:
+            job = await self._job(tenant, job_id)
+            while not is_terminal(job):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not await sub.next_change(remaining):
+                    # One fresh read before answering 408: a watch that was down or stalled may have
+                    # missed the completion (if the API is down too, this is a 503, not a 408).
+                    job = await self._job(tenant, job_id)
+                    return record_from_job(job) if is_terminal(job) else None
+                if sub.deleted:
+                    raise NotFound(NOT_FOUND)
+                if sub.latest is not None:
+                    job = sub.latest
+            return record_from_job(job)
+
+    async def list_records(self, tenant: str, query: RecordFilter) -> RecordPage:
+        jobs = await self._call(
+            self.api.list_jobs(self._namespace(tenant), job_type_selector(query.job_type))
+        )
+        return page_of(jobs, query)
+
+    # -- control ------------------------------------------------------------------------------------
+
+    async def cancel(self, tenant: str, job_id: str) -> None:
+        try:
+            job = await self._job(tenant, job_id)
+        except NotFound:
+            raise NotFound("Job not found or already completed") from None
+        if is_terminal(job):
+            raise NotFound("Job not found or already completed")
+        patched = await self._call(self.api.patch_job(self._namespace(tenant), job_id, cancel_patch()))
+        if patched is None:
+            raise NotFound("Job not found or already completed")
+
+    async def get_artifact(self, tenant: str, job_id: str, name: str) -> Artifact:
+        if not name or "/" in name or "\\" in name or name in {".", ".."} or "\x00" in name:
+            raise BadRequest("Invalid artifact path")
+        record = await self.get_record(tenant, job_id)
+        if not any(a.name == name for a in record.artifacts):
+            raise NotFound("Artifact not found")
+        raise NotFound(ARTIFACTS_NOT_RETAINED)
+
+    async def pool_stats(self, tenant: str) -> QueueStatsResponse:
+        queued, running = count_active(await self._call(self.api.list_jobs(self._namespace(tenant))))
+        return QueueStatsResponse(
+            pending=queued,
+            running=running,
+            max_workers=self.settings.max_workers,
+            max_queue_size=self.settings.max_queue_size,
+        )
+
+    async def health(self) -> HealthResponse:
+        """Reachability of the API and the default tenant's counts, measured at most every few seconds
+        (probes call this often; listing a namespace of 10,000 jobs on each would be wasteful).
+        ``degraded`` also while a job watch is failing: long-polls then wake only at their deadline."""
+        checked_at, stats = self._health_cache
+        if time.monotonic() - checked_at > HEALTH_CACHE_SECONDS:
+            try:
+                stats = await asyncio.wait_for(self.pool_stats("default"), HEALTH_PROBE_SECONDS)
+            except (Unavailable, TimeoutError):
+                stats = None
+            self._health_cache = (time.monotonic(), stats)
+        reachable = stats is not None
+        watching = self._watch is None or not self._watch.failing_namespaces()
+        return HealthResponse(
+            status="healthy" if reachable and watching else "degraded",
+            docker_available=reachable,
+            gvisor_available=reachable,
+            circuit_breaker=CircuitBreakerStatus(),
+            version=__version__,
+            production_mode=self.settings.production_mode,
+            queue_stats=stats
+            or QueueStatsResponse(
+                pending=0,
+                running=0,
+                max_workers=self.settings.max_workers,
+                max_queue_size=self.settings.max_queue_size,
+            ),
+            backend=self.name,
+            runtime="gvisor",
+        )
+
+
+def api_failure(exc: KubeApiError) -> ShimError:
+    """The contract's error for a failed API call (the API's own message kept for operators).
+
+    A refused object (400, 422) is the request's fault: 422. A missing permission, namespace or CRD
+    is the deployment's: 503 without a retry hint (retrying cannot help). Anything else (unreachable,
+    5xx, 429, ...) is transient: 503 with ``Retry-After``, never a 500.
+    """
+    if exc.status in (400, 422):
+        return InvalidRequest(f"the Kubernetes API rejected the job: {exc.message}")
+    if exc.status == 403:
+        return Unavailable(f"the shim is not allowed to do this in the namespace: {exc.message}")
+    if exc.status == 404:
+        return Unavailable(f"the namespace or the PythonJob CRD does not exist in the cluster: {exc.message}")
+    return ClusterUnavailable(f"Kubernetes API unavailable: {exc}")
+
+
+def _seconds(value: Any) -> int | None:
+    """A PythonJobType's timeout field, if it is a positive integer (the CRD's schema says so)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _queue_status(job: dict[str, Any]) -> QueueStatus:
+    record = record_from_job(job)
+    return record.status

@@ -1,0 +1,417 @@
+"""A warm pool for the local backend: pre-started, single-use runsc sandboxes that wait for their job.
+
+A cold job pays for a whole sandbox start (runsc create/boot, gofer, the runner's Python start-up)
+before its first line runs. A warm sandbox has done all of that in advance and is blocked reading
+its stdin; handing it a job is: move the job's files into its (already bound, read-only) job
+directory, write ``go`` on its stdin, read the envelope. Each sandbox runs exactly one job and is then
+destroyed; a background task keeps ``size`` sandboxes ready.
+
+Security argument (see docs/performance.md):
+- the warm sandbox is the same OCI bundle a cold run uses (``LocalExecutor._write_bundle``): read-only
+  root, ``--network=none``, uid 65534, no capabilities, memory/pids/cpu cgroup limits, tmpfs /tmp and
+  /output. Only the process arguments differ: a small trusted launcher (``LAUNCHER``) that imports
+  the runner, then blocks on stdin, then calls ``runner.main(["run", ...])`` in the same process (pid 1);
+- /code and /input are host directories bound read-only *before* any job exists and are empty until
+  the job is assigned; the host fills them, then sends ``go``. User code can never write them;
+- no user code runs in a sandbox before ``go``, and a sandbox never sees a second job: after the run
+  it is deleted (``runsc delete -force``, its cgroups and job directory removed);
+- the egress probe runs once at boot (before ``READY``) instead of after ``go``: the sandbox's network
+  namespace is fixed at creation, so the answer cannot change in between;
+- jobs whose sandbox would differ (requirements, other memory/cpu/pids/artifact limits) bypass the
+  pool and run cold, so every job still gets exactly the limits it asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tako_runner.outcome import Outcome
+from tako_shim.backends.local import executor as executor_module
+from tako_shim.backends.local.executor import LocalExecutor, SandboxJob
+from tako_shim.config import Settings
+
+log = logging.getLogger(__name__)
+
+READY_MARKER = b"TAKO-WARM-READY"
+GO_SIGNAL = b"go"  # + " <frame key>\n"
+READY_TIMEOUT_S = 60.0
+REFILL_BACKOFF_S = 2.0
+
+# The user interpreter the launcher pre-starts: it blocks on a pipe from the launcher, then runs
+# /code/main.py as ``python -u /code/main.py`` would (argv, sys.path[0], a fresh __main__, tracebacks
+# without this bootstrap's frame, exit code 1 after an uncaught exception).
+BOOTSTRAP = r"""
+import os, sys
+fd = int(sys.argv[1])
+go = os.read(fd, 2)
+os.close(fd)
+if go != b"go":
+    os._exit(3)
+import builtins, types
+del sys.argv[1:]
+sys.argv[0] = "/code/main.py"
+sys.path[0] = "/code"
+main = types.ModuleType("__main__")
+main.__file__ = "/code/main.py"
+main.__builtins__ = builtins
+sys.modules["__main__"] = main
+try:
+    with open("/code/main.py", "rb") as f:
+        source = f.read()
+    exec(compile(source, "/code/main.py", "exec"), main.__dict__)
+except SystemExit:
+    raise
+except BaseException as exc:
+    exc = exc.with_traceback(exc.__traceback__.tb_next if exc.__traceback__ else None)
+    sys.excepthook(type(exc), exc, exc.__traceback__)
+    sys.exit(1)
+"""
+
+# The in-sandbox launcher: trusted, stdlib-only, run as ``python3 -I -S -c LAUNCHER`` (pid 1). Before
+# READY it checks egress and pre-starts the user interpreter; after ``go <key>`` it runs the runner in
+# this same process (``key`` authenticates its frame, as ``--frame-key-stdin`` does for a cold run),
+# whose ``start_process`` of ``python -u /code/main.py`` is answered with the pre-started interpreter
+# when argv, cwd and environment are exactly what it was started with (else a real spawn).
+LAUNCHER = r"""
+import os, sys
+sys.path.insert(0, "/runner")
+import runner
+runner.protect_self()
+opened = runner.egress_reachable(dict(runner.DEFAULTS))
+if opened:
+    sys.stderr.write("tako warm sandbox: egress open: %s\n" % ", ".join(opened))
+    sys.stderr.flush()
+    os._exit(2)
+BOOTSTRAP = sys.argv[1]
+config = dict(runner.DEFAULTS, python="/usr/bin/python3")
+expected_argv = [config["python"], "-u", config["code_path"]]
+expected_env = runner.base_env(config)
+if os.path.isdir(config["deps_dir"]):
+    expected_env["PYTHONPATH"] = config["deps_dir"]
+read_end, write_end = os.pipe()
+os.set_inheritable(read_end, True)
+child = runner.start_process(
+    [config["python"], "-u", "-c", BOOTSTRAP, str(read_end)], env=expected_env, cwd=config["work_dir"]
+)
+os.close(read_end)
+spawn = runner.start_process
+
+def start_process(argv, *, env, cwd):
+    global child
+    spare, child = child, None
+    if spare is not None:
+        same = list(argv) == expected_argv and env == expected_env and cwd == config["work_dir"]
+        if same and spare.poll() is None:
+            os.write(write_end, b"go")
+            os.close(write_end)
+            return spare
+        spare.kill()
+        spare.wait(5.0)
+        os.close(spare.stdout_fd)
+        os.close(spare.stderr_fd)
+    return spawn(argv, env=env, cwd=cwd)
+
+runner.start_process = start_process
+os.write(1, b"TAKO-WARM-READY\n")
+line = os.read(0, 256)
+while line and not line.endswith(b"\n") and len(line) < 256:
+    more = os.read(0, 256 - len(line))
+    if not more:
+        break
+    line += more
+words = line.split()
+if not line.endswith(b"\n") or not words or words[0] != b"go" or len(words) > 2:
+    os._exit(3)
+devnull = os.open(os.devnull, os.O_RDONLY)
+os.dup2(devnull, 0)
+os.close(devnull)
+code = runner.main(["run", "--config", "/code/job.json"], frame_key=words[1] if len(words) == 2 else b"")
+sys.stdout.flush()
+os._exit(code)
+"""
+
+
+def job_config(job: SandboxJob) -> dict[str, Any]:
+    """The runner config of a warm run: what ``LocalExecutor._prepare_job_dir`` writes (a test keeps
+    the two equal), except the egress probe, which the launcher ran once at boot in this very network
+    namespace (fixed at sandbox creation, so the answer cannot change before ``go``)."""
+    cold = LocalExecutor.runner_config(job)
+    return cold.model_copy(update={"requirements": [], "egress_probe": False}).as_json_dict()
+
+
+def pool_shape(job: SandboxJob) -> tuple[Any, ...]:
+    """What a sandbox is built from (OCI bundle + cgroups); a job fits a warm sandbox of the same shape."""
+    return (job.memory_limit_mb, job.pids_limit, job.cpu_limit, job.max_total_artifact_bytes)
+
+
+def fits(job: SandboxJob, template: SandboxJob) -> bool:
+    """Jobs with requirements need an install sandbox first; other limits need another bundle."""
+    return not job.requirements and pool_shape(job) == pool_shape(template)
+
+
+@dataclass
+class WarmSandbox:
+    cid: str
+    job_dir: Path
+    process: asyncio.subprocess.Process
+    ready_at: float
+
+
+class WarmPool:
+    """Wraps a ``LocalExecutor``: same ``run``/``runtime_info``, plus ``start``/``close``.
+
+    ``template`` gives the limits warm sandboxes are built with (normally the server's defaults).
+    """
+
+    def __init__(self, executor: LocalExecutor, size: int, template: SandboxJob | None = None) -> None:
+        if size < 0:
+            raise ValueError(f"warm_pool_size must be >= 0, got {size}")
+        self.executor = executor
+        self.size = size
+        self.template = template or SandboxJob("warm", "", {}, [], 1, 10)
+        self._ready: list[WarmSandbox] = []
+        self._starting = 0
+        self._wakeup = asyncio.Event()
+        self._refill_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.stats = {"warm_runs": 0, "cold_runs": 0, "started": 0, "start_failures": 0}
+        self.used_sandboxes: deque[str] = deque(maxlen=1000)  # container ids, in the order jobs took them
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0 and self.executor.runtime == "runsc"
+
+    def runtime_info(self) -> dict[str, Any]:
+        return {**self.executor.runtime_info(), "warm_pool_size": self.size if self.enabled else 0}
+
+    async def start(self) -> None:
+        if self.enabled and self._refill_task is None and not self._closed:
+            self._refill_task = asyncio.create_task(self._refill_loop(), name="tako-warm-pool")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._refill_task is not None:
+            self._refill_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refill_task
+            self._refill_task = None
+        idle, self._ready = self._ready, []
+        for sandbox in idle:
+            await self._destroy(sandbox)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.executor.drain()
+
+    async def wait_ready(self, count: int | None = None, within_s: float = 30.0) -> bool:
+        """Wait until ``count`` (default: ``size``) sandboxes are ready; for tests and benchmarks."""
+        await self.start()
+        wanted = self.size if count is None else count
+        deadline = time.monotonic() + within_s
+        while len(self._ready) < wanted:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    # ------------------------------------------------------------------ refilling
+
+    async def _refill_loop(self) -> None:
+        while not self._closed:
+            if len(self._ready) + self._starting >= self.size:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            self._starting += 1
+            try:
+                sandbox = await self._start_one()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a start failure must not kill the pool: jobs just run cold
+                self.stats["start_failures"] += 1
+                log.warning("warm pool: starting a sandbox failed: %s", exc)
+                await asyncio.sleep(REFILL_BACKOFF_S)
+                continue
+            finally:
+                self._starting -= 1
+            self.stats["started"] += 1
+            self._ready.append(sandbox)
+
+    async def _start_one(self) -> WarmSandbox:
+        ex = self.executor
+        cid = f"tako-warm-{secrets.token_hex(6)}"
+        job_dir = await asyncio.to_thread(self._make_job_dir)
+        process: asyncio.subprocess.Process | None = None
+        try:
+            bundle = await asyncio.to_thread(ex._write_bundle, job_dir, "run", cid, None, self.template, None)
+            config_path = bundle / "config.json"
+            spec = json.loads(config_path.read_text())
+            spec["process"]["args"] = ["/usr/bin/python3", "-I", "-S", "-c", LAUNCHER, BOOTSTRAP]
+            config_path.write_text(json.dumps(spec))
+            argv = [*ex._runsc_argv(None, "none"), "run", "--bundle", str(bundle), cid]
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            assert process.stdout is not None
+            try:
+                line = await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT_S)
+            except TimeoutError:
+                line = b""
+            if line.strip() != READY_MARKER:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+                assert process.stderr is not None
+                detail = (await process.stderr.read()).decode("utf-8", "replace").strip()[-300:]
+                raise RuntimeError(f"warm sandbox {cid} did not become ready: {line!r} {detail}")
+            return WarmSandbox(cid, job_dir, process, time.monotonic())
+        except BaseException:
+            if process is not None and process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+            await asyncio.shield(asyncio.to_thread(ex._cleanup, None, cid, job_dir))
+            raise
+
+    def _make_job_dir(self) -> Path:
+        job_dir = Path(os.path.realpath(_mkdtemp(self.executor._jobs_dir)))
+        for sub in ("code", "input"):
+            (job_dir / sub).mkdir()
+        for path in (job_dir, job_dir / "code", job_dir / "input"):
+            path.chmod(0o755)
+        return job_dir
+
+    async def _destroy(self, sandbox: WarmSandbox) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            sandbox.process.kill()
+        await sandbox.process.wait()
+        await asyncio.to_thread(self.executor._cleanup, None, sandbox.cid, sandbox.job_dir)
+
+    # ------------------------------------------------------------------ running
+
+    def _take(self) -> WarmSandbox | None:
+        while self._ready:
+            sandbox = self._ready.pop(0)
+            self._wakeup.set()
+            if sandbox.process.returncode is None:
+                return sandbox
+            self._spawn_background(self._destroy(sandbox))  # died while waiting: discard
+        return None
+
+    async def run(self, job: SandboxJob, artifact_dir: Path, cancel: asyncio.Event | None = None) -> Outcome:
+        """Run ``job`` in a ready warm sandbox when it fits one, else cold through the executor."""
+        if self.enabled and not self._closed:
+            await self.start()
+            if fits(job, self.template):
+                sandbox = self._take()
+                if sandbox is not None:
+                    self.stats["warm_runs"] += 1
+                    return await self._run_warm(sandbox, job, artifact_dir, cancel or asyncio.Event())
+        self.stats["cold_runs"] += 1
+        return await self.executor.run(job, artifact_dir, cancel)
+
+    async def _run_warm(
+        self, sandbox: WarmSandbox, job: SandboxJob, artifact_dir: Path, cancel: asyncio.Event
+    ) -> Outcome:
+        ex = self.executor
+        executor_module.validate_requirements(job.requirements)
+        started = time.monotonic()
+        self.used_sandboxes.append(sandbox.cid)
+        process = sandbox.process
+        assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+        key = secrets.token_hex(32).encode("ascii")
+        readers: asyncio.Future[Any] | None = None
+        outcome: Outcome | None = None
+        try:
+            self._hand_over(job, sandbox.job_dir)  # a few small local writes: cheaper than a thread hop
+            process.stdin.write(GO_SIGNAL + b" " + key + b"\n")
+            await process.stdin.drain()
+            process.stdin.close()
+            result, readers = await self._wait(sandbox, job, cancel, key)
+            outcome = ex._classify(None, result)
+            if result.envelope and result.envelope.get("artifacts") and not result.cancelled:
+                await asyncio.to_thread(executor_module._write_artifacts, result.envelope, artifact_dir)
+        finally:
+            # The result is complete: let the used sandbox exit and delete it, off the critical path.
+            wait_s = executor_module.TEARDOWN_WAIT_S if outcome is not None else 0.0  # interrupted: kill now
+            teardown = ex._spawn_background(ex._teardown(sandbox.cid, process, readers, wait_s))
+            ex._spawn_background(ex._remove_job_dir([teardown], sandbox.job_dir))
+        outcome.timing["total_ms"] = max(
+            outcome.timing.get("total_ms", 0), int((time.monotonic() - started) * 1000)
+        )
+        return outcome
+
+    def _hand_over(self, job: SandboxJob, job_dir: Path) -> None:
+        """Write input, code and runner config (last) straight into the bound, still unused directories.
+
+        Inline on the event loop on purpose: three small creates cost less than a thread hop (profiling
+        showed staging + rename + rmtree at ~19 ms per job on a loaded machine).
+        """
+        for path, text in (
+            (job_dir / "input" / "data.json", json.dumps(job.input_data)),
+            (job_dir / "code" / "main.py", job.code),
+            (job_dir / "code" / "job.json", json.dumps(job_config(job))),
+        ):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+
+    async def _wait(
+        self, sandbox: WarmSandbox, job: SandboxJob, cancel: asyncio.Event, key: bytes
+    ) -> tuple[executor_module._SandboxResult, asyncio.Future[Any]]:
+        """The watchdog, caps and envelope rules of ``LocalExecutor._sandbox``, for a started sandbox:
+        the result is final as soon as the runner's authenticated frame is in."""
+        process = sandbox.process
+        budget_s = job.timeout + executor_module.KILL_GRACE_S + executor_module.EXTERNAL_DEADLINE_MARGIN_S
+        limit = (
+            job.max_stdout_bytes * 2
+            + job.max_stderr_bytes * 2
+            + executor_module.ENVELOPE_OVERHEAD_BYTES
+            + job.max_total_artifact_bytes * 2
+        )
+        watch = executor_module._FrameWatch(key, executor_module._TailBuffer(limit))
+        err_buf = executor_module._TailBuffer(64 * 1024)
+        return await self.executor._watch(process, sandbox.cid, watch, err_buf, budget_s, cancel)
+
+    def _spawn_background(self, awaitable: Any) -> None:
+        task = asyncio.ensure_future(awaitable)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _mkdtemp(parent: Path) -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="warm-", dir=parent)
+
+
+def warm_pool_for(executor: LocalExecutor, settings: Settings) -> WarmPool:
+    """The server's pool: sandboxes shaped like a default job (512 MiB, 1 CPU, the artifact caps)."""
+    template = SandboxJob(
+        "warm",
+        "",
+        {},
+        [],
+        1,
+        10,
+        max_stdout_bytes=settings.max_stdout_bytes,
+        max_stderr_bytes=settings.max_stderr_bytes,
+        max_artifact_bytes=settings.max_artifact_bytes,
+        max_total_artifact_bytes=settings.max_total_artifacts_bytes,
+        max_artifact_count=settings.max_artifact_count,
+    )
+    return WarmPool(executor, settings.warm_pool_size, template)

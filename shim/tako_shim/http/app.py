@@ -1,0 +1,54 @@
+"""The aiohttp application: assembles the middleware and the per-resource route modules.
+
+``create_app(settings, backend)`` builds it; the backend is started in ``cleanup_ctx`` and ``/health``
+answers 503 until it is ready. All errors become JSON at one place (``middleware.boundary``). The
+handlers live with their resource: ``jobs``, ``executions``, ``job_types`` and ``ops``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from tako_shim.backends.base import Backend
+from tako_shim.config import Settings
+from tako_shim.http import executions, job_types, jobs, middleware, ops
+from tako_shim.http.common import BACKEND_KEY, OPENAPI_KEY, READY_KEY
+from tako_shim.http.guards import browser_guard
+from tako_shim.http.middleware import LIMITER_KEY, SETTINGS_KEY, FixedWindowLimiter
+from tako_shim.http.openapi import RouteSpec, build_openapi
+
+ROUTES: list[RouteSpec] = [ops.HEALTH, *jobs.ROUTES, *executions.ROUTES, *job_types.ROUTES, *ops.ROUTES]
+
+
+def create_app(settings: Settings, backend: Backend) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.api_max_payload_bytes,
+        middlewares=[
+            middleware.boundary,
+            browser_guard(settings),
+            middleware.payload_cap,
+            middleware.rate_limit,
+            middleware.authenticate,
+        ],
+    )
+    app[SETTINGS_KEY] = settings
+    app[BACKEND_KEY] = backend
+    app[READY_KEY] = {"ready": False}
+    app[LIMITER_KEY] = FixedWindowLimiter(
+        settings.api_rate_limit_requests, settings.api_rate_limit_window_seconds
+    )
+    app[OPENAPI_KEY] = build_openapi(ROUTES)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+
+    async def backend_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await backend.start()
+        app[READY_KEY]["ready"] = True
+        yield
+        app[READY_KEY]["ready"] = False
+        await backend.close()
+
+    app.cleanup_ctx.append(backend_lifecycle)
+    return app
