@@ -59,6 +59,8 @@ DEFAULTS: dict[str, Any] = {
     "max_artifact_bytes": 10 * 1024 * 1024,
     "max_total_artifact_bytes": 50 * 1024 * 1024,
     "embed_artifacts": False,  # put artifact bytes (base64) into the envelope (local executor)
+    "max_artifact_count": 1000,  # files collected from /output; more is the user's error
+    "max_output_depth": 64,  # nesting of result.json (pydantic and every client must handle it)
     "environment": {},
     "egress_probe": False,
     "egress_probe_timeout": 30,
@@ -554,12 +556,51 @@ def collect_output(config: dict[str, Any]) -> tuple[dict[str, Any] | None, str |
         return None, f"result.json is larger than max_artifact_bytes={config['max_artifact_bytes']}"
     try:
         with open(path, "rb") as handle:
-            value = json.loads(handle.read().decode("utf-8"))
+            value = json.loads(
+                handle.read().decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float
+            )
+    except RecursionError:
+        return None, f"result.json is nested deeper than max_output_depth={config['max_output_depth']}"
     except (OSError, ValueError) as exc:
         return None, f"result.json is not valid JSON: {exc}"
     if not isinstance(value, dict):
         return None, f"result.json must hold a JSON object, got {type(value).__name__}"
+    problem = output_problem(value, int(config["max_output_depth"]))
+    if problem:
+        return None, f"result.json {problem}"
     return value, None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (only finite numbers are allowed)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"the number {text[:40]} is out of range (only finite numbers are allowed)")
+    return value
+
+
+def output_problem(value: Any, max_depth: int) -> str | None:
+    """Why ``value`` cannot be a job's ``output`` (nesting deeper than ``max_depth``, a non-finite
+    number, a non-JSON type), or None. Iterative: a hostile value cannot exhaust the stack here."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > max_depth:
+                return f"is nested deeper than max_output_depth={max_depth}"
+            children = item.values() if isinstance(item, dict) else item
+            if isinstance(item, dict) and not all(isinstance(key, str) for key in item):
+                return "has a non-string key"
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                return "holds a non-finite number (only finite numbers are allowed)"
+        elif not (item is None or isinstance(item, (str, int, bool))):
+            return f"holds a {type(item).__name__}, which is not JSON"
+    return None
 
 
 def collect_artifacts(config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -567,6 +608,7 @@ def collect_artifacts(config: dict[str, Any]) -> tuple[list[dict[str, Any]], lis
     kept: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     per_file, total_cap = int(config["max_artifact_bytes"]), int(config["max_total_artifact_bytes"])
+    count_cap = int(config["max_artifact_count"])
     total = 0
     try:
         names = sorted(os.listdir(config["output_dir"]))
@@ -582,6 +624,12 @@ def collect_artifacts(config: dict[str, Any]) -> tuple[list[dict[str, Any]], lis
         except OSError:
             continue
         if name.startswith(".") or not stat_mod.S_ISREG(st.st_mode):
+            continue
+        if not name.isprintable():  # CR/LF and other controls would break the download's headers
+            skipped.append({"name": repr(name), "size_bytes": st.st_size, "reason": "unprintable name"})
+            continue
+        if len(kept) >= count_cap:
+            skipped.append({"name": name, "size_bytes": st.st_size, "reason": "count"})
             continue
         if st.st_size > per_file:
             skipped.append(
@@ -673,8 +721,19 @@ def do_run(config: dict[str, Any], t0: int) -> dict[str, Any]:
     if output_error:
         env_out["output_error"] = output_error
     env_out["artifacts"], skipped = collect_artifacts(config)
+    over_count = sum(1 for item in skipped if item["reason"] == "count")
+    if over_count:
+        found = len(env_out["artifacts"]) + over_count
+        output_error = output_error or (
+            f"/output holds {found} files; at most max_artifact_count={config['max_artifact_count']} "
+            "are collected"
+        )
+        skipped = [item for item in skipped if item["reason"] != "count"][:100]
     if skipped:
         env_out["artifacts_skipped"] = skipped
+    if output_error and result["exit_code"] == 0 and env_out["error"] is None:
+        # The user's own mistake, reported as such; stdout, stderr and the artifacts stay in the record.
+        env_out["error"] = {"type": "invalid_output", "message": output_error, "phase": "execution"}
     env_out["timing"] = {
         "startup_ms": started - t0,
         "execution_ms": execution_ms,

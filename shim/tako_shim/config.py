@@ -102,6 +102,15 @@ class Settings(BaseModel):
     server_host: str = "127.0.0.1"
     server_port: int = Field(default=8000, ge=0, le=65535)  # 0 = any free port
     allow_unauthenticated_network_access: bool = False
+    # Connection hardening (tako_shim/http/serving.py): slow or silent clients are dropped, the number of
+    # open connections stays below the file-descriptor limit, excess connections get a 503.
+    server_max_connections: int = Field(default=10_000, ge=16, le=1_000_000)
+    server_header_timeout_seconds: float = Field(default=10.0, ge=1, le=300)
+    server_body_timeout_seconds: float = Field(default=30.0, ge=1, le=600)
+    # Browser guards (tako_shim/http/guards.py). Empty allowed hosts on a loopback bind: localhost,
+    # 127.0.0.1 and [::1] (any port); on any other bind the Host header is not checked.
+    server_allowed_hosts: list[str] = Field(default_factory=list, max_length=100)
+    server_allowed_origins: list[str] = Field(default_factory=list, max_length=100)
 
     api_auth_enabled: bool = False
     api_keys: dict[str, str] = Field(default_factory=dict)  # key -> tenant; a YAML list maps to "default"
@@ -118,6 +127,11 @@ class Settings(BaseModel):
     allow_runtime_requirements: bool = False
     max_workers: int = Field(default=4, ge=1, le=64)
     max_queue_size: int = Field(default=100, ge=1, le=10_000)
+    # Per-tenant caps (None: half the queue, and all workers but one, when API keys name more than one
+    # tenant; no cap for a single tenant). Fair scheduling across tenants applies either way.
+    tenant_max_queued_jobs: int | None = Field(default=None, ge=1, le=10_000)
+    tenant_max_running_jobs: int | None = Field(default=None, ge=1, le=64)
+    tenant_storage_quota_bytes: int = Field(default=2_147_483_648, ge=1024, le=1 << 50)
     max_retry_attempts: int = Field(default=2, ge=1, le=10)
     default_timeout: int = Field(default=30, ge=1, le=3600)
     max_timeout: int = Field(default=300, ge=1, le=86400)
@@ -126,6 +140,9 @@ class Settings(BaseModel):
     max_stderr_bytes: int = Field(default=65536, ge=1024, le=104_857_600)
     max_artifact_bytes: int = Field(default=10_485_760, ge=1024, le=1_073_741_824)
     max_total_artifacts_bytes: int = Field(default=52_428_800, ge=1024, le=10_737_418_240)
+    max_artifact_count: int = Field(default=1000, ge=1, le=100_000)
+    list_inline_output_bytes: int = Field(default=16_384, ge=0, le=104_857_600)
+    list_max_response_bytes: int = Field(default=8_388_608, ge=65_536, le=1_073_741_824)
     execution_record_ttl_days: int = Field(default=30, ge=1, le=3650)
     data_dir: Path = Field(default_factory=lambda: _default_data_dir())
     job_types: list[JobTypeConfig] = Field(default_factory=list)
@@ -145,6 +162,29 @@ class Settings(BaseModel):
                 mapped[key] = tenant if sep else DEFAULT_TENANT
             return mapped
         return value
+
+    @field_validator("server_allowed_hosts", "server_allowed_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the env form: "a.example,b.example"
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("server_allowed_hosts")
+    @classmethod
+    def _hosts_valid(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not re.match(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$", host):
+                raise ValueError(f"{host!r} must be a host name or address, optionally with ':port'")
+        return [host.lower() for host in value]
+
+    @field_validator("server_allowed_origins")
+    @classmethod
+    def _origins_valid(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not re.match(r"^https?://[^/\s]+$", origin):
+                raise ValueError(f"{origin!r} must look like 'https://console.example:8443' (no path)")
+        return [origin.lower() for origin in value]
 
     @field_validator("api_keys")
     @classmethod
@@ -185,6 +225,17 @@ class Settings(BaseModel):
                 "allow_unauthenticated_network_access: true)"
             )
         return self
+
+    def tenant_caps(self) -> tuple[int, int]:
+        """(queued, running) jobs one tenant may have at once, defaults applied."""
+        shared = self.api_auth_enabled and len(set(self.api_keys.values())) > 1
+        queued = self.tenant_max_queued_jobs or (
+            max(1, self.max_queue_size // 2) if shared else self.max_queue_size
+        )
+        running = self.tenant_max_running_jobs or (
+            max(1, self.max_workers - 1) if shared else self.max_workers
+        )
+        return queued, running
 
 
 def is_loopback(host: str) -> bool:

@@ -48,6 +48,12 @@ class RateLimited(ShimError):
     status = 429
 
 
+class InsufficientStorage(ShimError):
+    """A tenant's stored history and artifacts reached its quota."""
+
+    status = 507
+
+
 class Unavailable(ShimError):
     """Queue full, backend starting, or the sandbox runtime is missing."""
 

@@ -8,6 +8,7 @@ status of its own (docs/cli.md); "listening on" is printed once the server is re
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import socket
@@ -20,6 +21,7 @@ from tako_shim.backends import make_backend
 from tako_shim.config import ConfigError, Settings, load_settings
 from tako_shim.errors import BackendStartError
 from tako_shim.http.app import create_app
+from tako_shim.http.serving import install_log_rate_limit, serve
 
 EXIT_CONFIG = 2  # invalid configuration (names the key)
 EXIT_BACKEND = 3  # the backend cannot start (e.g. no usable runsc or cgroup controller in strict mode)
@@ -102,6 +104,7 @@ def run_server(
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    install_log_rate_limit()
     try:
         sockets = bind_sockets(settings.server_host, settings.server_port)
     except CannotListen as exc:
@@ -136,7 +139,7 @@ def run_server(
 
         app.on_startup.append(announce)
         try:
-            web.run_app(app, sock=sockets, print=None, access_log=None)
+            asyncio.run(serve(app, settings, sockets))
         except BackendStartError as exc:
             raise _fail(f"cannot start the {settings.backend} backend: {exc}", EXIT_BACKEND) from None
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -86,18 +87,26 @@ def test_authenticated_envelope_needs_the_key_and_the_exact_frame() -> None:
     assert ex.authenticated_envelope(bogus_length, key) is None
 
 
-def test_frame_watch_checks_a_bounded_number_of_candidates() -> None:
+async def push(watch: ex._FrameWatch, data: bytes) -> None:
+    """One chunk of the sandbox's stdout through the watch's pump."""
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    await watch.pump(reader)
+
+
+async def test_frame_watch_checks_a_bounded_number_of_candidates() -> None:
     key = b"c" * 64
     watch = ex._FrameWatch(key, ex._TailBuffer(1 << 20))
     fake = b"\nTAKO-ENVELOPE-MAC 10 " + b"0" * 64 + b"\n"
     for _ in range(ex.MAX_MAC_CHECKS + 5):
-        watch.feed(fake)
+        await push(watch, fake)
     assert watch.checks == ex.MAX_MAC_CHECKS and not watch.found.is_set()
-    watch.feed(framed_with_mac(key, {"v": 1, "mode": "run"}))
+    await push(watch, framed_with_mac(key, {"v": 1, "mode": "run"}))
     assert not watch.found.is_set()  # no more early checks...
-    assert watch.final_envelope() == {"v": 1, "mode": "run"}  # ...but the exit-time check still finds it
+    assert await watch.final_envelope() == {"v": 1, "mode": "run"}  # ...but the exit-time check finds it
     early = ex._FrameWatch(key, ex._TailBuffer(1 << 20))
-    early.feed(framed_with_mac(key, {"v": 1, "mode": "run"}))
+    await push(early, framed_with_mac(key, {"v": 1, "mode": "run"}))
     assert early.found.is_set() and early.envelope == {"v": 1, "mode": "run"}
 
 

@@ -354,3 +354,51 @@ def test_a_namespace_with_only_loopback_skips_the_probe(tmp_path: Path) -> None:
     assert runner.only_loopback(str(with_eth)) is False
     assert runner.only_loopback(str(tmp_path / "missing")) is False  # unreadable: probe for real
     assert runner.only_loopback(str(tmp_path)) is False
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"a":' * 300 + "1" + "}" * 300, "max_output_depth=64"),
+        ('{"a":' * 5000 + "1" + "}" * 5000, "max_output_depth=64"),  # deeper than json's recursion
+        ('{"big": 1e400}', "finite"),
+        ('{"x": NaN}', "finite"),
+        ('{"x": [-Infinity]}', "finite"),
+        ("[1]", "must hold a JSON object"),
+    ],
+)
+def test_a_bad_result_json_is_the_users_error_and_keeps_stdout(box: Path, content: str, problem: str) -> None:
+    """Issue #19 finding 6: a 300-deep result broke history (500s), ``1e400`` crashed the runner
+    (``allow_nan=False``) and lost stdout. Now: ``invalid_output`` naming the limit, stdout kept."""
+    code = f"print('kept')\nopen('{box}/output/result.json', 'w').write({content!r})"
+    envelope, _, _ = run_runner(box, code)
+    assert envelope["output"] is None and envelope["stdout"] == "kept\n"
+    assert envelope["error"]["type"] == "invalid_output" and problem in envelope["error"]["message"]
+
+
+def test_a_deep_but_allowed_result_is_kept(box: Path) -> None:
+    content = '{"a":' * 63 + "1" + "}" * 63
+    envelope, _, _ = run_runner(box, f"open('{box}/output/result.json', 'w').write({content!r})")
+    assert envelope["error"] is None and envelope["output"] is not None
+
+
+def test_the_artifact_count_is_capped_and_named(box: Path) -> None:
+    """Issue #19 finding 1: 100,000 files in /output became 100,000 artifacts (a 16 MB record)."""
+    code = f"for i in range(1500):\n    open(f'{box}/output/f{{i:05d}}', 'w').close()\nprint('done')"
+    envelope, _, _ = run_runner(box, code, max_artifact_count=1000)
+    assert len(envelope["artifacts"]) == 1000 and envelope["stdout"] == "done\n"
+    assert envelope["error"]["type"] == "invalid_output"
+    assert (
+        "1500 files" in envelope["error"]["message"]
+        and "max_artifact_count=1000" in envelope["error"]["message"]
+    )
+    assert len(envelope.get("artifacts_skipped", [])) <= 100  # no second unbounded list
+
+
+def test_output_problem_is_iterative_and_strict() -> None:
+    deep: Any = 1
+    for _ in range(100_000):
+        deep = [deep]
+    assert "max_output_depth=64" in (runner.output_problem({"a": deep}, 64) or "")
+    assert runner.output_problem({"a": [1, 2.5, "x", None, True, {"b": {}}]}, 64) is None
+    assert "non-finite" in (runner.output_problem({"a": float("nan")}, 64) or "")

@@ -17,8 +17,17 @@ import pytest
 
 from tako_shim.backends.base import Overrides, RecordFilter
 from tako_shim.backends.local.backend import LocalBackend
+from tako_shim.backends.local.fairqueue import FairQueue
 from tako_shim.config import Settings
-from tako_shim.errors import BadRequest, Conflict, InvalidRequest, NotFound, Unavailable
+from tako_shim.errors import (
+    BadRequest,
+    Conflict,
+    InsufficientStorage,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    Unavailable,
+)
 from tako_vm.models.wire import ExecuteRequest
 
 
@@ -290,5 +299,116 @@ async def test_exhausted_sandbox_retries_become_internal_errors_listed_as_dead_l
         await backend.wait_for("default", fine.job_id, 5)
         assert [r.execution_id for r in await backend.dead_letters("default")] == [broken.job_id]
         assert await backend.dead_letters("other-tenant") == []
+    finally:
+        await backend.close()
+
+
+async def test_a_cancel_is_durable_before_the_answer_and_never_requeued(tmp_path: Path) -> None:
+    """Issue #19 finding 4: cancelling running jobs (200 ``cancelled``), then a SIGKILL and a restart,
+    ran all of them again (the cancel only set an in-memory event)."""
+    runner = FakeSandboxRunner()  # the gate stays closed: the jobs run until something stops them
+    backend = make_backend(tmp_path, runner, max_workers=3)
+    await backend.start()
+    ids = [(await backend.submit("default", submission(backend, f"print({i})"))).job_id for i in range(3)]
+    await asyncio.sleep(0.05)
+    assert runner.started == ids  # all three running
+    for job_id in ids:
+        await backend.cancel("default", job_id)
+        # What a server killed right now leaves on disk (no await in between: no worker ran since):
+        with sqlite3.connect(tmp_path / "tako_vm.sqlite3") as db:
+            (status,) = db.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        assert status == "cancelled"
+    await backend.close()
+
+    runner2 = FakeSandboxRunner()
+    runner2.gate.set()
+    restarted = make_backend(tmp_path, runner2, max_workers=3)
+    await restarted.start()
+    try:
+        await asyncio.sleep(0.1)
+        assert runner2.started == []  # never requeued
+        for job_id in ids:
+            record = await restarted.get_record("default", job_id)
+            assert record.status == "cancelled"
+    finally:
+        await restarted.close()
+
+
+TWO_TENANTS = {
+    "api_auth_enabled": True,
+    "api_keys": {"key-for-team-a-0001": "team-a", "key-for-team-b-0001": "team-b"},
+}
+
+
+async def test_one_tenant_cannot_fill_the_queue_for_the_others(tmp_path: Path) -> None:
+    """Issue #19 finding 5: one tenant's 300 long jobs filled the global queue and every other tenant
+    got 503 for hours. Its own cap now stops it first, with a 429 naming the limit."""
+    runner = FakeSandboxRunner()
+    backend = make_backend(tmp_path, runner, max_workers=1, max_queue_size=10, **TWO_TENANTS)
+    await backend.start()
+    try:
+        await backend.submit("team-a", submission(backend, "print(0)"))
+        await asyncio.sleep(0.05)  # running
+        for i in range(5):  # half the queue
+            await backend.submit("team-a", submission(backend, f"print({i + 1})"))
+        with pytest.raises(RateLimited, match=r"Tenant 'team-a'.*tenant_max_queued_jobs=5") as refused:
+            await backend.submit("team-a", submission(backend, "print(99)"))
+        assert refused.value.status == 429 and refused.value.headers["Retry-After"]
+        for i in range(5):  # the other tenant still has room
+            await backend.submit("team-b", submission(backend, f"print({i})"))
+    finally:
+        await backend.close()
+
+
+async def test_workers_serve_tenants_fairly_not_in_submission_order(tmp_path: Path) -> None:
+    runner = FakeSandboxRunner()
+    backend = make_backend(tmp_path, runner, max_workers=1, **TWO_TENANTS)
+    await backend.start()
+    try:
+        a = [(await backend.submit("team-a", submission(backend, f"print({i})"))).job_id for i in range(5)]
+        await asyncio.sleep(0.05)
+        b = (await backend.submit("team-b", submission(backend, "print('b')"))).job_id
+        runner.gate.set()
+        for job_id in [*a, b]:
+            assert await backend.wait_for(backend_tenant(job_id, b), job_id, 5) is not None
+        assert runner.started == [a[0], b, *a[1:]]  # team-b waited for one job, not for the backlog
+    finally:
+        await backend.close()
+
+
+def backend_tenant(job_id: str, b: str) -> str:
+    return "team-b" if job_id == b else "team-a"
+
+
+async def test_a_tenant_at_its_running_cap_leaves_workers_to_others() -> None:
+    queue = FairQueue(running_cap=2)
+    for i in range(3):
+        queue.put("team-a", f"a{i}")
+    assert [await queue.get(), await queue.get()] == [("team-a", "a0"), ("team-a", "a1")]
+    third = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0.01)
+    assert not third.done()  # team-a is at its cap
+    queue.put("team-b", "b0")
+    assert await asyncio.wait_for(third, 1) == ("team-b", "b0")
+    queue.discard("a2")
+    queue.done("team-a")
+    fourth = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0.01)
+    assert not fourth.done() and queue.empty()  # the discarded job never comes back
+    fourth.cancel()
+
+
+async def test_a_tenant_over_its_storage_quota_gets_507_and_the_others_do_not(tmp_path: Path) -> None:
+    """Issue #19 finding 2: per-tenant storage needs a quota (history rows and artifact files)."""
+    backend = make_backend(tmp_path, FakeSandboxRunner(), tenant_storage_quota_bytes=1_000_000, **TWO_TENANTS)
+    await backend.start()
+    try:
+        blob = {"blob": "x" * 400_000}
+        for _ in range(3):  # 1.2 MB stored, counted as it is submitted
+            await backend.submit("team-a", submission(backend, input_data=blob))
+        with pytest.raises(InsufficientStorage, match=r"Tenant 'team-a'.*tenant_storage_quota_bytes=1000000"):
+            await backend.submit("team-a", submission(backend, input_data=blob))
+        await backend.submit("team-b", submission(backend, input_data=blob))  # another tenant's quota
+        assert await asyncio.to_thread(backend.store.tenant_usage, "team-a") > 1_200_000  # measured in SQLite
     finally:
         await backend.close()

@@ -37,6 +37,10 @@ class RunnerConfig(BaseModel):
     max_total_artifact_bytes: int = Field(default=50 * 1024 * 1024, ge=0)
     embed_artifacts: bool = False
     """Put artifact bytes (base64) into the envelope (the local executor reads them from there)."""
+    max_artifact_count: int = Field(default=1000, ge=1)
+    """Files collected from /output; more is the user's error (``invalid_output``)."""
+    max_output_depth: int = Field(default=64, ge=1)
+    """Nesting of result.json the runner accepts (pydantic and every client must handle it)."""
     environment: dict[str, str] = Field(default_factory=dict)
     egress_probe: bool = False
     egress_probe_timeout: int | float = 30

@@ -17,7 +17,7 @@ Semantics every backend keeps (and ``tests/integration/test_shim_*.py`` checks f
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tako_shim.config import Settings
 from tako_shim.errors import BadRequest
@@ -60,12 +60,15 @@ class RecordFilter:
     job_type: str | None = None
     limit: int = 100
     offset: int = 0
+    # Outputs whose JSON is longer are left out of the page (a backend may ignore this; None: keep all).
+    inline_output_bytes: int | None = None
 
 
 @dataclass(frozen=True)
 class RecordPage:
     records: list[ExecutionRecordFull]
     has_more: bool
+    omitted_outputs: dict[str, int] = field(default_factory=dict)  # execution id -> output JSON bytes
 
 
 @dataclass(frozen=True)

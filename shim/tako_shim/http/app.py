@@ -15,6 +15,7 @@ from tako_shim.backends.base import Backend
 from tako_shim.config import Settings
 from tako_shim.http import executions, job_types, jobs, middleware, ops
 from tako_shim.http.common import BACKEND_KEY, OPENAPI_KEY, READY_KEY
+from tako_shim.http.guards import browser_guard
 from tako_shim.http.middleware import LIMITER_KEY, SETTINGS_KEY, FixedWindowLimiter
 from tako_shim.http.openapi import RouteSpec, build_openapi
 
@@ -26,6 +27,7 @@ def create_app(settings: Settings, backend: Backend) -> web.Application:
         client_max_size=settings.api_max_payload_bytes,
         middlewares=[
             middleware.boundary,
+            browser_guard(settings),
             middleware.payload_cap,
             middleware.rate_limit,
             middleware.authenticate,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from tako_shim.backends.base import RecordFilter
 from tako_shim.errors import NotFound
-from tako_shim.http.common import backend_and_tenant, parse_query, record_view, reply
+from tako_shim.http.common import backend_and_tenant, parse_query, record_view, reply_off_loop
+from tako_shim.http.listing import page_items
+from tako_shim.http.middleware import SETTINGS_KEY
 from tako_shim.http.openapi import RouteSpec
 from tako_shim.http.params import ListQuery, ViewQuery
 from tako_vm.models.wire import ExecutionRecordFull, PaginatedResponse
@@ -16,13 +20,28 @@ async def list_executions(request: web.Request) -> web.Response:
     backend, tenant = backend_and_tenant(request)
     query = parse_query(request, ListQuery)
     status = "queued" if query.status == "pending" else query.status
+    settings = request.app[SETTINGS_KEY]
     page = await backend.list_records(
-        tenant, RecordFilter(status=status, job_type=query.job_type, limit=query.limit, offset=query.offset)
+        tenant,
+        RecordFilter(
+            status=status,
+            job_type=query.job_type,
+            limit=query.limit,
+            offset=query.offset,
+            inline_output_bytes=settings.list_inline_output_bytes,
+        ),
     )
-    items = [record_view(r, query.view).model_dump(mode="json") for r in page.records]
-    return reply(
+    views = [record_view(r, query.view) for r in page.records]
+    items, cut = await asyncio.to_thread(
+        page_items, views, page.omitted_outputs, settings.list_max_response_bytes
+    )
+    return await reply_off_loop(
         PaginatedResponse(
-            items=items, limit=query.limit, offset=query.offset, has_more=page.has_more, count=len(items)
+            items=items,
+            limit=query.limit,
+            offset=query.offset,
+            has_more=page.has_more or cut,
+            count=len(items),
         )
     )
 
@@ -34,7 +53,7 @@ async def get_execution(request: web.Request) -> web.Response:
         record = await backend.get_record(tenant, request.match_info["execution_id"])
     except NotFound:
         raise NotFound("Execution not found") from None
-    return reply(record_view(record, query.view))
+    return await reply_off_loop(record_view(record, query.view))
 
 
 ROUTES: list[RouteSpec] = [

@@ -8,7 +8,15 @@ from aiohttp import web
 
 from tako_shim.backends.base import Overrides
 from tako_shim.errors import WaitTimeout
-from tako_shim.http.common import backend_and_tenant, parse_body, parse_query, record_view, reply
+from tako_shim.http.common import (
+    backend_and_tenant,
+    parse_body,
+    parse_query,
+    record_view,
+    reply,
+    reply_off_loop,
+)
+from tako_shim.http.guards import content_disposition
 from tako_shim.http.middleware import CORRELATION_ID_KEY
 from tako_shim.http.openapi import RouteSpec
 from tako_shim.http.params import ResultQuery
@@ -76,7 +84,7 @@ async def job_result(request: web.Request) -> web.Response:
             raise WaitTimeout("Timeout waiting for job")
     else:
         record = await backend.get_record(tenant, job_id)
-    return reply(record_view(record, query.view))
+    return await reply_off_loop(record_view(record, query.view))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -110,7 +118,7 @@ async def artifact(request: web.Request) -> web.Response:
     etag = f'"{found.sha256}"'
     headers = {
         "ETag": etag,
-        "Content-Disposition": f'attachment; filename="{found.name}"',
+        "Content-Disposition": content_disposition(found.name),
         "Cache-Control": "private, max-age=0, must-revalidate",
     }
     if etag in {tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")} or (

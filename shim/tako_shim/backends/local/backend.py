@@ -39,14 +39,17 @@ from tako_shim.backends.base import (
     SubmitResult,
 )
 from tako_shim.backends.local import records
+from tako_shim.backends.local.fairqueue import FairQueue
 from tako_shim.backends.local.store import JobRow, JobStore
 from tako_shim.config import Settings, memory_limit_mb
 from tako_shim.errors import (
     BackendStartError,
     BadRequest,
     Conflict,
+    InsufficientStorage,
     InvalidRequest,
     NotFound,
+    RateLimited,
     StorageUnavailable,
     Unavailable,
 )
@@ -67,6 +70,7 @@ log = logging.getLogger(__name__)
 QUEUE_FULL = "Job queue is full. Try again later."
 IDEMPOTENCY_CONFLICT = "Idempotency key reused with different payload"
 RETENTION_INTERVAL_SECONDS = 3600
+USAGE_MAX_AGE_SECONDS = 60.0
 # A terminal write that meets a locked database or a full disk is retried with doubling delays (capped)
 # for this long; a lock outlasting it is an outage, logged as an error.
 TERMINAL_WRITE_FIRST_DELAY_SECONDS = 0.5
@@ -184,6 +188,7 @@ def _sandbox_job(
         max_stderr_bytes=settings.max_stderr_bytes,
         max_artifact_bytes=settings.max_artifact_bytes,
         max_total_artifact_bytes=settings.max_total_artifacts_bytes,
+        max_artifact_count=settings.max_artifact_count,
     )
 
 
@@ -205,12 +210,14 @@ class LocalBackend(Backend):
         self._validate_requirements = validate_requirements or _validate_requirements
         self._executor: SandboxRunner | None = None
         self._runtime_info: dict[str, Any] = {}
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._tenant_queued_cap, running_cap = settings.tenant_caps()
+        self._queue = FairQueue(running_cap)  # per-tenant FIFOs, fewest-running tenant first
         self._pending = PendingOrder()  # jobs waiting for a worker, with their queue positions
         self._cancels: dict[str, asyncio.Event] = {}  # running job -> its cancel switch
         self._done: dict[str, asyncio.Event] = {}  # job -> event set once its terminal state is known
         self._unsaved: dict[str, TerminalState] = {}  # finished jobs whose terminal write has not landed
         self._submit_lock = asyncio.Lock()
+        self._usage: dict[str, tuple[float, int]] = {}  # tenant -> (measured at, bytes stored)
         self._tasks: list[asyncio.Task[None]] = []
         # SQLite gets its own thread: the default pool is shared with the sandbox layer's blocking calls.
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tako-sqlite")
@@ -236,8 +243,8 @@ class LocalBackend(Backend):
         if start_pool is not None:
             await start_pool()
         await self._apply_retention()
-        for job_id in await self._db(self.store.requeue_unfinished):
-            self._enqueue(job_id)
+        for job_id, tenant in await self._db(self.store.requeue_unfinished):
+            self._enqueue(job_id, tenant)
         if self._pending:
             log.info("re-queued %d unfinished jobs from the previous run", len(self._pending))
         self._tasks = [
@@ -277,6 +284,13 @@ class LocalBackend(Backend):
                     return SubmitResult(existing.job_id, cast(QueueStatus, existing.status), created=False)
             if len(self._pending) >= self.settings.max_queue_size:
                 raise Unavailable(QUEUE_FULL)
+            await self._check_quota(tenant)  # after the replay check: a replay stores nothing
+            if self._queue.queued(tenant) >= self._tenant_queued_cap:
+                raise RateLimited(
+                    f"Tenant '{tenant}' already has {self._queue.queued(tenant)} queued jobs, its limit "
+                    f"(tenant_max_queued_jobs={self._tenant_queued_cap}). Try again when some have run.",
+                    headers={"Retry-After": "5"},
+                )
             row = JobRow(
                 job_id=str(uuid.uuid4()),
                 tenant=tenant,
@@ -297,12 +311,30 @@ class LocalBackend(Backend):
                 relationship=submission.relationship,
             )
             await self._db(self.store.insert, row)
-            self._enqueue(row.job_id)
+            self._enqueue(row.job_id, tenant)
+            at, used = self._usage.get(tenant, (0.0, 0))
+            self._usage[tenant] = (at, used + len(row.code) + len(canonical_json(row.input_data)))
         return SubmitResult(row.job_id, "queued", created=True)
 
-    def _enqueue(self, job_id: str) -> None:
+    async def _check_quota(self, tenant: str) -> None:
+        """``tenant_storage_quota_bytes`` against the tenant's usage: measured in SQLite at most every
+        ``USAGE_MAX_AGE_SECONDS``, plus what was submitted since (outcomes count from the next measure)."""
+        now = asyncio.get_running_loop().time()
+        at, used = self._usage.get(tenant, (-USAGE_MAX_AGE_SECONDS, 0))
+        if now - at >= USAGE_MAX_AGE_SECONDS:
+            used = await self._db(self.store.tenant_usage, tenant)
+            self._usage[tenant] = (now, used)
+        quota = self.settings.tenant_storage_quota_bytes
+        if used >= quota:
+            raise InsufficientStorage(
+                f"Tenant '{tenant}' stores {used} bytes of history and artifacts, its quota "
+                f"(tenant_storage_quota_bytes={quota}). Old records are deleted after "
+                f"execution_record_ttl_days={self.settings.execution_record_ttl_days}."
+            )
+
+    def _enqueue(self, job_id: str, tenant: str) -> None:
         self._pending.add(job_id)
-        self._queue.put_nowait(job_id)
+        self._queue.put(tenant, job_id)
 
     # -- reads --------------------------------------------------------------------------------------
 
@@ -325,7 +357,8 @@ class LocalBackend(Backend):
         return records.status_from_row(row, position)
 
     async def get_record(self, tenant: str, job_id: str) -> ExecutionRecordFull:
-        return records.record_from_row(await self._row(tenant, job_id))
+        row = await self._row(tenant, job_id)
+        return await asyncio.to_thread(records.record_from_row, row)  # a big record is built off the loop
 
     async def get_submission(self, tenant: str, job_id: str) -> Submission:
         row = await self._row(tenant, job_id)
@@ -366,11 +399,12 @@ class LocalBackend(Backend):
             job_type=query.job_type,
             limit=query.limit + 1,
             offset=query.offset,
+            inline_output_bytes=query.inline_output_bytes,
         )
-        return RecordPage(
-            records=[records.record_from_row(self._as_known(r)) for r in rows[: query.limit]],
-            has_more=len(rows) > query.limit,
-        )
+        known = [self._as_known(r) for r in rows[: query.limit]]
+        built = await asyncio.to_thread(lambda: [records.record_from_row(r) for r in known])  # off the loop
+        omitted = {r.job_id: r.omitted_output_bytes for r in known if r.omitted_output_bytes is not None}
+        return RecordPage(records=built, has_more=len(rows) > query.limit, omitted_outputs=omitted)
 
     # -- control ------------------------------------------------------------------------------------
 
@@ -378,27 +412,30 @@ class LocalBackend(Backend):
         row = await self._db(self.store.get, tenant, job_id)
         if row is None or self._as_known(row).status in TERMINAL_STATUSES:
             raise NotFound("Job not found or already completed")
+        cancelled = TerminalState(
+            "cancelled", records.utc_now(), None, records.cancelled_outcome("Execution was cancelled by user")
+        )
         if job_id in self._pending:
             self._pending.remove(job_id)  # the worker skips ids no longer pending
-            cancelled = TerminalState(
-                "cancelled",
-                records.utc_now(),
-                None,
-                records.cancelled_outcome("Execution was cancelled by user"),
-            )
+            self._queue.discard(job_id)
             try:  # one attempt: the client learns whether the cancel is durable (503 if not)
                 await self._write_terminal(job_id, cancelled)
             except StorageUnavailable:
-                self._enqueue(job_id)  # still queued (at the back); a stale queue entry is skipped
+                self._enqueue(job_id, tenant)  # still queued (at the back); a stale queue entry is skipped
                 raise
             self._wake(job_id)
         elif job_id in self._cancels:
+            # Durable before the answer: a crash right after the 200 must not run the job again (at a
+            # restart only unfinished rows are queued). The worker's own outcome then finds the row
+            # terminal and is dropped; a write that fails is a 503 and the job keeps running.
+            await self._write_terminal(job_id, cancelled)
             self._cancels[job_id].set()
+            self._wake(job_id)
         else:
             raise NotFound("Job not found or already completed")
 
     async def get_artifact(self, tenant: str, job_id: str, name: str) -> Artifact:
-        if not name or "/" in name or "\\" in name or name in {".", ".."} or "\x00" in name:
+        if not name or "/" in name or "\\" in name or name in {".", ".."} or not name.isprintable():
             raise BadRequest("Invalid artifact path")
         record = await self.get_record(tenant, job_id)
         info = next((a for a in record.artifacts if a.name == name), None)
@@ -447,8 +484,9 @@ class LocalBackend(Backend):
 
     async def _worker(self, number: int) -> None:
         while True:
-            job_id = await self._queue.get()
+            tenant, job_id = await self._queue.get()
             if job_id not in self._pending:
+                self._queue.done(tenant)
                 continue  # cancelled while queued
             self._pending.remove(job_id)
             # From here on the job counts as running, so a cancel reaches it through this switch.
@@ -457,13 +495,14 @@ class LocalBackend(Backend):
                 await self._run(job_id, cancel)
             except StorageUnavailable as exc:  # the job could not even be read, so it has not run
                 log.warning("worker %d: job %s not started (%s); re-queued", number, job_id, exc.cause)
-                self._enqueue(job_id)
+                self._enqueue(job_id, tenant)
                 await asyncio.sleep(TERMINAL_WRITE_FIRST_DELAY_SECONDS)
             except Exception as exc:  # a bug: record it, keep the worker alive
                 log.exception("worker %d: job %s failed outside the sandbox", number, job_id)
                 await self._finish(job_id, "failed", None, records.internal_error_outcome(str(exc)))
             finally:
                 self._cancels.pop(job_id, None)
+                self._queue.done(tenant)
 
     async def _run(self, job_id: str, cancel: asyncio.Event) -> None:
         """Run one job; raises ``StorageUnavailable`` only before it starts (the read of its row)."""

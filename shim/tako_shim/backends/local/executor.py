@@ -99,6 +99,7 @@ class SandboxJob:
     max_stderr_bytes: int = 65536
     max_artifact_bytes: int = 10 * 1024 * 1024
     max_total_artifact_bytes: int = 50 * 1024 * 1024
+    max_artifact_count: int = 1000
 
 
 class SandboxUnavailable(Exception):
@@ -176,6 +177,7 @@ class _FrameWatch:
         self.envelope: dict[str, Any] | None = None
         self.found = asyncio.Event()
         self.checks = 0
+        self.candidate = False  # a MAC line ends the buffer: verify it (in a thread) before reading on
 
     def feed(self, chunk: bytes) -> None:
         self.buffer.feed(chunk)
@@ -185,13 +187,26 @@ class _FrameWatch:
         if b"\n" + runner_module.MAC_MARKER.encode("ascii") + b" " not in tail:
             return
         self.checks += 1
-        self.envelope = authenticated_envelope(bytes(self.buffer.data), self.key)
-        if self.envelope is not None:
-            self.found.set()
+        self.candidate = True
 
-    def final_envelope(self) -> dict[str, Any] | None:
+    async def pump(self, stream: asyncio.StreamReader) -> None:
+        """Read the sandbox's stdout; a candidate frame (tens of MB with embedded artifacts) is
+        hashed and parsed in a worker thread, never on the event loop."""
+        while chunk := await stream.read(65536):
+            self.feed(chunk)
+            if self.candidate:
+                self.candidate = False
+                self.envelope = await asyncio.to_thread(
+                    authenticated_envelope, bytes(self.buffer.data), self.key
+                )
+                if self.envelope is not None:
+                    self.found.set()
+
+    async def final_envelope(self) -> dict[str, Any] | None:
         """After the sandbox ended: the authenticated frame, if the runner printed one last."""
-        return self.envelope or authenticated_envelope(bytes(self.buffer.data), self.key)
+        if self.envelope is not None:
+            return self.envelope
+        return await asyncio.to_thread(authenticated_envelope, bytes(self.buffer.data), self.key)
 
 
 def _compile_runner(runner_dir: Path, sandbox_python: dict[str, Any]) -> str:
@@ -590,6 +605,7 @@ class LocalExecutor:
             max_stderr_bytes=job.max_stderr_bytes,
             max_artifact_bytes=job.max_artifact_bytes,
             max_total_artifact_bytes=job.max_total_artifact_bytes,
+            max_artifact_count=job.max_artifact_count,
             embed_artifacts=True,
             environment=dict(job.environment),
             egress_probe=True,
@@ -740,7 +756,7 @@ class LocalExecutor:
 
         Also returns the output readers, which the teardown awaits."""
         assert proc.stdout is not None and proc.stderr is not None
-        readers = asyncio.gather(_pump(proc.stdout, watch.feed), _pump(proc.stderr, err_buf.feed))
+        readers = asyncio.gather(watch.pump(proc.stdout), _pump(proc.stderr, err_buf.feed))
         readers.add_done_callback(_retrieve)  # may end in the background, after the result
         waiter = asyncio.ensure_future(proc.wait())
         cancel_wait = asyncio.ensure_future(cancel.wait())
@@ -773,7 +789,7 @@ class LocalExecutor:
             await asyncio.wait_for(asyncio.shield(readers), read_s)
         exit_code = proc.returncode
         oom = self._oom_killed(cid)
-        envelope = watch.final_envelope()
+        envelope = await watch.final_envelope()
         if exit_code != 0 and envelope is not None and not oom:
             # The runner exits 0 right after printing its frame: a frame from a sandbox that ended
             # otherwise was not printed by a runner that finished (user code may have killed it).
@@ -815,6 +831,7 @@ class LocalExecutor:
                 max_stderr_bytes=job.max_stderr_bytes,
                 max_artifact_bytes=job.max_artifact_bytes,
                 max_total_artifact_bytes=job.max_total_artifact_bytes,
+                max_artifact_count=job.max_artifact_count,
                 embed_artifacts=True,
                 kill_all_processes=False,
                 kill_grace_seconds=KILL_GRACE_S,

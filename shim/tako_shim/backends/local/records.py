@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from tako_runner.runner import output_problem
 from tako_shim.backends.local.store import JobRow
 from tako_vm.models.wire import ExecutionRecordFull, JobStatusResponse
 
@@ -17,8 +18,16 @@ def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
+# The runner refuses deeper results (its ``max_output_depth``); a row stored before it did, or by another
+# runner, is still served: its output is left out instead of failing every page it appears on.
+MAX_OUTPUT_DEPTH = 64
+
+
 def record_from_row(row: JobRow) -> ExecutionRecordFull:
     outcome: dict[str, Any] = row.outcome
+    output = outcome.get("output")
+    if output is not None and output_problem(output, MAX_OUTPUT_DEPTH):
+        output = None
     return ExecutionRecordFull(
         execution_id=row.job_id,
         status=row.status,
@@ -32,7 +41,7 @@ def record_from_row(row: JobRow) -> ExecutionRecordFull:
         exit_code=outcome.get("exit_code"),
         stdout=outcome.get("stdout") or "",
         stderr=outcome.get("stderr") or "",
-        output=outcome.get("output"),
+        output=output,
         error=outcome.get("error"),
         timing=outcome.get("timing") or None,
         runtime=outcome.get("runtime"),

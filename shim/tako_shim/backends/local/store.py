@@ -52,6 +52,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_tenant_key ON jobs(tenant, idempotency_ke
 CREATE INDEX IF NOT EXISTS jobs_tenant_seq ON jobs(tenant, seq);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 """
+# Bytes of a stored outcome's ``output`` JSON (NULL without one; an unparsable outcome is left alone).
+_OUTPUT_BYTES = (
+    "(CASE WHEN outcome_json IS NOT NULL AND json_valid(outcome_json) "
+    "THEN length(CAST(json_extract(outcome_json, '$.output') AS BLOB)) END)"
+)
 _TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES)) + ")"
 # Primary result codes (https://sqlite.org/rescode.html); extended codes keep them in the low byte.
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
@@ -92,6 +97,7 @@ class JobRow:
     parent_execution_id: str | None = None
     relationship: str | None = None
     outcome: dict[str, Any] = field(default_factory=dict)
+    omitted_output_bytes: int | None = None  # list views: the output was left out; its JSON size
 
 
 _COLUMNS = (
@@ -242,20 +248,30 @@ class JobStore:
             )
         return cursor.rowcount == 1
 
-    def requeue_unfinished(self) -> list[str]:
+    def requeue_unfinished(self) -> list[tuple[str, str]]:
         """At start-up: running jobs go back to queued (the process restarted, not the job failed).
 
-        Returns every queued job id, oldest first.
+        Returns every queued job as ``(job_id, tenant)``, oldest first.
         """
         with self._db() as db:
             db.execute("UPDATE jobs SET status = 'queued', started_at = NULL WHERE status = 'running'")
-            rows = db.execute("SELECT job_id FROM jobs WHERE status = 'queued' ORDER BY seq").fetchall()
-        return [r["job_id"] for r in rows]
+            rows = db.execute(
+                "SELECT job_id, tenant FROM jobs WHERE status = 'queued' ORDER BY seq"
+            ).fetchall()
+        return [(r["job_id"], r["tenant"]) for r in rows]
 
     def list_rows(
-        self, tenant: str, *, status: str | None, job_type: str | None, limit: int, offset: int
+        self,
+        tenant: str,
+        *,
+        status: str | None,
+        job_type: str | None,
+        limit: int,
+        offset: int,
+        inline_output_bytes: int | None = None,
     ) -> list[JobRow]:
-        """Newest first."""
+        """Newest first. Outputs longer than ``inline_output_bytes`` are removed inside SQLite (a page
+        of large results is never loaded into memory) and their size is set on the row."""
         clauses, params = ["tenant = ?"], [tenant]
         if status:
             clauses.append("status = ?")
@@ -263,10 +279,39 @@ class JobStore:
         if job_type:
             clauses.append("job_type = ?")
             params.append(job_type)
-        sql = f"SELECT {_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT ? OFFSET ?"
+        where = " AND ".join(clauses)
+        if inline_output_bytes is None:
+            sql = f"SELECT {_COLUMNS} FROM jobs WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?"
+            with self._db() as db:
+                rows = db.execute(sql, (*params, limit, offset)).fetchall()
+            return [_row(r) for r in rows]
+        slim = _COLUMNS.replace(
+            "outcome_json",
+            f"CASE WHEN {_OUTPUT_BYTES} > ? THEN json_remove(outcome_json, '$.output') ELSE outcome_json END "
+            f"AS outcome_json, {_OUTPUT_BYTES} AS output_bytes",
+        )
+        sql = f"SELECT {slim} FROM jobs WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?"
         with self._db() as db:
-            rows = db.execute(sql, (*params, limit, offset)).fetchall()
-        return [_row(r) for r in rows]
+            rows = db.execute(sql, (inline_output_bytes, *params, limit, offset)).fetchall()
+        found = []
+        for values in rows:
+            row = _row(values)
+            size = values["output_bytes"]
+            if size is not None and size > inline_output_bytes:
+                row.omitted_output_bytes = size
+            found.append(row)
+        return found
+
+    def tenant_usage(self, tenant: str) -> int:
+        """Bytes one tenant keeps: code, input and outcome rows plus the artifact files they list."""
+        with self._db() as db:
+            (used,) = db.execute(
+                "SELECT COALESCE(SUM(length(code) + length(input_json) + COALESCE(length(outcome_json), 0)"
+                " + COALESCE((SELECT SUM(json_extract(value, '$.size_bytes'))"
+                " FROM json_each(outcome_json, '$.artifacts')), 0)), 0) FROM jobs WHERE tenant = ?",
+                (tenant,),
+            ).fetchone()
+        return int(used)
 
     def delete_finished_before(self, cutoff_iso: str) -> list[str]:
         """Retention: delete terminal rows created before ``cutoff_iso``; returns their ids."""

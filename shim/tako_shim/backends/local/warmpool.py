@@ -412,5 +412,6 @@ def warm_pool_for(executor: LocalExecutor, settings: Settings) -> WarmPool:
         max_stderr_bytes=settings.max_stderr_bytes,
         max_artifact_bytes=settings.max_artifact_bytes,
         max_total_artifact_bytes=settings.max_total_artifacts_bytes,
+        max_artifact_count=settings.max_artifact_count,
     )
     return WarmPool(executor, settings.warm_pool_size, template)
