@@ -544,6 +544,14 @@ def wait_for_closed_egress(config: dict[str, Any]) -> str | None:
         time.sleep(1.0)
 
 
+# A result.json that is not a JSON object (or not JSON) is simply not `output` (Tako VM 0.3.0: exit 0 is
+# `succeeded`, result.json is optional): noted in the envelope, the job not failed. Every limit (size, depth,
+# non-finite numbers) is the user's error and fails the job as `invalid_output`.
+NOT_JSON_NOTE = "result.json is not valid JSON, so it is not output"
+NOT_OBJECT_NOTE = "result.json must hold a JSON object to be output"
+NOT_OUTPUT_NOTES = (NOT_JSON_NOTE, NOT_OBJECT_NOTE)
+
+
 def collect_output(config: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
     path = os.path.join(config["output_dir"], "result.json")
     try:
@@ -562,9 +570,11 @@ def collect_output(config: dict[str, Any]) -> tuple[dict[str, Any] | None, str |
     except RecursionError:
         return None, f"result.json is nested deeper than max_output_depth={config['max_output_depth']}"
     except (OSError, ValueError) as exc:
-        return None, f"result.json is not valid JSON: {exc}"
+        if "max_output_depth" in str(exc) or "finite" in str(exc):
+            return None, f"result.json is not valid JSON: {exc}"
+        return None, NOT_JSON_NOTE
     if not isinstance(value, dict):
-        return None, f"result.json must hold a JSON object, got {type(value).__name__}"
+        return None, NOT_OBJECT_NOTE
     problem = output_problem(value, int(config["max_output_depth"]))
     if problem:
         return None, f"result.json {problem}"
@@ -720,6 +730,8 @@ def do_run(config: dict[str, Any], t0: int) -> dict[str, Any]:
     env_out["output"] = output
     if output_error:
         env_out["output_error"] = output_error
+    if output_error in NOT_OUTPUT_NOTES:
+        output_error = None  # the contract: output only for a JSON object; the job itself is not failed
     env_out["artifacts"], skipped = collect_artifacts(config)
     over_count = sum(1 for item in skipped if item["reason"] == "count")
     if over_count:
