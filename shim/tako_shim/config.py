@@ -147,6 +147,8 @@ class Settings(BaseModel):
     data_dir: Path = Field(default_factory=lambda: _default_data_dir())
     job_types: list[JobTypeConfig] = Field(default_factory=list)
     kubernetes: KubernetesOptions = Field(default_factory=KubernetesOptions)
+    # The web console under /console (tako_shim/http/console, docs/console.md); None: on for a loopback bind.
+    console_enabled: bool | None = None
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -225,6 +227,9 @@ class Settings(BaseModel):
                 "allow_unauthenticated_network_access: true)"
             )
         return self
+
+    def console_on(self) -> bool:
+        return self.console_enabled if self.console_enabled is not None else is_loopback(self.server_host)
 
     def tenant_caps(self) -> tuple[int, int]:
         """(queued, running) jobs one tenant may have at once, defaults applied."""

@@ -15,6 +15,7 @@ from tako_shim.backends.base import Backend
 from tako_shim.config import Settings
 from tako_shim.http import executions, job_types, jobs, middleware, ops
 from tako_shim.http.common import BACKEND_KEY, OPENAPI_KEY, READY_KEY
+from tako_shim.http.console import add_console
 from tako_shim.http.guards import browser_guard
 from tako_shim.http.middleware import LIMITER_KEY, SETTINGS_KEY, FixedWindowLimiter
 from tako_shim.http.openapi import RouteSpec, build_openapi
@@ -42,6 +43,8 @@ def create_app(settings: Settings, backend: Backend) -> web.Application:
     app[OPENAPI_KEY] = build_openapi(ROUTES)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
+    if settings.console_on():
+        add_console(app)  # /console/: server-rendered pages over the same backend (docs/console.md)
 
     async def backend_lifecycle(app: web.Application) -> AsyncIterator[None]:
         await backend.start()

@@ -12,6 +12,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from tako_shim.config import Settings, is_loopback
 from tako_shim.errors import ShimError
+from tako_shim.http.middleware import CONSOLE_PREFIX
 
 
 def content_disposition(name: str) -> str:
@@ -42,6 +43,7 @@ async def read_body(request: web.Request, seconds: float) -> bytes:
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"  # the console's forms only (they carry a CSRF token)
 SAFE_FETCH_SITES = frozenset({"same-origin", "none"})
 
 
@@ -83,8 +85,12 @@ class BrowserPolicy:
         name = host.rsplit(":", 1)[0] if not host.endswith("]") and ":" in host else host
         return host in self.hosts or name in self.hosts
 
-    def problem(self, method: str, headers: Mapping[str, str], has_body: bool) -> ShimError | None:
-        """The refusal a request earns, or ``None``: wrong ``Host``, cross-origin, or a non-JSON body."""
+    def problem(
+        self, method: str, headers: Mapping[str, str], has_body: bool, *, form_ok: bool = False
+    ) -> ShimError | None:
+        """The refusal a request earns, or ``None``: wrong ``Host``, cross-origin, or a non-JSON body.
+
+        ``form_ok``: the console's routes, whose handlers verify a CSRF token, also take form bodies."""
         host = headers.get("Host", "")
         if not self.host_allowed(host):
             return Forbidden(
@@ -106,7 +112,7 @@ class BrowserPolicy:
             )
         if method in BODY_METHODS and has_body:
             media_type = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-            if media_type != "application/json":
+            if media_type != "application/json" and not (form_ok and media_type == FORM_MEDIA_TYPE):
                 return UnsupportedMediaType(
                     f"Content-Type must be application/json, got {media_type[:100] or 'none'!r}."
                 )
@@ -124,7 +130,12 @@ def browser_guard(settings: Settings) -> Middleware:
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        problem = policy.problem(request.method, request.headers, request.body_exists)
+        problem = policy.problem(
+            request.method,
+            request.headers,
+            request.body_exists,
+            form_ok=request.path.startswith(CONSOLE_PREFIX),
+        )
         if problem is not None:
             raise problem
         return await handler(request)

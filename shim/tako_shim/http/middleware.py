@@ -29,6 +29,8 @@ access_log = logging.getLogger("tako_shim.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 EXEMPT_PATHS = frozenset({"/health", "/openapi.json"})
+# The web console authenticates with its own HttpOnly session cookie (tako_shim/http/console/auth.py).
+CONSOLE_PREFIX = "/console/"
 CORRELATION_HEADER = "X-Correlation-ID"
 _CORRELATION_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
 SECURITY_HEADERS = {
@@ -209,8 +211,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if not settings.api_auth_enabled:
         request[TENANT_KEY] = DEFAULT_TENANT
         return await handler(request)
-    if request.path in EXEMPT_PATHS:
-        request[TENANT_KEY] = None
+    if request.path in EXEMPT_PATHS or request.path.startswith(CONSOLE_PREFIX):
+        request[TENANT_KEY] = None  # no tenant: the API handlers refuse; the console resolves its cookie
         return await handler(request)
     tenant = tenant_for(settings, presented_key(request, settings.api_auth_header))
     if tenant is None:
