@@ -80,7 +80,7 @@ def _redirect(location: str) -> web.Response:
 
 
 def _secure_headers(response: web.StreamResponse) -> None:
-    response.headers["Content-Security-Policy"] = CSP
+    response.headers.setdefault("Content-Security-Policy", CSP)
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers.setdefault("Cache-Control", "no-store")
 
@@ -393,7 +393,6 @@ async def artifact(request: web.Request, session: auth.ConsoleSession) -> web.St
     else:
         headers["Content-Disposition"] = content_disposition(found.name)
         response = web.Response(body=found.content, content_type="application/octet-stream", headers=headers)
-    _secure_headers(response)
     response.headers["Content-Security-Policy"] = IMAGE_CSP
     return response
 
