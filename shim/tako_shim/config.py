@@ -7,6 +7,8 @@ validates everything at once; any problem raises ``ConfigError`` whose message n
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -145,6 +147,16 @@ class Settings(BaseModel):
     list_max_response_bytes: int = Field(default=8_388_608, ge=65_536, le=1_073_741_824)
     execution_record_ttl_days: int = Field(default=30, ge=1, le=3650)
     data_dir: Path = Field(default_factory=lambda: _default_data_dir())
+    # Completion webhooks (tako_shim/webhooks/, docs/api.md "Completion webhooks").
+    webhook_secrets: dict[str, str] = Field(default_factory=dict)  # tenant -> "whsec_<base64>"
+    webhook_default_urls: dict[str, str] = Field(default_factory=dict)  # tenant -> URL used when none given
+    webhook_allowlist: list[str] = Field(default_factory=list, max_length=100)  # CIDRs allowed despite policy
+    webhook_retry_window_seconds: float = Field(default=86_400, ge=1, le=30 * 86_400)
+    webhook_first_retry_seconds: float = Field(default=5.0, ge=0.01, le=3600)
+    webhook_max_retry_seconds: float = Field(default=3600.0, ge=0.01, le=86_400)
+    webhook_connect_timeout_seconds: float = Field(default=5.0, ge=0.1, le=60)
+    webhook_read_timeout_seconds: float = Field(default=10.0, ge=0.1, le=300)
+    webhook_max_response_bytes: int = Field(default=65_536, ge=0, le=10_485_760)
     job_types: list[JobTypeConfig] = Field(default_factory=list)
     kubernetes: KubernetesOptions = Field(default_factory=KubernetesOptions)
 
@@ -185,6 +197,24 @@ class Settings(BaseModel):
             if not re.match(r"^https?://[^/\s]+$", origin):
                 raise ValueError(f"{origin!r} must look like 'https://console.example:8443' (no path)")
         return [origin.lower() for origin in value]
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _webhook_secrets_valid(cls, value: dict[str, str]) -> dict[str, str]:
+        for tenant, secret in value.items():
+            if webhook_secret_problem(secret):
+                raise ValueError(f"secret of tenant {tenant!r}: {webhook_secret_problem(secret)}")
+        return value
+
+    @field_validator("webhook_allowlist")
+    @classmethod
+    def _webhook_allowlist_valid(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} must be an IP address or CIDR, e.g. 127.0.0.1/32") from None
+        return value
 
     @field_validator("api_keys")
     @classmethod
@@ -236,6 +266,17 @@ class Settings(BaseModel):
             max(1, self.max_workers - 1) if shared else self.max_workers
         )
         return queued, running
+
+
+def webhook_secret_problem(secret: str) -> str | None:
+    """Standard Webhooks secrets are ``whsec_`` + base64 of 24..64 random bytes."""
+    try:
+        raw = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (ValueError, binascii.Error):
+        return "must be 'whsec_' followed by base64"
+    if not 24 <= len(raw) <= 64:
+        return f"must decode to 24..64 bytes, not {len(raw)}"
+    return None
 
 
 def is_loopback(host: str) -> bool:
