@@ -124,6 +124,9 @@ class Settings(BaseModel):
     runsc_path: str | None = None
     rootfs_path: str | None = None  # the sandboxes' system root (default: `make setup`'s build)
     warm_pool_size: int = Field(default=2, ge=0, le=32)  # pre-started sandboxes (0 disables)
+    # Unset: on for a server bound to loopback outside production_mode (a developer's own machine, where
+    # an agent's `requirements: ["numpy"]` should just work), off otherwise. Installs run in a separate
+    # sandbox with egress; the code's sandbox never has network.
     allow_runtime_requirements: bool = False
     max_workers: int = Field(default=4, ge=1, le=64)
     max_queue_size: int = Field(default=100, ge=1, le=10_000)
@@ -147,6 +150,14 @@ class Settings(BaseModel):
     data_dir: Path = Field(default_factory=lambda: _default_data_dir())
     job_types: list[JobTypeConfig] = Field(default_factory=list)
     kubernetes: KubernetesOptions = Field(default_factory=KubernetesOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _runtime_requirements_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("allow_runtime_requirements") is None:
+            host = data.get("server_host") or cls.model_fields["server_host"].default
+            data = {**data, "allow_runtime_requirements": runtime_requirements_default(host, data)}
+        return data
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -236,6 +247,12 @@ class Settings(BaseModel):
             max(1, self.max_workers - 1) if shared else self.max_workers
         )
         return queued, running
+
+
+def runtime_requirements_default(host: str, raw: Mapping[str, Any]) -> bool:
+    """``allow_runtime_requirements`` when not set: on for loopback outside ``production_mode``."""
+    production = str(raw.get("production_mode", False)).lower() in {"true", "1", "yes", "on"}
+    return is_loopback(str(host)) and not production
 
 
 def is_loopback(host: str) -> bool:

@@ -31,7 +31,35 @@ def test_defaults_match_the_contract(tmp_path: Path) -> None:
     assert settings.server_host == "127.0.0.1" and settings.security_mode == "strict"
     assert settings.api_max_payload_bytes == 2 * 1024 * 1024
     assert (settings.api_rate_limit_requests, settings.api_rate_limit_window_seconds) == (120, 60)
-    assert not settings.allow_runtime_requirements and settings.backend == "local"
+    assert settings.allow_runtime_requirements and settings.backend == "local"  # loopback: on
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({}, True),  # 127.0.0.1: a developer's own machine
+        ({"server_host": "::1"}, True),
+        ({"production_mode": True}, False),
+        ({"server_host": "0.0.0.0", "allow_unauthenticated_network_access": True}, False),
+        ({"allow_runtime_requirements": False}, False),  # an explicit choice always wins
+        (
+            {
+                "server_host": "0.0.0.0",
+                "allow_unauthenticated_network_access": True,
+                "allow_runtime_requirements": True,
+            },
+            True,
+        ),
+    ],
+)
+def test_runtime_requirements_default_on_only_for_a_loopback_development_server(
+    raw: dict[str, object], expected: bool, tmp_path: Path
+) -> None:
+    assert Settings.model_validate(raw).allow_runtime_requirements is expected
+    env = {f"TAKO_VM_{key.upper()}": str(value) for key, value in raw.items()}
+    assert load_settings(write(tmp_path, "{}\n"), env=env).allow_runtime_requirements is expected
+    unset = write(tmp_path, "allow_runtime_requirements:\n")  # the shipped tako_vm.yaml leaves it empty
+    assert load_settings(unset, env=env).allow_runtime_requirements is expected
 
 
 def test_environment_overrides_the_file_and_flags_override_both(tmp_path: Path) -> None:
