@@ -57,7 +57,10 @@ def test_run_prints_stdout_and_exits_zero(server: LocalServer, tmp_path: Path) -
     assert done.stdout == "42\n"
     assert "submitted job.py as job" in done.stderr and " succeeded in " in done.stderr
     as_json = tako(server, "run", file, "--input", '{"n": 5}', "--json", "-q")
-    assert as_json.returncode == 0 and json.loads(as_json.stdout)["stdout"] == "10\n"
+    events = [json.loads(line) for line in as_json.stdout.splitlines()]  # one JSON line per event
+    assert as_json.returncode == 0 and events[-1]["event"] == "result"
+    assert events[-1]["data"]["stdout"] == "10\n"
+    assert "".join(e["data"]["text"] for e in events if e["event"] == "stdout") == "10\n"
 
 
 def test_run_exits_with_the_job_exit_code_and_shows_its_stderr(server: LocalServer, tmp_path: Path) -> None:

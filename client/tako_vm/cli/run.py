@@ -1,7 +1,8 @@
 """`tako-vm run FILE.py | -c CODE | -`: submit, wait, print stdout/stderr, exit with the job's code.
 
-Waiting is one function, `wait_for_result`: today it long-polls and prints a progress line when the
-status changes; live output (the SSE stream, issue #13) replaces that function and nothing else.
+Waiting is `follow`: the job's live events (`GET /jobs/{id}/events`) print its output as it is written,
+like `docker run`, then the status line; `--json` prints every event as one JSON line instead. A server
+without the event stream (Tako VM 0.3.0) gets `wait_for_result`: long-polls, output at the end.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tako_vm._client import Client
+from tako_vm._stream import ResultEvent
 from tako_vm.cli._common import (
     JOB_EXIT_CODES,
     TERMINAL,
@@ -26,7 +28,7 @@ from tako_vm.cli._common import (
     parse_input,
 )
 from tako_vm.cli.jobs import save_results
-from tako_vm.errors import TakoVMError, WaitTimeoutError
+from tako_vm.errors import NotFoundError, TakoVMError, WaitTimeoutError
 
 POLL_STEPS = (1.0, 2.0, 5.0, 10.0)
 """Long-poll lengths while `run` waits: short at first so progress shows, then longer."""
@@ -81,6 +83,39 @@ def wait_for_result(client: Client, job_id: str, err: TextIO, *, quiet: bool = F
 wait_with_progress = wait_for_result  # the name before the CLI became a package
 
 
+def follow(
+    client: Client, job_id: str, out: TextIO, err: TextIO, *, quiet: bool, json_lines: bool
+) -> dict[str, Any] | None:
+    """Print the job's events as they come; the record from its ``result`` event (None: no stream)."""
+    started = time.monotonic()
+    try:
+        for event in client.stream(job_id):
+            if json_lines:
+                data = event.record if isinstance(event, ResultEvent) else _event_data(event)
+                print(json.dumps({"event": event.type, "id": event.id, "data": data}), file=out, flush=True)
+            elif event.type == "stdout":
+                out.write(event.text)
+                out.flush()
+            elif event.type == "stderr":
+                err.write(event.text)
+                err.flush()
+            elif event.type == "status" and not quiet and event.status not in TERMINAL:
+                print(
+                    f"tako-vm: job {job_id} {event.status} after {time.monotonic() - started:.1f}s", file=err
+                )
+            if isinstance(event, ResultEvent):
+                return event.record
+    except NotFoundError:
+        return None  # a server without GET /jobs/{id}/events
+    return None
+
+
+def _event_data(event: Any) -> dict[str, Any]:
+    if event.type == "status":
+        return {"job_id": event.job_id, "status": event.status}
+    return {"text": event.text}
+
+
 def summary_line(job_id: str, record: Mapping[str, Any], saved_to: str | None) -> str:
     """`job ID succeeded in 1.20s; wrote output and 2 artifacts (tako-vm result/artifacts ID)`."""
     status = record.get("status")
@@ -119,7 +154,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if not args.quiet:
             print(f"tako-vm: submitted {name} as job {job_id}", file=err)
         try:
-            record = wait_for_result(client, job_id, err, quiet=args.quiet)
+            streamed = follow(client, job_id, out, err, quiet=args.quiet, json_lines=args.json)
+            record = streamed or wait_for_result(client, job_id, err, quiet=args.quiet)
             if record.get("artifacts") is None:  # the slim record has no artifact list
                 with contextlib.suppress(TakoVMError):
                     record = {**record, **client.get_execution(job_id, view="full")}
@@ -131,12 +167,13 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             print(f"\ntako-vm: cancelled job {job_id}", file=err)
             return JOB_EXIT_CODES["cancelled"]
     if args.json:
-        print(json.dumps(record, indent=2, sort_keys=True), file=out)
+        if streamed is None:
+            print(json.dumps({"event": "result", "id": None, "data": record}), file=out)
         return exit_code_for(record)
-    if record.get("stdout"):
+    if streamed is None and record.get("stdout"):
         out.write(record["stdout"])
         out.flush()
-    if record.get("stderr"):
+    if streamed is None and record.get("stderr"):
         err.write(record["stderr"])
     if not args.quiet:
         print(summary_line(job_id, record, args.output), file=err)
