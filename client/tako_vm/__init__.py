@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import httpx
 
 from tako_vm import _operations as ops
+from tako_vm import webhooks
 from tako_vm._client import AsyncClient, Client, TakoVM
 from tako_vm._core import DEFAULT_BASE_URL
+from tako_vm._stream import OutputEvent, ResultEvent, StatusEvent, StreamEvent
 from tako_vm._surface import default_function
 from tako_vm._typed import ExecutionResult
 from tako_vm._version import __version__
@@ -64,11 +66,15 @@ __all__ = [
     "InternalServerError",
     "MalformedResponseError",
     "NotFoundError",
+    "OutputEvent",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RateLimitError",
+    "ResultEvent",
     "SDKExecutionError",
     "ServerError",
+    "StatusEvent",
+    "StreamEvent",
     "TakoVM",
     "TakoVMError",
     "TransportError",
@@ -95,8 +101,10 @@ __all__ = [
     "rerun",
     "send",
     "send_raw",
+    "stream",
     "submit",
     "submit_code",
+    "webhooks",
 ]
 
 _default_client: Client | None = None
@@ -145,6 +153,11 @@ def get_client() -> Client:
 
 def _default() -> Client:
     return get_client()  # looked up at call time, so a patched `get_client` is honoured
+
+
+def stream(job_id: str, *, last_event_id: str | None = None) -> Iterator[StreamEvent]:
+    """The job's live events on the default client (`Client.stream`): status, output chunks, result."""
+    return _default().stream(job_id, last_event_id=last_event_id)
 
 
 submit_code = default_function(ops.submit_code, _default)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Generic, Self, TypeVar
 
 import httpx
 
 from tako_vm import _core as core
 from tako_vm import _operations as ops
+from tako_vm._stream import StreamEvent, astream_events, stream_events
 from tako_vm._surface import async_method, sync_method
 
 T = TypeVar("T")
@@ -97,6 +98,10 @@ class Client(_BaseClient[httpx.Client, httpx.BaseTransport, Callable[[float], No
         except httpx.RequestError as exc:
             return exc
 
+    def stream(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[StreamEvent]:
+        """The job's live events (`tako_vm._stream`): status, stdout/stderr chunks, then the result."""
+        return stream_events(self._http, self.config, job_id, last_event_id, self._sleep)
+
     submit_code = sync_method(ops.submit_code)
     submit = sync_method(ops.submit)
     execute = sync_method(ops.execute)
@@ -158,6 +163,10 @@ class AsyncClient(
             return await self._http.send(core.build_request(self._http, self.config, step.call, step.headers))
         except httpx.RequestError as exc:
             return exc
+
+    def stream(self, job_id: str, *, last_event_id: str | None = None) -> AsyncIterator[StreamEvent]:
+        """The job's live events as an async iterator (see `Client.stream`)."""
+        return astream_events(self._http, self.config, job_id, last_event_id, self._sleep)
 
     submit_code = async_method(ops.submit_code)
     submit = async_method(ops.submit)

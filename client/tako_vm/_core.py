@@ -367,6 +367,7 @@ class Job:
     startup_timeout: int | None = None
     job_type: str | None = None
     requirements: Sequence[str] | None = None
+    webhook_url: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.code, str):

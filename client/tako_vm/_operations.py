@@ -43,11 +43,12 @@ def submit_code(
     requirements: Sequence[str] | None = None,
     idempotency_key: str | None = None,
     correlation_id: str | None = None,
+    webhook_url: str | None = None,
 ) -> Plan[str]:
     """Queue `code` and return its job id at once (`POST /execute/async`). Creates an idempotency
     key when none is given and retries transport errors and 502/503/504 with that same key, so a
-    flaky network never runs the code twice."""
-    job = core.Job(code, input_data, timeout, startup_timeout, job_type, requirements)
+    flaky network never runs the code twice. `webhook_url` gets the signed record when the job ends."""
+    job = core.Job(code, input_data, timeout, startup_timeout, job_type, requirements, webhook_url)
     return _one(core.submit_call(job, idempotency_key).with_correlation(correlation_id))
 
 
@@ -61,10 +62,13 @@ def submit(
     requirements: Sequence[str] | None = None,
     idempotency_key: str | None = None,
     correlation_id: str | None = None,
+    webhook_url: str | None = None,
 ) -> Plan[str]:
     """Queue a typed function (one dataclass in, one dataclass out, see `send`) and return its job
     id; the record's `output` is the returned dataclass as a dict."""
-    job = core.Job(*typed_program(func, input_data), timeout, startup_timeout, job_type, requirements)
+    job = core.Job(
+        *typed_program(func, input_data), timeout, startup_timeout, job_type, requirements, webhook_url
+    )
     return _one(core.submit_call(job, idempotency_key).with_correlation(correlation_id))
 
 

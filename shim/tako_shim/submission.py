@@ -33,6 +33,7 @@ class Submission:
     correlation_id: str | None = None
     parent_execution_id: str | None = None
     relationship: str | None = None
+    webhook_url: str | None = None  # as requested; the backend applies the tenant default and checks it
     # The request left these unset, so a backend that knows more about the job type than the
     # resolver (the kubernetes backend reads PythonJobTypes) may replace the defaults.
     timeout_defaulted: bool = False
@@ -82,8 +83,9 @@ def submission_fingerprint(
 
 DEFAULT_JOB_TYPE = "default"
 RUNTIME_REQUIREMENTS_DISABLED = (
-    "Runtime dependency installation is disabled. Use pre-built images or set "
-    "allow_runtime_requirements=True."
+    "Runtime dependency installation is disabled on this server: set allow_runtime_requirements: true "
+    "in tako_vm.yaml or TAKO_VM_ALLOW_RUNTIME_REQUIREMENTS=true (installs run in a separate sandbox "
+    "with network access), or choose a job_type that has the packages"
 )
 
 
@@ -165,6 +167,7 @@ class JobResolver:
             if request.idempotency_key
             else None,
             correlation_id=correlation_id,
+            webhook_url=request.webhook_url,
             timeout_defaulted=request.timeout is None,
             startup_timeout_defaulted=request.startup_timeout is None,
         )
@@ -185,6 +188,7 @@ class JobResolver:
             timeout=self._timeout(overrides.timeout or parent.timeout, jt),
             idempotency_key=None,
             fingerprint=None,
+            webhook_url=None,  # a rerun or fork gets the tenant's default webhook, not the parent's
             parent_execution_id=parent_id,
             relationship=relationship,
             timeout_defaulted=False,  # the parent's timeouts are kept, not the job type's

@@ -31,6 +31,7 @@ REQUIREMENTS_MAX_ITEMS = 50
 IDEMPOTENCY_KEY_MAX_ACCEPTED = 128
 JOB_TYPE_PATTERN = r"^[a-zA-Z0-9_-]+(@[a-zA-Z0-9_.@:-]+)?$"
 IDEMPOTENCY_KEY_PATTERN = r"^[a-zA-Z0-9_-]+$"
+WEBHOOK_URL_MAX_CHARS = 2048
 
 
 class _Request(BaseModel):
@@ -113,6 +114,13 @@ class ExecuteRequest(_Request):
         default=None,
         max_length=REQUIREMENTS_MAX_ITEMS,
         description="Python packages to install at runtime (e.g., ['pandas', 'numpy>=1.20'])",
+    )
+    webhook_url: str | None = Field(
+        default=None,
+        min_length=8,
+        max_length=WEBHOOK_URL_MAX_CHARS,
+        description="http(s) URL that gets the signed record (Standard Webhooks) when the job ends; "
+        "default: the tenant's webhook_default_urls entry. Private addresses are refused (422).",
     )
 
     _check_code = field_validator("code")(_code_not_blank)
@@ -216,12 +224,30 @@ class AsyncExecuteResponse(_Response):
     status: QueueStatus
 
 
+class WebhookDelivery(_Response):
+    """The completion webhook of one job: what was sent, how often, and what comes next."""
+
+    webhook_id: str = Field(description="The `webhook-id` header, the same on every attempt")
+    url: str
+    state: Literal["waiting", "pending", "delivered", "failed"] = Field(
+        description="waiting: the job runs; pending: being retried; delivered: 2xx; failed: window over"
+    )
+    attempts: int = 0
+    last_status_code: int | None = Field(default=None, description="HTTP status of the last attempt")
+    last_error: str | None = Field(default=None, description="Why the last attempt failed, if it did")
+    next_attempt_at: str | None = Field(default=None, description="ISO 8601 time of the next attempt")
+    delivered_at: str | None = None
+
+
 class JobStatusResponse(_Response):
     job_id: str = Field(description="Unique job identifier")
     status: QueueStatus = Field(description="Current status")
     created_at: str | None = Field(default=None, description="ISO 8601 timestamp when job was created")
     duration_ms: int | None = Field(default=None, description="Execution duration in milliseconds")
     queue_position: int | None = Field(default=None, description="Position in queue (if pending)")
+    webhook: WebhookDelivery | None = Field(
+        default=None, description="Completion webhook delivery state (only for jobs that have one)"
+    )
 
 
 class ExecutionRecord(_Response):
@@ -390,4 +416,5 @@ __all__ = [
     "Timing",
     "ValidationErrorItem",
     "ValidationErrorResponse",
+    "WebhookDelivery",
 ]

@@ -17,8 +17,10 @@ Semantics every backend keeps (and ``tests/integration/test_shim_*.py`` checks f
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
+from tako_shim.backends.events import Cursor, EventSource, JobEvent, OutputLog, job_events
 from tako_shim.config import Settings
 from tako_shim.errors import BadRequest
 from tako_shim.submission import JobResolver, Overrides, Submission
@@ -35,6 +37,8 @@ from tako_vm.models.wire import (
 __all__ = [
     "Artifact",
     "Backend",
+    "Cursor",
+    "JobEvent",
     "Overrides",
     "RecordFilter",
     "RecordPage",
@@ -152,6 +156,26 @@ class Backend(ABC):
         page = await self.list_records(tenant, RecordFilter(status="failed", limit=DEAD_LETTER_SCAN))
         wanted = {error_type} if error_type else INFRASTRUCTURE_ERRORS
         return [r for r in page.records if r.error is not None and r.error.type in wanted]
+
+    def live_output(self, job_id: str) -> OutputLog | None:
+        """The running job's output so far, when this process sees it as it is produced."""
+        return None
+
+    async def events(self, tenant: str, job_id: str, cursor: Cursor) -> AsyncGenerator[JobEvent, None]:
+        """The job's event stream beyond ``cursor`` (``tako_shim.backends.events``); NotFound if unknown."""
+
+        async def status() -> str:
+            current = (await self.get_status(tenant, job_id)).status
+            return "queued" if current == "pending" else current
+
+        async def wait(seconds: float) -> None:
+            await self.wait_for(tenant, job_id, seconds)
+
+        source = EventSource(
+            job_id, status, lambda: self.get_record(tenant, job_id), lambda: self.live_output(job_id), wait
+        )
+        async for event in job_events(source, cursor):
+            yield event
 
     async def job_types(self, tenant: str) -> list[JobTypeResponse]:
         """The job types a tenant may use (from configuration; a backend may add its own)."""

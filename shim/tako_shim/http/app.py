@@ -13,14 +13,21 @@ from aiohttp import web
 
 from tako_shim.backends.base import Backend
 from tako_shim.config import Settings
-from tako_shim.http import executions, job_types, jobs, middleware, ops
+from tako_shim.http import events, executions, job_types, jobs, middleware, ops
 from tako_shim.http.common import BACKEND_KEY, OPENAPI_KEY, READY_KEY
 from tako_shim.http.console import add_console
 from tako_shim.http.guards import browser_guard
 from tako_shim.http.middleware import LIMITER_KEY, SETTINGS_KEY, FixedWindowLimiter
 from tako_shim.http.openapi import RouteSpec, build_openapi
 
-ROUTES: list[RouteSpec] = [ops.HEALTH, *jobs.ROUTES, *executions.ROUTES, *job_types.ROUTES, *ops.ROUTES]
+ROUTES: list[RouteSpec] = [
+    ops.HEALTH,
+    *jobs.ROUTES,
+    *events.ROUTES,
+    *executions.ROUTES,
+    *job_types.ROUTES,
+    *ops.ROUTES,
+]
 
 
 def create_app(settings: Settings, backend: Backend) -> web.Application:
@@ -41,6 +48,7 @@ def create_app(settings: Settings, backend: Backend) -> web.Application:
         settings.api_rate_limit_requests, settings.api_rate_limit_window_seconds
     )
     app[OPENAPI_KEY] = build_openapi(ROUTES)
+    events.install(app)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     if settings.console_on():

@@ -167,6 +167,12 @@ class KubernetesBackend(Backend):
         )
 
     async def submit(self, tenant: str, submission: Submission) -> SubmitResult:
+        if submission.webhook_url or self.settings.webhook_default_urls.get(tenant):
+            # Fail closed: a webhook this backend would not send must not be accepted silently.
+            raise InvalidRequest(
+                "webhook_url: completion webhooks are not available on the kubernetes backend yet "
+                "(docs/kubernetes-backend.md); use GET /jobs/{id}/events or long-poll the result"
+            )
         return await self._create(tenant, submission)
 
     async def _create(

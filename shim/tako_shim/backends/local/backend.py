@@ -39,6 +39,7 @@ from tako_shim.backends.base import (
     SubmitResult,
 )
 from tako_shim.backends.local import records
+from tako_shim.backends.local.deliveries import DeliveryTable, LocalDeliveries, new_delivery
 from tako_shim.backends.local.fairqueue import FairQueue
 from tako_shim.backends.local.store import JobRow, JobStore
 from tako_shim.config import Settings, memory_limit_mb
@@ -54,6 +55,7 @@ from tako_shim.errors import (
     Unavailable,
 )
 from tako_shim.submission import canonical_json, sha256_hex
+from tako_shim.webhooks.dispatcher import Dispatcher, accepted_url
 from tako_vm import __version__
 from tako_vm.models.wire import (
     TERMINAL_STATUSES,
@@ -63,6 +65,7 @@ from tako_vm.models.wire import (
     JobStatusResponse,
     QueueStatsResponse,
     QueueStatus,
+    WebhookDelivery,
 )
 
 log = logging.getLogger(__name__)
@@ -221,6 +224,8 @@ class LocalBackend(Backend):
         self._tasks: list[asyncio.Task[None]] = []
         # SQLite gets its own thread: the default pool is shared with the sandbox layer's blocking calls.
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tako-sqlite")
+        self.deliveries = LocalDeliveries(DeliveryTable(self.store), self._db)  # completion webhooks
+        self.webhooks = Dispatcher(self.deliveries, settings)
 
     async def _db(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -232,6 +237,7 @@ class LocalBackend(Backend):
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self._db(self.store.open)
+        await self._db(self.deliveries.table.open)
         try:  # probing runsc starts a sandbox: keep it off the event loop
             self._executor = await asyncio.to_thread(self._executor_factory, self.settings)
         except Exception as exc:
@@ -252,6 +258,7 @@ class LocalBackend(Backend):
             for n in range(self.settings.max_workers)
         ]
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="tako-retention"))
+        self.webhooks.start()
 
     async def close(self) -> None:
         """Stop the workers; jobs still running stay ``running`` in SQLite and re-queue at next start."""
@@ -261,6 +268,7 @@ class LocalBackend(Backend):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self.webhooks.close()
         close_pool = getattr(self._executor, "close", None)
         if close_pool is not None:
             await close_pool()
@@ -270,6 +278,7 @@ class LocalBackend(Backend):
     # -- submission ---------------------------------------------------------------------------------
 
     async def submit(self, tenant: str, submission: Submission) -> SubmitResult:
+        webhook_url = await accepted_url(self.settings, tenant, submission.webhook_url)  # 422 if refused
         if submission.requirements:
             try:
                 self._validate_requirements(submission.requirements)
@@ -310,6 +319,8 @@ class LocalBackend(Backend):
                 parent_execution_id=submission.parent_execution_id,
                 relationship=submission.relationship,
             )
+            if webhook_url is not None:  # before the job's row: a job never exists without its delivery
+                await self._db(self.deliveries.table.add, new_delivery(row.job_id, tenant, webhook_url))
             await self._db(self.store.insert, row)
             self._enqueue(row.job_id, tenant)
             at, used = self._usage.get(tenant, (0.0, 0))
@@ -354,7 +365,11 @@ class LocalBackend(Backend):
         if row.status == "queued" and job_id in self._cancels:
             row.status = "running"  # a worker took it; its row is being updated
         position = self._pending.position(job_id)
-        return records.status_from_row(row, position)
+        status = records.status_from_row(row, position)
+        delivery = await self._db(self.deliveries.table.get, job_id)
+        if delivery is not None:
+            status.webhook = WebhookDelivery.model_validate(delivery.describe())
+        return status
 
     async def get_record(self, tenant: str, job_id: str) -> ExecutionRecordFull:
         row = await self._row(tenant, job_id)
@@ -612,6 +627,7 @@ class LocalBackend(Backend):
             outcome=state.outcome,
         )
         self._unsaved.pop(job_id, None)
+        self.webhooks.poke()  # its delivery (if any) is due now that the outcome is durable
 
     def _wake(self, job_id: str) -> None:
         event = self._done.pop(job_id, None)

@@ -1,0 +1,230 @@
+"""The retry loop of completion webhooks: at least once, never silently lost.
+
+A backend keeps one ``Delivery`` per job with a webhook in durable storage (``DeliveryStore``): created
+``waiting`` with the job, due once the job's terminal state is written, then retried with exponential
+backoff and jitter (``webhook_first_retry_seconds`` doubling up to ``webhook_max_retry_seconds``) until a
+2xx answer (``delivered``) or until ``webhook_retry_window_seconds`` after the first attempt (``failed``,
+logged as an error). A sender restart loses nothing: the state is read back from the store. Every attempt
+carries the same ``webhook-id``, so a receiver deduplicates the rare repeat (an answer lost after the
+receiver processed it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from tako_shim.config import Settings
+from tako_shim.errors import InvalidRequest
+from tako_shim.webhooks.policy import IPNetwork, WebhookRefused, parse_allowlist
+from tako_shim.webhooks.sender import AttemptResult, Limits, post_once, resolve_checked, signed_headers
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0  # how often the store is asked for due deliveries when nothing pokes the loop
+BATCH = 32
+CONCURRENCY = 8
+EVENT_TYPE = "job.completed"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    job_id: str
+    tenant: str
+    url: str
+    webhook_id: str
+    state: str = "waiting"  # waiting | pending | delivered | failed
+    attempts: int = 0
+    last_status_code: int | None = None
+    last_error: str | None = None
+    next_attempt_at: float = 0.0  # Unix seconds
+    window_ends_at: float | None = None  # set at the first attempt
+    delivered_at: float | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The ``webhook`` object of ``GET /jobs/{id}`` (``tako_vm.models.wire.WebhookDelivery``)."""
+        return {
+            "webhook_id": self.webhook_id,
+            "url": self.url,
+            "state": self.state,
+            "attempts": self.attempts,
+            "last_status_code": self.last_status_code,
+            "last_error": self.last_error,
+            "next_attempt_at": iso(self.next_attempt_at) if self.state in ("waiting", "pending") else None,
+            "delivered_at": iso(self.delivered_at) if self.delivered_at else None,
+        }
+
+
+def iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
+
+
+def webhook_id_for(job_id: str) -> str:
+    """One message per job, the same on every retry (and on every replica)."""
+    return f"msg_{job_id}"
+
+
+def payload(record: dict[str, Any]) -> bytes:
+    """The body: a Standard Webhooks envelope around the job's full record (identical on every retry)."""
+    stamp = record.get("ended_at") or record.get("created_at")
+    body = {"type": EVENT_TYPE, "timestamp": stamp, "data": record}
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+async def accepted_url(settings: Settings, tenant: str, requested: str | None) -> str | None:
+    """The webhook URL a submission gets (its own, else the tenant's default), checked now: a 422 names
+    what is wrong (no secret for the tenant, a private or metadata address, a bad URL)."""
+    url = requested or settings.webhook_default_urls.get(tenant)
+    if url is None:
+        return None
+    if tenant not in settings.webhook_secrets:
+        raise InvalidRequest(
+            f"webhook_url: no webhook secret is configured for tenant {tenant!r} (webhook_secrets)"
+        )
+    try:
+        await resolve_checked(url, parse_allowlist(settings.webhook_allowlist))
+    except WebhookRefused as exc:
+        raise InvalidRequest(str(exc)) from None
+    return url
+
+
+@dataclass(frozen=True)
+class Schedule:
+    first: float
+    maximum: float
+    window: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Schedule:
+        return cls(
+            settings.webhook_first_retry_seconds,
+            settings.webhook_max_retry_seconds,
+            settings.webhook_retry_window_seconds,
+        )
+
+    def delay(self, attempts: int, rng: random.Random) -> float:
+        """Exponential backoff with jitter: a uniform draw in [1/2, 1] of min(first * 2^(n-1), maximum)."""
+        ceiling = min(self.first * 2 ** max(attempts - 1, 0), self.maximum)
+        return ceiling * rng.uniform(0.5, 1.0)
+
+
+def after_attempt(
+    delivery: Delivery, result: AttemptResult, now: float, schedule: Schedule, rng: random.Random
+) -> Delivery:
+    """The delivery's next state after one attempt (pure)."""
+    window_ends_at = delivery.window_ends_at or now + schedule.window
+    done = dataclasses.replace(
+        delivery,
+        attempts=delivery.attempts + 1,
+        last_status_code=result.status_code,
+        last_error=result.error,
+        window_ends_at=window_ends_at,
+    )
+    if result.delivered:
+        return dataclasses.replace(done, state="delivered", delivered_at=now, last_error=None)
+    next_at = now + schedule.delay(done.attempts, rng)
+    if result.refused or next_at > window_ends_at:
+        return dataclasses.replace(done, state="failed")
+    return dataclasses.replace(done, state="pending", next_attempt_at=next_at)
+
+
+class DeliveryStore(Protocol):
+    """Where a backend keeps deliveries; every method is durable before it returns."""
+
+    async def due(self, now: float, limit: int) -> list[Delivery]:
+        """Waiting/pending deliveries whose job's terminal state is stored and whose time came."""
+
+    async def save(self, delivery: Delivery) -> None: ...
+
+    async def record(self, delivery: Delivery) -> dict[str, Any] | None:
+        """The job's full record as JSON (None: the job is gone; the delivery is dropped)."""
+
+
+class Dispatcher:
+    """Sends due deliveries until closed; ``poke()`` when a job finished so it need not wait for the poll."""
+
+    def __init__(
+        self,
+        store: DeliveryStore,
+        settings: Settings,
+        *,
+        post: Callable[..., Awaitable[AttemptResult]] = post_once,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.secrets = dict(settings.webhook_secrets)
+        self.allowlist: list[IPNetwork] = parse_allowlist(settings.webhook_allowlist)
+        self.limits = Limits(
+            settings.webhook_connect_timeout_seconds,
+            settings.webhook_read_timeout_seconds,
+            settings.webhook_max_response_bytes,
+        )
+        self.schedule = Schedule.from_settings(settings)
+        self._post = post
+        self._rng = rng or random.Random()
+        self._poked = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(CONCURRENCY)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="tako-webhooks")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def poke(self) -> None:
+        self._poked.set()
+
+    async def _loop(self) -> None:
+        while True:
+            self._poked.clear()
+            try:
+                due = await self.store.due(time.time(), BATCH)
+                await asyncio.gather(*(self._attempt(d) for d in due))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a storage fault: try again at the next round, keep the loop alive
+                log.exception("webhook round failed; retrying in %.1fs", POLL_SECONDS)
+                due = []
+            if len(due) < BATCH:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._poked.wait(), POLL_SECONDS)
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        async with self._slots:
+            record = await self.store.record(delivery)
+            if record is None:
+                await self.store.save(dataclasses.replace(delivery, state="failed", last_error="job deleted"))
+                return
+            secret = self.secrets.get(delivery.tenant)
+            if secret is None:
+                result = AttemptResult(False, error=f"no webhook secret for tenant {delivery.tenant!r}")
+            else:
+                body = payload(record)
+                headers = signed_headers(secret, delivery.webhook_id, body)
+                result = await self._post(
+                    delivery.url, body, headers, allowlist=self.allowlist, limits=self.limits
+                )
+            after = after_attempt(delivery, result, time.time(), self.schedule, self._rng)
+            if after.state == "failed":
+                log.error(
+                    "webhook %s for job %s failed after %d attempts: %s",
+                    delivery.webhook_id,
+                    delivery.job_id,
+                    after.attempts,
+                    after.last_error,
+                )
+            await self.store.save(after)
