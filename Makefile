@@ -38,6 +38,7 @@ lint:
 # A failed build leaves the variable empty: the tier then skips, or fails under CI=true.
 test: EXTRAS = all,dev
 test: setup lint
+	bash scripts/install-browser.sh
 	TAKO_APIEXTENSIONS_APISERVER="$$(bash scripts/apiserver.sh | tail -n 1)" $(OWN_CGROUP) $(PY)/pytest -q -ra
 
 bench: EXTRAS = all,dev

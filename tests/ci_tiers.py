@@ -51,6 +51,13 @@ REQUIRED_TIERS: tuple[Tier, ...] = (
         paths=("tests/unit/test_crd_apiserver.py",),
         reason="TAKO_APIEXTENSIONS_APISERVER",
     ),
+    # The console's browser tests: enforced once `make test` installs Chromium (scripts/install-browser.sh).
+    Tier(
+        "browser (headless Chromium)",
+        enforced=ci_builds("scripts/install-browser.sh"),
+        paths=("tests/integration/test_console_browser.py",),
+        reason="chromium",
+    ),
 )
 
 

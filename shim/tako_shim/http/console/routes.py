@@ -81,7 +81,7 @@ def _redirect(location: str) -> web.Response:
 
 def _secure_headers(response: web.StreamResponse) -> None:
     response.headers.setdefault("Content-Security-Policy", CSP)
-    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Referrer-Policy"] = "same-origin"  # no-referrer would make forms send Origin: null
     response.headers.setdefault("Cache-Control", "no-store")
 
 
