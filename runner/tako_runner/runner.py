@@ -69,7 +69,9 @@ DEFAULTS: dict[str, Any] = {
     "kill_grace_seconds": 2.0,
     "kill_all_processes": None,  # None: only when this runner is the sandbox's init (pid 1)
     "pip_extra_args": [],
+    "live_output": False,  # forward the code's output while it runs (LiveForward: TAKO-LIVE lines)
 }
+LIVE_MARKER = "TAKO-LIVE"
 
 MAX_REQUIREMENTS = 50
 MAX_REQUIREMENT_LENGTH = 256
@@ -205,8 +207,66 @@ class Capture:
             data = data[: utf8_boundary(data)]
         text = data.decode("utf-8", errors="replace")
         if self.truncated:
-            text += f"\n\n[TRUNCATED: output exceeded {self.limit} bytes]"
+            text += self.notice()
         return text
+
+    def notice(self) -> str:
+        return f"\n\n[TRUNCATED: output exceeded {self.limit} bytes]"
+
+
+class LiveForward:
+    """Forwards the code's captured output while it runs: ``TAKO-LIVE <stdout|stderr> <JSON string>``
+    lines on this process's stdout (the host reads them from the sandbox's stdout or the Pod log).
+
+    Exactly what the record keeps is forwarded, in the order it was read: the text of one stream's lines
+    concatenates to its ``Capture.text()`` (UTF-8 decoded incrementally, a character split across reads
+    waits for its end; after the cap, the same truncation notice, then nothing more)."""
+
+    def __init__(self, fd: int = 1) -> None:
+        import codecs
+
+        self.fd = fd
+        self._decoder = codecs.getincrementaldecoder("utf-8")
+        self.sent: dict[str, int] = {}
+        self.decoders: dict[str, Any] = {}
+        self.finished: set[str] = set()
+
+    def forward(self, name: str, capture: Capture, final: bool = False) -> None:
+        if name in self.finished:
+            return
+        decoder = self.decoders.get(name)
+        if decoder is None:
+            decoder = self.decoders[name] = self._decoder(errors="replace")
+        sent = self.sent.get(name, 0)
+        data = bytes(capture.data)
+        if capture.truncated:
+            end = utf8_boundary(data)
+            if end < sent:  # the bytes held back were an incomplete character that the cap cuts off
+                decoder.reset()
+                text = ""
+            else:
+                text = decoder.decode(data[sent:end], True)
+            text += capture.notice()
+            self.finished.add(name)
+        else:
+            text = decoder.decode(data[sent:], final)
+            if final:
+                self.finished.add(name)
+        self.sent[name] = len(data)
+        if text:
+            self._write(f"{LIVE_MARKER} {name} {json.dumps(text, ensure_ascii=True)}\n".encode("ascii"))
+
+    def _write(self, line: bytes) -> None:
+        view = memoryview(line)
+        while view:
+            try:
+                written = os.write(self.fd, view)
+            except InterruptedError:
+                continue
+            except OSError:
+                self.fd = -1  # nobody reads our stdout any more: stop forwarding, keep capturing
+                return
+            view = view[written:]
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -308,10 +368,12 @@ def run_captured(
     grace: float,
     max_stdout: int,
     max_stderr: int,
+    live: LiveForward | None = None,
 ) -> dict[str, Any]:
     """Run argv in its own session with piped output, a deadline (TERM, then KILL after ``grace``).
 
-    Returns exit_code (128+N for a signal), timed_out, captured stdout/stderr and elapsed_ms.
+    Returns exit_code (128+N for a signal), timed_out, captured stdout/stderr and elapsed_ms. With
+    ``live``, output is also forwarded as it is read.
     """
     import select
 
@@ -353,11 +415,16 @@ def run_captured(
                 continue
             if chunk:
                 captures[fd].feed(chunk)
+                if live is not None and live.fd >= 0:
+                    live.forward("stdout" if fd == out_fd else "stderr", captures[fd])
             else:
                 poller.unregister(fd)
                 open_fds.discard(fd)
     os.close(out_fd)
     os.close(err_fd)
+    if live is not None and live.fd >= 0:
+        live.forward("stdout", captures[out_fd], final=True)
+        live.forward("stderr", captures[err_fd], final=True)
     if proc.poll() is None and timed_out:
         _signal_group(proc.pid, SIGKILL)
     returncode = proc.wait(grace + 5)
@@ -702,6 +769,7 @@ def do_run(config: dict[str, Any], t0: int) -> dict[str, Any]:
         grace=float(config["kill_grace_seconds"]),
         max_stdout=int(config["max_stdout_bytes"]),
         max_stderr=int(config["max_stderr_bytes"]),
+        live=LiveForward() if config.get("live_output") else None,
     )
     execution_ms = now_ms() - started
     import resource

@@ -35,7 +35,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +202,8 @@ class KubeHarness:
     def __init__(self, namespace: str = NAMESPACE) -> None:
         self.namespace = namespace
         self._logs: dict[tuple[str, str, str], str] = {}
+        self._live: dict[tuple[str, str, str], bytearray] = {}
+        self._live_done: set[tuple[str, str, str]] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kmock", daemon=True)
         self._stack: Any = None
@@ -248,6 +250,10 @@ class KubeHarness:
     def _serve_log(self, request: rendering.Request) -> rendering.Response:
         container = request.params.get("container", "")
         key = (request.namespace or "", request.name or "", container)
+        if request.params.get("follow") == "true" and key in self._live and key not in self._logs:
+            return rendering.Response(
+                payload=self._follow_log(key), headers={"Content-Type": "text/plain; charset=utf-8"}
+            )
         if key not in self._logs:
             raise kmock.KubernetesNotFoundError(
                 message=f"no log for container {container!r} of pod {request.name!r}"
@@ -258,6 +264,28 @@ class KubeHarness:
 
     def set_log(self, pod: str, container: str, text: str, namespace: str | None = None) -> None:
         self._logs[(namespace or self.namespace, pod, container)] = text
+
+    # A running container's stdout, for `follow=true` readers (the shim's live output); the complete log
+    # (`set_log`) replaces it when the container ends.
+    def stream_log(self, pod: str, container: str, chunk: bytes, namespace: str | None = None) -> None:
+        self._live.setdefault((namespace or self.namespace, pod, container), bytearray()).extend(chunk)
+
+    def end_log(self, pod: str, container: str, namespace: str | None = None) -> None:
+        self._live_done.add((namespace or self.namespace, pod, container))
+
+    async def _follow_log(self, key: tuple[str, str, str]) -> AsyncIterator[bytes]:
+        sent = 0
+        yield b""  # answer at once (kmock sends the headers with the first chunk)
+        while True:
+            data = self._live.get(key, bytearray())
+            if len(data) > sent:
+                chunk = bytes(data[sent:])
+                sent += len(chunk)
+                yield chunk
+            elif key in self._live_done:
+                return
+            else:
+                await asyncio.sleep(0.05)
 
     # -- kubeconfig -----------------------------------------------------------------------------
 

@@ -87,3 +87,25 @@ def test_sdk_gets_stdout_traceback_and_timeout_through_the_cluster(
     assert tako_vm.get_status(ok)["status"] == "succeeded"
     history = tako_vm.list_executions(limit=10)
     assert {item["execution_id"] for item in history["items"]} >= {ok, failing, sleeping}
+
+
+def test_live_output_streams_from_the_pod_log_with_stdout_and_stderr_apart(
+    kube: KubeHarness, run_operator: Any, node: NodeAgent, sdk: None
+) -> None:
+    """GET /jobs/{id}/events on the kubernetes backend: the shim follows the job Pod's log (served as it is
+    written by the node agent) and splits the runner's live lines into stdout and stderr events."""
+    run_operator()
+    job = tako_vm.submit_code(
+        "import sys, time\nfor i in range(4):\n    print('tick', i)\n    print('warn', i, file=sys.stderr)\n"
+        "    time.sleep(1)\n",
+        timeout=60,
+    )
+    events = list(tako_vm.stream(job))
+    result = events[-1]
+    assert isinstance(result, tako_vm.ResultEvent) and result.status == "succeeded", events
+    stdout = [e for e in events if isinstance(e, tako_vm.OutputEvent) and e.type == "stdout"]
+    stderr = [e for e in events if isinstance(e, tako_vm.OutputEvent) and e.type == "stderr"]
+    assert len(stdout) >= 3, [e.type for e in events]  # chunks while it ran, not one block at the end
+    assert "".join(e.text for e in stdout) == "tick 0\ntick 1\ntick 2\ntick 3\n" == result.record["stdout"]
+    assert "".join(e.text for e in stderr) == "warn 0\nwarn 1\nwarn 2\nwarn 3\n"
+    assert [e.status for e in events if isinstance(e, tako_vm.StatusEvent)][-1] == "succeeded"

@@ -241,17 +241,45 @@ class PodRun:
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
         )
         self._set_state(container["name"], {"running": {"startedAt": started}}, phase="Running")
+        # stdout is served as it arrives to `follow=true` log readers (the kubelet streams logs too).
+        kube, pod, name = self.agent.kube, self.name, container["name"]
+        out_chunks: list[bytes] = []
+        assert self.proc.stdout is not None
+        out_fd = self.proc.stdout.fileno()
+
+        def pump() -> None:
+            while chunk := os.read(out_fd, 65536):
+                out_chunks.append(chunk)
+                kube.stream_log(pod, name, chunk)
+
+        err_chunks: list[bytes] = []
+        assert self.proc.stderr is not None
+        err_fd = self.proc.stderr.fileno()
+
+        def pump_err() -> None:
+            while chunk := os.read(err_fd, 65536):
+                err_chunks.append(chunk)
+
+        pumping = threading.Thread(target=pump, daemon=True)
+        pumping.start()
+        pumping_err = threading.Thread(target=pump_err, daemon=True)
+        pumping_err.start()
         timed_out = False
         try:
-            stdout, stderr = self.proc.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+            self.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
             timed_out = True
             self._kill(cid)
-            stdout, stderr = self.proc.communicate()
+            self.proc.wait()
+        pumping.join(timeout=10)
+        pumping_err.join(timeout=10)
+        stderr = b"".join(err_chunks)
+        stdout = b"".join(out_chunks)
         oom = self._oom_killed(cid)
         self._cleanup(cid)
         log_text = stderr.decode("utf-8", "replace") + stdout.decode("utf-8", "replace")
         self.agent.kube.set_log(self.name, container["name"], log_text)
+        kube.end_log(pod, name)
         code = self.proc.returncode
         reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
         if timed_out:

@@ -183,6 +183,7 @@ SHIM_NAMESPACED_RULES = {
     ("takovm.dev", "pythonjobs"): {"create", "get", "list", "watch", "patch"},
     ("takovm.dev", "pythonjobs/status"): {"get"},
     ("takovm.dev", "pythonjobtypes"): {"get", "list"},
+    ("", "pods/log"): {"get"},  # live output: GET /jobs/{id}/events follows the job Pod's log
 }
 
 

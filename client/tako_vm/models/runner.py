@@ -52,6 +52,8 @@ class RunnerConfig(BaseModel):
     kill_all_processes: bool | None = None
     """None: only when the runner is the sandbox's init (pid 1)."""
     pip_extra_args: list[str] = Field(default_factory=list)
+    live_output: bool = False
+    """Forward the code's output while it runs (``TAKO-LIVE`` lines before the frame, for event streams)."""
 
     def as_json_dict(self) -> dict[str, Any]:
         """The fields the writer set (the runner fills in the rest from the same defaults)."""

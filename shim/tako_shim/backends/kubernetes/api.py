@@ -244,6 +244,24 @@ class KubeApi:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise KubeApiError(0, "Unreachable", f"{type(exc).__name__}: {exc}") from None
 
+    async def follow_pod_log(self, namespace: str, pod: str, container: str) -> AsyncIterator[bytes]:
+        """The container's log from its start, chunk by chunk, until the container ends (``follow``)."""
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(pod, safe='')}/log"
+        try:
+            async with self._session.get(
+                self.connection.server + path,
+                params={"container": container, "follow": "true"},
+                headers=self._headers(),
+                ssl=self.connection.ssl,
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=WATCH_SERVER_TIMEOUT_SECONDS),
+            ) as response:
+                if response.status >= 400:
+                    raise _api_error(response.status, await response.text())
+                async for chunk in response.content.iter_any():
+                    yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise KubeApiError(0, "Unreachable", f"{type(exc).__name__}: {exc}") from None
+
 
 def _watch_event(line: bytes) -> dict[str, Any]:
     event: dict[str, Any] = json.loads(line)

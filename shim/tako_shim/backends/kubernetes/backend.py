@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from tako_shim.backends.base import (
     Artifact,
     Backend,
+    Cursor,
+    JobEvent,
     Overrides,
     RecordFilter,
     RecordPage,
@@ -38,6 +41,7 @@ from tako_shim.backends.base import (
     SubmitResult,
 )
 from tako_shim.backends.kubernetes.api import KubeApi, KubeApiError
+from tako_shim.backends.kubernetes.events import following_events
 from tako_shim.backends.kubernetes.translate import (
     ClusterJobResolver,
     cancel_patch,
@@ -299,6 +303,30 @@ class KubernetesBackend(Backend):
                 if sub.latest is not None:
                     job = sub.latest
             return record_from_job(job)
+
+    async def events(self, tenant: str, job_id: str, cursor: Cursor) -> AsyncGenerator[JobEvent, None]:
+        """Live output from the job Pod's log (``tako_shim.backends.kubernetes.events``)."""
+
+        async def wait(seconds: float) -> None:
+            await self.wait_for(tenant, job_id, seconds)
+
+        def status_of(job: dict[str, Any]) -> str:
+            current = status_from_job(job).status
+            return "queued" if current == "pending" else current
+
+        stream = following_events(
+            self.api,
+            self._namespace(tenant),
+            job_id,
+            cursor,
+            read_job=lambda: self._job(tenant, job_id),
+            status_of=status_of,
+            record_of=record_from_job,
+            wait=wait,
+            limits={"stdout": self.settings.max_stdout_bytes, "stderr": self.settings.max_stderr_bytes},
+        )
+        async for event in stream:
+            yield event
 
     async def list_records(self, tenant: str, query: RecordFilter) -> RecordPage:
         jobs = await self._call(

@@ -38,6 +38,7 @@ from tako_shim.backends.base import (
     Submission,
     SubmitResult,
 )
+from tako_shim.backends.live import LiveOutput
 from tako_shim.backends.local import records
 from tako_shim.backends.local.deliveries import DeliveryTable, LocalDeliveries, new_delivery
 from tako_shim.backends.local.fairqueue import FairQueue
@@ -219,6 +220,7 @@ class LocalBackend(Backend):
         self._cancels: dict[str, asyncio.Event] = {}  # running job -> its cancel switch
         self._done: dict[str, asyncio.Event] = {}  # job -> event set once its terminal state is known
         self._unsaved: dict[str, TerminalState] = {}  # finished jobs whose terminal write has not landed
+        self._live: dict[str, LiveOutput] = {}  # running job -> its output so far (GET /jobs/{id}/events)
         self._submit_lock = asyncio.Lock()
         self._usage: dict[str, tuple[float, int]] = {}  # tenant -> (measured at, bytes stored)
         self._tasks: list[asyncio.Task[None]] = []
@@ -406,6 +408,9 @@ class LocalBackend(Backend):
             return None
         return await self.get_record(tenant, job_id)
 
+    def live_output(self, job_id: str) -> LiveOutput | None:
+        return self._live.get(job_id)
+
     async def list_records(self, tenant: str, query: RecordFilter) -> RecordPage:
         rows = await self._db(
             self.store.list_rows,
@@ -517,6 +522,7 @@ class LocalBackend(Backend):
                 await self._finish(job_id, "failed", None, records.internal_error_outcome(str(exc)))
             finally:
                 self._cancels.pop(job_id, None)
+                self._live.pop(job_id, None)
                 self._queue.done(tenant)
 
     async def _run(self, job_id: str, cancel: asyncio.Event) -> None:
@@ -543,6 +549,11 @@ class LocalBackend(Backend):
         artifact_dir = self._artifact_dir(row.job_id)
         last_error = ""
         for attempt in range(1, self.settings.max_retry_attempts + 1):
+            if hasattr(job, "on_output"):  # a SandboxJob (queue tests use other job objects)
+                live = self._live[row.job_id] = LiveOutput(
+                    {"stdout": self.settings.max_stdout_bytes, "stderr": self.settings.max_stderr_bytes}
+                )  # a retried attempt starts a fresh log; streams skip what their cursor has
+                job = dataclasses.replace(job, on_output=live.append)
             if artifact_dir.exists():
                 await asyncio.to_thread(shutil.rmtree, artifact_dir, True)
             artifact_dir.mkdir(parents=True, exist_ok=True)
@@ -560,6 +571,8 @@ class LocalBackend(Backend):
                 await asyncio.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
                 continue
             result: dict[str, Any] = outcome.to_dict()
+            if row.job_id in self._live:
+                self._live[row.job_id].close()
             return str(result.pop("status")), result
         if cancel.is_set():
             return "cancelled", records.cancelled_outcome("Execution was cancelled by user")

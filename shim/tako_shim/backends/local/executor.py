@@ -49,6 +49,7 @@ from typing import Any
 import tako_shim.backends.local.rootfs as rootfs_module
 from tako_runner import runner as runner_module
 from tako_runner.outcome import HEADER, Outcome, classify, parse_envelope
+from tako_shim.backends.live import LiveLines
 from tako_shim.backends.local import cgroups, sandbox
 from tako_vm.models.runner import RunnerConfig
 
@@ -100,6 +101,8 @@ class SandboxJob:
     max_artifact_bytes: int = 10 * 1024 * 1024
     max_total_artifact_bytes: int = 50 * 1024 * 1024
     max_artifact_count: int = 1000
+    # Called with (stream, text) for the code's output as the runner forwards it (event streams).
+    on_output: Callable[[str, str], None] | None = field(default=None, compare=False, repr=False)
 
 
 class SandboxUnavailable(Exception):
@@ -171,9 +174,13 @@ class _FrameWatch:
     hash a large buffer per line. After that the frame is checked once more when the sandbox exits.
     """
 
-    def __init__(self, key: bytes, buffer: _TailBuffer) -> None:
+    def __init__(
+        self, key: bytes, buffer: _TailBuffer, on_output: Callable[[str, str], None] | None = None
+    ) -> None:
         self.key = key
         self.buffer = buffer
+        self.on_output = on_output  # the runner's TAKO-LIVE lines, parsed (tako_shim.backends.live)
+        self.live = LiveLines()
         self.envelope: dict[str, Any] | None = None
         self.found = asyncio.Event()
         self.checks = 0
@@ -181,6 +188,9 @@ class _FrameWatch:
 
     def feed(self, chunk: bytes) -> None:
         self.buffer.feed(chunk)
+        if self.on_output is not None and self.envelope is None:
+            for stream, text in self.live.feed(chunk):
+                self.on_output(stream, text)
         if self.envelope is not None or self.checks >= MAX_MAC_CHECKS or not chunk.endswith(b"\n"):
             return
         tail = bytes(self.buffer.data[-MAC_LINE_MAX:])
@@ -607,6 +617,7 @@ class LocalExecutor:
             max_total_artifact_bytes=job.max_total_artifact_bytes,
             max_artifact_count=job.max_artifact_count,
             embed_artifacts=True,
+            live_output=job.on_output is not None,
             environment=dict(job.environment),
             egress_probe=True,
             egress_probe_timeout=0,
@@ -733,7 +744,7 @@ class LocalExecutor:
             proc.stdin.close()
             # An install sandbox's result is only used once it has exited: the packages it wrote to
             # /deps are then surely on the host for the run sandbox (its teardown is ~0.1 s of an install).
-            watch = _FrameWatch(key, out_buf)
+            watch = _FrameWatch(key, out_buf, job.on_output if mode == "run" else None)
             result, readers = await self._watch(proc, cid, watch, err_buf, budget_s, cancel, mode == "run")
             return result
         finally:
