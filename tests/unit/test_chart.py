@@ -7,7 +7,9 @@ Every rendered object is checked against the upstream Kubernetes schemas in stri
 from __future__ import annotations
 
 import base64
+import json
 import pathlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +18,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
+from tako_operator.metrics import Metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "tako-vm"
@@ -691,3 +695,26 @@ def test_helm_test_pod_checks_the_shim_health_through_its_service(
     (container,) = pod["spec"]["containers"]
     assert "http://tako-tako-vm-shim:8000/health" in container["command"][-1]
     assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+def test_grafana_dashboard_is_opt_in_and_queries_only_metrics_the_operator_exports() -> None:
+    assert not [
+        m for m in of_kind(render(), "ConfigMap") if m["metadata"]["name"].endswith("-grafana-dashboard")
+    ]
+    values = {"grafana": {"dashboard": {"enabled": True, "namespace": "monitoring"}}}
+    (config_map,) = [
+        m
+        for m in of_kind(render(values), "ConfigMap")
+        if m["metadata"]["name"].endswith("-grafana-dashboard")
+    ]
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["tako-vm.json"])
+    queried = {
+        re.sub(r"_(bucket|count|sum)$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\btakovm_[a-z_]+", target["expr"])
+    }
+    exported = {metric.name for metric in Metrics().registry.collect()}
+    assert queried and queried <= exported, queried - exported
