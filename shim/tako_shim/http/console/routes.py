@@ -9,6 +9,7 @@ module; API handlers never see a console request without a tenant.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -444,6 +445,23 @@ async def cancel(request: web.Request, session: auth.ConsoleSession) -> web.Stre
     return _redirect(f"{PREFIX}/executions/{job_id}")
 
 
+SESSION_COLUMNS = ("session_id", "status", "job_type", "created_at", "expires_at", "last_used_at")
+
+
+@page
+async def sessions(request: web.Request, session: auth.ConsoleSession) -> web.StreamResponse:
+    """The sessions issue's ``GET /sessions`` for the cookie's tenant, as a table (404 without it)."""
+    handler = _route(request.app, "GET", SESSIONS_ROUTE)
+    if handler is None:
+        raise NotFound("Sessions are not available on this server")
+    answer = await handler(request)
+    body = answer.text if isinstance(answer, web.Response) and answer.text else "{}"
+    items = [item for item in json.loads(body).get("items", []) if isinstance(item, dict)]
+    columns = [c for c in SESSION_COLUMNS if any(c in item for item in items)] or ["session_id"]
+    context = _context(request, session, title="Sessions", items=items, columns=columns)
+    return _html(request.app[CONSOLE_KEY], "sessions.html", **context)
+
+
 @page
 async def home(request: web.Request, session: auth.ConsoleSession) -> web.StreamResponse:
     return _redirect(f"{PREFIX}/overview")
@@ -464,6 +482,7 @@ def add_console(app: web.Application) -> None:
         ("POST", "/logout", logout),
         ("GET", "/static/{name}", static),
         ("GET", "/overview", overview),
+        ("GET", "/sessions", sessions),
         ("GET", "/executions", executions),
         ("GET", "/executions/{job_id}", execution),
         ("GET", "/executions/{job_id}/events", events),
