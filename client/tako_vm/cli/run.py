@@ -28,6 +28,8 @@ from tako_vm.cli._common import (
 from tako_vm.cli.jobs import save_results
 from tako_vm.errors import TakoVMError, WaitTimeoutError
 
+SANDBOX_CODE_PATH = "/code/main.py"
+"""Where the sandbox keeps the submitted code (tracebacks name it)."""
 POLL_STEPS = (1.0, 2.0, 5.0, 10.0)
 """Long-poll lengths while `run` waits: short at first so progress shows, then longer."""
 
@@ -49,6 +51,13 @@ def read_code(file: str | None, code: str | None, stdin: TextIO) -> tuple[str, s
         raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise CommandError(f"cannot read {path}: not UTF-8 text ({exc.reason})") from exc
+
+
+def with_user_filename(stderr: str, shown: str) -> str:
+    """The job's stderr with traceback frames of the submitted code naming ``shown`` (the file as the
+    user typed it, `<string>` for -c, `<stdin>` for -) instead of the sandbox's /code/main.py. The code
+    is submitted unchanged, so the line numbers are the user's."""
+    return stderr.replace(f'File "{SANDBOX_CODE_PATH}"', f'File "{shown}"')
 
 
 def progress_line(job_id: str, status: Mapping[str, Any], elapsed: float) -> str:
@@ -104,6 +113,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import sys
 
     code, name = read_code(args.file, args.code, sys.stdin)
+    shown = args.file if args.file not in (None, "-") else name
     input_data = parse_input(args.input)
     with client_for(args) as client:
         job_id = client.submit_code(
@@ -137,7 +147,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(record["stdout"])
         out.flush()
     if record.get("stderr"):
-        err.write(record["stderr"])
+        err.write(with_user_filename(record["stderr"], shown))
     if not args.quiet:
         print(summary_line(job_id, record, args.output), file=err)
     return exit_code_for(record)

@@ -40,6 +40,7 @@ from tako_shim.backends.base import (
 )
 from tako_shim.backends.local import records
 from tako_shim.backends.local.fairqueue import FairQueue
+from tako_shim.backends.local.health_details import health_details
 from tako_shim.backends.local.store import JobRow, JobStore
 from tako_shim.config import Settings, memory_limit_mb
 from tako_shim.errors import (
@@ -475,6 +476,7 @@ class LocalBackend(Backend):
             queue_stats=await self.pool_stats("default"),
             backend=self.name,
             runtime=runtime,
+            **health_details(self._runtime_info, self._executor, self.settings),
         )
 
     # -- workers ------------------------------------------------------------------------------------
