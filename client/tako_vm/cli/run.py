@@ -25,7 +25,7 @@ from tako_vm.cli._common import (
     format_duration,
     parse_input,
 )
-from tako_vm.cli.jobs import save_results
+from tako_vm.cli.jobs import OUTPUT_FILE, save_results
 from tako_vm.errors import TakoVMError, WaitTimeoutError
 
 SANDBOX_CODE_PATH = "/code/main.py"
@@ -100,7 +100,7 @@ def summary_line(job_id: str, record: Mapping[str, Any], saved_to: str | None) -
     wrote = []
     if record.get("output") is not None:
         wrote.append("output")
-    count = len(record.get("artifacts") or [])
+    count = len([a for a in record.get("artifacts") or [] if a.get("name") != OUTPUT_FILE])
     if count:
         wrote.append(f"{count} artifact{'s' if count != 1 else ''}")
     if wrote:
@@ -163,7 +163,9 @@ def register(commands: Subparsers, client_opts: argparse.ArgumentParser) -> None
     run.add_argument("--timeout", type=int, help="execution time limit in seconds")
     run.add_argument("--job-type", help="a pre-built environment (name or name@version)")
     run.add_argument("-r", "--requirement", action="append", help="pip requirement (repeatable)")
-    run.add_argument("-o", "--output", metavar="DIR", help="save the job's output.json and artifacts in DIR")
+    run.add_argument(
+        "-o", "--output", metavar="DIR", help="save the job's artifacts (its output: result.json) in DIR"
+    )
     run.add_argument("-d", "--detach", action="store_true", help="print the job id and return at once")
     run.add_argument("-q", "--quiet", action="store_true", help="only the job's own stdout and stderr")
     run.set_defaults(handler=cmd_run)
