@@ -64,7 +64,7 @@ fi
 version="$("$tools/bin/runsc" --version 2>&1)" || { say "runsc at $tools/bin/runsc does not run" >&2; exit 1; }
 say "${version%%$'\n'*}"
 # cgroups: the local executor puts every sandbox in a cgroup with memory, pids and cpu limits
-# (shim/tako_shim/backends/local/cgroups.py). Check what the host offers; the server repeats this check at start-up.
+# (shim/tako_shim/backends/local/sandbox/cgroups.py). Check what the host offers; the server repeats this check at start-up.
 cgroup_fs="$(stat -f -c %T /sys/fs/cgroup 2>/dev/null || echo none)"
 if [ "$cgroup_fs" = cgroup2fs ]; then
     offered="$(cat /sys/fs/cgroup/cgroup.controllers 2>/dev/null || true)"
