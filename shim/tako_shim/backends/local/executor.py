@@ -174,12 +174,11 @@ class _FrameWatch:
     hash a large buffer per line. After that the frame is checked once more when the sandbox exits.
     """
 
-    def __init__(
-        self, key: bytes, buffer: _TailBuffer, on_output: Callable[[str, str], None] | None = None
-    ) -> None:
+    def __init__(self, key: bytes, buffer: _TailBuffer) -> None:
         self.key = key
         self.buffer = buffer
-        self.on_output = on_output  # the runner's TAKO-LIVE lines, parsed (tako_shim.backends.live)
+        # Set by the caller for a run sandbox: gets the runner's TAKO-LIVE lines, parsed.
+        self.on_output: Callable[[str, str], None] | None = None
         self.live = LiveLines()
         self.envelope: dict[str, Any] | None = None
         self.found = asyncio.Event()
@@ -744,7 +743,8 @@ class LocalExecutor:
             proc.stdin.close()
             # An install sandbox's result is only used once it has exited: the packages it wrote to
             # /deps are then surely on the host for the run sandbox (its teardown is ~0.1 s of an install).
-            watch = _FrameWatch(key, out_buf, job.on_output if mode == "run" else None)
+            watch = _FrameWatch(key, out_buf)
+            watch.on_output = job.on_output if mode == "run" else None
             result, readers = await self._watch(proc, cid, watch, err_buf, budget_s, cancel, mode == "run")
             return result
         finally:

@@ -383,7 +383,8 @@ class WarmPool:
             + executor_module.ENVELOPE_OVERHEAD_BYTES
             + job.max_total_artifact_bytes * 2
         )
-        watch = executor_module._FrameWatch(key, executor_module._TailBuffer(limit), job.on_output)
+        watch = executor_module._FrameWatch(key, executor_module._TailBuffer(limit))
+        watch.on_output = job.on_output
         err_buf = executor_module._TailBuffer(64 * 1024)
         return await self.executor._watch(process, sandbox.cid, watch, err_buf, budget_s, cancel)
 
