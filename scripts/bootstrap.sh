@@ -11,8 +11,19 @@ wanted="${1:-all,dev}"
 case "$wanted" in
     *[!a-z0-9,_-]*|"") echo "bootstrap.sh: extras must be a comma-separated list of names, got '$wanted'" >&2; exit 2 ;;
 esac
-if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv
+# A .venv whose pip does not run (e.g. `python3 -m venv` failed half-way for want of python3-venv, or the
+# python it points at is gone) is made again, not reused: its stamp would otherwise skip the install.
+if [ -e .venv ] && ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+    echo "bootstrap.sh: .venv is broken (.venv/bin/python -m pip --version fails); recreating it" >&2
+    rm -rf .venv
+fi
+if [ ! -e .venv ]; then
+    if ! python3 -m venv .venv; then
+        rm -rf .venv
+        echo "bootstrap.sh: python3 -m venv failed; install python3-venv (apt-get install python3-venv," \
+            "or run scripts/install-system.sh) and try again" >&2
+        exit 1
+    fi
 fi
 stamp=.venv/.installed
 have=""

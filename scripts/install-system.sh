@@ -4,7 +4,7 @@
 #   - gVisor's runsc: the 2024 build from Debian trixie (systrap platform, ~20x faster than ptrace on
 #     syscall-heavy code) into .tools/bin/runsc, taken with a private apt list dir so the system's apt
 #     sources are never changed; Debian bookworm's runsc (2022, ptrace only) as the fallback;
-#   - python3 with venv (python3-venv) for the project's .venv (scripts/bootstrap.sh), and debootstrap.
+#   - python3 with venv (python3-venv) for the project's .venv (scripts/bootstrap.sh), debootstrap, make, git.
 #     Sandboxes never use the host's Python or /usr: they bind the project's own root filesystem, which
 #     scripts/build-rootfs.sh builds (Debian bookworm + python3, python3-pip; see docs/sandbox.md).
 # Environment: TAKO_RUNSC_RETRY=1 retries the trixie download when a previous run fell back to bookworm.
@@ -26,6 +26,8 @@ has_venv='import importlib.util, sys; sys.exit(importlib.util.find_spec("ensurep
 python3 -c "$has_venv" >/dev/null 2>&1 || need_apt+=(python3-venv)
 [ -x /usr/bin/runsc ] || need_apt+=(runsc)
 [ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
+command -v make >/dev/null 2>&1 || need_apt+=(make)  # a minimal Debian 12 has neither make nor git
+command -v git >/dev/null 2>&1 || need_apt+=(git)
 if [ ${#need_apt[@]} -gt 0 ]; then
     say "apt-get install ${need_apt[*]}"
     apt-get update -qq

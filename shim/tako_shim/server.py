@@ -138,7 +138,8 @@ def run_server(
                     f"cannot lock the data dir {settings.data_dir}: {exc.strerror or exc}", EXIT_CONFIG
                 ) from None
         try:
-            app = create_app(settings, make_backend(settings))
+            backend_obj = make_backend(settings)
+            app = create_app(settings, backend_obj)
         except ConfigError as exc:
             raise _fail(str(exc), EXIT_CONFIG) from None
         bound = sockets[0].getsockname()
@@ -148,6 +149,8 @@ def run_server(
                 f"backend={settings.backend} listening on http://{settings.server_host}:{bound[1]}"
                 f" (auth {'on' if settings.api_auth_enabled else 'off'})"
             )
+            for warning in (await backend_obj.health()).warnings:
+                _say(f"WARNING: {warning}")
 
         async def farewell(_: web.Application) -> None:  # runs once the backend has stopped
             _say(f"stopped (was listening on http://{settings.server_host}:{bound[1]})")

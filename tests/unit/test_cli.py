@@ -161,3 +161,111 @@ def test_operator_command_forwards_the_chart_flags_to_run_operator(monkeypatch: 
     inspect.signature(real).bind(**call)
     code, _, err = _main("operator", "--namespace=a", "--all-namespaces")
     assert code == cli.EXIT_USAGE and "mutually exclusive" in err
+
+
+def test_id_prefixes_match_like_docker() -> None:
+    from tako_vm.cli.jobs import matching_ids
+
+    ids = ["0b6c1111-aaaa", "0b6c2222-bbbb", "ffff0000-cccc", "0b6c1111-aaaa"]
+    assert matching_ids("0B6C1", ids) == ["0b6c1111-aaaa"]  # case-insensitive, repeats once
+    assert matching_ids("0b6c", ids) == ["0b6c1111-aaaa", "0b6c2222-bbbb"]
+    assert matching_ids("9", ids) == []
+
+
+def test_artifact_names_cannot_leave_the_download_directory(tmp_path: Path) -> None:
+    from tako_vm.cli.jobs import safe_artifact_path
+
+    assert safe_artifact_path(tmp_path, "plots/a.png") == tmp_path / "plots" / "a.png"
+    for bad in ("../escape", "/etc/passwd", "a/../../b"):
+        with pytest.raises(cli.CommandError, match="not a relative path"):
+            safe_artifact_path(tmp_path, bad)
+
+
+def test_a_422_detail_becomes_one_readable_line() -> None:
+    from tako_vm.cli.errors import validation_line
+
+    detail = json.dumps(
+        [
+            {"loc": ["query", "limit"], "msg": "Input should be greater than or equal to 1", "type": "x"},
+            {"loc": ["body", "timeout"], "msg": "Value error, too long", "type": "y"},
+        ]
+    )
+    assert validation_line(detail) == "limit: Input should be greater than or equal to 1; timeout: too long"
+    assert validation_line("requirements: disabled") == "requirements: disabled"
+
+
+def test_tracebacks_get_the_users_file_name() -> None:
+    from tako_vm.cli.run import with_user_filename
+
+    stderr = 'Traceback (most recent call last):\n  File "/code/main.py", line 4, in <module>\n'
+    assert with_user_filename(stderr, "src/job.py") == (
+        'Traceback (most recent call last):\n  File "src/job.py", line 4, in <module>\n'
+    )
+
+
+def test_server_status_lines_name_what_a_user_needs() -> None:
+    from tako_vm.cli.status import server_lines
+
+    health = {
+        "status": "healthy",
+        "version": "0.1.0",
+        "backend": "local",
+        "runtime": "runsc",
+        "runsc_version": "release-20220905.0",
+        "platform": "ptrace",
+        "cgroup": "v2",
+        "data_dir": "/var/lib/tako",
+        "warm_pool": {"filled": 1, "target": 2},
+        "auth_enabled": True,
+        "queue_stats": {"pending": 3, "running": 1, "max_workers": 4, "max_queue_size": 100},
+        "warnings": ["slow"],
+        "docker_available": True,
+    }
+    shown = dict(server_lines(health))
+    assert shown["sandbox"] == "runsc release-20220905.0 (platform ptrace)"
+    assert (shown["warm pool"], shown["auth"], shown["cgroups"]) == ("1/2 ready", "on", "v2")
+    assert shown["queue"] == "3 pending, 1 running (4 workers, room for 100)"
+    assert shown["warning"] == "slow" and "docker" not in str(server_lines(health))
+
+
+def test_exit_column_matches_run_exit_codes() -> None:
+    from tako_vm.cli.executions import shown_exit
+
+    assert [shown_exit(r) for r in ({"status": "timeout", "exit_code": -9}, {"status": "oom"})] == [
+        "124",
+        "137",
+    ]
+    assert (
+        shown_exit({"status": "running"}) == "-" and shown_exit({"status": "failed", "exit_code": 3}) == "3"
+    )
+
+
+def test_ptrace_and_no_sandbox_are_warned_about() -> None:
+    from tako_shim.backends.local.health_details import runtime_warnings
+
+    assert runtime_warnings({"runtime": "runsc", "platform": "systrap", "version": "x"}) == []
+    (ptrace,) = runtime_warnings({"runtime": "runsc", "platform": "ptrace", "version": "release-20220905.0"})
+    assert "release-20220905.0" in ptrace and "12-20x slower" in ptrace and "TAKO_RUNSC_RETRY=1" in ptrace
+    (none,) = runtime_warnings({"runtime": "none"})
+    assert "WITHOUT a sandbox" in none
+
+
+def test_json_log_lines() -> None:
+    import logging
+
+    from tako_shim.logsetup import JsonFormatter
+
+    record = logging.LogRecord("tako_shim.x", logging.WARNING, __file__, 1, "hello %s", ("there",), None)
+    entry = json.loads(JsonFormatter().format(record))
+    assert (
+        entry["message"] == "hello there" and entry["level"] == "WARNING" and entry["logger"] == "tako_shim.x"
+    )
+    assert entry["time"].endswith("+00:00")
+
+
+def test_config_option_after_the_sub_command(tmp_path: Path) -> None:
+    config = tmp_path / "tako_vm.yaml"
+    config.write_text("max_workers: 5\n")
+    before = _main("--config", str(config), "config", "--json")
+    after = _main("config", "-c", str(config), "--json")
+    assert before[0] == after[0] == 0 and json.loads(after[1])["max_workers"] == 5 and before[1] == after[1]

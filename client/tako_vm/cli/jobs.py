@@ -13,6 +13,8 @@ from tako_vm._client import Client
 from tako_vm.cli._common import EXIT_API, CommandError, Subparsers, client_for, print_json
 from tako_vm.errors import NotFoundError
 
+OUTPUT_FILE = "result.json"
+"""The job's `output` is the file /output/result.json, listed among its artifacts too."""
 FULL_ID_LENGTH = 36
 """A job id is a UUID; anything shorter is a prefix."""
 PREFIX_SCAN_PAGES = 10
@@ -58,13 +60,14 @@ def safe_artifact_path(directory: Path, name: str) -> Path:
 
 
 def save_results(client: Client, job_id: str, record: Mapping[str, Any], directory: Path) -> list[Path]:
-    """Write the job's ``output`` (as output.json) and its artifacts under ``directory``."""
+    """Write the job's artifacts (its output is result.json among them) under ``directory``."""
     import json
 
     written: list[Path] = []
     directory.mkdir(parents=True, exist_ok=True)
-    if record.get("output") is not None:
-        target = directory / "output.json"
+    names = {str(artifact.get("name")) for artifact in record.get("artifacts") or []}
+    if record.get("output") is not None and OUTPUT_FILE not in names:
+        target = directory / OUTPUT_FILE
         target.write_text(json.dumps(record["output"], indent=2, sort_keys=True) + "\n")
         written.append(target)
     for artifact in record.get("artifacts") or []:

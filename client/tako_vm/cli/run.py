@@ -27,9 +27,11 @@ from tako_vm.cli._common import (
     format_duration,
     parse_input,
 )
-from tako_vm.cli.jobs import save_results
+from tako_vm.cli.jobs import OUTPUT_FILE, save_results
 from tako_vm.errors import NotFoundError, TakoVMError, WaitTimeoutError
 
+SANDBOX_CODE_PATH = "/code/main.py"
+"""Where the sandbox keeps the submitted code (tracebacks name it)."""
 POLL_STEPS = (1.0, 2.0, 5.0, 10.0)
 """Long-poll lengths while `run` waits: short at first so progress shows, then longer."""
 
@@ -51,6 +53,13 @@ def read_code(file: str | None, code: str | None, stdin: TextIO) -> tuple[str, s
         raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise CommandError(f"cannot read {path}: not UTF-8 text ({exc.reason})") from exc
+
+
+def with_user_filename(stderr: str, shown: str) -> str:
+    """The job's stderr with traceback frames of the submitted code naming ``shown`` (the file as the
+    user typed it, `<string>` for -c, `<stdin>` for -) instead of the sandbox's /code/main.py. The code
+    is submitted unchanged, so the line numbers are the user's."""
+    return stderr.replace(f'File "{SANDBOX_CODE_PATH}"', f'File "{shown}"')
 
 
 def progress_line(job_id: str, status: Mapping[str, Any], elapsed: float) -> str:
@@ -84,7 +93,7 @@ wait_with_progress = wait_for_result  # the name before the CLI became a package
 
 
 def follow(
-    client: Client, job_id: str, out: TextIO, err: TextIO, *, quiet: bool, json_lines: bool
+    client: Client, job_id: str, out: TextIO, err: TextIO, *, quiet: bool, json_lines: bool, shown: str = ""
 ) -> dict[str, Any] | None:
     """Print the job's events as they come; the record from its ``result`` event (None: no stream)."""
     started = time.monotonic()
@@ -97,7 +106,7 @@ def follow(
                 out.write(event.text)
                 out.flush()
             elif event.type == "stderr":
-                err.write(event.text)
+                err.write(with_user_filename(event.text, shown) if shown else event.text)
                 err.flush()
             elif event.type == "status" and not quiet and event.status not in TERMINAL:
                 print(
@@ -126,7 +135,7 @@ def summary_line(job_id: str, record: Mapping[str, Any], saved_to: str | None) -
     wrote = []
     if record.get("output") is not None:
         wrote.append("output")
-    count = len(record.get("artifacts") or [])
+    count = len([a for a in record.get("artifacts") or [] if a.get("name") != OUTPUT_FILE])
     if count:
         wrote.append(f"{count} artifact{'s' if count != 1 else ''}")
     if wrote:
@@ -139,6 +148,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import sys
 
     code, name = read_code(args.file, args.code, sys.stdin)
+    shown = args.file if args.file not in (None, "-") else name
     input_data = parse_input(args.input)
     with client_for(args) as client:
         job_id = client.submit_code(
@@ -154,7 +164,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if not args.quiet:
             print(f"tako-vm: submitted {name} as job {job_id}", file=err)
         try:
-            streamed = follow(client, job_id, out, err, quiet=args.quiet, json_lines=args.json)
+            streamed = follow(client, job_id, out, err, quiet=args.quiet, json_lines=args.json, shown=shown)
             record = streamed or wait_for_result(client, job_id, err, quiet=args.quiet)
             if record.get("artifacts") is None:  # the slim record has no artifact list
                 with contextlib.suppress(TakoVMError):
@@ -174,7 +184,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(record["stdout"])
         out.flush()
     if streamed is None and record.get("stderr"):
-        err.write(record["stderr"])
+        err.write(with_user_filename(record["stderr"], shown))
     if not args.quiet:
         print(summary_line(job_id, record, args.output), file=err)
     return exit_code_for(record)
@@ -190,7 +200,9 @@ def register(commands: Subparsers, client_opts: argparse.ArgumentParser) -> None
     run.add_argument("--timeout", type=int, help="execution time limit in seconds")
     run.add_argument("--job-type", help="a pre-built environment (name or name@version)")
     run.add_argument("-r", "--requirement", action="append", help="pip requirement (repeatable)")
-    run.add_argument("-o", "--output", metavar="DIR", help="save the job's output.json and artifacts in DIR")
+    run.add_argument(
+        "-o", "--output", metavar="DIR", help="save the job's artifacts (its output: result.json) in DIR"
+    )
     run.add_argument("-d", "--detach", action="store_true", help="print the job id and return at once")
     run.add_argument("-q", "--quiet", action="store_true", help="only the job's own stdout and stderr")
     run.set_defaults(handler=cmd_run)

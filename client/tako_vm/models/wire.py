@@ -316,6 +316,11 @@ class CircuitBreakerStatus(_Response):
     last_failure: float | None = None
 
 
+class WarmPoolStatus(_Response):
+    filled: int = Field(description="Sandboxes started and waiting for a job")
+    target: int = Field(description="How many the pool keeps (warm_pool_size; 0 when it is off)")
+
+
 class HealthResponse(_Response):
     """``GET /health``. ``docker_available`` is kept for reference clients: it reports whether the
     backend can start sandboxes (runsc locally, the cluster API for the kubernetes backend)."""
@@ -329,6 +334,14 @@ class HealthResponse(_Response):
     queue_stats: QueueStatsResponse
     backend: str | None = Field(default=None, description="'local' or 'kubernetes'")
     runtime: str | None = Field(default=None, description="Isolation runtime in effect, e.g. 'runsc'")
+    runsc_version: str | None = Field(default=None, description="The runsc in use (local backend)")
+    platform: str | None = Field(default=None, description="gVisor platform in use: 'systrap' or 'ptrace'")
+    security_mode: str | None = Field(default=None, description="'strict' or 'permissive'")
+    cgroup: str | None = Field(default=None, description="cgroup mode of the host: v1, hybrid or v2")
+    data_dir: str | None = Field(default=None, description="The server's state directory (local backend)")
+    warm_pool: WarmPoolStatus | None = Field(default=None, description="Pre-started sandboxes")
+    auth_enabled: bool | None = Field(default=None, description="Whether requests need an API key")
+    warnings: list[str] = Field(default_factory=list, description="What the operator should fix or know")
 
 
 class JobTypeResponse(_Response):
@@ -416,5 +429,6 @@ __all__ = [
     "Timing",
     "ValidationErrorItem",
     "ValidationErrorResponse",
+    "WarmPoolStatus",
     "WebhookDelivery",
 ]

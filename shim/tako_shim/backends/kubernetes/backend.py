@@ -393,6 +393,8 @@ class KubernetesBackend(Backend):
             ),
             backend=self.name,
             runtime="gvisor",
+            security_mode=self.settings.security_mode,
+            auth_enabled=self.settings.api_auth_enabled,
         )
 
 

@@ -42,6 +42,7 @@ from tako_shim.backends.live import LiveOutput
 from tako_shim.backends.local import records
 from tako_shim.backends.local.deliveries import DeliveryTable, LocalDeliveries, new_delivery
 from tako_shim.backends.local.fairqueue import FairQueue
+from tako_shim.backends.local.health_details import health_details
 from tako_shim.backends.local.store import JobRow, JobStore
 from tako_shim.config import Settings, memory_limit_mb
 from tako_shim.errors import (
@@ -495,6 +496,7 @@ class LocalBackend(Backend):
             queue_stats=await self.pool_stats("default"),
             backend=self.name,
             runtime=runtime,
+            **health_details(self._runtime_info, self._executor, self.settings),
         )
 
     # -- workers ------------------------------------------------------------------------------------

@@ -69,6 +69,12 @@ INSTALL_HINT = (
     ".tools/bin/runsc) or `apt-get install runsc`, and make sure it is on PATH or pass runsc_path / set "
     "TAKO_VM_RUNSC. To run without a sandbox (NOT safe for untrusted code) set security_mode: permissive."
 )
+ROOT_HINT = (
+    "runsc is installed, but the server runs as a non-root user: runsc's rootful mode (a sandbox per job "
+    "with its own cgroup for the memory, pids and cpu limits) needs root. Start it as root (sudo make "
+    "server, or packaging/systemd/tako-vm.service). To run without a sandbox (NOT safe for untrusted "
+    "code) set security_mode: permissive."
+)
 CGROUP_HINT = (
     "The local executor needs the memory, pids and cpu cgroup controllers (cgroup v1, v2 or hybrid; "
     "see docs/sandbox.md). To run without a sandbox (NOT safe for untrusted code) set "
@@ -331,15 +337,16 @@ class LocalExecutor:
             self.runtime = "runsc"
             self._reap_stale()
             return
+        hint = ROOT_HINT if self.runsc is not None and os.geteuid() != 0 else INSTALL_HINT
         if security_mode == "strict":
-            raise SandboxUnavailable(f"gVisor runsc is not usable: {problem}. {INSTALL_HINT}")
+            raise SandboxUnavailable(f"gVisor runsc is not usable: {problem}. {hint}")
         self.runtime = "none"
         log.warning(
             "!!! SECURITY WARNING: runsc is not usable (%s); security_mode=permissive runs jobs with the "
             "host Python and rlimits only: NO sandbox, NO network isolation. Never do this with untrusted "
             "code. %s",
             problem,
-            INSTALL_HINT,
+            hint,
         )
 
     # ------------------------------------------------------------------ setup and probing
@@ -367,6 +374,7 @@ class LocalExecutor:
                 (etc / name).write_text(content)
         runner_dir = self.work_dir / "runner"
         runner_dir.mkdir(exist_ok=True)
+        (runner_dir / "runner.py").unlink(missing_ok=True)  # our own 0444 copy: non-root cannot overwrite it
         shutil.copyfile(runner_module.__file__, runner_dir / "runner.py")
         for path in [rootfs, runner_dir, self.work_dir / "etc-run", self.work_dir / "etc-install"]:
             path.chmod(0o755)
