@@ -268,6 +268,7 @@ def runner_config(job: PythonJob, job_type: PythonJobTypeSpec, settings: Operato
         max_total_artifact_bytes=settings.max_total_artifact_bytes,
         environment={var.name: var.value for var in job_type.env or []},
         egress_probe=bool(requirements) and settings.egress_probe,
+        live_output=True,  # TAKO-LIVE lines in the Pod log: the shim's GET /jobs/{id}/events follows them
     ).as_json_dict()
 
 

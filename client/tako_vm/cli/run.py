@@ -93,7 +93,7 @@ wait_with_progress = wait_for_result  # the name before the CLI became a package
 
 
 def follow(
-    client: Client, job_id: str, out: TextIO, err: TextIO, *, quiet: bool, json_lines: bool
+    client: Client, job_id: str, out: TextIO, err: TextIO, *, quiet: bool, json_lines: bool, shown: str = ""
 ) -> dict[str, Any] | None:
     """Print the job's events as they come; the record from its ``result`` event (None: no stream)."""
     started = time.monotonic()
@@ -106,7 +106,7 @@ def follow(
                 out.write(event.text)
                 out.flush()
             elif event.type == "stderr":
-                err.write(event.text)
+                err.write(with_user_filename(event.text, shown) if shown else event.text)
                 err.flush()
             elif event.type == "status" and not quiet and event.status not in TERMINAL:
                 print(
@@ -164,7 +164,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if not args.quiet:
             print(f"tako-vm: submitted {name} as job {job_id}", file=err)
         try:
-            streamed = follow(client, job_id, out, err, quiet=args.quiet, json_lines=args.json)
+            streamed = follow(client, job_id, out, err, quiet=args.quiet, json_lines=args.json, shown=shown)
             record = streamed or wait_for_result(client, job_id, err, quiet=args.quiet)
             if record.get("artifacts") is None:  # the slim record has no artifact list
                 with contextlib.suppress(TakoVMError):

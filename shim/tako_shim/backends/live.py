@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass, field
 
@@ -42,10 +43,9 @@ class LiveOutput:
     async def changed(self, seconds: float) -> None:
         event = self._changed
         if not self.closed:
-            try:
-                await asyncio.wait_for(event.wait(), seconds)
-            except TimeoutError:
-                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await event.wait()
 
 
 LIVE_MARKER = b"TAKO-LIVE "  # the runner's live lines: TAKO-LIVE <stdout|stderr> <JSON string>\n

@@ -200,8 +200,9 @@ class Dispatcher:
                 log.exception("webhook round failed; retrying in %.1fs", POLL_SECONDS)
                 due = []
             if len(due) < BATCH:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._poked.wait(), POLL_SECONDS)
+                with contextlib.suppress(TimeoutError):  # not wait_for: on 3.11 it can swallow a cancel
+                    async with asyncio.timeout(POLL_SECONDS):
+                        await self._poked.wait()
 
     async def _attempt(self, delivery: Delivery) -> None:
         async with self._slots:

@@ -227,7 +227,7 @@ class LocalBackend(Backend):
         self._tasks: list[asyncio.Task[None]] = []
         # SQLite gets its own thread: the default pool is shared with the sandbox layer's blocking calls.
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tako-sqlite")
-        self.deliveries = LocalDeliveries(DeliveryTable(self.store), self._db)  # completion webhooks
+        self.deliveries = LocalDeliveries(DeliveryTable(lambda: self.store), self._db)  # completion webhooks
         self.webhooks = Dispatcher(self.deliveries, settings)
 
     async def _db(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:

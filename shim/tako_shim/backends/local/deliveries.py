@@ -47,8 +47,12 @@ def _delivery(values: Any) -> Delivery:
 class DeliveryTable:
     """Blocking calls (run them on the backend's SQLite thread)."""
 
-    def __init__(self, store: JobStore) -> None:
-        self.store = store
+    def __init__(self, store: Callable[[], JobStore]) -> None:
+        self._store = store  # looked up at each call: the backend's store may be replaced (tests)
+
+    @property
+    def store(self) -> JobStore:
+        return self._store()
 
     def open(self) -> None:
         """At start-up (before any submission): create the table, drop deliveries whose job is gone."""
