@@ -146,6 +146,13 @@ class Settings(BaseModel):
     execution_record_ttl_days: int = Field(default=30, ge=1, le=3650)
     data_dir: Path = Field(default_factory=lambda: _default_data_dir())
     job_types: list[JobTypeConfig] = Field(default_factory=list)
+    # Stateful sessions (docs/sessions.md): caps, and when an idle session is checkpointed to disk.
+    session_max_per_tenant: int = Field(default=10, ge=1, le=10_000)
+    session_max_ttl_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    session_max_memory_limit: str = "2g"
+    session_interrupt_grace_seconds: int = Field(default=5, ge=1, le=300)
+    session_pause_after_seconds: int | None = Field(default=300, ge=1, le=86_400)  # None: never pause
+    session_tmp_size_mb: int = Field(default=256, ge=16, le=16_384)
     kubernetes: KubernetesOptions = Field(default_factory=KubernetesOptions)
 
     @field_validator("api_keys", mode="before")

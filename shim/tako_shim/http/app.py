@@ -13,13 +13,20 @@ from aiohttp import web
 
 from tako_shim.backends.base import Backend
 from tako_shim.config import Settings
-from tako_shim.http import executions, job_types, jobs, middleware, ops
+from tako_shim.http import executions, job_types, jobs, middleware, ops, sessions
 from tako_shim.http.common import BACKEND_KEY, OPENAPI_KEY, READY_KEY
 from tako_shim.http.guards import browser_guard
 from tako_shim.http.middleware import LIMITER_KEY, SETTINGS_KEY, FixedWindowLimiter
 from tako_shim.http.openapi import RouteSpec, build_openapi
 
-ROUTES: list[RouteSpec] = [ops.HEALTH, *jobs.ROUTES, *executions.ROUTES, *job_types.ROUTES, *ops.ROUTES]
+ROUTES: list[RouteSpec] = [
+    ops.HEALTH,
+    *jobs.ROUTES,
+    *executions.ROUTES,
+    *job_types.ROUTES,
+    *ops.ROUTES,
+    *sessions.ROUTES,
+]
 
 
 def create_app(settings: Settings, backend: Backend) -> web.Application:
