@@ -267,3 +267,33 @@ async def test_idempotent_execute_and_create(shim: Shim) -> None:
     replay = await shim.http.post("/sessions", json={"idempotency_key": "create-key-1"}, headers=A)
     assert made.status_code == 201 and replay.status_code == 200
     assert made.json()["session_id"] == replay.json()["session_id"]
+
+
+async def test_sdk_session_sync_and_async(shim: Shim) -> None:
+    import tako_vm
+
+    url = str(shim.server.make_url(""))
+
+    def blocking() -> tuple[Any, Any, str]:
+        with tako_vm.Client(url, api_key=A["X-API-Key"]) as client, tako_vm.Session(client) as session:
+            session.run("import statistics\nvalues = [1, 2, 3, 4]")
+            mean = session.run("statistics.mean(values)")
+            broken = session.run("undefined_name")
+            sid = session.session_id
+        return mean, broken, sid
+
+    mean, broken, sid = await asyncio.to_thread(blocking)
+    assert mean.status == "succeeded" and mean.result == "2.5"
+    assert broken.status == "failed" and broken.error is not None and broken.error.type == "NameError"
+    info = (await shim.http.get(f"/sessions/{sid}", headers=A)).json()
+    assert info["end_reason"] == "deleted"  # the context manager deleted it on exit
+
+    async with tako_vm.AsyncClient(url, api_key=A["X-API-Key"]) as client:
+        async with tako_vm.AsyncSession(client, ttl_seconds=120) as session:
+            await session.run("total = 40")
+            record = await session.run("total + 2", timeout=10)
+            assert record.result == "42" and record.session_id == session.session_id
+            listed = await client.list_sessions()
+            assert session.session_id in {s.session_id for s in listed}
+        with pytest.raises(tako_vm.SessionEndedError, match="deleted"):
+            await client.run_in_session(session.session_id, "total")
