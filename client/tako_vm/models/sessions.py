@@ -6,7 +6,7 @@ fields so an older SDK keeps working against a newer server.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -110,7 +110,3 @@ class SessionList(_Response):
 def session_gone_detail(session_id: str, reason: str | None) -> str:
     """The 410 detail: which session, and why it ended."""
     return f"Session {session_id} has ended ({reason or 'ended'})"
-
-
-def summary(info: SessionInfo) -> dict[str, Any]:
-    return info.model_dump(mode="json")
