@@ -6,6 +6,9 @@ Binding it to a model (`langchain.agents.create_agent`, as in the seed) needs th
 package and a model API key; `agent_demo()` shows it and is not run by the tests.
 """
 
+from typing import Any
+
+from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, Field
 from run_python_tool import arun_python, run_python
@@ -31,6 +34,21 @@ python_sandbox = StructuredTool.from_function(
     ),
     args_schema=RunPythonArgs,
 )
+
+
+def tool_loop(model: Any, question: str, max_turns: int = 5) -> list[BaseMessage]:
+    """What an agent runtime does with `python_sandbox` (LangGraph's model -> ToolNode loop, without
+    LangGraph): the model's tool calls run, their ToolMessages go back, until it answers in text.
+    Like ToolNode, an exception from the tool is not caught here: `run_python` returns errors as text."""
+    bound = model.bind_tools([python_sandbox])
+    messages: list[BaseMessage] = [HumanMessage(question)]
+    for _ in range(max_turns):
+        reply = bound.invoke(messages)
+        messages.append(reply)
+        if not getattr(reply, "tool_calls", None):
+            break
+        messages += [python_sandbox.invoke({**call, "type": "tool_call"}) for call in reply.tool_calls]
+    return messages
 
 
 def agent_demo() -> None:  # pragma: no cover - needs `langchain` and a model API key

@@ -39,10 +39,13 @@ def handle_tool_call(name: str, arguments: str) -> str:
     return run_python(args["code"], args.get("requirements"))
 
 
-def chat_demo() -> None:  # pragma: no cover - needs `openai` and an API key
-    from openai import OpenAI
+def chat_demo(client: Any = None) -> Any:
+    """The seed's loop. `client`: an `openai.OpenAI()` (the default; needs `openai` and an API key), or
+    anything with the same `chat.completions.create` (the tests pass a scripted model)."""
+    if client is None:  # pragma: no cover - needs `openai` and an API key
+        from openai import OpenAI
 
-    client = OpenAI()
+        client = OpenAI()
     messages: list[Any] = [{"role": "user", "content": "Compute the eigenvalues of [[2,1],[1,2]]."}]
     response = client.chat.completions.create(model="gpt-5", messages=messages, tools=TOOLS)
     call = response.choices[0].message.tool_calls[0]
@@ -50,6 +53,7 @@ def chat_demo() -> None:  # pragma: no cover - needs `openai` and an API key
     messages += [response.choices[0].message, {"role": "tool", "tool_call_id": call.id, "content": output}]
     final = client.chat.completions.create(model="gpt-5", messages=messages, tools=TOOLS)
     print(final.choices[0].message.content)
+    return final
 
 
 if __name__ == "__main__":

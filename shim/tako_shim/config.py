@@ -124,6 +124,9 @@ class Settings(BaseModel):
     runsc_path: str | None = None
     rootfs_path: str | None = None  # the sandboxes' system root (default: `make setup`'s build)
     warm_pool_size: int = Field(default=2, ge=0, le=32)  # pre-started sandboxes (0 disables)
+    # Unset: on for a server bound to loopback outside production_mode (a developer's own machine, where
+    # an agent's `requirements: ["numpy"]` should just work), off otherwise. Installs run in a separate
+    # sandbox with egress; the code's sandbox never has network.
     allow_runtime_requirements: bool = False
     max_workers: int = Field(default=4, ge=1, le=64)
     max_queue_size: int = Field(default=100, ge=1, le=10_000)
@@ -154,6 +157,14 @@ class Settings(BaseModel):
     session_pause_after_seconds: int | None = Field(default=300, ge=1, le=86_400)  # None: never pause
     session_tmp_size_mb: int = Field(default=256, ge=16, le=16_384)
     kubernetes: KubernetesOptions = Field(default_factory=KubernetesOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _runtime_requirements_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("allow_runtime_requirements") is None:
+            host = data.get("server_host") or cls.model_fields["server_host"].default
+            data = {**data, "allow_runtime_requirements": runtime_requirements_default(host, data)}
+        return data
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -245,6 +256,12 @@ class Settings(BaseModel):
         return queued, running
 
 
+def runtime_requirements_default(host: str, raw: Mapping[str, Any]) -> bool:
+    """``allow_runtime_requirements`` when not set: on for loopback outside ``production_mode``."""
+    production = str(raw.get("production_mode", False)).lower() in {"true", "1", "yes", "on"}
+    return is_loopback(str(host)) and not production
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -268,15 +285,76 @@ def find_config_file(config_path: str | None, env: Mapping[str, str]) -> Path | 
     return local if local.is_file() else None
 
 
+NON_SETTING_ENV = frozenset(
+    {
+        "TAKO_VM_CONFIG",  # the config file itself
+        "TAKO_VM_URL",  # the CLI's and SDK examples' server
+        "TAKO_VM_API_KEY",  # the CLI's key
+        "TAKO_VM_RUNSC",  # the runsc binary (checked by check_runsc_env)
+        "TAKO_VM_RUNTIME_CLASS_NAME",  # the operator's (Helm chart)
+        "TAKO_VM_DEFAULT_JOB_IMAGE",  # the operator's (Helm chart)
+        "TAKO_VM_METRICS_PORT",  # the operator's
+        "TAKO_VM_ROOTFS_MIRROR",  # scripts/build-rootfs.sh
+        "TAKO_VM_TEST_CACHE",  # scripts/test-in-fresh-vm.sh
+        "TAKO_VM_TEST_TIMEOUT_MINUTES",
+        "TAKO_VM_TEST_KEEP_DISK",
+    }
+)
+"""``TAKO_VM_`` names that are not settings but are read elsewhere; any other unknown name is an error."""
+
+
+_SERVICE_LINK_RE = re.compile(
+    r"^[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)$"
+)
+
+
+def is_service_link(name: str, value: str) -> bool:
+    """A variable Kubernetes injects for a Service (a release's ``tako-vm-shim`` Service gives
+    ``TAKO_VM_SHIM_SERVICE_HOST``, ``TAKO_VM_SHIM_PORT=tcp://...``): not a setting, not a typo."""
+    if _SERVICE_LINK_RE.match(name):
+        return True
+    return name.endswith("_PORT") and re.match(r"^(tcp|udp|sctp)://", value) is not None
+
+
+def _env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+def unknown_env_names(env: Mapping[str, str]) -> list[str]:
+    """``TAKO_VM_*`` names that are neither a setting nor in ``NON_SETTING_ENV`` (typos), each with a
+    suggestion when a setting's name is close: ``TAKO_VM_MAX_WORKRS (did you mean TAKO_VM_MAX_WORKERS?)``."""
+    import difflib
+
+    known = {_env_name(key) for key in Settings.model_fields}
+    known |= {_env_name(f"kubernetes__{key}") for key in KubernetesOptions.model_fields}
+    problems = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in known or name in NON_SETTING_ENV:
+            continue
+        if is_service_link(name, env[name]):
+            continue
+        close = difflib.get_close_matches(name, sorted(known | NON_SETTING_ENV), n=1, cutoff=0.8)
+        problems.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return problems
+
+
 def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     """``TAKO_VM_MAX_WORKERS=8`` -> ``{"max_workers": "8"}`` for every top-level scalar key.
 
     Nested keys use a double underscore: ``TAKO_VM_KUBERNETES__NAMESPACE``. Values are strings;
-    pydantic converts them (booleans accept true/false/1/0/yes/no).
+    pydantic converts them (booleans accept true/false/1/0/yes/no). An unknown ``TAKO_VM_`` name is a
+    ``ConfigError`` naming it: a typo never silently leaves the default in place.
     """
+    unknown = unknown_env_names(env)
+    if unknown:
+        raise ConfigError(
+            "unknown environment variable(s): "
+            + ", ".join(unknown)
+            + " (settings are TAKO_VM_<KEY> for the keys of tako_vm.yaml; docs/configuration.md)"
+        )
     overrides: dict[str, Any] = {}
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or name == "TAKO_VM_CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in NON_SETTING_ENV or is_service_link(name, value):
             continue
         key = name[len(ENV_PREFIX) :].lower()
         if "__" in key:
@@ -285,6 +363,17 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         else:
             overrides[key] = value
     return {k: v for k, v in overrides.items() if k in Settings.model_fields}
+
+
+def check_runsc_env(settings: Settings, env: Mapping[str, str]) -> None:
+    """An explicit runsc (``runsc_path`` or ``$TAKO_VM_RUNSC``) that is not an executable file is an error
+    naming it, never a silent fall-back to another runsc (local backend only)."""
+    if settings.backend != "local":
+        return
+    for name, path in (("runsc_path", settings.runsc_path), ("TAKO_VM_RUNSC", env.get("TAKO_VM_RUNSC"))):
+        if path and not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            why = "is not an executable file" if os.path.exists(path) else "does not exist"
+            raise ConfigError(f"{name}={path}: {why} (unset it to use .tools/bin/runsc or runsc on PATH)")
 
 
 def load_settings(
@@ -313,9 +402,11 @@ def load_settings(
             raw[key] = value
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        return Settings.model_validate(raw)
+        settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, path)) from None
+    check_runsc_env(settings, env)
+    return settings
 
 
 def format_validation_error(exc: ValidationError, path: Path | None) -> str:

@@ -22,6 +22,9 @@ from tako_shim.config import ConfigError, Settings, load_settings
 from tako_shim.errors import BackendStartError
 from tako_shim.http.app import create_app
 from tako_shim.http.serving import install_log_rate_limit, serve
+from tako_shim.logsetup import LogFormat, configure_logging
+
+log = logging.getLogger("tako_shim.server")
 
 EXIT_CONFIG = 2  # invalid configuration (names the key)
 EXIT_BACKEND = 3  # the backend cannot start (e.g. no usable runsc or cgroup controller in strict mode)
@@ -84,6 +87,13 @@ def bind_sockets(host: str, port: int, backlog: int = 128) -> list[socket.socket
     return sockets
 
 
+def _say(message: str) -> None:
+    """A life-cycle line on stderr, and in the log too when the log goes to a file."""
+    print(f"tako-vm server: {message}", file=sys.stderr, flush=True)
+    if any(isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers):
+        log.info("%s", message)
+
+
 def _fail(message: str, status: int) -> SystemExit:
     print(f"tako-vm server: {message}", file=sys.stderr, flush=True)
     return SystemExit(status)
@@ -95,15 +105,19 @@ def run_server(
     host: str | None,
     port: int | None,
     data_dir: str | None = None,
+    *,
+    log_format: LogFormat = "text",
+    log_file: str | None = None,
 ) -> None:
     """Blocking: serve the REST API until SIGINT/SIGTERM. Exit statuses: the ``EXIT_*`` constants."""
     try:
         settings = build_settings(config_path, backend, host, port, data_dir)
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_CONFIG) from None
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    try:
+        configure_logging(settings.log_level, log_format, log_file)
+    except OSError as exc:
+        raise _fail(f"--log-file {log_file}: {exc.strerror or exc}", EXIT_CONFIG) from None
     install_log_rate_limit()
     try:
         sockets = bind_sockets(settings.server_host, settings.server_port)
@@ -130,14 +144,16 @@ def run_server(
         bound = sockets[0].getsockname()
 
         async def announce(_: web.Application) -> None:  # runs after the backend has started
-            print(
-                f"tako-vm server: backend={settings.backend} listening on http://{settings.server_host}:{bound[1]}"
-                f" (auth {'on' if settings.api_auth_enabled else 'off'})",
-                file=sys.stderr,
-                flush=True,
+            _say(
+                f"backend={settings.backend} listening on http://{settings.server_host}:{bound[1]}"
+                f" (auth {'on' if settings.api_auth_enabled else 'off'})"
             )
 
+        async def farewell(_: web.Application) -> None:  # runs once the backend has stopped
+            _say(f"stopped (was listening on http://{settings.server_host}:{bound[1]})")
+
         app.on_startup.append(announce)
+        app.on_cleanup.append(farewell)
         try:
             asyncio.run(serve(app, settings, sockets))
         except BackendStartError as exc:

@@ -82,8 +82,9 @@ def submission_fingerprint(
 
 DEFAULT_JOB_TYPE = "default"
 RUNTIME_REQUIREMENTS_DISABLED = (
-    "Runtime dependency installation is disabled. Use pre-built images or set "
-    "allow_runtime_requirements=True."
+    "Runtime dependency installation is disabled on this server: set allow_runtime_requirements: true "
+    "in tako_vm.yaml or TAKO_VM_ALLOW_RUNTIME_REQUIREMENTS=true (installs run in a separate sandbox "
+    "with network access), or choose a job_type that has the packages"
 )
 
 

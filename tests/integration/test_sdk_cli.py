@@ -76,15 +76,18 @@ def test_run_shows_progress_and_maps_a_timeout_to_124(server: LocalServer, tmp_p
 
 
 def test_status_and_executions_table(server: LocalServer, tmp_path: Path) -> None:
-    done = tako(server, "run", _script(tmp_path, "print('listed')\n"), "-q")
+    done = tako(server, "run", _script(tmp_path, "print('listed')\n"))
     job_id = done.stderr.split("as job ", 1)[1].split()[0]
     status = tako(server, "status", job_id)
-    assert status.returncode == 0 and f"job_id:          {job_id}" in status.stdout
-    assert "status:          succeeded" in status.stdout
+    shown = dict(line.split(":", 1) for line in status.stdout.splitlines())
+    assert status.returncode == 0 and shown["job"].strip() == job_id
+    assert shown["status"].strip() == "succeeded"
     table = tako(server, "executions", "--limit", "50")
     assert table.returncode == 0
     header, *rows = table.stdout.splitlines()
     assert header.split()[:3] == ["EXECUTION", "ID", "STATUS"]
     assert any(row.split()[:2] == [job_id, "succeeded"] for row in rows)
     missing = tako(server, "status", "no-such-job")
-    assert missing.returncode == 3 and "404" in missing.stderr
+    assert missing.returncode == 3 and "no job id starts with 'no-such-job'" in missing.stderr
+    unknown = tako(server, "status", "0" * 8 + "-0000-4000-8000-" + "0" * 12)
+    assert unknown.returncode == 3 and "404" in unknown.stderr

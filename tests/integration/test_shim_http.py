@@ -29,7 +29,12 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    settings = {"security_mode": "strict", "max_workers": 2, "api_rate_limit_enabled": False}
+    settings = {
+        "security_mode": "strict",
+        "max_workers": 2,
+        "api_rate_limit_enabled": False,
+        "allow_runtime_requirements": False,  # the 422 case below
+    }
     with local_server(tmp_path_factory.mktemp("shim-http"), settings, env={"PATH": RUNSC_PATH}) as running:
         yield running
 

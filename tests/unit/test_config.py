@@ -31,7 +31,35 @@ def test_defaults_match_the_contract(tmp_path: Path) -> None:
     assert settings.server_host == "127.0.0.1" and settings.security_mode == "strict"
     assert settings.api_max_payload_bytes == 2 * 1024 * 1024
     assert (settings.api_rate_limit_requests, settings.api_rate_limit_window_seconds) == (120, 60)
-    assert not settings.allow_runtime_requirements and settings.backend == "local"
+    assert settings.allow_runtime_requirements and settings.backend == "local"  # loopback: on
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({}, True),  # 127.0.0.1: a developer's own machine
+        ({"server_host": "::1"}, True),
+        ({"production_mode": True}, False),
+        ({"server_host": "0.0.0.0", "allow_unauthenticated_network_access": True}, False),
+        ({"allow_runtime_requirements": False}, False),  # an explicit choice always wins
+        (
+            {
+                "server_host": "0.0.0.0",
+                "allow_unauthenticated_network_access": True,
+                "allow_runtime_requirements": True,
+            },
+            True,
+        ),
+    ],
+)
+def test_runtime_requirements_default_on_only_for_a_loopback_development_server(
+    raw: dict[str, object], expected: bool, tmp_path: Path
+) -> None:
+    assert Settings.model_validate(raw).allow_runtime_requirements is expected
+    env = {f"TAKO_VM_{key.upper()}": str(value) for key, value in raw.items()}
+    assert load_settings(write(tmp_path, "{}\n"), env=env).allow_runtime_requirements is expected
+    unset = write(tmp_path, "allow_runtime_requirements:\n")  # the shipped tako_vm.yaml leaves it empty
+    assert load_settings(unset, env=env).allow_runtime_requirements is expected
 
 
 def test_environment_overrides_the_file_and_flags_override_both(tmp_path: Path) -> None:
@@ -107,3 +135,49 @@ def test_the_example_config_at_the_repo_root_is_valid() -> None:
     root = Path(__file__).resolve().parents[2]
     settings = load_settings(str(root / "tako_vm.yaml"), env={})
     assert settings.server_host == "127.0.0.1"
+
+
+def test_a_misspelled_environment_variable_stops_start_up_naming_it(tmp_path: Path) -> None:
+    config = write(tmp_path, "{}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config, env={"TAKO_VM_MAX_WORKRS": "3", "TAKO_VM_NOT_A_SETTING": "1"})
+    message = str(refused.value)
+    assert "TAKO_VM_MAX_WORKRS (did you mean TAKO_VM_MAX_WORKERS?)" in message
+    assert "TAKO_VM_NOT_A_SETTING" in message
+    with pytest.raises(ConfigError, match="TAKO_VM_KUBERNETES__NAMESPAC "):
+        load_settings(config, env={"TAKO_VM_KUBERNETES__NAMESPAC": "x"})
+    with pytest.raises(ConfigError, match="TAKO_VM_SEVER_PORT"):  # a _PORT typo is not a Service link
+        load_settings(config, env={"TAKO_VM_SEVER_PORT": "8080"})
+
+
+def test_client_side_and_kubernetes_service_names_are_not_settings(tmp_path: Path) -> None:
+    env = {
+        "TAKO_VM_URL": "http://127.0.0.1:8000",
+        "TAKO_VM_API_KEY": "k" * 20,
+        "TAKO_VM_CONFIG": write(tmp_path, "max_workers: 3\n"),
+        "TAKO_VM_RUNTIME_CLASS_NAME": "gvisor",
+        # what Kubernetes injects for a release's `tako-vm-shim` Service
+        "TAKO_VM_SHIM_SERVICE_HOST": "10.0.0.7",
+        "TAKO_VM_SHIM_SERVICE_PORT": "8000",
+        "TAKO_VM_SHIM_SERVICE_PORT_HTTP": "8000",
+        "TAKO_VM_SHIM_PORT": "tcp://10.0.0.7:8000",
+        "TAKO_VM_SHIM_PORT_8000_TCP": "tcp://10.0.0.7:8000",
+        "TAKO_VM_SHIM_PORT_8000_TCP_PROTO": "tcp",
+        "TAKO_VM_SHIM_PORT_8000_TCP_PORT": "8000",
+        "TAKO_VM_SHIM_PORT_8000_TCP_ADDR": "10.0.0.7",
+    }
+    assert load_settings(None, env=env).max_workers == 3
+
+
+def test_an_explicit_runsc_that_does_not_work_is_an_error_naming_it(tmp_path: Path) -> None:
+    config = write(tmp_path, "{}\n")
+    with pytest.raises(ConfigError, match=r"TAKO_VM_RUNSC=/nonexistent/runsc: does not exist"):
+        load_settings(config, env={"TAKO_VM_RUNSC": "/nonexistent/runsc"})
+    not_executable = tmp_path / "runsc"
+    not_executable.write_text("")
+    with pytest.raises(ConfigError, match=rf"runsc_path={not_executable}: is not an executable file"):
+        load_settings(write(tmp_path, f"runsc_path: {not_executable}\n"), env={})
+    # the kubernetes backend never runs runsc itself
+    assert load_settings(
+        config, env={"TAKO_VM_RUNSC": "/nonexistent/runsc"}, overrides={"backend": "kubernetes"}
+    )

@@ -41,6 +41,7 @@ def test_tenant_lookup_is_exact() -> None:
 def test_resolution_applies_job_type_and_timeouts() -> None:
     settings = Settings(
         default_timeout=20,
+        allow_runtime_requirements=False,
         job_types=[{"name": "data", "timeout": 60, "startup_timeout": 45, "requirements": ["six"]}],  # type: ignore[list-item]
     )
     resolver = JobResolver(settings)
@@ -60,8 +61,14 @@ def test_resolution_applies_job_type_and_timeouts() -> None:
     )
     with pytest.raises(InvalidRequest, match="job_type: unknown job type 'nope'"):
         resolver.resolve(ExecuteRequest(code="print(1)", job_type="nope"))
-    with pytest.raises(InvalidRequest, match="requirements: Runtime dependency installation is disabled"):
+    with pytest.raises(
+        InvalidRequest, match="requirements: Runtime dependency installation is disabled"
+    ) as refused:
         resolver.resolve(ExecuteRequest(code="print(1)", requirements=["six"]))
+    # The message names the real setting, in both of its spellings, and no Docker-era "images".
+    assert "allow_runtime_requirements: true in tako_vm.yaml" in str(refused.value)
+    assert "TAKO_VM_ALLOW_RUNTIME_REQUIREMENTS=true" in str(refused.value)
+    assert "image" not in str(refused.value)
 
 
 def test_fingerprint_covers_the_payload_but_not_the_key() -> None:
