@@ -297,3 +297,50 @@ async def test_sdk_session_sync_and_async(shim: Shim) -> None:
             assert session.session_id in {s.session_id for s in listed}
         with pytest.raises(tako_vm.SessionEndedError, match="deleted"):
             await client.run_in_session(session.session_id, "total")
+
+
+async def test_cli_session_commands_and_repl(shim: Shim) -> None:
+    import io
+
+    from tako_vm.cli import main
+    from tako_vm.cli.session import repl_loop
+
+    url = str(shim.server.make_url(""))
+    auth = ["--url", url, "--api-key", A["X-API-Key"]]
+
+    def cli(*argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(list(argv), out=out, err=err)
+        return code, out.getvalue(), err.getvalue()
+
+    code, out, _ = await asyncio.to_thread(cli, "session", "new", *auth, "--ttl", "300")
+    sid = out.strip()
+    assert code == 0 and sid.startswith("sess-")
+    assert (await asyncio.to_thread(cli, "session", "run", sid, "-c", "x = 21", *auth))[0] == 0
+    code, out, _ = await asyncio.to_thread(
+        cli, "session", "run", sid, "-c", "print('doubling')\nx * 2", *auth
+    )
+    assert code == 0 and out == "doubling\n42\n"
+    code, _, err = await asyncio.to_thread(cli, "session", "run", sid, "-c", "x.nope", *auth)
+    assert code == 1 and "AttributeError" in err
+    code, out, _ = await asyncio.to_thread(cli, "session", "list", *auth)
+    assert code == 0 and sid in out
+    assert (await asyncio.to_thread(cli, "session", "rm", sid, *auth))[0] == 0
+    code, _, err = await asyncio.to_thread(cli, "session", "run", sid, "-c", "x", *auth)
+    assert code == 3 and "deleted" in err
+
+    lines = iter(["def square(v):", "    return v * v", "", "square(12)", "exit()"])
+
+    def read(prompt: str) -> str:
+        return next(lines)
+
+    def run_repl() -> tuple[int, str]:
+        import tako_vm
+
+        out, err = io.StringIO(), io.StringIO()
+        with tako_vm.Client(url, api_key=A["X-API-Key"]) as client, tako_vm.Session(client) as session:
+            code = repl_loop(session.run, read, out, err)
+        return code, out.getvalue()
+
+    code, printed = await asyncio.to_thread(run_repl)
+    assert code == 0 and printed == "144\n"
