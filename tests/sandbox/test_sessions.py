@@ -344,3 +344,31 @@ async def test_cli_session_commands_and_repl(shim: Shim) -> None:
 
     code, printed = await asyncio.to_thread(run_repl)
     assert code == 0 and printed == "144\n"
+
+
+async def test_examples_keep_state_across_tool_calls(shim: Shim) -> None:
+    import importlib
+    import sys
+
+    import tako_vm
+
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        openai_loop = importlib.import_module("openai_session_loop")
+        langchain_loop = importlib.import_module("langchain_session_tool")
+    finally:
+        sys.path.remove(str(REPO / "examples"))
+    url = str(shim.server.make_url(""))
+
+    def converse() -> tuple[list[Any], list[Any]]:
+        with tako_vm.Client(url, api_key=A["X-API-Key"]) as client:
+            first = openai_loop.conversation(openai_loop.FakeModel(), "median?", client)
+            second = langchain_loop.conversation(langchain_loop.fake_model(), "total?", client)
+        return first, second
+
+    openai_messages, langchain_messages = await asyncio.to_thread(converse)
+    tool_replies = [m["content"] for m in openai_messages if isinstance(m, dict) and m.get("role") == "tool"]
+    assert tool_replies == ["", "Out: 4"]  # the second call used `data` from the first
+    assert [m.content for m in langchain_messages if type(m).__name__ == "ToolMessage"] == ["", "Out: 8"]
+    listed = (await shim.http.get("/sessions", headers=A)).json()["items"]
+    assert len(listed) == 2 and {s["end_reason"] for s in listed} == {"deleted"}  # one per conversation
