@@ -1,6 +1,6 @@
 """A LangChain tool bound to one stateful session per conversation (langchain-core).
 
-    python examples/langchain_session_tool.py   # a scripted fake chat model, no API key; a server on TAKO_VM_URL
+    python examples/langchain_session_tool.py   # a fake chat model, no API key; a server on TAKO_VM_URL
 
 `session_tool(session)` wraps a `tako_vm.Session` as a `StructuredTool`; an agent runtime creates one
 session (and one tool) per conversation, so a variable the model defines in one call is there in the next.
