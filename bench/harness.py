@@ -67,12 +67,12 @@ class BareRunsc:
     writing the bundle and deleting the container afterwards are not."""
 
     def __init__(self, work_dir: Path) -> None:
-        from tako_shim.backends.local.executor import LocalExecutor
+        from tako_shim.backends.local.sandbox.executor import LocalExecutor
 
         self.executor = LocalExecutor(work_dir=work_dir, security_mode="strict")
 
     def once(self, code: str = CODE) -> float:
-        from tako_shim.backends.local.executor import SandboxJob
+        from tako_shim.backends.local.sandbox.executor import SandboxJob
 
         ex = self.executor
         job_dir = Path(tempfile.mkdtemp(prefix="bare-", dir=ex._jobs_dir))

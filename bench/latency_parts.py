@@ -38,7 +38,7 @@ class DirectExecutor:
     background teardown of one job proceeds while the benchmark sleeps between rounds, as in the server)."""
 
     def __init__(self, work_dir: Path, rootfs_path: str | None = None) -> None:
-        from tako_shim.backends.local.executor import LocalExecutor
+        from tako_shim.backends.local.sandbox.executor import LocalExecutor
 
         self.executor = LocalExecutor(work_dir=work_dir, security_mode="strict", rootfs_path=rootfs_path)
         self.artifacts = Path(tempfile.mkdtemp(prefix="direct-artifacts-", dir=work_dir))
@@ -50,7 +50,7 @@ class DirectExecutor:
         self.runs = 0
 
     def once(self, code: str = CODE) -> float:
-        from tako_shim.backends.local.executor import SandboxJob
+        from tako_shim.backends.local.sandbox.executor import SandboxJob
 
         self.runs += 1
         job = SandboxJob(f"direct-{self.runs}", code, {}, [], 30, 60)

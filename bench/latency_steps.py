@@ -44,7 +44,7 @@ def variants(runner_entry: str, old_runner: bool) -> dict[str, list[str]]:
 
 
 def main(rounds: int, old_runner: Path | None) -> None:
-    from tako_shim.backends.local.executor import LocalExecutor, SandboxJob
+    from tako_shim.backends.local.sandbox.executor import LocalExecutor, SandboxJob
 
     work = Path(tempfile.mkdtemp(prefix="tako-latency-steps-"))
     try:
@@ -68,7 +68,7 @@ def main(rounds: int, old_runner: Path | None) -> None:
 
 def once(ex: object, job: object, args: list[str]) -> tuple[float, float]:
     """One ``runsc run``; seconds until the result is on stdout and until ``runsc run`` exited."""
-    from tako_shim.backends.local.executor import LocalExecutor, SandboxJob
+    from tako_shim.backends.local.sandbox.executor import LocalExecutor, SandboxJob
 
     assert isinstance(ex, LocalExecutor) and isinstance(job, SandboxJob)
     job_dir, _ = ex._prepare_job_dir(job)

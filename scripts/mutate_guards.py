@@ -36,7 +36,8 @@ MIDDLEWARE = "shim/tako_shim/http/middleware.py"
 STORE = "shim/tako_shim/backends/local/store.py"
 LOCAL = "shim/tako_shim/backends/local/backend.py"
 KUBE = "shim/tako_shim/backends/kubernetes/backend.py"
-EXECUTOR = "shim/tako_shim/backends/local/executor.py"
+SANDBOX_JOB = "shim/tako_shim/backends/local/sandbox/job.py"
+FRAMES = "shim/tako_shim/backends/local/sandbox/frames.py"
 REFUSE = '        raise Unauthorized(UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})\n'
 FAIL_CLOSED = "  # only the auth-exempt paths have no tenant, and they never get here: fail closed\n"
 ARTIFACT_GUARD = 'if not name or "/" in name or "\\\\" in name or name in {".", ".."} or "\\x00" in name:'
@@ -119,7 +120,7 @@ MUTATIONS = [
     Mutation(
         "artifact-name-write",
         "the executor writes no artifact whose name has a path or starts with '.'",
-        EXECUTOR,
+        SANDBOX_JOB,
         'if not name or "/" in name or name.startswith(".") or "data_b64" not in item:',
         'if not name or "data_b64" not in item:',
         ("tests/sandbox/test_executor_helpers.py",),
@@ -151,7 +152,7 @@ MUTATIONS = [
     Mutation(
         "envelope-mac",
         "the local executor trusts a frame only with the runner's HMAC",
-        EXECUTOR,
+        FRAMES,
         "    if not hmac.compare_digest(expected, parts[2]):\n        return None\n",
         "",
         ("tests/sandbox/test_forgery.py",),

@@ -35,7 +35,7 @@ from typing import Any
 
 from kube_harness import KubeHarness
 
-from tako_shim.backends.local import sandbox
+from tako_shim.backends.local.sandbox import oci as sandbox
 
 log = logging.getLogger("nodeagent")
 REPO = Path(__file__).resolve().parents[2]

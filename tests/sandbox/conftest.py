@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sandbox_support import Sandbox
 
-from tako_shim.backends.local.executor import LocalExecutor, SandboxUnavailable
+from tako_shim.backends.local.sandbox.executor import LocalExecutor, SandboxUnavailable
 
 REPO = Path(__file__).resolve().parents[2]
 

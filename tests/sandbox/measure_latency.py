@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tako_shim.backends.local.executor import LocalExecutor, SandboxJob
+from tako_shim.backends.local.sandbox.executor import LocalExecutor, SandboxJob
 
 
 async def main(runs: int) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from tako_runner.outcome import Outcome
-from tako_shim.backends.local.executor import LocalExecutor, SandboxJob
+from tako_shim.backends.local.sandbox.executor import LocalExecutor, SandboxJob
 
 
 def make_job(code: str, **overrides: Any) -> SandboxJob:

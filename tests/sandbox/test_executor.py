@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sandbox_support import Sandbox, make_job
 
-from tako_shim.backends.local import cgroups
-from tako_shim.backends.local.executor import LocalExecutor, SandboxUnavailable
+from tako_shim.backends.local.sandbox import cgroups
+from tako_shim.backends.local.sandbox.executor import LocalExecutor, SandboxUnavailable
 
 pytestmark = pytest.mark.sandbox
 

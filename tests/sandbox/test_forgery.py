@@ -9,7 +9,7 @@ from sandbox_support import Sandbox
 
 from tako_runner import runner
 from tako_runner.outcome import frame_envelope
-from tako_shim.backends.local import executor as executor_module
+from tako_shim.backends.local.sandbox import frames, job
 
 pytestmark = pytest.mark.sandbox
 
@@ -81,7 +81,7 @@ async def test_a_flood_of_fake_mac_lines_still_ends_in_the_real_result(sx: Sandb
     fake = FORGED + f"TAKO-ENVELOPE-MAC {len(FORGED)} {'0' * 64}\n"
     lines = [
         "import time",
-        f"for _ in range({executor_module.MAX_MAC_CHECKS * 5}):",
+        f"for _ in range({frames.MAX_MAC_CHECKS * 5}):",
         f"    open('/proc/1/fd/1', 'w').write({fake!r})",
         "    time.sleep(0.02)",
         "print('real')",
@@ -94,13 +94,13 @@ async def test_user_code_cannot_read_the_frame_key(sx: Sandbox, monkeypatch: pyt
     """The key is read from the runner's stdin before user code exists; user code looks everywhere it
     can (the runner's stdin, environment, command line and memory, its own environment, /code)."""
     keys: list[bytes] = []
-    original = executor_module._FrameWatch.__init__
+    original = job.FrameWatch.__init__
 
     def record(self: Any, key: bytes, buffer: Any) -> None:
         keys.append(key)
         original(self, key, buffer)
 
-    monkeypatch.setattr(executor_module._FrameWatch, "__init__", record)
+    monkeypatch.setattr(job.FrameWatch, "__init__", record)
     code = (
         "import os\n"
         "def show(name, fn):\n"

@@ -9,7 +9,7 @@ import time
 import pytest
 from sandbox_support import Sandbox
 
-from tako_shim.backends.local.executor import LocalExecutor
+from tako_shim.backends.local.sandbox.executor import LocalExecutor
 
 pytestmark = pytest.mark.sandbox
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tako_shim.backends.local import sandbox
+from tako_shim.backends.local.sandbox import oci as sandbox
 
 SYSTEM_ROOT = "/var/cache/tako-vm/rootfs/0123456789abcdef"
 

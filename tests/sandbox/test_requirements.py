@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sandbox_support import Sandbox
 
-from tako_shim.backends.local.executor import LocalExecutor, validate_requirements
+from tako_shim.backends.local.sandbox.executor import LocalExecutor, validate_requirements
 
 pytestmark = pytest.mark.sandbox
 

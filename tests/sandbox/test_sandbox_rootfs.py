@@ -18,8 +18,8 @@ import pytest
 from sandbox_support import Sandbox, make_job
 
 from tako_shim.backends.local import rootfs
-from tako_shim.backends.local.executor import LocalExecutor, SandboxUnavailable
-from tako_shim.backends.local.warmpool import WarmPool
+from tako_shim.backends.local.sandbox.executor import LocalExecutor, SandboxUnavailable
+from tako_shim.backends.local.sandbox.warmpool import WarmPool
 from tako_shim.server import run_server
 
 pytestmark = [pytest.mark.sandbox]
@@ -152,7 +152,7 @@ def test_the_install_sandbox_trusts_the_hosts_ca_bundle_else_the_system_roots(
 ) -> None:
     """The install sandbox's network is the host's, so is its trust (e.g. a proxy's CA); without a
     host bundle it gets the system root's ca-certificates. Only /etc copies: nothing of the host is bound."""
-    from tako_shim.backends.local import executor as executor_module
+    from tako_shim.backends.local.sandbox import executor as executor_module
 
     host = tmp_path / "host-bundle.crt"
     tree = tmp_path / "tree"
@@ -171,7 +171,7 @@ def test_the_runner_is_precompiled_only_for_the_system_roots_bytecode_format(tmp
     import importlib.util
 
     from tako_runner import runner as runner_module
-    from tako_shim.backends.local import executor as executor_module
+    from tako_shim.backends.local.sandbox import executor as executor_module
 
     (tmp_path / "runner.py").write_text(Path(runner_module.__file__).read_text())
     same = {"magic": importlib.util.MAGIC_NUMBER.hex(), "cache_tag": sys.implementation.cache_tag}

@@ -1,5 +1,5 @@
-"""The warm pool (shim/tako_shim/backends/local/warmpool.py) against real runsc: single use, refill, the same
-isolation and classification as a cold run, and clean shutdown."""
+"""The warm pool (shim/tako_shim/backends/local/sandbox/warmpool.py) against real runsc: single use,
+refill, the same isolation and classification as a cold run, and clean shutdown."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 from sandbox_support import Sandbox, make_job
 
 from tako_runner.outcome import frame_envelope
-from tako_shim.backends.local.executor import LocalExecutor
-from tako_shim.backends.local.warmpool import WarmPool, fits, job_config
+from tako_shim.backends.local.sandbox.executor import LocalExecutor
+from tako_shim.backends.local.sandbox.warmpool import WarmPool, fits, job_config
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -210,7 +210,7 @@ async def test_warm_user_code_cannot_read_the_frame_key(
     pool: WarmPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The key comes with ``go``, after the user interpreter was pre-started: user code finds it nowhere."""
-    from tako_shim.backends.local import warmpool as warmpool_module
+    from tako_shim.backends.local.sandbox import warmpool as warmpool_module
 
     keys: list[str] = []
     token_hex = warmpool_module.secrets.token_hex

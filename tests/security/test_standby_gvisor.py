@@ -29,8 +29,8 @@ import pytest
 from tako_runner import runner as runner_module
 from tako_runner import standby as standby_runner
 from tako_runner.outcome import parse_envelope
-from tako_shim.backends.local import sandbox
-from tako_shim.backends.local.executor import LocalExecutor, SandboxUnavailable
+from tako_shim.backends.local.sandbox import oci as sandbox
+from tako_shim.backends.local.sandbox.executor import LocalExecutor, SandboxUnavailable
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow, pytest.mark.timeout(120)]

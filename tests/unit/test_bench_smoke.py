@@ -90,7 +90,7 @@ def test_host_python_baseline_runs() -> None:
 
 @pytest.mark.sandbox
 def test_bare_runsc_baseline_runs_the_same_code(tmp_path: Path) -> None:
-    from tako_shim.backends.local.executor import SandboxUnavailable
+    from tako_shim.backends.local.sandbox.executor import SandboxUnavailable
 
     harness.os.environ["PATH"] = harness.TOOLS_PATH
     try:

@@ -1,4 +1,4 @@
-"""cgroup v1 / v2 / hybrid support of the local executor (shim/tako_shim/backends/local/cgroups.py).
+"""cgroup v1 / v2 / hybrid support of the local executor (shim/tako_shim/backends/local/sandbox/cgroups.py).
 
 The pure parts (detection, the v2 plan, the files and values) are tested directly. The file-writing
 logic runs against a temporary directory laid out like a real cgroupfs: it is a STAND-IN for the
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tako_shim.backends.local import cgroups
-from tako_shim.backends.local.cgroups import CgroupsV1, CgroupsV2, CgroupUnavailable, Limits
+from tako_shim.backends.local.sandbox import cgroups
+from tako_shim.backends.local.sandbox.cgroups import CgroupsV1, CgroupsV2, CgroupUnavailable, Limits
 
 V2_HOST = """\
 22 28 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw

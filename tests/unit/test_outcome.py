@@ -299,3 +299,15 @@ def test_crafted_header_floods_parse_in_linear_time() -> None:
         assert parse_envelope(crafted) is None
         assert parse_envelope(crafted + real) == env(stdout="real")
         assert time.monotonic() - started < 2.0  # quadratic parsing takes minutes on these inputs
+
+
+def test_the_frame_markers_are_the_runners() -> None:
+    """outcome.py (host side) and runner.py (shipped alone: it cannot import outcome) agree on the frame."""
+    from tako_runner import outcome
+
+    assert (outcome.HEADER, outcome.END_MARKER, outcome.MAC_MARKER, outcome.ENVELOPE_VERSION) == (
+        runner.HEADER,
+        runner.END_MARKER,
+        runner.MAC_MARKER,
+        runner.ENVELOPE_VERSION,
+    )

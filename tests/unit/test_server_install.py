@@ -70,9 +70,9 @@ class Block(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, Block())
 import tako_vm.cli, tako_shim.server, tako_shim.__main__, tako_shim.http.app
-import tako_shim.backends.local.backend, tako_shim.backends.local.executor
-import tako_shim.backends.local.warmpool, tako_shim.backends.local.store
-import tako_shim.backends.local.cgroups, tako_shim.backends.local.datadir
+import tako_shim.backends.local.backend, tako_shim.backends.local.sandbox.executor
+import tako_shim.backends.local.sandbox.warmpool, tako_shim.backends.local.store
+import tako_shim.backends.local.sandbox.cgroups, tako_shim.backends.local.datadir
 import tako_runner.runner, tako_runner.outcome
 from tako_shim.config import load_settings
 from tako_shim.backends import make_backend

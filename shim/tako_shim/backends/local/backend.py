@@ -139,7 +139,7 @@ class PendingOrder:
 
 
 class SandboxRunner(Protocol):
-    """What the backend needs from ``tako_shim.backends.local.executor.LocalExecutor``."""
+    """What the backend needs from ``tako_shim.backends.local.sandbox.executor.LocalExecutor``."""
 
     def runtime_info(self) -> dict[str, Any]: ...
 
@@ -147,7 +147,7 @@ class SandboxRunner(Protocol):
 
 
 def _real_executor(settings: Settings) -> SandboxRunner:
-    from tako_shim.backends.local.executor import LocalExecutor
+    from tako_shim.backends.local.sandbox.executor import LocalExecutor
 
     local = LocalExecutor(
         work_dir=settings.data_dir / "work",
@@ -156,7 +156,7 @@ def _real_executor(settings: Settings) -> SandboxRunner:
         rootfs_path=settings.rootfs_path,
     )
     if settings.warm_pool_size > 0:
-        from tako_shim.backends.local.warmpool import warm_pool_for
+        from tako_shim.backends.local.sandbox.warmpool import warm_pool_for
 
         return warm_pool_for(local, settings)
     executor: SandboxRunner = local
@@ -164,7 +164,7 @@ def _real_executor(settings: Settings) -> SandboxRunner:
 
 
 def _validate_requirements(requirements: list[str]) -> None:
-    from tako_shim.backends.local.executor import validate_requirements
+    from tako_shim.backends.local.sandbox.executor import validate_requirements
 
     validate_requirements(requirements)
 
@@ -172,7 +172,7 @@ def _validate_requirements(requirements: list[str]) -> None:
 def _sandbox_job(
     settings: Settings, row: JobRow, environment: dict[str, str], jt_memory: str, cpu: float
 ) -> Any:
-    from tako_shim.backends.local.executor import SandboxJob
+    from tako_shim.backends.local.sandbox.executor import SandboxJob
 
     return SandboxJob(
         job_id=row.job_id,
@@ -240,7 +240,9 @@ class LocalBackend(Backend):
                 raise
             raise BackendStartError(str(exc)) from exc
         self._runtime_info = self._executor.runtime_info()
-        start_pool = getattr(self._executor, "start", None)  # the warm pool (backends/local/warmpool.py)
+        start_pool = getattr(
+            self._executor, "start", None
+        )  # the warm pool (backends/local/sandbox/warmpool.py)
         if start_pool is not None:
             await start_pool()
         await self._apply_retention()

@@ -36,8 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from tako_runner.outcome import Outcome
-from tako_shim.backends.local import executor as executor_module
-from tako_shim.backends.local.executor import LocalExecutor, SandboxJob
+from tako_shim.backends.local.sandbox import job as job_module
+from tako_shim.backends.local.sandbox.executor import LocalExecutor
+from tako_shim.backends.local.sandbox.frames import TailBuffer
+from tako_shim.backends.local.sandbox.job import FrameWatch, SandboxJob, SandboxResult
 from tako_shim.config import Settings
 
 log = logging.getLogger(__name__)
@@ -142,10 +144,10 @@ os._exit(code)
 
 
 def job_config(job: SandboxJob) -> dict[str, Any]:
-    """The runner config of a warm run: what ``LocalExecutor._prepare_job_dir`` writes (a test keeps
+    """The runner config of a warm run: what ``job.prepare_job_dir`` writes (a test keeps
     the two equal), except the egress probe, which the launcher ran once at boot in this very network
     namespace (fixed at sandbox creation, so the answer cannot change before ``go``)."""
-    cold = LocalExecutor.runner_config(job)
+    cold = job_module.runner_config(job)
     return cold.model_copy(update={"requirements": [], "egress_probe": False}).as_json_dict()
 
 
@@ -328,7 +330,7 @@ class WarmPool:
         self, sandbox: WarmSandbox, job: SandboxJob, artifact_dir: Path, cancel: asyncio.Event
     ) -> Outcome:
         ex = self.executor
-        executor_module.validate_requirements(job.requirements)
+        job_module.validate_requirements(job.requirements)
         started = time.monotonic()
         self.used_sandboxes.append(sandbox.cid)
         process = sandbox.process
@@ -344,10 +346,10 @@ class WarmPool:
             result, readers = await self._wait(sandbox, job, cancel, key)
             outcome = ex._classify(None, result)
             if result.envelope and result.envelope.get("artifacts") and not result.cancelled:
-                await asyncio.to_thread(executor_module._write_artifacts, result.envelope, artifact_dir)
+                await asyncio.to_thread(job_module.write_artifacts, result.envelope, artifact_dir)
         finally:
             # The result is complete: let the used sandbox exit and delete it, off the critical path.
-            wait_s = executor_module.TEARDOWN_WAIT_S if outcome is not None else 0.0  # interrupted: kill now
+            wait_s = job_module.TEARDOWN_WAIT_S if outcome is not None else 0.0  # interrupted: kill now
             teardown = ex._spawn_background(ex._teardown(sandbox.cid, process, readers, wait_s))
             ex._spawn_background(ex._remove_job_dir([teardown], sandbox.job_dir))
         outcome.timing["total_ms"] = max(
@@ -372,19 +374,13 @@ class WarmPool:
 
     async def _wait(
         self, sandbox: WarmSandbox, job: SandboxJob, cancel: asyncio.Event, key: bytes
-    ) -> tuple[executor_module._SandboxResult, asyncio.Future[Any]]:
+    ) -> tuple[SandboxResult, asyncio.Future[Any]]:
         """The watchdog, caps and envelope rules of ``LocalExecutor._sandbox``, for a started sandbox:
         the result is final as soon as the runner's authenticated frame is in."""
         process = sandbox.process
-        budget_s = job.timeout + executor_module.KILL_GRACE_S + executor_module.EXTERNAL_DEADLINE_MARGIN_S
-        limit = (
-            job.max_stdout_bytes * 2
-            + job.max_stderr_bytes * 2
-            + executor_module.ENVELOPE_OVERHEAD_BYTES
-            + job.max_total_artifact_bytes * 2
-        )
-        watch = executor_module._FrameWatch(key, executor_module._TailBuffer(limit))
-        err_buf = executor_module._TailBuffer(64 * 1024)
+        budget_s = job.timeout + job_module.KILL_GRACE_S + job_module.EXTERNAL_DEADLINE_MARGIN_S
+        watch = FrameWatch(key, TailBuffer(job_module.stdout_limit(job, "run")))
+        err_buf = TailBuffer(64 * 1024)
         return await self.executor._watch(process, sandbox.cid, watch, err_buf, budget_s, cancel)
 
     def _spawn_background(self, awaitable: Any) -> None:

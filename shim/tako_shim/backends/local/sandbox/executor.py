@@ -9,8 +9,13 @@ Flow of ``LocalExecutor.run``:
 5. ``tako_runner.outcome.classify`` turns envelopes + observations into an ``Outcome``; artifacts
    embedded in the envelope are verified (sha256) and written to ``artifact_dir``.
 
+This module is the orchestration only; the parts live beside it: ``runsc`` (process control),
+``frames`` (the result frame and its MAC), ``job`` (a job's directory, config and sandbox watch),
+``journal`` (the teardown journal), ``oci`` (the OCI spec), ``cgroups`` and ``unsandboxed``
+(the permissive fallback).
+
 The result is returned as soon as the runner's *authenticated* frame is in (an HMAC with a key written
-on the runner's stdin, see ``_FrameWatch``), before the sandbox has exited: tearing a sandbox down
+on the runner's stdin, see ``job.FrameWatch``), before the sandbox has exited: tearing a sandbox down
 (runsc's own teardown, cgroups, the job directory) happens in the background, bounded by
 ``TEARDOWN_WAIT_S``, and is journalled in ``work_dir/teardown`` so that a restart finishes it.
 
@@ -22,18 +27,12 @@ with a loud warning, and records ``runtime="none"``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import glob
-import hashlib
-import hmac
 import importlib.util
 import json
 import logging
 import os
 import py_compile
-import re
-import resource
 import secrets
 import shutil
 import subprocess
@@ -41,15 +40,32 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tako_shim.backends.local.rootfs as rootfs_module
 from tako_runner import runner as runner_module
-from tako_runner.outcome import HEADER, Outcome, classify, parse_envelope
-from tako_shim.backends.local import cgroups, sandbox
+from tako_runner.outcome import Outcome, classify, parse_envelope
+from tako_shim.backends.local.sandbox import cgroups, oci, runsc
+from tako_shim.backends.local.sandbox.frames import TailBuffer
+from tako_shim.backends.local.sandbox.job import (
+    EGRESS_PROBE_ALLOWANCE_S,
+    EXTERNAL_DEADLINE_MARGIN_S,
+    KILL_GRACE_S,
+    TEARDOWN_WAIT_S,
+    FrameWatch,
+    SandboxJob,
+    SandboxResult,
+    prepare_job_dir,
+    runner_config,
+    safe_id,
+    stdout_limit,
+    validate_requirements,
+    write_artifacts,
+)
+from tako_shim.backends.local.sandbox.job import watch as watch_sandbox
+from tako_shim.backends.local.sandbox.journal import TeardownJournal
+from tako_shim.backends.local.sandbox.unsandboxed import run_unsandboxed
 from tako_vm.models.runner import RunnerConfig
 
 log = logging.getLogger(__name__)
@@ -63,150 +79,16 @@ ROOTFS_HINT = (
     "build it with `make setup` (outside a checkout: `python -m tako_shim.backends.local.rootfs build`), "
     "or set rootfs_path (TAKO_VM_ROOTFS_PATH) to a root filesystem with /usr/bin/python3"
 )
-INSTALL_HINT = (
-    "Install gVisor's runsc with `bash scripts/install-system.sh` (puts the 2024 systrap build in "
-    ".tools/bin/runsc) or `apt-get install runsc`, and make sure it is on PATH or pass runsc_path / set "
-    "TAKO_VM_RUNSC. To run without a sandbox (NOT safe for untrusted code) set security_mode: permissive."
-)
 CGROUP_HINT = (
     "The local executor needs the memory, pids and cpu cgroup controllers (cgroup v1, v2 or hybrid; "
     "see docs/sandbox.md). To run without a sandbox (NOT safe for untrusted code) set "
     "security_mode: permissive."
 )
-EXTERNAL_DEADLINE_MARGIN_S = 5.0  # slack over the runner's own deadline + kill grace
-EGRESS_PROBE_ALLOWANCE_S = 3.0
-KILL_GRACE_S = 2.0
 INSTALL_MEMORY_FLOOR_MB = 1024
-ENVELOPE_OVERHEAD_BYTES = 2 * 1024 * 1024
-TEARDOWN_WAIT_S = 10.0  # a sandbox whose runner has reported gets this long to exit before it is killed
-MAX_MAC_CHECKS = 3  # candidate MAC lines verified while a sandbox runs (user code can print fake ones)
-MAC_LINE_MAX = 200
-
-
-@dataclass(frozen=True)
-class SandboxJob:
-    job_id: str
-    code: str
-    input_data: dict[str, Any]
-    requirements: list[str]
-    timeout: int
-    startup_timeout: int
-    memory_limit_mb: int = 512
-    cpu_limit: float = 1.0
-    pids_limit: int = 100
-    environment: dict[str, str] = field(default_factory=dict)
-    max_stdout_bytes: int = 65536
-    max_stderr_bytes: int = 65536
-    max_artifact_bytes: int = 10 * 1024 * 1024
-    max_total_artifact_bytes: int = 50 * 1024 * 1024
-    max_artifact_count: int = 1000
 
 
 class SandboxUnavailable(Exception):
     """Strict mode and no working runsc; the message says how to install it."""
-
-
-def validate_requirements(reqs: list[str]) -> None:
-    """Reject anything but plain ``name[extras] op version`` specs; the ValueError names the entry."""
-    runner_module.check_requirements(reqs)
-
-
-@dataclass
-class _SandboxResult:
-    envelope: dict[str, Any] | None
-    exit_code: int | None
-    oom_killed: bool
-    deadline_exceeded: bool
-    cancelled: bool
-    stderr: str
-
-
-class _TailBuffer:
-    """Keeps only the last ``limit`` bytes: the runner's frame is always at the very end."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.data = bytearray()
-
-    def feed(self, chunk: bytes) -> None:
-        self.data += chunk
-        if len(self.data) > 2 * self.limit:
-            del self.data[: len(self.data) - self.limit]
-
-    def text(self) -> str:
-        return bytes(self.data[-self.limit :]).decode("utf-8", errors="replace")
-
-
-def authenticated_envelope(data: bytes, key: bytes) -> dict[str, Any] | None:
-    """The envelope whose frame ends ``data`` followed by a valid ``TAKO-ENVELOPE-MAC`` line, else None.
-
-    The runner writes ``<frame>TAKO-ENVELOPE-MAC <frame length> <hmac-sha256 hex>\\n`` as its very last
-    output; only a process that knows ``key`` can produce the line, and user code never sees the key.
-    """
-    if not key or not data.endswith(b"\n"):
-        return None
-    line_start = data.rfind(b"\n", max(0, len(data) - MAC_LINE_MAX), len(data) - 1) + 1
-    parts = data[line_start:].split()
-    if line_start == 0 or len(parts) != 3 or parts[0] != runner_module.MAC_MARKER.encode("ascii"):
-        return None
-    try:
-        length = int(parts[1])
-    except ValueError:
-        return None
-    framed = data[line_start - length : line_start]
-    if length <= 0 or length > line_start or not framed.startswith(b"\n" + HEADER.encode("ascii") + b" "):
-        return None
-    expected = hmac.new(key, framed, hashlib.sha256).hexdigest().encode("ascii")
-    if not hmac.compare_digest(expected, parts[2]):
-        return None
-    return parse_envelope(framed.decode("ascii", errors="replace"))
-
-
-class _FrameWatch:
-    """Feeds a sandbox's stdout into its tail buffer and notices the runner's authenticated frame the
-    moment it is complete (``found``), so the result does not wait for the sandbox to exit.
-
-    User code can write to the runner's stdout (/proc/1/fd/1), so only ``MAX_MAC_CHECKS`` candidate
-    lines are verified while the sandbox runs: a flood of fake MAC lines cannot make the event loop
-    hash a large buffer per line. After that the frame is checked once more when the sandbox exits.
-    """
-
-    def __init__(self, key: bytes, buffer: _TailBuffer) -> None:
-        self.key = key
-        self.buffer = buffer
-        self.envelope: dict[str, Any] | None = None
-        self.found = asyncio.Event()
-        self.checks = 0
-        self.candidate = False  # a MAC line ends the buffer: verify it (in a thread) before reading on
-
-    def feed(self, chunk: bytes) -> None:
-        self.buffer.feed(chunk)
-        if self.envelope is not None or self.checks >= MAX_MAC_CHECKS or not chunk.endswith(b"\n"):
-            return
-        tail = bytes(self.buffer.data[-MAC_LINE_MAX:])
-        if b"\n" + runner_module.MAC_MARKER.encode("ascii") + b" " not in tail:
-            return
-        self.checks += 1
-        self.candidate = True
-
-    async def pump(self, stream: asyncio.StreamReader) -> None:
-        """Read the sandbox's stdout; a candidate frame (tens of MB with embedded artifacts) is
-        hashed and parsed in a worker thread, never on the event loop."""
-        while chunk := await stream.read(65536):
-            self.feed(chunk)
-            if self.candidate:
-                self.candidate = False
-                self.envelope = await asyncio.to_thread(
-                    authenticated_envelope, bytes(self.buffer.data), self.key
-                )
-                if self.envelope is not None:
-                    self.found.set()
-
-    async def final_envelope(self) -> dict[str, Any] | None:
-        """After the sandbox ended: the authenticated frame, if the runner printed one last."""
-        if self.envelope is not None:
-            return self.envelope
-        return await asyncio.to_thread(authenticated_envelope, bytes(self.buffer.data), self.key)
 
 
 def _compile_runner(runner_dir: Path, sandbox_python: dict[str, Any]) -> str:
@@ -238,19 +120,6 @@ def _compile_runner(runner_dir: Path, sandbox_python: dict[str, Any]) -> str:
     return str(relative)
 
 
-def _find_runsc(explicit: str | None) -> str | None:
-    """An explicit path is authoritative; otherwise $TAKO_VM_RUNSC, the project's .tools/bin, PATH."""
-    if explicit:
-        return explicit if os.path.isfile(explicit) and os.access(explicit, os.X_OK) else None
-    candidates = [os.environ.get("TAKO_VM_RUNSC")]
-    repo_tools = Path(__file__).resolve().parents[4] / ".tools" / "bin" / "runsc"
-    candidates += [str(repo_tools), shutil.which("runsc"), "/usr/bin/runsc"]
-    for candidate in candidates:
-        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
 def _install_ca_bundle(etc: Path, system_root: Path) -> None:
     """Copy a CA bundle to ``etc/ssl/certs/ca-certificates.crt`` (where Debian's pip and OpenSSL look).
 
@@ -267,14 +136,6 @@ def _install_ca_bundle(etc: Path, system_root: Path) -> None:
         directory.chmod(0o755)
     shutil.copyfile(source, certs / "ca-certificates.crt")
     (certs / "ca-certificates.crt").chmod(0o644)
-
-
-def _host_hard_limits() -> dict[str, int]:
-    limits = {}
-    for name in ("RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_FSIZE"):
-        hard = resource.getrlimit(getattr(resource, name))[1]
-        limits[name] = -1 if hard == resource.RLIM_INFINITY else int(hard)
-    return limits
 
 
 class LocalExecutor:
@@ -295,8 +156,7 @@ class LocalExecutor:
         self._state_dir = self.work_dir / "runsc-state"
         self._jobs_dir = self.work_dir / "jobs"
         self._jobs_dir.mkdir(exist_ok=True)
-        self._teardown_dir = self.work_dir / "teardown"  # one file per sandbox not yet torn down
-        self._teardown_dir.mkdir(exist_ok=True)
+        self._journal = TeardownJournal(self.work_dir / "teardown")  # sandboxes not yet torn down
         self._background: set[asyncio.Task[None]] = set()
         self._lock = threading.Lock()
         self.system_root = Path(rootfs_path).absolute() if rootfs_path else rootfs_module.default_path()
@@ -306,9 +166,9 @@ class LocalExecutor:
                 f"sandbox root filesystem missing: {self._rootfs_problem}; {ROOTFS_HINT}"
             )
         self._system_dirs = rootfs_module.top_dirs(self.system_root) if self._rootfs_problem is None else {}
-        self._hard_limits = _host_hard_limits()
+        self._hard_limits = runsc.host_hard_limits()
         self._prepare_shared_dirs()
-        self.runsc = _find_runsc(runsc_path)
+        self.runsc = runsc.find_runsc(runsc_path)
         self.platform: str | None = None
         self.version: str | None = None
         self.cgroups: cgroups.Cgroups | None = None
@@ -323,14 +183,14 @@ class LocalExecutor:
             self._reap_stale()
             return
         if security_mode == "strict":
-            raise SandboxUnavailable(f"gVisor runsc is not usable: {problem}. {INSTALL_HINT}")
+            raise SandboxUnavailable(f"gVisor runsc is not usable: {problem}. {runsc.INSTALL_HINT}")
         self.runtime = "none"
         log.warning(
             "!!! SECURITY WARNING: runsc is not usable (%s); security_mode=permissive runs jobs with the "
             "host Python and rlimits only: NO sandbox, NO network isolation. Never do this with untrusted "
             "code. %s",
             problem,
-            INSTALL_HINT,
+            runsc.INSTALL_HINT,
         )
 
     # ------------------------------------------------------------------ setup and probing
@@ -338,7 +198,7 @@ class LocalExecutor:
     def _prepare_shared_dirs(self) -> None:
         rootfs = self.work_dir / "rootfs"
         rootfs.mkdir(exist_ok=True)
-        for name, target in sandbox.rootfs_links(self._system_dirs).items():
+        for name, target in oci.rootfs_links(self._system_dirs).items():
             path = rootfs / name
             if target is not None:
                 if not path.is_symlink():
@@ -354,7 +214,7 @@ class LocalExecutor:
             if mode == "install":
                 with contextlib.suppress(OSError):
                     resolv = Path("/etc/resolv.conf").read_text()
-            for name, content in sandbox.etc_files(with_resolv_conf=resolv).items():
+            for name, content in oci.etc_files(with_resolv_conf=resolv).items():
                 (etc / name).write_text(content)
         runner_dir = self.work_dir / "runner"
         runner_dir.mkdir(exist_ok=True)
@@ -371,21 +231,15 @@ class LocalExecutor:
             return f"{self._rootfs_problem} ({ROOTFS_HINT})"
         if self.runsc is None:
             return "no runsc binary found"
-        try:
-            out = subprocess.run([self.runsc, "--version"], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"{self.runsc} --version failed: {exc}"
-        if out.returncode != 0:
-            return f"{self.runsc} --version exited {out.returncode}: {out.stderr.strip()[:200]}"
-        self.version = (
-            out.stdout.splitlines()[0].replace("runsc version ", "").strip() if out.stdout else None
-        )
+        self.version, problem = runsc.read_version(self.runsc)
+        if problem is not None:
+            return problem
         if os.geteuid() != 0:
             return "the local executor needs root to create sandboxes and cgroups (runsc rootful mode)"
         self.cgroups = cgroups.open_host()  # CgroupUnavailable names what is missing
         log.info("%s", self.cgroups.describe())
         errors = []
-        for platform in ("systrap", "ptrace"):
+        for platform in runsc.PLATFORMS:
             problem = self._smoke_test(platform)
             if problem is None:
                 self.platform = platform
@@ -401,9 +255,7 @@ class LocalExecutor:
             for d in (code_dir, input_dir):
                 d.mkdir()
             (code_dir / "main.py").write_text("import os\nprint(os.uname().release)\n")
-            (code_dir / "job.json").write_text(
-                RunnerConfig(timeout=20, python=sandbox.SANDBOX_PYTHON).job_json()
-            )
+            (code_dir / "job.json").write_text(RunnerConfig(timeout=20, python=oci.SANDBOX_PYTHON).job_json())
             for p in (job_dir, code_dir, input_dir):
                 p.chmod(0o755)
             bundle = self._write_bundle(
@@ -427,8 +279,8 @@ class LocalExecutor:
     def _reap_stale(self) -> None:
         """Remove sandboxes, cgroups and job dirs a previous process with this work_dir left behind (a crash
         leaves the Sentry running, since `runsc run` is only its parent)."""
-        stale = {p.name.split("_sandbox:")[0] for p in self._state_dir.glob("*_sandbox:*.state")}
-        stale |= {p.name for p in self._teardown_dir.iterdir()}  # teardowns a crash interrupted
+        stale = runsc.containers_with_state(self._state_dir)
+        stale |= self._journal.pending()  # teardowns a crash interrupted
         for cid in sorted(stale):
             log.warning("removing stale sandbox %s left by a previous run", cid)
             self._cleanup(None, cid, None)
@@ -450,13 +302,7 @@ class LocalExecutor:
 
     def _runsc_argv(self, platform: str | None, network: str) -> list[str]:
         assert self.runsc is not None
-        return [
-            self.runsc,
-            "--root", str(self._state_dir),
-            f"--platform={platform or self.platform or 'ptrace'}",
-            f"--network={network}",
-            "--overlay2=none",
-        ]  # fmt: skip
+        return runsc.global_argv(self.runsc, self._state_dir, platform or self.platform or "ptrace", network)
 
     def _write_bundle(
         self, job_dir: Path, mode: str, cid: str, deps_dir: Path | None, job: SandboxJob, _unused: None
@@ -465,7 +311,7 @@ class LocalExecutor:
         memory_mb = max(job.memory_limit_mb, INSTALL_MEMORY_FLOOR_MB) if install else job.memory_limit_mb
         assert self.cgroups is not None
         cgroup = self.cgroups.oci_path(cid)
-        spec = sandbox.SandboxSpec(
+        spec = oci.SandboxSpec(
             mode=mode,
             rootfs=str(self.work_dir / "rootfs"),
             etc_dir=str(self.work_dir / ("etc-install" if install else "etc-run")),
@@ -474,12 +320,12 @@ class LocalExecutor:
             input_dir=str(job_dir / "input"),
             deps_dir=str(deps_dir) if deps_dir else None,
             cgroup_path=cgroup,
-            memory_limit_bytes=memory_mb * sandbox.MIB,
+            memory_limit_bytes=memory_mb * oci.MIB,
             pids_limit=job.pids_limit,
             cpu_limit=job.cpu_limit,
-            tmp_size_bytes=(512 if install else 64) * sandbox.MIB,
-            output_size_bytes=job.max_total_artifact_bytes + sandbox.MIB,
-            max_file_bytes=max(job.max_total_artifact_bytes, 64 * sandbox.MIB) + sandbox.MIB,
+            tmp_size_bytes=(512 if install else 64) * oci.MIB,
+            output_size_bytes=job.max_total_artifact_bytes + oci.MIB,
+            max_file_bytes=max(job.max_total_artifact_bytes, 64 * oci.MIB) + oci.MIB,
             host_hard_limits=self._hard_limits,
             system_root=str(self.system_root),
             system_dirs=tuple(name for name, target in self._system_dirs.items() if target is None),
@@ -487,7 +333,7 @@ class LocalExecutor:
         )
         bundle = job_dir / f"bundle-{mode}"
         bundle.mkdir(exist_ok=True)
-        (bundle / "config.json").write_text(json.dumps(sandbox.build_oci_spec(spec)))
+        (bundle / "config.json").write_text(json.dumps(oci.build_oci_spec(spec)))
         self._create_cgroups(cid, spec.memory_limit_bytes, job.pids_limit, job.cpu_limit)
         return bundle
 
@@ -498,9 +344,8 @@ class LocalExecutor:
         those, wherever this server's cgroup was (on v2 it can differ between runs)."""
         assert self.cgroups is not None
         dirs = self.cgroups.dirs(cid)
-        journal = self._teardown_dir / cid
-        journal.write_text(json.dumps([str(d) for d in dirs]))  # removed by _cleanup once all is gone
-        limits = cgroups.Limits(memory_bytes, sandbox.host_pids_limit(pids_limit), cpu_limit)
+        self._journal.record(cid, dirs)  # forgotten by _cleanup once all is gone
+        limits = cgroups.Limits(memory_bytes, oci.host_pids_limit(pids_limit), cpu_limit)
         self.cgroups.create(cid, limits)
 
     def _oom_killed(self, cid: str) -> bool:
@@ -508,28 +353,20 @@ class LocalExecutor:
 
     def _cgroup_dirs(self, cid: str) -> list[Path]:
         """The cgroup directories journalled for a sandbox (else where this server would put them)."""
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            listed = json.loads((self._teardown_dir / cid).read_text() or "null")
-            if isinstance(listed, list) and all(isinstance(d, str) for d in listed):
-                return [Path(d) for d in listed]
+        listed = self._journal.cgroup_dirs(cid)
+        if listed is not None:
+            return listed
         return self.cgroups.dirs(cid) if self.cgroups is not None else []
 
     def _cleanup(self, platform: str | None, cid: str, job_dir: Path | None) -> None:
         """Remove the container (only if runsc left state behind: `runsc run` cleans up after itself
         when the sandbox ends on its own), its cgroups and the job directory."""
-        leftover = any(self._state_dir.glob(f"{glob.escape(cid)}_*")) if self._state_dir.exists() else False
-        if self.runsc is not None and leftover:
-            subprocess.run(
-                [*self._runsc_argv(platform, "none"), "delete", "-force", cid],
-                capture_output=True,
-                timeout=30,
-                check=False,
-            )
+        if self.runsc is not None and runsc.has_state(self._state_dir, cid):
+            runsc.delete(self._runsc_argv(platform, "none"), cid)
         cgroups.remove_dirs(self._cgroup_dirs(cid))
         if job_dir is not None:
             shutil.rmtree(job_dir, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            (self._teardown_dir / cid).unlink()
+        self._journal.forget(cid)
 
     # ------------------------------------------------------------------ background teardown
 
@@ -594,50 +431,17 @@ class LocalExecutor:
 
     @staticmethod
     def runner_config(job: SandboxJob) -> RunnerConfig:
-        """The runner's job.json for a sandboxed run (the warm pool's is this one without the probe)."""
-        return RunnerConfig(
-            timeout=job.timeout,
-            startup_timeout=job.startup_timeout,
-            requirements=list(job.requirements),
-            deps_dir="/deps",
-            python=sandbox.SANDBOX_PYTHON,
-            max_stdout_bytes=job.max_stdout_bytes,
-            max_stderr_bytes=job.max_stderr_bytes,
-            max_artifact_bytes=job.max_artifact_bytes,
-            max_total_artifact_bytes=job.max_total_artifact_bytes,
-            max_artifact_count=job.max_artifact_count,
-            embed_artifacts=True,
-            environment=dict(job.environment),
-            egress_probe=True,
-            egress_probe_timeout=0,
-            kill_grace_seconds=KILL_GRACE_S,
-        )
+        return runner_config(job)
 
     def _prepare_job_dir(self, job: SandboxJob) -> tuple[Path, Path | None]:
-        job_dir = Path(tempfile.mkdtemp(prefix=_safe_id(job.job_id)[:40] + "-", dir=self._jobs_dir))
-        code_dir, input_dir = job_dir / "code", job_dir / "input"
-        code_dir.mkdir()
-        input_dir.mkdir()
-        (code_dir / "main.py").write_text(job.code, encoding="utf-8")
-        (input_dir / "data.json").write_text(json.dumps(job.input_data), encoding="utf-8")
-        deps_dir = None
-        if job.requirements:
-            deps_dir = job_dir / "deps"
-            deps_dir.mkdir()
-            os.chown(deps_dir, sandbox.SANDBOX_UID, sandbox.SANDBOX_GID)
-        (code_dir / "job.json").write_text(self.runner_config(job).job_json(), encoding="utf-8")
-        for path in (job_dir, code_dir, input_dir):
-            path.chmod(0o755)
-        for path in (code_dir / "main.py", code_dir / "job.json", input_dir / "data.json"):
-            path.chmod(0o444)
-        return job_dir, deps_dir
+        return prepare_job_dir(self._jobs_dir, job)
 
     async def run(self, job: SandboxJob, artifact_dir: Path, cancel: asyncio.Event | None = None) -> Outcome:
         validate_requirements(job.requirements)
         cancel = cancel or asyncio.Event()
         started = time.monotonic()
         if self.runtime != "runsc":
-            outcome = await asyncio.to_thread(self._run_unsandboxed, job, artifact_dir, cancel)
+            outcome = await asyncio.to_thread(run_unsandboxed, job, artifact_dir, cancel)
         else:
             outcome = await self._run_sandboxed(job, artifact_dir, cancel)
         outcome.timing["total_ms"] = max(
@@ -649,7 +453,7 @@ class LocalExecutor:
         job_dir, deps_dir = await asyncio.to_thread(self._prepare_job_dir, job)
         teardowns: list[asyncio.Task[None]] = []
         try:
-            install: _SandboxResult | None = None
+            install: SandboxResult | None = None
             if job.requirements:
                 budget = job.startup_timeout + KILL_GRACE_S + EXTERNAL_DEADLINE_MARGIN_S
                 install = await self._sandbox(job, job_dir, deps_dir, "install", budget, cancel, teardowns)
@@ -666,12 +470,12 @@ class LocalExecutor:
             result = await self._sandbox(job, job_dir, deps_dir, "run", budget, cancel, teardowns)
             outcome = self._classify(install, result)
             if result.envelope and result.envelope.get("artifacts") and not result.cancelled:
-                await asyncio.to_thread(_write_artifacts, result.envelope, artifact_dir)
+                await asyncio.to_thread(write_artifacts, result.envelope, artifact_dir)
             return outcome
         finally:
             self._spawn_background(self._remove_job_dir(teardowns, job_dir))
 
-    def _classify(self, install: _SandboxResult | None, run: _SandboxResult | None) -> Outcome:
+    def _classify(self, install: SandboxResult | None, run: SandboxResult | None) -> Outcome:
         last = run or install
         assert last is not None
         install_env = install.envelope if install else None
@@ -703,22 +507,19 @@ class LocalExecutor:
         budget_s: float,
         cancel: asyncio.Event,
         teardowns: list[asyncio.Task[None]],
-    ) -> _SandboxResult:
+    ) -> SandboxResult:
         """Run one sandbox; return as soon as its runner's authenticated frame is in (or it ended).
 
         The sandbox's teardown is started in the background and appended to ``teardowns``."""
-        cid = f"tako-{_safe_id(job.job_id)[:32]}-{mode}-{secrets.token_hex(4)}"
+        cid = f"tako-{safe_id(job.job_id)[:32]}-{mode}-{secrets.token_hex(4)}"
         bundle = await asyncio.to_thread(self._write_bundle, job_dir, mode, cid, deps_dir, job, None)
         network = "host" if mode == "install" else "none"
         argv = [*self._runsc_argv(None, network), "run", "--bundle", str(bundle), cid]
-        limit = job.max_stdout_bytes * 2 + job.max_stderr_bytes * 2 + ENVELOPE_OVERHEAD_BYTES
-        if mode == "run":
-            limit += job.max_total_artifact_bytes * 2
-        out_buf, err_buf = _TailBuffer(limit), _TailBuffer(64 * 1024)
+        out_buf, err_buf = TailBuffer(stdout_limit(job, mode)), TailBuffer(64 * 1024)
         key = secrets.token_hex(32).encode("ascii")
         proc: asyncio.subprocess.Process | None = None
         readers: asyncio.Future[Any] | None = None
-        result: _SandboxResult | None = None
+        result: SandboxResult | None = None
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -733,7 +534,7 @@ class LocalExecutor:
             proc.stdin.close()
             # An install sandbox's result is only used once it has exited: the packages it wrote to
             # /deps are then surely on the host for the run sandbox (its teardown is ~0.1 s of an install).
-            watch = _FrameWatch(key, out_buf)
+            watch = FrameWatch(key, out_buf)
             result, readers = await self._watch(proc, cid, watch, err_buf, budget_s, cancel, mode == "run")
             return result
         finally:
@@ -744,197 +545,19 @@ class LocalExecutor:
         self,
         proc: asyncio.subprocess.Process,
         cid: str,
-        watch: _FrameWatch,
-        err_buf: _TailBuffer,
+        watch: FrameWatch,
+        err_buf: TailBuffer,
         budget_s: float,
         cancel: asyncio.Event,
         early: bool = True,
-    ) -> tuple[_SandboxResult, asyncio.Future[Any]]:
-        """Read a started sandbox until its runner's authenticated frame is in (final: the sandbox may
-        still be exiting; only when ``early``), it ended, the budget ran out or the job was cancelled
-        (then kill it).
-
-        Also returns the output readers, which the teardown awaits."""
-        assert proc.stdout is not None and proc.stderr is not None
-        readers = asyncio.gather(watch.pump(proc.stdout), _pump(proc.stderr, err_buf.feed))
-        readers.add_done_callback(_retrieve)  # may end in the background, after the result
-        waiter = asyncio.ensure_future(proc.wait())
-        cancel_wait = asyncio.ensure_future(cancel.wait())
-        framed = asyncio.ensure_future(watch.found.wait() if early else asyncio.Event().wait())
-        done, _ = await asyncio.wait(
-            {waiter, cancel_wait, framed}, timeout=budget_s, return_when=asyncio.FIRST_COMPLETED
-        )
-        cancel_wait.cancel()
-        framed.cancel()
-        if early and watch.envelope is not None:
-            # The runner prints its frame last, after killing everything else, and user code cannot
-            # compute the MAC: the result is final even though the sandbox is still exiting.
-            oom = self._oom_killed(cid)  # one small cgroupfs read
-            return _SandboxResult(watch.envelope, 0, oom, False, False, err_buf.text()), readers
-        deadline_exceeded = cancelled = False
-        read_s = 10.0
-        if waiter not in done:
-            cancelled = cancel.is_set()
-            deadline_exceeded = not cancelled
-            await asyncio.to_thread(self._kill, cid)
-            try:
-                await asyncio.wait_for(asyncio.shield(waiter), 10)
-            except TimeoutError:
-                proc.kill()
-                await waiter
-            # After a kill, the sandbox's own processes can hold the pipes open until it is removed
-            # (the teardown does that); whatever the runner wrote is already in them.
-            read_s = 1.0
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(readers), read_s)
-        exit_code = proc.returncode
-        oom = self._oom_killed(cid)
-        envelope = await watch.final_envelope()
-        if exit_code != 0 and envelope is not None and not oom:
-            # The runner exits 0 right after printing its frame: a frame from a sandbox that ended
-            # otherwise was not printed by a runner that finished (user code may have killed it).
-            envelope = None
-        return _SandboxResult(envelope, exit_code, oom, deadline_exceeded, cancelled, err_buf.text()), readers
+    ) -> tuple[SandboxResult, asyncio.Future[Any]]:
+        """``job.watch`` for sandbox ``cid`` of this executor (killed and checked for OOM by its id)."""
+        return await watch_sandbox(
+            proc, watch, err_buf, budget_s, cancel,
+            kill=lambda: self._kill(cid), oom_killed=lambda: self._oom_killed(cid), early=early,
+        )  # fmt: skip
 
     def _kill(self, cid: str) -> None:
         if self.runsc is None:
             return
-        subprocess.run(
-            [*self._runsc_argv(None, "none"), "kill", cid, "KILL"], capture_output=True, timeout=30
-        )
-
-    # ------------------------------------------------------------------ permissive fallback
-
-    def _run_unsandboxed(self, job: SandboxJob, artifact_dir: Path, cancel: asyncio.Event) -> Outcome:
-        """NO isolation: the runner with the host Python in a temp dir, rlimits only (permissive mode)."""
-        log.warning(
-            "!!! running job %s WITHOUT a sandbox (security_mode=permissive, runsc unusable)", job.job_id
-        )
-        with tempfile.TemporaryDirectory(prefix="tako-unsandboxed-") as tmp:
-            root = Path(tmp)
-            for name in ("code", "input", "output", "tmp", "deps"):
-                (root / name).mkdir()
-            (root / "code" / "main.py").write_text(job.code, encoding="utf-8")
-            (root / "input" / "data.json").write_text(json.dumps(job.input_data), encoding="utf-8")
-            shutil.copyfile(runner_module.__file__, root / "runner.py")
-            base = RunnerConfig(
-                timeout=job.timeout,
-                startup_timeout=job.startup_timeout,
-                requirements=list(job.requirements),
-                deps_dir=str(root / "deps"),
-                code_path=str(root / "code" / "main.py"),
-                input_path=str(root / "input" / "data.json"),
-                output_dir=str(root / "output"),
-                work_dir=str(root / "tmp"),
-                python=_fallback_python(),
-                max_stdout_bytes=job.max_stdout_bytes,
-                max_stderr_bytes=job.max_stderr_bytes,
-                max_artifact_bytes=job.max_artifact_bytes,
-                max_total_artifact_bytes=job.max_total_artifact_bytes,
-                max_artifact_count=job.max_artifact_count,
-                embed_artifacts=True,
-                kill_all_processes=False,
-                kill_grace_seconds=KILL_GRACE_S,
-                environment={
-                    **job.environment,
-                    "TAKO_INPUT_PATH": str(root / "input" / "data.json"),
-                    "TAKO_OUTPUT_DIR": str(root / "output"),
-                },
-            )
-            (root / "code" / "job.json").write_text(base.job_json())
-            if os.geteuid() == 0:  # never run user code as root, even without a sandbox
-                for path in [root, *root.rglob("*")]:
-                    os.chown(path, sandbox.SANDBOX_UID, sandbox.SANDBOX_GID)
-            install_env = None
-            if job.requirements:
-                install_env = self._run_runner_on_host("install", root, job, job.startup_timeout, cancel)[0]
-                if install_env is None or install_env.get("error"):
-                    return classify(
-                        install_env, None, exit_code=1, oom_killed=False, deadline_exceeded=False,
-                        cancelled=cancel.is_set(), runtime="none",
-                    )  # fmt: skip
-            envelope, exit_code, late = self._run_runner_on_host("run", root, job, job.timeout, cancel)
-            outcome = classify(
-                install_env, envelope, exit_code=exit_code, oom_killed=False, deadline_exceeded=late,
-                cancelled=cancel.is_set(), runtime="none",
-            )  # fmt: skip
-            if envelope:
-                _write_artifacts(envelope, artifact_dir)
-            return outcome
-
-    def _run_runner_on_host(
-        self, mode: str, root: Path, job: SandboxJob, seconds: int, cancel: asyncio.Event
-    ) -> tuple[dict[str, Any] | None, int | None, bool]:
-        memory = job.memory_limit_mb * sandbox.MIB
-
-        def limits() -> None:
-            for name, value in (("RLIMIT_AS", memory * 4), ("RLIMIT_FSIZE", job.max_total_artifact_bytes)):
-                kind = getattr(resource, name)
-                hard = resource.getrlimit(kind)[1]
-                capped = value if hard == resource.RLIM_INFINITY else min(value, hard)
-                resource.setrlimit(kind, (capped, capped))
-
-        argv = [
-            _fallback_python(),
-            "-I",
-            str(root / "runner.py"),
-            mode,
-            "--config",
-            str(root / "code" / "job.json"),
-        ]
-        as_nobody: dict[str, Any] = {}
-        if os.geteuid() == 0:
-            as_nobody = {"user": sandbox.SANDBOX_UID, "group": sandbox.SANDBOX_GID, "extra_groups": []}
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            preexec_fn=limits, start_new_session=True, **as_nobody,
-        )  # fmt: skip
-        budget = time.monotonic() + seconds + KILL_GRACE_S + EXTERNAL_DEADLINE_MARGIN_S
-        late = False
-        while proc.poll() is None:
-            if cancel.is_set() or time.monotonic() > budget:
-                late = not cancel.is_set()
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, 9)
-                break
-            time.sleep(0.05)
-        stdout, _ = proc.communicate()
-        envelope = parse_envelope(stdout.decode("utf-8", "replace"))
-        return envelope, proc.returncode, late
-
-
-def _fallback_python() -> str:
-    """The sandboxes' interpreter when it exists (a venv under /root is not reachable as nobody)."""
-    return sandbox.SANDBOX_PYTHON if os.path.exists(sandbox.SANDBOX_PYTHON) else sys.executable
-
-
-async def _pump(stream: asyncio.StreamReader, sink: Callable[[bytes], None]) -> None:
-    while chunk := await stream.read(65536):
-        sink(chunk)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a future's exception as retrieved (readers cancelled at shutdown are not an error)."""
-    if not future.cancelled():
-        future.exception()
-
-
-def _safe_id(job_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "-", job_id) or "job"
-
-
-def _write_artifacts(envelope: dict[str, Any], artifact_dir: Path) -> None:
-    """Decode the artifacts embedded in the run envelope, verify their sha256 and write them out."""
-    items = envelope.get("artifacts") or []
-    if not items:
-        return
-    artifact_dir.mkdir(parents=True, exist_ok=True)
-    for item in items:
-        name = str(item.get("name", ""))
-        if not name or "/" in name or name.startswith(".") or "data_b64" not in item:
-            continue
-        data = base64.b64decode(item["data_b64"])
-        if hashlib.sha256(data).hexdigest() != item.get("sha256"):
-            log.warning("artifact %s failed its sha256 check; dropped", name)
-            continue
-        (artifact_dir / name).write_bytes(data)
+        runsc.kill(self._runsc_argv(None, "none"), cid)
