@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tako_runner import session as runner
-from tako_shim.backends.local import sandbox, sessions_spec
+from tako_shim.backends.local import sessions_spec
+from tako_shim.backends.local.sandbox import oci as sandbox
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

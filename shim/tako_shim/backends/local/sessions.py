@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from tako_runner import session as session_runner
-from tako_shim.backends.local import cgroups, sandbox, sessions_spec
+from tako_shim.backends.local import sessions_spec
+from tako_shim.backends.local.sandbox import cgroups
+from tako_shim.backends.local.sandbox import oci as sandbox
 from tako_shim.config import Settings, memory_limit_mb
 from tako_shim.errors import Conflict, Gone, InvalidRequest, NotFound, RateLimited, Unavailable
 from tako_shim.submission import JobResolver, canonical_json, sha256_hex
@@ -289,7 +291,7 @@ class LocalSessions:
     def _requirements(self, requested: list[str] | None, jt: Any) -> list[str]:
         """The job type's requirements plus the requested ones (refused unless runtime requirements are
         allowed), each checked against the runner's grammar: the same rules as a job's."""
-        from tako_shim.backends.local.executor import validate_requirements
+        from tako_shim.backends.local.sandbox.job import validate_requirements
 
         reqs = self.resolver._requirements(requested, jt)
         try:
@@ -324,7 +326,7 @@ class LocalSessions:
     async def _install(self, state: SessionState) -> None:
         """The requirements, installed by the job executor's install sandbox (host network, /deps
         writable) before the session sandbox (no network) exists: user code never has egress."""
-        from tako_shim.backends.local.executor import KILL_GRACE_S, SandboxJob
+        from tako_shim.backends.local.sandbox.job import KILL_GRACE_S, SandboxJob
 
         ex = self.executor
         job = SandboxJob(
@@ -442,10 +444,10 @@ class LocalSessions:
         """End a session: its sandbox and files are removed at once; its ``meta.json`` stays (410s)."""
         if state.status == "ended":
             return
+        await self._stop(state)  # first: a session shown as ended has no sandbox any more
         state.status = "ended"
         state.end_reason = reason
         state.ended_at = _iso(_now())
-        await self._stop(state)
         base = self._dir(state)
 
         def remove() -> None:
@@ -584,12 +586,15 @@ class LocalSessions:
             oom = await self._stop(state)
             if oom:
                 reason = "oom_killed"
+            elif state.end_reason == "expired":  # the reaper stopped it: the TTL ran out during the call
+                reason = "expired"
             await self._end(state, reason)
             messages = {
                 "oom_killed": "The session ran out of memory and was ended (state lost)",
                 "killed_after_timeout": f"Code ignored the interrupt for {grace} s after its {limit_s} s "
                 "timeout; the session was killed",
                 "crashed": "The session's interpreter exited; the session has ended",
+                "expired": "The session reached its ttl_seconds during this call and has ended",
             }
             status = "timeout" if reason == "killed_after_timeout" else "failed"
             return SessionExecution(

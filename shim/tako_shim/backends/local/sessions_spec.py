@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from tako_shim.backends.local import sandbox
+from tako_shim.backends.local.sandbox import oci as sandbox
 
 SESSION_RUNNER = "session.py"
 CHANNEL = "/session"
