@@ -60,3 +60,25 @@ def test_ended_session_raises_session_ended_and_close_tolerates_it() -> None:
 def test_session_id_before_start_is_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match="not been started"):
         _ = tako_vm.Session().session_id
+
+
+async def test_a_backend_without_sessions_answers_501() -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from tako_shim.http.common import BACKEND_KEY
+    from tako_shim.http.middleware import TENANT_KEY
+    from tako_shim.http.sessions import NotImplementedByBackend, list_sessions
+
+    class NoSessions:
+        name = "kubernetes"
+
+    app = web.Application()
+    app[BACKEND_KEY] = NoSessions()  # type: ignore[assignment]
+    request = make_mocked_request("GET", "/sessions", app=app)
+    request[TENANT_KEY] = "tenant-a"
+    with pytest.raises(
+        NotImplementedByBackend, match="kubernetes backend does not offer sessions"
+    ) as refused:
+        await list_sessions(request)
+    assert refused.value.status == 501
