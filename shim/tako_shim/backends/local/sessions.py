@@ -55,6 +55,7 @@ from tako_vm.models.sessions import (
 log = logging.getLogger(__name__)
 
 REAP_INTERVAL_S = 1.0
+MIN_MEMORY_MB = 64
 READY_TIMEOUT_S = 60.0
 REPLY_POLL_S = 0.002
 MAX_KEYS_KEPT = 200  # idempotent execute replies remembered per session
@@ -234,6 +235,8 @@ class LocalSessions:
         jt = self.resolver.job_type(body.job_type)
         requirements = self._requirements(body.requirements, jt)
         memory = memory_limit_mb(body.memory_limit or jt.memory_limit)
+        if memory < MIN_MEMORY_MB:
+            raise InvalidRequest(f"memory_limit: {body.memory_limit} is below {MIN_MEMORY_MB}m")
         if memory > memory_limit_mb(s.session_max_memory_limit):
             raise InvalidRequest(
                 f"memory_limit: {body.memory_limit} exceeds session_max_memory_limit "
