@@ -7,6 +7,7 @@ temporary data dir; two API keys give two tenants.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -372,3 +373,25 @@ async def test_examples_keep_state_across_tool_calls(shim: Shim) -> None:
     assert [m.content for m in langchain_messages if type(m).__name__ == "ToolMessage"] == ["", "Out: 8"]
     listed = (await shim.http.get("/sessions", headers=A)).json()["items"]
     assert len(listed) == 2 and {s["end_reason"] for s in listed} == {"deleted"}  # one per conversation
+
+
+async def test_a_live_session_after_a_crash_ends_server_restarted_and_its_sandbox_is_removed(
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(tmp_path)
+    async with Shim(settings) as shim:
+        if shim.backend.sessions is None:
+            pytest.skip("runsc cannot start a sandbox here")
+        sid = await shim.new()
+        await shim.run(sid, "x = 1")
+        orphan = shim.backend.sessions.live.pop(sid)  # as after a crash: nobody pauses it, its Sentry runs on
+    assert shim.container_exists(sid)
+    async with Shim(settings) as again:
+        info = (await again.http.get(f"/sessions/{sid}", headers=A)).json()
+        assert info["status"] == "ended" and info["end_reason"] == "server_restarted"
+        assert not again.container_exists(sid)
+        gone = await again.http.post(f"/sessions/{sid}/execute", json={"code": "x"}, headers=A)
+        assert gone.status_code == 410 and "server_restarted" in gone.json()["detail"]
+    with contextlib.suppress(ProcessLookupError):
+        orphan.proc.kill()
+    orphan.drain.cancel()
