@@ -20,9 +20,10 @@ from collections.abc import Iterator, Mapping
 import httpx
 
 from tako_vm import _operations as ops
-from tako_vm import webhooks
+from tako_vm import _sessions, webhooks
 from tako_vm._client import AsyncClient, Client, TakoVM
 from tako_vm._core import DEFAULT_BASE_URL
+from tako_vm._sessions import AsyncSession, Session
 from tako_vm._stream import OutputEvent, ResultEvent, StatusEvent, StreamEvent
 from tako_vm._surface import default_function
 from tako_vm._typed import ExecutionResult
@@ -44,6 +45,7 @@ from tako_vm.errors import (
     RateLimitError,
     SDKExecutionError,
     ServerError,
+    SessionEndedError,
     TakoVMError,
     TransportError,
     UnprocessableEntityError,
@@ -56,6 +58,7 @@ __all__ = [
     "APIError",
     "APITimeoutError",
     "AsyncClient",
+    "AsyncSession",
     "AuthenticationError",
     "BadRequestError",
     "Client",
@@ -73,6 +76,8 @@ __all__ = [
     "ResultEvent",
     "SDKExecutionError",
     "ServerError",
+    "Session",
+    "SessionEndedError",
     "StatusEvent",
     "StreamEvent",
     "TakoVM",
@@ -85,6 +90,8 @@ __all__ = [
     "build_job_type",
     "cancel",
     "configure",
+    "create_session",
+    "delete_session",
     "dlq_stats",
     "download_artifact",
     "execute",
@@ -93,12 +100,15 @@ __all__ = [
     "get_execution",
     "get_job_type",
     "get_result",
+    "get_session",
     "get_status",
     "health",
     "list_executions",
     "list_job_types",
+    "list_sessions",
     "pool_stats",
     "rerun",
+    "run_in_session",
     "send",
     "send_raw",
     "stream",
@@ -179,3 +189,8 @@ dlq_stats = default_function(ops.dlq_stats, _default)
 list_job_types = default_function(ops.list_job_types, _default)
 get_job_type = default_function(ops.get_job_type, _default)
 build_job_type = default_function(ops.build_job_type, _default)
+create_session = default_function(_sessions.create_session, _default)
+run_in_session = default_function(_sessions.run_in_session, _default)
+get_session = default_function(_sessions.get_session, _default)
+list_sessions = default_function(_sessions.list_sessions, _default)
+delete_session = default_function(_sessions.delete_session, _default)

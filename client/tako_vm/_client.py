@@ -17,6 +17,7 @@ import httpx
 
 from tako_vm import _core as core
 from tako_vm import _operations as ops
+from tako_vm import _sessions as sessions
 from tako_vm._stream import StreamEvent, astream_events, stream_events
 from tako_vm._surface import async_method, sync_method
 
@@ -121,6 +122,11 @@ class Client(_BaseClient[httpx.Client, httpx.BaseTransport, Callable[[float], No
     list_job_types = sync_method(ops.list_job_types)
     get_job_type = sync_method(ops.get_job_type)
     build_job_type = sync_method(ops.build_job_type)
+    create_session = sync_method(sessions.create_session)
+    run_in_session = sync_method(sessions.run_in_session)
+    get_session = sync_method(sessions.get_session)
+    list_sessions = sync_method(sessions.list_sessions)
+    delete_session = sync_method(sessions.delete_session)
 
 
 TakoVM = Client
@@ -187,3 +193,8 @@ class AsyncClient(
     list_job_types = async_method(ops.list_job_types)
     get_job_type = async_method(ops.get_job_type)
     build_job_type = async_method(ops.build_job_type)
+    create_session = async_method(sessions.create_session)
+    run_in_session = async_method(sessions.run_in_session)
+    get_session = async_method(sessions.get_session)
+    list_sessions = async_method(sessions.list_sessions)
+    delete_session = async_method(sessions.delete_session)

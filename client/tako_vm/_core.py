@@ -36,6 +36,7 @@ from tako_vm.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     RateLimitError,
+    SessionEndedError,
     TakoVMError,
     TransportError,
     UnprocessableEntityError,
@@ -125,6 +126,8 @@ class Call(Generic[T]):
     """Safe to repeat after a transport error or a 502/503/504 (reads, and keyed submits)."""
     correlation_id: str | None = None
     """Overrides the configured `X-Correlation-ID` for this call."""
+    headers: Mapping[str, str] | None = None
+    """Extra request headers of this call (e.g. a session call's `Idempotency-Key`)."""
 
     def with_correlation(self, correlation_id: str | None) -> Call[T]:
         return dataclasses.replace(self, correlation_id=correlation_id) if correlation_id else self
@@ -143,6 +146,7 @@ def request_headers(config: ClientConfig, call: Call[Any]) -> dict[str, str]:
     headers = {"User-Agent": f"tako-vm-sdk/{__version__}", "Accept": "application/json"}
     headers.update(config.headers)
     headers[CORRELATION_HEADER] = call.correlation_id or config.correlation_id or str(uuid.uuid4())
+    headers.update(call.headers or {})
     return headers
 
 
@@ -226,6 +230,7 @@ _CLIENT_ERRORS: dict[int, type[ClientError]] = {
     404: NotFoundError,
     408: WaitTimeoutError,
     409: ConflictError,
+    410: SessionEndedError,
     413: PayloadTooLargeError,
     422: UnprocessableEntityError,
 }

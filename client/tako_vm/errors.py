@@ -123,6 +123,10 @@ class NotFoundError(ClientError):
     """404: no such job, execution, artifact or job type (or the job already finished, for cancel)."""
 
 
+class SessionEndedError(ClientError):
+    """410: the session has ended (deleted, expired, idle, oom_killed ...); `detail` names the reason."""
+
+
 class WaitTimeoutError(ClientError):
     """408: the long-poll ended before the job finished; the job keeps running."""
 

@@ -161,6 +161,13 @@ class Settings(BaseModel):
     webhook_read_timeout_seconds: float = Field(default=10.0, ge=0.1, le=300)
     webhook_max_response_bytes: int = Field(default=65_536, ge=0, le=10_485_760)
     job_types: list[JobTypeConfig] = Field(default_factory=list)
+    # Stateful sessions (docs/sessions.md): caps, and when an idle session is checkpointed to disk.
+    session_max_per_tenant: int = Field(default=10, ge=1, le=10_000)
+    session_max_ttl_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    session_max_memory_limit: str = "2g"
+    session_interrupt_grace_seconds: int = Field(default=5, ge=1, le=300)
+    session_pause_after_seconds: int | None = Field(default=300, ge=1, le=86_400)  # None: never pause
+    session_tmp_size_mb: int = Field(default=256, ge=16, le=16_384)
     kubernetes: KubernetesOptions = Field(default_factory=KubernetesOptions)
     # The web console under /console (tako_shim/http/console, docs/console.md); None: on for a loopback bind.
     console_enabled: bool | None = None

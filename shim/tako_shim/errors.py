@@ -34,6 +34,12 @@ class Conflict(ShimError):
     status = 409
 
 
+class Gone(ShimError):
+    """A session that has ended (deleted, expired, idle, OOM ...): the detail names the reason."""
+
+    status = 410
+
+
 class PayloadTooLarge(ShimError):
     status = 413
 

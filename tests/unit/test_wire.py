@@ -115,6 +115,7 @@ def test_records_carry_the_contract_fields() -> None:
     slim = {
         "execution_id", "status", "job_type", "job_version", "created_at", "started_at", "ended_at",
         "duration_ms", "exit_code", "stdout", "stderr", "output", "error", "timing", "runtime",
+        "session_id",  # BEYOND the reference: session executions are listed with their session (#14)
     }  # fmt: skip
     full = slim | {
         "job_ref", "artifacts", "input_artifacts", "resource_usage", "code_hash", "input_hash",

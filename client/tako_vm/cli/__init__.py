@@ -8,6 +8,7 @@
     tako-vm executions [--status S] [--limit N]                        recent executions as a table
     tako-vm config [--json]                                            the effective server configuration
     tako-vm completion bash|zsh|fish                                   a shell completion script
+    tako-vm session new|run|list|rm, tako-vm repl                      stateful sessions (docs/sessions.md)
     tako-vm version | --version
 
 Adding a command group: a module with ``register(subparsers, client_opts)`` that adds its parsers and
@@ -75,6 +76,7 @@ COMMAND_MODULES = (
     "tako_vm.cli.status",
     "tako_vm.cli.executions",
     "tako_vm.cli.completion",
+    "tako_vm.cli.session",
 )
 """Each module's ``register(subparsers, client_opts)`` adds its commands, in this order."""
 

@@ -268,6 +268,7 @@ class ExecutionRecord(_Response):
     error: ExecutionError | None = None
     timing: Timing | None = None
     runtime: str | None = None
+    session_id: str | None = Field(default=None, description="The session this execution ran in (if any)")
 
 
 class ExecutionRecordFull(ExecutionRecord):

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from tako_shim.backends.base import Backend
 from tako_shim.config import Settings
-from tako_shim.http import events, executions, job_types, jobs, middleware, ops
+from tako_shim.http import events, executions, job_types, jobs, middleware, ops, sessions
 from tako_shim.http.common import BACKEND_KEY, OPENAPI_KEY, READY_KEY
 from tako_shim.http.console import add_console
 from tako_shim.http.guards import browser_guard
@@ -27,6 +27,7 @@ ROUTES: list[RouteSpec] = [
     *executions.ROUTES,
     *job_types.ROUTES,
     *ops.ROUTES,
+    *sessions.ROUTES,
 ]
 
 

@@ -229,6 +229,7 @@ class LocalBackend(Backend):
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tako-sqlite")
         self.deliveries = LocalDeliveries(DeliveryTable(lambda: self.store), self._db)  # completion webhooks
         self.webhooks = Dispatcher(self.deliveries, settings)
+        self.sessions: Any = None  # tako_shim.backends.local.sessions.LocalSessions once started
 
     async def _db(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -264,6 +265,9 @@ class LocalBackend(Backend):
         ]
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="tako-retention"))
         self.webhooks.start()
+        from tako_shim.backends.local.sessions import attach_sessions  # stateful sessions (docs/sessions.md)
+
+        self.sessions = await attach_sessions(self)
 
     async def close(self) -> None:
         """Stop the workers; jobs still running stay ``running`` in SQLite and re-queue at next start."""
@@ -274,6 +278,8 @@ class LocalBackend(Backend):
                 await task
         self._tasks = []
         await self.webhooks.close()
+        if self.sessions is not None:
+            await self.sessions.close()  # pauses live sessions to disk: they survive the restart
         close_pool = getattr(self._executor, "close", None)
         if close_pool is not None:
             await close_pool()

@@ -49,11 +49,12 @@ def record_from_row(row: JobRow) -> ExecutionRecordFull:
         resource_usage=outcome.get("resource_usage"),
         code_hash=row.code_hash,
         input_hash=row.input_hash,
-        parent_execution_id=row.parent_execution_id,
-        relationship=row.relationship,
+        parent_execution_id=row.parent_execution_id if row.relationship != "session" else None,
+        relationship=row.relationship if row.relationship != "session" else None,
         stdout_truncated=bool(outcome.get("stdout_truncated")),
         stderr_truncated=bool(outcome.get("stderr_truncated")),
         idempotency_key=row.idempotency_key,
+        session_id=row.parent_execution_id if row.relationship == "session" else None,
     )
 
 
