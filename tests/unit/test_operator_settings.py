@@ -64,3 +64,22 @@ def test_bad_values_name_the_variable_and_the_limit(name: str, value: str, limit
     with pytest.raises(ValueError, match=name) as caught:
         settings_from_env({name: value})
     assert limit in str(caught.value)
+
+
+def test_kopf_keeps_no_diff_base_because_no_handler_needs_one() -> None:
+    """main.NoDiffBase skips kopf's per-event deep copy of every body; that is only safe while the
+    registry has no change handlers (create/update/resume/delete), daemons or timers: pinned here."""
+    import kopf
+
+    from tako_operator import handlers
+    from tako_operator.main import NoDiffBase, OperatorOptions, _kopf_settings
+    from tako_operator.settings import Scope
+
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, object())  # type: ignore[arg-type]
+    assert list(registry._watching.get_all_handlers()), "the event handlers are registered"
+    assert list(registry._changing.get_all_handlers()) == []
+    assert list(registry._spawning.get_all_handlers()) == []
+    storage = _kopf_settings(OperatorOptions(config=Settings()), Scope(True)).persistence.diffbase_storage
+    assert isinstance(storage, NoDiffBase)
+    assert storage.fetch(body=kopf.Body({})) is None and storage.build(body=kopf.Body({})) == {}

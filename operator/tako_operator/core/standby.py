@@ -46,6 +46,7 @@ def standby_source() -> str:
     return importlib.resources.files("tako_runner").joinpath("standby.py").read_text(encoding="utf-8")
 
 
+@cache
 def standby_configmap_name() -> str:
     """Named by content hash, like the runner ConfigMap (an upgrade never changes a waiting Pod)."""
     return f"tako-standby-{hashlib.sha256(standby_source().encode()).hexdigest()[:10]}"
