@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from tako_operator.leader import LeadershipLost
+from tako_operator.io.leader import LeadershipLost
 from tako_operator.main import run_operator
 
 
@@ -62,16 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metrics-port",
         type=int,
-        default=_env_int("TAKO_VM_METRICS_PORT"),
+        default=None,
         help="serve Prometheus metrics on this port (default: $TAKO_VM_METRICS_PORT, else off)",
     )
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG)")
     return parser
-
-
-def _env_int(name: str) -> int | None:
-    raw = os.environ.get(name, "").strip()
-    return int(raw) if raw.isdigit() else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,10 +17,8 @@ from typing import Any
 
 from kube_harness import KubeHarness, wait_for
 
-from tako_operator.handlers import OperatorConfig
 from tako_operator.main import OperatorOptions, operate
-from tako_operator.reconcile import Limits
-from tako_operator.settings import OperatorSettings
+from tako_operator.settings import Limits, PodSettings, Settings
 from tako_runner.outcome import frame_envelope
 
 
@@ -59,11 +57,11 @@ def operator_options(kube: KubeHarness, tmp_path: Path, **overrides: Any) -> Ope
         retry_backoff_max_seconds=2.0,
         default_ttl_seconds=overrides.pop("default_ttl_seconds", 3600),
     )
-    config = OperatorConfig(
+    config = Settings(
         max_concurrent=overrides.pop("max_concurrent", 10),
         limits=limits,
-        builder_settings=dataclasses.replace(
-            overrides.pop("builder_settings", OperatorSettings()),
+        pods=dataclasses.replace(
+            overrides.pop("pods", PodSettings()),
             **(
                 {"deadline_grace_seconds": overrides.pop("deadline_grace_seconds")}
                 if "deadline_grace_seconds" in overrides

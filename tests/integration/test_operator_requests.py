@@ -15,6 +15,8 @@ import pytest
 from kube_harness import KubeHarness, wait_for
 from operator_support import OperatorThread, operator_options, sample_job
 
+from tako_operator.settings import settings_from_env
+
 pytestmark = pytest.mark.timeout(300)
 JOBS = 30
 # Per job: the code ConfigMap, the deny-all NetworkPolicy, the Pod, the status patch, the event.
@@ -122,6 +124,7 @@ def test_api_calls_reuse_pooled_connections(
     concurrency = 4
     monkeypatch.setenv("TAKO_OPERATOR_API_CONCURRENCY", str(concurrency))
     options = operator_options(kube, tmp_path, max_concurrent=1000, watch_server_timeout=300)
+    options.config.api_concurrency = settings_from_env().api_concurrency  # the variable, as the chart sets it
     config = Path(options.kubeconfig or "")
     config.write_text(config.read_text().replace(kube.url, proxy.url))
     op = OperatorThread(options).start()

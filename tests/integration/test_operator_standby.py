@@ -28,9 +28,9 @@ import pytest
 from kube_harness import KubeHarness, wait_for
 from operator_support import FakeKubelet, OperatorThread, operator_options, sample_job, wait_phase
 
-from tako_operator import builders
-from tako_operator import standby as sb
-from tako_operator.settings import OperatorSettings
+from tako_operator.core import builders
+from tako_operator.core import standby as sb
+from tako_operator.settings import PodSettings, StandbySettings
 from tako_runner import standby as standby_runner
 from tako_vm.models.crd import PythonJob, PythonJobTypeSpec
 
@@ -181,7 +181,7 @@ def waiting_pods(kube: KubeHarness, ready: bool = True) -> list[dict[str, Any]]:
 @pytest.fixture
 def standby_env(kube: KubeHarness, tmp_path: Path) -> Any:
     options = operator_options(kube, tmp_path)
-    options.config.standby = sb.StandbySettings(port=free_port())
+    options.config.standby = StandbySettings(port=free_port())
     with StandbyKubelet(kube, tmp_path / "pods") as kubelet:
         operator = OperatorThread(options).start()
         try:
@@ -221,7 +221,7 @@ def test_job_runs_in_a_claimed_standby_pod_and_the_pool_refills(kube: KubeHarnes
     assert pod["metadata"]["annotations"][sb.ANNOTATION_CLAIMED_BY] == uid
     (owner,) = pod["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("PythonJob", "warm2", True)
-    assert pod["spec"]["activeDeadlineSeconds"] < sb.StandbySettings().max_age_seconds
+    assert pod["spec"]["activeDeadlineSeconds"] < StandbySettings().max_age_seconds
     url = f"http://{kubelet.ip_of[name]}:{pod['spec']['containers'][0]['ports'][0]['containerPort']}/job"
     token = sb.pod_token(pod)
     assert token is not None
@@ -288,13 +288,13 @@ def test_a_claim_interrupted_before_the_status_write_is_resumed_not_run_cold(
     """An operator that stopped between claiming a standby Pod and writing the job's status: the next
     one finds the Pod by its claim annotation, pushes the job (once) and follows that Pod."""
     port = free_port()
-    settings = sb.StandbySettings(port=port)
+    settings = StandbySettings(port=port)
     kube.create("pythonjobtypes", job_type(1))
     created = kube.create("pythonjobs", sample_job("resumed", code="print('resumed')", jobType="fast"))
     model = PythonJob.model_validate(created)
     type_spec = PythonJobTypeSpec.model_validate(job_type(1)["spec"])
     pod = sb.build_standby_pod(
-        kube.namespace, "fast", type_spec, OperatorSettings(), settings, token="r" * 43, suffix="left"
+        kube.namespace, "fast", type_spec, PodSettings(), settings, token="r" * 43, suffix="left"
     )
     pod["status"] = {"startTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     claimed = sb.claim_patch(model, pod, deadline=600)["metadata"]

@@ -1,7 +1,7 @@
 """A job Pod with a huge log (the real operator, kopf, against kmock).
 
 The operator reads only the end of a container's log (the runner's envelope is the last thing it
-prints), at most ``OperatorSettings.log_limit_bytes``. kmock has no kubelet, so a kmock reaction here
+prints), at most ``PodSettings.log_limit_bytes``. kmock has no kubelet, so a kmock reaction here
 serves Pod logs the way the kubelet does: ``tailLines`` first, then the first ``limitBytes`` of that
 (kubelet's ReadLogs), and records what it was asked for and how much it sent.
 """
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from kube_harness import KubeHarness
 from operator_support import FakeKubelet, OperatorThread, envelope, operator_options, sample_job, wait_phase
 
-from tako_operator.settings import OperatorSettings
+from tako_operator.settings import PodSettings
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,7 @@ def _int(raw: str | None) -> int | None:
 def cluster(tmp_path: Path) -> Iterator[tuple[KubeHarness, Kubelet]]:
     with KubeHarness() as kube:
         kubelet = Kubelet(kube)
-        options = operator_options(kube, tmp_path, builder_settings=OperatorSettings(max_log_bytes=LIMIT))
+        options = operator_options(kube, tmp_path, pods=PodSettings(max_log_bytes=LIMIT))
         operator = OperatorThread(options).start()
         try:
             yield kube, kubelet
@@ -144,25 +144,25 @@ def test_a_server_ignoring_the_limits_still_gets_only_max_log_bytes_read(
 
 
 def test_the_default_limit_covers_the_largest_envelope_the_job_caps_allow() -> None:
-    settings = OperatorSettings()
+    settings = PodSettings()
     escaped_streams = 6 * (settings.max_stdout_bytes + settings.max_stderr_bytes)
     assert settings.log_limit_bytes == escaped_streams + settings.max_artifact_bytes + 1024 * 1024
     assert settings.log_limit_bytes == 12_320_768
-    assert OperatorSettings(max_stdout_bytes=1_000_000).log_limit_bytes > settings.log_limit_bytes
-    assert OperatorSettings(max_log_bytes=LIMIT).log_limit_bytes == LIMIT
+    assert PodSettings(max_stdout_bytes=1_000_000).log_limit_bytes > settings.log_limit_bytes
+    assert PodSettings(max_log_bytes=LIMIT).log_limit_bytes == LIMIT
 
 
 def test_a_log_limit_too_small_for_an_envelope_is_refused_naming_the_setting() -> None:
     with pytest.raises(ValueError, match="max_log_bytes must be >= 65536"):
-        OperatorSettings(max_log_bytes=1000)
+        PodSettings(max_log_bytes=1000)
 
 
 def test_the_limit_comes_from_the_environment_and_bad_values_name_the_variable() -> None:
-    from tako_operator.main import builder_settings_from_env
+    from tako_operator.settings import settings_from_env
 
-    assert builder_settings_from_env({}).log_limit_bytes == 12_320_768
-    assert builder_settings_from_env({"TAKO_OPERATOR_MAX_LOG_BYTES": "2097152"}).log_limit_bytes == 2_097_152
+    assert settings_from_env({}).pods.log_limit_bytes == 12_320_768
+    assert settings_from_env({"TAKO_OPERATOR_MAX_LOG_BYTES": "2097152"}).pods.log_limit_bytes == 2_097_152
     with pytest.raises(ValueError, match="TAKO_OPERATOR_MAX_LOG_BYTES"):
-        builder_settings_from_env({"TAKO_OPERATOR_MAX_LOG_BYTES": "12MB"})
+        settings_from_env({"TAKO_OPERATOR_MAX_LOG_BYTES": "12MB"})
     with pytest.raises(ValueError, match="max_log_bytes must be >= 65536"):
-        builder_settings_from_env({"TAKO_OPERATOR_MAX_LOG_BYTES": "100"})
+        settings_from_env({"TAKO_OPERATOR_MAX_LOG_BYTES": "100"})

@@ -16,7 +16,8 @@ from kube_harness import KubeHarness, wait_for
 from operator_support import OperatorThread, operator_options
 from reliability_support import FaultProxy, api_status, proxied_kubeconfig
 
-from tako_operator import standby as sb
+from tako_operator.core import standby as sb
+from tako_operator.settings import StandbySettings
 
 pytestmark = pytest.mark.slow
 INTERNAL = api_status(500, "InternalError", "Internal error occurred: etcdserver: request timed out")
@@ -38,7 +39,7 @@ def test_a_failed_refill_is_retried_by_the_resync(kube: KubeHarness, tmp_path: P
         refused = proxy.fail("POST", r"/api/v1/namespaces/[^/]+/pods$", [(500, INTERNAL)] * POOL)
         options = operator_options(kube, tmp_path, watch_server_timeout=300)
         options.kubeconfig = proxied_kubeconfig(kube, proxy, tmp_path)
-        options.config.standby = sb.StandbySettings(resync_seconds=1.0)
+        options.config.standby = StandbySettings(resync_seconds=1.0)
         operator = OperatorThread(options).start()
         try:
             kube.create(

@@ -19,8 +19,8 @@ from operator_support import OperatorThread, operator_options, phase_of, sample_
 from reliability_support import FaultProxy, api_status, proxied_kubeconfig
 
 from tako_operator import main as operator_main
-from tako_operator.handlers import Reconciler
-from tako_operator.main import RestartPolicy
+from tako_operator.reconciler import Reconciler
+from tako_operator.settings import RestartPolicy
 
 pytestmark = pytest.mark.slow
 GONE = api_status(410, "Expired", "too old resource version: 1 (2)")
@@ -47,7 +47,7 @@ def test_a_restarted_run_lists_the_jobs_again(
     with FaultProxy(kube.url) as proxy:
         options = operator_options(kube, tmp_path, max_concurrent=1, watch_server_timeout=300)
         options.kubeconfig = proxied_kubeconfig(kube, proxy, tmp_path)
-        options.restart = RestartPolicy(backoff_seconds=8.0, backoff_max_seconds=8.0)
+        options.config.restart = RestartPolicy(backoff_seconds=8.0, backoff_max_seconds=8.0)
         operator = OperatorThread(options).start()
         try:
             run_and_restart(kube, proxy, reconcilers)

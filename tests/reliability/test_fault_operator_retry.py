@@ -9,8 +9,9 @@ import pytest
 import urllib3
 from kubernetes.client import ApiException
 
-from tako_operator.handlers import OperatorConfig, api_retry_delay
-from tako_operator.kube import retryable
+from tako_operator.io.kube import retryable
+from tako_operator.reconciler import api_retry_delay
+from tako_operator.settings import Settings
 
 
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
@@ -33,6 +34,6 @@ def test_connection_errors_are_retried_and_programming_errors_are_not() -> None:
 
 
 def test_the_retry_delay_doubles_from_half_a_second_up_to_30_seconds() -> None:
-    config = OperatorConfig()
+    config = Settings()
     assert [api_retry_delay(config, n) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
     assert api_retry_delay(config, 10_000) == 30

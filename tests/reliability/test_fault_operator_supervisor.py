@@ -14,12 +14,11 @@ import time
 import pytest
 
 from tako_operator.main import (
-    RestartPolicy,
     bounded_shutdown,
     restart_delay,
-    restart_policy_from_env,
     supervise,
 )
+from tako_operator.settings import RestartPolicy, settings_from_env
 
 FAST = RestartPolicy(backoff_seconds=0.01, backoff_max_seconds=0.04, max_consecutive_failures=3)
 
@@ -39,18 +38,18 @@ class FlakyRun:
 
 
 def test_restart_backoff_comes_from_the_environment_and_bad_values_name_the_variable() -> None:
-    assert restart_policy_from_env({}) == RestartPolicy()
-    policy = restart_policy_from_env({"TAKO_OPERATOR_RESTART_BACKOFF_SECONDS": "60"})
+    assert settings_from_env({}).restart == RestartPolicy()
+    policy = settings_from_env({"TAKO_OPERATOR_RESTART_BACKOFF_SECONDS": "60"}).restart
     assert (policy.backoff_seconds, policy.backoff_max_seconds) == (60, 60)
     both = {"TAKO_OPERATOR_RESTART_BACKOFF_SECONDS": "2", "TAKO_OPERATOR_RESTART_BACKOFF_MAX_SECONDS": "8"}
-    assert [restart_delay(restart_policy_from_env(both), n) for n in (1, 2, 3)] == [2, 4, 8]
+    assert [restart_delay(settings_from_env(both).restart, n) for n in (1, 2, 3)] == [2, 4, 8]
     for env in (
         {"TAKO_OPERATOR_RESTART_BACKOFF_SECONDS": "soon"},
         {"TAKO_OPERATOR_RESTART_BACKOFF_SECONDS": "-1"},
         {"TAKO_OPERATOR_RESTART_BACKOFF_SECONDS": "5", "TAKO_OPERATOR_RESTART_BACKOFF_MAX_SECONDS": "1"},
     ):
         with pytest.raises(ValueError, match="TAKO_OPERATOR_RESTART_BACKOFF"):
-            restart_policy_from_env(env)
+            settings_from_env(env)
 
 
 def test_restart_delay_doubles_up_to_the_cap_then_gives_up() -> None:

@@ -23,16 +23,16 @@ from typing import Any
 
 import pytest
 
-from tako_operator import builders
-from tako_operator import standby as sb
-from tako_operator.settings import OperatorSettings
+from tako_operator.core import builders
+from tako_operator.core import standby as sb
+from tako_operator.settings import PodSettings, StandbySettings
 from tako_runner import standby as standby_runner
 from tako_runner.outcome import parse_envelope
 from tako_vm.models.crd import PythonJob, PythonJobTypeSpec
 
 NS = "jobs"
-SETTINGS = OperatorSettings()
-STANDBY = sb.StandbySettings(operator_namespace="tako-system")
+SETTINGS = PodSettings()
+STANDBY = StandbySettings(operator_namespace="tako-system")
 TYPE = PythonJobTypeSpec.model_validate({"image": "python:3.11-slim", "standbyPods": 1})
 NOW_POD_START = "2026-01-01T00:00:00Z"
 

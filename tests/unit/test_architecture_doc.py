@@ -119,3 +119,18 @@ def test_tree_parsing_nests_by_indentation() -> None:
         "shim/tako_shim/backends/d.py",
         "shim/tako_shim/backends/local/e.py",
     ]
+
+
+OPERATOR = ROOT / "operator" / "tako_operator"
+
+
+def test_the_operator_layout_tree_matches_the_package() -> None:
+    """Every file of the operator's tree exists, and every operator module on disk is in the tree."""
+    blocks = [b for b in code_blocks(DOC.read_text()) if b and b[0].strip() == "operator/tako_operator/"]
+    assert len(blocks) == 1, "the layout tree of the operator is missing"
+    listed = {f.resolve() for f in tree_files(blocks[0])}
+    missing = sorted(str(f.relative_to(ROOT)) for f in listed if not f.exists())
+    assert not missing, f"docs/architecture.md lists operator files that do not exist: {missing}"
+    on_disk = {p.resolve() for p in OPERATOR.rglob("*.py") if p.name != "__init__.py"}
+    unlisted = sorted(str(p.relative_to(ROOT)) for p in on_disk - listed)
+    assert not unlisted, f"operator modules missing from the layout tree in docs/architecture.md: {unlisted}"

@@ -158,7 +158,7 @@ def test_kstatus_reads_the_standard_conditions(case: str, expected: str) -> None
 
 def test_the_gitops_test_inputs_carry_the_operators_own_conditions() -> None:
     """The kstatus and Argo CD cases are only meaningful if their conditions are what the operator writes."""
-    from tako_operator.conditions import job_conditions
+    from tako_operator.core.conditions import job_conditions
 
     checked = 0
     for path in sorted(HEALTH_TESTDATA.glob("*.yaml")):

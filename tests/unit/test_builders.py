@@ -17,15 +17,15 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from tako_operator import builders
-from tako_operator.builders import JobRejected
-from tako_operator.settings import OperatorSettings
+from tako_operator.core import builders
+from tako_operator.core.builders import JobRejected
+from tako_operator.settings import PodSettings
 from tako_runner import runner
 from tako_vm.models.crd import DEFAULT_JOB_TYPE, LABEL_VALUE_PATTERN, PythonJob, PythonJobTypeSpec
 
 K8S_VERSION = "1.32"
 SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "crds" / "samples"
-SETTINGS = OperatorSettings()
+SETTINGS = PodSettings()
 PIP_TYPE = PythonJobTypeSpec(image="python:3.11-slim", allow_runtime_requirements=True, timeout_seconds=45)
 
 
@@ -193,15 +193,13 @@ class TestPodSecurity:
 
 
 def test_runtime_class_comes_from_settings() -> None:
-    pod = builders.build_pod(
-        PLAIN, DEFAULT_JOB_TYPE, OperatorSettings(runtime_class_name="gvisor-systrap"), 1
-    )
+    pod = builders.build_pod(PLAIN, DEFAULT_JOB_TYPE, PodSettings(runtime_class_name="gvisor-systrap"), 1)
     assert pod["spec"]["runtimeClassName"] == "gvisor-systrap"
 
 
 def test_settings_refuse_a_root_uid() -> None:
     with pytest.raises(ValueError, match="non-root"):
-        OperatorSettings(run_as_user=0)
+        PodSettings(run_as_user=0)
 
 
 def test_pod_layout_the_runner_expects() -> None:
@@ -479,7 +477,7 @@ def test_builders_and_status_import_neither_kopf_nor_the_kubernetes_client() -> 
     import sys
 
     probe = (
-        "import sys, tako_operator.builders, tako_operator.status, tako_operator.settings\n"
+        "import sys, tako_operator.core.builders, tako_operator.core.status, tako_operator.settings\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'kopf', 'kubernetes', 'aiohttp'}))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
@@ -561,7 +559,7 @@ def test_built_objects_match_their_golden_snapshot(name: str) -> None:
 
 
 def test_extra_denied_cidrs_are_excluded_too() -> None:
-    settings = OperatorSettings(extra_denied_cidrs=("203.0.113.0/24", "2001:db8::/32"))
+    settings = PodSettings(extra_denied_cidrs=("203.0.113.0/24", "2001:db8::/32"))
     policy = validate(builders.build_install_egress_policy(WITH_REQS, settings))
     assert not _allowed(policy, "203.0.113.7", 443)
     assert not _allowed(policy, "2001:db8::1", 443)

@@ -377,14 +377,14 @@ def _standby_push_rule(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_standby_pods_value_and_push_settings_reach_the_operator(production_objects: list[Manifest]) -> None:
-    from tako_operator.main import config_from_env
+    from tako_operator.settings import settings_from_env
 
     (job_type, *_) = of_kind(render({"jobs": {"defaultJobType": {"standbyPods": 3}}}), "PythonJobType")
     assert job_type["spec"]["standbyPods"] == 3
     assert all(t["spec"]["standbyPods"] == 0 for t in of_kind(production_objects, "PythonJobType"))
     deployment = one(production_objects, "Deployment", "tako-operator", NAMESPACE)
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    settings = config_from_env({k: v for k, v in env.items() if v is not None}).standby
+    settings = settings_from_env({k: v for k, v in env.items() if v is not None}).standby
     labels = deployment["spec"]["selector"]["matchLabels"]
     assert settings.operator_pod_labels == labels and settings.operator_namespace == NAMESPACE
     assert settings.port == 8790
@@ -566,7 +566,7 @@ def test_shim_environment_is_accepted_by_the_real_shim_configuration(
 def test_operator_environment_is_accepted_by_the_real_operator_configuration(
     production_objects: list[Manifest],
 ) -> None:
-    from tako_operator.main import config_from_env
+    from tako_operator.settings import settings_from_env
 
     deployment = one(production_objects, "Deployment", "tako-operator", NAMESPACE)
     env = {
@@ -574,23 +574,23 @@ def test_operator_environment_is_accepted_by_the_real_operator_configuration(
         for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
         if "value" in e
     }
-    config = config_from_env(env)
+    config = settings_from_env(env)
     assert config.max_concurrent == 50
     assert config.limits.max_attempts == 2
     assert config.limits.default_ttl_seconds == 86400
     assert (config.limits.retry_backoff_seconds, config.limits.retry_backoff_max_seconds) == (10, 600)
-    assert config.builder_settings.deadline_grace_seconds == 60  # the Pod's deadline and the operator's
-    assert config.builder_settings.runtime_class_name == "gvisor"
+    assert config.pods.deadline_grace_seconds == 60  # the Pod's deadline and the operator's
+    assert config.pods.runtime_class_name == "gvisor"
     assert config.default_image == production_values()["jobs"]["defaultJobType"]["image"]
 
 
 def test_job_pods_use_the_runtime_class_the_chart_names() -> None:
-    from tako_operator.main import config_from_env
+    from tako_operator.settings import settings_from_env
 
     objects = render({"runtimeClass": {"create": True, "name": "gvisor-systrap", "handler": "runsc"}})
     deployment = one(objects, "Deployment", "tako-tako-vm-operator", NAMESPACE)
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert config_from_env(env).builder_settings.runtime_class_name == "gvisor-systrap"
+    assert settings_from_env(env).pods.runtime_class_name == "gvisor-systrap"
     assert one(objects, "RuntimeClass", "gvisor-systrap")["handler"] == "runsc"
 
 

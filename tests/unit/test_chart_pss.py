@@ -19,8 +19,8 @@ import helm_python as helm
 import pytest
 import yaml
 
-from tako_operator import objects
-from tako_operator.settings import OperatorSettings
+from tako_operator.core import objects
+from tako_operator.settings import PodSettings
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "crds" / "samples"
@@ -129,7 +129,7 @@ def job_pod(job: dict[str, Any]) -> PodSpec:
     name = objects.job_type_name(job)
     job_type = objects.resolve_job_type(name, job_types().get(name))
     assert job_type is not None, name
-    (pod,) = [o for o in objects.attempt_objects(job, job_type, OperatorSettings(), 1) if o["kind"] == "Pod"]
+    (pod,) = [o for o in objects.attempt_objects(job, job_type, PodSettings(), 1) if o["kind"] == "Pod"]
     spec: PodSpec = pod["spec"]
     return spec
 

@@ -24,10 +24,12 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 from chart_support import Enforcer, operator_grants, render  # noqa: E402
 from kube_harness import KubeHarness, wait_for  # noqa: E402
 
-from tako_operator.handlers import OperatorConfig  # noqa: E402
 from tako_operator.main import OperatorOptions, operate  # noqa: E402
-from tako_operator.reconcile import Limits  # noqa: E402
-from tako_operator.settings import OperatorSettings  # noqa: E402
+from tako_operator.settings import (  # noqa: E402
+    Limits,
+    PodSettings,
+    Settings,
+)
 from tako_runner.outcome import frame_envelope  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -117,7 +119,7 @@ def test_every_request_of_the_real_operator_is_allowed_by_the_chart_rbac(
         leader_election=LEASE,
         leader_election_namespace=kube.namespace,
         kubeconfig=str(kube.kubeconfig(tmp_path)),
-        config=OperatorConfig(
+        config=Settings(
             max_concurrent=10,
             limits=Limits(
                 max_attempts=2,
@@ -125,7 +127,7 @@ def test_every_request_of_the_real_operator_is_allowed_by_the_chart_rbac(
                 retry_backoff_max_seconds=1.0,
                 default_ttl_seconds=3600,
             ),
-            builder_settings=OperatorSettings(),
+            pods=PodSettings(),
         ),
         watch_server_timeout=5,
     )

@@ -27,7 +27,7 @@ import httpx
 import pytest
 from test_crd_schema import CRD_FILES, INVALID_SAMPLES, VALID_SAMPLES, load_crd
 
-from tako_operator import status
+from tako_operator.core import status
 from tako_vm.models.crd import PythonJob
 
 APISERVER = os.environ.get("TAKO_APIEXTENSIONS_APISERVER", "")
@@ -260,7 +260,7 @@ def test_status_is_a_subresource_and_accepts_computed_statuses(api: httpx.Client
 
 
 def test_worst_case_status_is_accepted(api: httpx.Client) -> None:
-    from tako_operator.settings import OperatorSettings
+    from tako_operator.settings import PodSettings
     from tako_runner.outcome import Outcome
 
     assert api.post(JOBS, json=_job("worst-status")).status_code == 201
@@ -269,7 +269,7 @@ def test_worst_case_status_is_accepted(api: httpx.Client) -> None:
         error={"type": "runtime_error", "message": "m" * 10_000, "phase": "execution"},
         artifacts=[{"name": "n" * 255, "size_bytes": 1, "sha256": "a" * 64, "content_type": "c" * 300}] * 100,
     )  # fmt: skip
-    fields = status.outcome_fields(worst, OperatorSettings())
+    fields = status.outcome_fields(worst, PodSettings())
     job = PythonJob.model_validate(_job("worst-status"))
     computed = status._finish(job, fields, datetime.datetime.now(datetime.UTC))
     written = _merge_patch(api, "worst-status", {"status": computed}, "/status")

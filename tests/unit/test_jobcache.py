@@ -7,8 +7,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from tako_operator.admission import Admission, Entry, admissible
-from tako_operator.jobcache import CODE_PLACEHOLDER, JobCache, is_slim, slim_copy, slim_pod
+from tako_operator.core.admission import Admission, Entry, admissible
+from tako_operator.core.jobcache import CODE_PLACEHOLDER, JobCache, is_slim, slim_copy, slim_pod
 
 
 def job(name: str, status: dict[str, Any] | None = None, **annotations: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Leader election (tako_operator/leader.py) and the watch scope (main.resolve_scope), pure parts and
+"""Leader election (tako_operator/leader.py) and the watch scope (settings.resolve_scope), pure parts and
 the elector against an in-memory Lease store with the API server's compare-and-swap on resourceVersion.
 The same code against kmock, in processes started as the chart starts them: tests/integration/
 test_operator_ha.py."""
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tako_operator.leader import ElectionSettings, LeaderElector, desired_lease, may_take, new_identity
-from tako_operator.main import Scope, resolve_scope
+from tako_operator.io.leader import ElectionSettings, LeaderElector, desired_lease, may_take, new_identity
+from tako_operator.settings import Scope, resolve_scope, settings_from_env
 
 NOW = datetime.datetime(2026, 12, 1, 9, 0, tzinfo=datetime.UTC)
 
@@ -152,16 +152,18 @@ def test_a_leader_that_cannot_renew_steps_down_after_the_renew_deadline_and_rele
 
 def test_the_flags_win_then_the_charts_variable_then_the_own_namespace() -> None:
     env = {"TAKO_OPERATOR_NAMESPACES": "team-a, team-b", "POD_NAMESPACE": "tako-system"}
-    assert resolve_scope(["x"], False, env, None) == Scope(False, ("x",))
-    assert resolve_scope(None, True, env, None) == Scope(True)
-    assert resolve_scope(None, False, env, None) == Scope(False, ("team-a", "team-b"))
-    assert resolve_scope(None, False, {"TAKO_OPERATOR_NAMESPACES": "*"}, None) == Scope(True)
-    assert resolve_scope(None, False, {"POD_NAMESPACE": "tako-system"}, "ctx") == Scope(
+    assert resolve_scope(["x"], False, settings_from_env(env), None) == Scope(False, ("x",))
+    assert resolve_scope(None, True, settings_from_env(env), None) == Scope(True)
+    assert resolve_scope(None, False, settings_from_env(env), None) == Scope(False, ("team-a", "team-b"))
+    assert resolve_scope(None, False, settings_from_env({"TAKO_OPERATOR_NAMESPACES": "*"}), None) == Scope(
+        True
+    )
+    assert resolve_scope(None, False, settings_from_env({"POD_NAMESPACE": "tako-system"}), "ctx") == Scope(
         False, ("tako-system",)
     )
-    assert resolve_scope(None, False, {}, "ctx") == Scope(False, ("ctx",))
+    assert resolve_scope(None, False, settings_from_env({}), "ctx") == Scope(False, ("ctx",))
     with pytest.raises(ValueError, match="TAKO_OPERATOR_NAMESPACES"):
-        resolve_scope(None, False, {}, None)
+        resolve_scope(None, False, settings_from_env({}), None)
 
 
 def test_only_globs_need_namespace_scanning() -> None:
@@ -177,7 +179,7 @@ def test_kopf_lists_no_namespaces_unless_globs_ask_for_it() -> None:
     from tako_operator.main import OperatorOptions, _kopf_settings
 
     options = OperatorOptions()
-    own = resolve_scope(None, False, {"POD_NAMESPACE": "tako-system"}, None)
+    own = resolve_scope(None, False, settings_from_env({"POD_NAMESPACE": "tako-system"}), None)
     assert _kopf_settings(options, own).scanning.disabled
     assert _kopf_settings(options, Scope(True)).scanning.disabled
     assert not _kopf_settings(options, Scope(False, ("team-*",))).scanning.disabled

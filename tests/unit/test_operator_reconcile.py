@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from tako_operator.admission import Admission, Entry, admissible, entry_for
-from tako_operator.reconcile import RETRY_AT, RETRY_ATTEMPT, Limits, Observed, backoff_seconds, plan
+from tako_operator.core.admission import Admission, Entry, admissible, entry_for
+from tako_operator.core.plan import RETRY_AT, RETRY_ATTEMPT, Observed, backoff_seconds, plan
+from tako_operator.settings import Limits
 from tako_runner.outcome import frame_envelope
 from tako_vm.models.crd import DEFAULT_JOB_TYPE
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from tako_operator import builders
+from tako_operator.core import builders
 from tako_runner import runner
 from tako_vm.models.crd import PythonJob, PythonJobTypeSpec
 from tako_vm.models.runner import RunnerConfig
@@ -51,8 +51,6 @@ def test_the_operator_builds_its_job_json_through_the_model() -> None:
             "spec": {"code": "x"},
         }
     )
-    written = builders.runner_config(
-        job, PythonJobTypeSpec(image="python:3.11-slim"), builders.OperatorSettings()
-    )
+    written = builders.runner_config(job, PythonJobTypeSpec(image="python:3.11-slim"), builders.PodSettings())
     assert RunnerConfig.model_validate(written).as_json_dict() == written
     assert written["code_path"] == "/code/main.py" and written["timeout"] >= 1

@@ -9,17 +9,16 @@ import kubernetes_validate
 import pytest
 from test_chart_pss import restricted_violations
 
-from tako_operator import builders, objects
-from tako_operator import standby as sb
-from tako_operator.pool import standby_settings_from_env
-from tako_operator.reconcile import Observed, plan
-from tako_operator.settings import OperatorSettings
+from tako_operator.core import builders, objects
+from tako_operator.core import standby as sb
+from tako_operator.core.plan import Observed, plan
+from tako_operator.settings import PodSettings, StandbySettings, settings_from_env
 from tako_vm.models.crd import PythonJob, PythonJobTypeSpec
 
 NS = "team-a"
 NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
-SETTINGS = OperatorSettings()
-STANDBY = sb.StandbySettings(operator_namespace="tako-system")
+SETTINGS = PodSettings()
+STANDBY = StandbySettings(operator_namespace="tako-system")
 TYPE = PythonJobTypeSpec.model_validate(
     {"image": "python:3.11-slim", "resources": {"memory": "256Mi", "cpu": "500m"}, "standbyPods": 2}
 )
@@ -132,24 +131,24 @@ def test_standby_policy_allows_only_operator_ingress_to_the_port_and_no_egress()
 
 
 def test_standby_policy_without_operator_labels_allows_nothing() -> None:
-    policy = sb.build_standby_policy(NS, sb.StandbySettings(operator_pod_labels={}))
+    policy = sb.build_standby_policy(NS, StandbySettings(operator_pod_labels={}))
     assert policy["spec"]["ingress"] == [] and policy["spec"]["egress"] == []
 
 
 def test_settings_from_env_and_their_errors() -> None:
-    settings = standby_settings_from_env(
+    settings = settings_from_env(
         {
             "TAKO_OPERATOR_STANDBY_PORT": "9000",
             "TAKO_OPERATOR_STANDBY_PUSH_FROM_NAMESPACE": "ops",
             "TAKO_OPERATOR_STANDBY_PUSH_FROM_LABELS": "a=b, c=d",
         }
-    )
+    ).standby
     assert settings.port == 9000 and settings.operator_namespace == "ops"
     assert settings.operator_pod_labels == {"a": "b", "c": "d"}
     with pytest.raises(ValueError, match="PUSH_FROM_LABELS"):
-        standby_settings_from_env({"TAKO_OPERATOR_STANDBY_PUSH_FROM_LABELS": "nonsense"})
+        settings_from_env({"TAKO_OPERATOR_STANDBY_PUSH_FROM_LABELS": "nonsense"})
     with pytest.raises(ValueError, match="port"):
-        sb.StandbySettings(port=0)
+        StandbySettings(port=0)
 
 
 # --- the pool plan ---------------------------------------------------------------------------------

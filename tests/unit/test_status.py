@@ -21,16 +21,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_crd_schema import schema_errors
 
-from tako_operator import builders, status
-from tako_operator.builders import JobRejected
-from tako_operator.settings import OperatorSettings
+from tako_operator.core import builders, status
+from tako_operator.core.builders import JobRejected
+from tako_operator.settings import PodSettings
 from tako_runner import runner
 from tako_vm.models.crd import DEFAULT_JOB_TYPE, PythonJob, PythonJobStatus, PythonJobTypeSpec
 
 NOW = datetime.datetime(2026, 11, 28, 10, 0, 0, tzinfo=datetime.UTC)
 STARTED = "2026-11-28T09:59:50Z"
 FINISHED = "2026-11-28T09:59:52Z"
-SETTINGS = OperatorSettings()
+SETTINGS = PodSettings()
 
 
 def make_job(status_: dict[str, Any] | None = None, **spec: Any) -> PythonJob:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tako_operator import builders
-from tako_operator.settings import OperatorSettings
+from tako_operator.core import builders
+from tako_operator.settings import PodSettings
 from tako_vm.models.crd import DEFAULT_JOB_TYPE, DEFAULT_JOB_TYPE_NAME, PythonJob, PythonJobTypeSpec
 
 
@@ -48,7 +48,7 @@ def _type_model(job_type: dict[str, Any]) -> PythonJobTypeSpec:
 
 
 def attempt_objects(
-    job: dict[str, Any], job_type: dict[str, Any], settings: OperatorSettings, attempt: int
+    job: dict[str, Any], job_type: dict[str, Any], settings: PodSettings, attempt: int
 ) -> list[dict[str, Any]]:
     """Everything attempt `attempt` needs, in creation order: the runner and code ConfigMaps, the
     policies (deny-all first, so the Pod never exists without it), then the Pod. Raises

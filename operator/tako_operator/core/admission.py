@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tako_operator.reconcile import TERMINAL_PHASES
+from tako_operator.core.plan import TERMINAL_PHASES
 
 Key = tuple[str, str]  # (namespace, name)
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tako_operator import conditions as cond
-from tako_operator.builders import INSTALL_CONTAINER, JOB_CONTAINER, JobRejected
-from tako_operator.settings import OperatorSettings
+from tako_operator.core import conditions as cond
+from tako_operator.core.builders import INSTALL_CONTAINER, JOB_CONTAINER, JobRejected
+from tako_operator.settings import PodSettings
 from tako_runner.outcome import Outcome, classify, parse_envelope
 from tako_vm.models.crd import (
     STATUS_ARTIFACTS_MAX,
@@ -178,7 +178,7 @@ def _name_the_log_limit(outcome: Outcome, logs: dict[str, str], no_run: bool, no
 # --- mapping an Outcome onto status -----------------------------------------------------------------
 
 
-def outcome_fields(outcome: Outcome, settings: OperatorSettings) -> dict[str, Any]:
+def outcome_fields(outcome: Outcome, settings: PodSettings) -> dict[str, Any]:
     """The CRD status fields for an Outcome, capped to the status budget."""
     stdout, stdout_cut = clip_stream(outcome.stdout, settings.status_stream_bytes)
     stderr, stderr_cut = clip_stream(outcome.stderr, settings.status_stream_bytes)
@@ -357,12 +357,12 @@ def compute_status(
     pod: dict[str, Any] | None,
     logs: dict[str, str],
     now: datetime.datetime,
-    settings: OperatorSettings | None = None,
+    settings: PodSettings | None = None,
 ) -> dict[str, Any]:
     """The status the job should have given its Pod (None if there is none) and the Pod's container logs
     (``{"install": ..., "job": ...}``). Returns {} for a job already in a terminal phase: a finished
     record never changes. Fields the operator owns (attempts, queuedAt) are left to it."""
-    settings = settings or OperatorSettings()
+    settings = settings or PodSettings()
     old_phase = job.status.phase if job.status else None
     if old_phase in TERMINAL_PHASES:
         return {}

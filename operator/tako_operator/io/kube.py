@@ -1,7 +1,7 @@
 """The operator's only module that talks to the Kubernetes API.
 
 It wraps the official (blocking) `kubernetes` client: every public coroutine runs the call in a
-worker thread of the module's own executor (`API_CONCURRENCY_ENV` threads, default
+worker thread of the module's own executor (`Settings.api_concurrency` threads, default
 DEFAULT_API_CONCURRENCY, and as many pooled keep-alive connections), so the kopf event loop never
 blocks and a burst is not limited to the default `asyncio.to_thread` pool (cpu_count + 4 threads).
 Objects go in and come out as plain dicts (`_preload_content=False`, the same shape the pure builders
@@ -29,7 +29,8 @@ import kubernetes
 import urllib3
 from kubernetes.client import ApiException
 
-from tako_operator.status import truncated_log_marker
+from tako_operator.core.status import truncated_log_marker
+from tako_operator.settings import DEFAULT_API_CONCURRENCY
 
 # Lines read from the end of a container's log: the envelope frame (header, body, end marker) plus
 # room for whatever the container printed after it (interpreter shutdown warnings).
@@ -41,24 +42,9 @@ VERSION = "v1alpha1"
 JOBS = "pythonjobs"
 JOB_TYPES = "pythonjobtypes"
 
-API_CONCURRENCY_ENV = "TAKO_OPERATOR_API_CONCURRENCY"
-DEFAULT_API_CONCURRENCY = 16
-MAX_API_CONCURRENCY = 256
 # A shared object (the namespace's runner ConfigMap) found present is not re-created for this long:
 # one request per namespace and interval instead of a create answered 409 per job.
 SHARED_RECHECK_SECONDS = 60.0
-
-
-def api_concurrency_from_env(env: os._Environ[str] | dict[str, str]) -> int:
-    """TAKO_OPERATOR_API_CONCURRENCY: API calls in flight at once (threads and pooled connections)."""
-    raw = env.get(API_CONCURRENCY_ENV, "").strip()
-    if not raw:
-        return DEFAULT_API_CONCURRENCY
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_API_CONCURRENCY:
-        raise ValueError(
-            f"{API_CONCURRENCY_ENV} must be a whole number from 1 to {MAX_API_CONCURRENCY}, got {raw!r}"
-        )
-    return int(raw)
 
 
 def _read_and_release(fn: Any, *args: Any, **kwargs: Any) -> bytes:
@@ -509,8 +495,7 @@ def load_connection(
     return kubernetes.client.ApiClient(configuration), connection
 
 
-def connect(kubeconfig: str | None = None, concurrency: int | None = None) -> Kube:
-    """A Kube with `concurrency` (default: $TAKO_OPERATOR_API_CONCURRENCY) calls in flight at most."""
-    size = api_concurrency_from_env(os.environ) if concurrency is None else concurrency
-    api_client, connection = load_connection(kubeconfig, size)
-    return Kube(api_client, connection, size)
+def connect(kubeconfig: str | None = None, concurrency: int = DEFAULT_API_CONCURRENCY) -> Kube:
+    """A Kube with `concurrency` (Settings.api_concurrency) calls in flight at most."""
+    api_client, connection = load_connection(kubeconfig, concurrency)
+    return Kube(api_client, connection, concurrency)

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from tako_operator import builders
-from tako_operator.settings import OperatorSettings
+from tako_operator.core import builders
+from tako_operator.settings import PodSettings, StandbySettings
 from tako_vm.models.crd import API_VERSION, PythonJob, PythonJobTypeSpec
 
 LABEL_STANDBY = "takovm.dev/standby"
@@ -38,37 +38,6 @@ PUSH_PATH = "/job"
 MAX_POOL_SIZE = 20  # per (namespace, job type); the CRD's bound on spec.standbyPods
 
 
-@dataclass(frozen=True)
-class StandbySettings:
-    """Operator-wide knobs of the pool (the pool size itself is ``PythonJobType.spec.standbyPods``)."""
-
-    port: int = 8790
-    # A standby Pod lives at most this long unclaimed (its activeDeadlineSeconds); then it is replaced.
-    max_age_seconds: int = 86_400
-    # Who may push: the operator's Pods (namespace + labels). No labels = nobody (fail closed).
-    operator_namespace: str | None = None
-    operator_pod_labels: dict[str, str] = field(
-        default_factory=lambda: {
-            "app.kubernetes.io/name": "tako-vm",
-            "app.kubernetes.io/component": "operator",
-        }
-    )
-    push_timeout_seconds: float = 10.0
-    # Every pool is compared with its job type this often besides on events: a refill that failed
-    # (API error, quota) is retried without waiting for the next event.
-    resync_seconds: float = 30.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.port <= 65_535:
-            raise ValueError(f"standby port must be 1..65535, got {self.port}")
-        if self.max_age_seconds < 60:
-            raise ValueError(f"standby max_age_seconds must be >= 60, got {self.max_age_seconds}")
-        if self.push_timeout_seconds <= 0:
-            raise ValueError("standby push_timeout_seconds must be > 0")
-        if not 0.1 <= self.resync_seconds <= 86_400:
-            raise ValueError(f"standby resync_seconds must be 0.1..86400, got {self.resync_seconds}")
-
-
 # --- names and shipped files ------------------------------------------------------------------------
 
 
@@ -77,6 +46,7 @@ def standby_source() -> str:
     return importlib.resources.files("tako_runner").joinpath("standby.py").read_text(encoding="utf-8")
 
 
+@cache
 def standby_configmap_name() -> str:
     """Named by content hash, like the runner ConfigMap (an upgrade never changes a waiting Pod)."""
     return f"tako-standby-{hashlib.sha256(standby_source().encode()).hexdigest()[:10]}"
@@ -151,7 +121,7 @@ def _standby_shape(
     namespace: str,
     type_name: str,
     job_type: PythonJobTypeSpec,
-    settings: OperatorSettings,
+    settings: PodSettings,
     standby: StandbySettings,
 ) -> dict[str, Any]:
     """The standby Pod without its name, token, owner and spec hash (what the hash covers)."""
@@ -200,7 +170,7 @@ def spec_hash(
     namespace: str,
     type_name: str,
     job_type: PythonJobTypeSpec,
-    settings: OperatorSettings,
+    settings: PodSettings,
     standby: StandbySettings,
 ) -> str:
     """Changes whenever the job type, the settings or the runner would build a different Pod."""
@@ -212,7 +182,7 @@ def build_standby_pod(
     namespace: str,
     type_name: str,
     job_type: PythonJobTypeSpec,
-    settings: OperatorSettings,
+    settings: PodSettings,
     standby: StandbySettings,
     *,
     token: str,
@@ -377,7 +347,7 @@ def _started(pod: dict[str, Any]) -> datetime.datetime | None:
 def claimed_deadline(
     job: PythonJob,
     job_type: PythonJobTypeSpec,
-    settings: OperatorSettings,
+    settings: PodSettings,
     pod: dict[str, Any],
     now: datetime.datetime,
 ) -> int | None:
@@ -426,7 +396,7 @@ def release_patch() -> dict[str, Any]:
     }
 
 
-def push_body(job: PythonJob, job_type: PythonJobTypeSpec, settings: OperatorSettings) -> dict[str, Any]:
+def push_body(job: PythonJob, job_type: PythonJobTypeSpec, settings: PodSettings) -> dict[str, Any]:
     """What the standby runner receives: the same runner config a cold job gets in /code/job.json."""
     return {
         "job_uid": str(job.metadata.get("uid") or ""),
@@ -448,7 +418,7 @@ class Claim:
 def plan_claim(
     job: dict[str, Any],
     job_type: dict[str, Any],
-    settings: OperatorSettings,
+    settings: PodSettings,
     pod: dict[str, Any],
     now: datetime.datetime,
 ) -> Claim | None:

@@ -24,7 +24,7 @@ from decimal import Decimal
 from functools import cache
 from typing import Any
 
-from tako_operator.settings import PRIVATE_IPV4_RANGES, PRIVATE_IPV6_RANGES, OperatorSettings
+from tako_operator.settings import PRIVATE_IPV4_RANGES, PRIVATE_IPV6_RANGES, PodSettings
 from tako_vm.models.crd import (
     API_VERSION,
     LABEL_KEY_PATTERN,
@@ -179,9 +179,7 @@ def parse_quantity(text: str) -> Decimal:
     return Decimal(match.group(1)) * _FACTORS[match.group(2)]
 
 
-def effective_resources(
-    job: PythonJob, job_type: PythonJobTypeSpec, settings: OperatorSettings
-) -> dict[str, str]:
+def effective_resources(job: PythonJob, job_type: PythonJobTypeSpec, settings: PodSettings) -> dict[str, str]:
     """Memory and CPU for the job: ``spec.resources`` over the job type's, within the operator's bounds."""
     override = job.spec.resources
     memory = (override.memory if override else None) or job_type.resources.memory
@@ -202,7 +200,7 @@ def effective_timeouts(job: PythonJob, job_type: PythonJobTypeSpec) -> tuple[int
     return timeout, startup
 
 
-def active_deadline_seconds(job: PythonJob, job_type: PythonJobTypeSpec, settings: OperatorSettings) -> int:
+def active_deadline_seconds(job: PythonJob, job_type: PythonJobTypeSpec, settings: PodSettings) -> int:
     """The Pod's hard deadline: startup + execution + grace (the runner enforces the finer ones)."""
     timeout, startup = effective_timeouts(job, job_type)
     return startup + timeout + settings.deadline_grace_seconds
@@ -227,6 +225,7 @@ def runner_source() -> str:
     return importlib.resources.files("tako_runner").joinpath("runner.py").read_text(encoding="utf-8")
 
 
+@cache  # the source is fixed for the process: hashing 50 kB per call was ~5% of a burst's CPU
 def runner_configmap_name() -> str:
     """Named by the runner's content hash, so an upgraded operator never changes a running Pod's runner."""
     return f"tako-runner-{_short_hash(runner_source())}"
@@ -249,7 +248,7 @@ def build_runner_configmap(namespace: str) -> dict[str, Any]:
     }
 
 
-def runner_config(job: PythonJob, job_type: PythonJobTypeSpec, settings: OperatorSettings) -> dict[str, Any]:
+def runner_config(job: PythonJob, job_type: PythonJobTypeSpec, settings: PodSettings) -> dict[str, Any]:
     """The runner's ``/code/job.json``."""
     timeout, startup = effective_timeouts(job, job_type)
     requirements = check_requirements_allowed(job, job_type)
@@ -278,14 +277,14 @@ def configmap_size(data: dict[str, str]) -> int:
 
 
 def build_code_configmap(
-    job: PythonJob, job_type: PythonJobTypeSpec, settings: OperatorSettings | None = None
+    job: PythonJob, job_type: PythonJobTypeSpec, settings: PodSettings | None = None
 ) -> dict[str, Any]:
     """``<job>-code``: main.py (unless the code comes from spec.codeRef), job.json and data.json.
 
     ``job_type`` is required: job.json carries the effective timeouts and environment. Raises
     JobRejected naming the field when code and input together exceed the 1 MiB ConfigMap limit.
     """
-    settings = settings or OperatorSettings()
+    settings = settings or PodSettings()
     data = {
         "job.json": json.dumps(runner_config(job, job_type, settings), sort_keys=True),
         "data.json": json.dumps(job.spec.input_data or {}, separators=(",", ":"), ensure_ascii=False),
@@ -315,7 +314,7 @@ def build_code_configmap(
 # --- the Pod ----------------------------------------------------------------------------------------
 
 
-def _container_security_context(settings: OperatorSettings) -> dict[str, Any]:
+def _container_security_context(settings: PodSettings) -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
         "runAsUser": settings.run_as_user,
@@ -348,7 +347,7 @@ def _code_volume(job: PythonJob) -> dict[str, Any]:
 
 
 def build_pod(
-    job: PythonJob, job_type: PythonJobTypeSpec, settings: OperatorSettings, attempt: int
+    job: PythonJob, job_type: PythonJobTypeSpec, settings: PodSettings, attempt: int
 ) -> dict[str, Any]:
     """The gVisor Pod for one attempt of ``job``. Raises JobRejected naming the field it cannot honour."""
     requirements = check_requirements_allowed(job, job_type)
@@ -468,11 +467,11 @@ def build_deny_all_policy(job: PythonJob) -> dict[str, Any]:
     }
 
 
-def build_install_egress_policy(job: PythonJob, settings: OperatorSettings | None = None) -> dict[str, Any]:
+def build_install_egress_policy(job: PythonJob, settings: PodSettings | None = None) -> dict[str, Any]:
     """While a Pod carries ``takovm.dev/egress=install``: DNS to the cluster resolver and HTTPS to public
     addresses only (never private, cluster-internal, loopback or link-local ranges, so never the cloud
     metadata address 169.254.169.254). The operator removes the label once the install step ended."""
-    settings = settings or OperatorSettings()
+    settings = settings or PodSettings()
     extra_v4 = [c for c in settings.extra_denied_cidrs if ":" not in c]
     extra_v6 = [c for c in settings.extra_denied_cidrs if ":" in c]
     public: list[dict[str, Any]] = [

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from tako_operator.admission import Entry
+from tako_operator.core.admission import Entry
 
 PHASES = ("Queued", "Pending", "Running", "Succeeded", "Failed", "Timeout", "OOM", "Cancelled")
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from tako_operator.standby import ANNOTATION_CLAIMED_BY as CLAIMED_BY
+from tako_operator.core.standby import ANNOTATION_CLAIMED_BY as CLAIMED_BY
 
 Key = tuple[str, str]
 SLIM = "__tako_slim__"  # marks a body stored without code/input/output

@@ -1,6 +1,6 @@
 """The standby-Pod pool at run time: keeps each (namespace, job type) pool full, reserves a ready Pod for
-a job, claims it and pushes the job to it. Decisions come from the pure `tako_operator.standby`; the
-Kubernetes calls go through `tako_operator.kube`; the push is one HTTP POST (aiohttp) to the Pod's IP.
+a job, claims it and pushes the job to it. Decisions come from the pure `tako_operator.core.standby`; the
+Kubernetes calls go through `tako_operator.io.kube`; the push is one HTTP POST (aiohttp) to the Pod's IP.
 
 Default off: a job type's pool size is `spec.standbyPods` (0 unless set), and nothing here runs for a
 type whose size is 0 and that has no standby Pods left.
@@ -11,22 +11,21 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import os
 import secrets
 import time
 from typing import Any
 
 import aiohttp
 
-from tako_operator import builders
-from tako_operator import standby as sb
-from tako_operator import status as status_mod
-from tako_operator.kube import Kube
-from tako_operator.reconcile import waiting_reason
-from tako_operator.settings import OperatorSettings
+from tako_operator.core import builders
+from tako_operator.core import standby as sb
+from tako_operator.core import status as status_mod
+from tako_operator.core.plan import waiting_reason
+from tako_operator.io.kube import Kube
+from tako_operator.settings import PodSettings, StandbySettings
 from tako_vm.models.crd import PythonJob, PythonJobTypeSpec
 
-log = logging.getLogger("tako_operator.pool")
+log = logging.getLogger("tako_operator.io.pool")
 PoolKey = tuple[str, str]  # (namespace, job type name)
 # After a failed push (e.g. a NetworkPolicy that blocks the operator), jobs of that pool go cold for
 # this long instead of each one spending a standby Pod and a push timeout.
@@ -34,32 +33,6 @@ PUSH_FAILURE_COOLDOWN_SECONDS = 30.0
 # A reservation only has to cover the moments between choosing a Pod and its claim patch showing in a
 # listing (from then on the claim annotation excludes it); one that outlives a failed pass expires.
 RESERVATION_SECONDS = 60.0
-
-
-def standby_settings_from_env(env: os._Environ[str] | dict[str, str]) -> sb.StandbySettings:
-    """TAKO_OPERATOR_STANDBY_* (the Helm chart sets them): port, max age, who may push."""
-    labels_raw = env.get("TAKO_OPERATOR_STANDBY_PUSH_FROM_LABELS")
-    kwargs: dict[str, Any] = {}
-    if env.get("TAKO_OPERATOR_STANDBY_PORT"):
-        kwargs["port"] = int(env["TAKO_OPERATOR_STANDBY_PORT"])
-    if env.get("TAKO_OPERATOR_STANDBY_MAX_AGE_SECONDS"):
-        kwargs["max_age_seconds"] = int(env["TAKO_OPERATOR_STANDBY_MAX_AGE_SECONDS"])
-    if env.get("TAKO_OPERATOR_STANDBY_RESYNC_SECONDS"):
-        raw = env["TAKO_OPERATOR_STANDBY_RESYNC_SECONDS"]
-        try:
-            kwargs["resync_seconds"] = float(raw)
-        except ValueError:
-            raise ValueError(
-                f"TAKO_OPERATOR_STANDBY_RESYNC_SECONDS must be a number of seconds, got {raw!r}"
-            ) from None
-    if env.get("TAKO_OPERATOR_STANDBY_PUSH_FROM_NAMESPACE"):
-        kwargs["operator_namespace"] = env["TAKO_OPERATOR_STANDBY_PUSH_FROM_NAMESPACE"]
-    if labels_raw is not None:
-        pairs = [item.split("=", 1) for item in labels_raw.split(",") if item.strip()]
-        if any(len(pair) != 2 for pair in pairs):
-            raise ValueError(f"TAKO_OPERATOR_STANDBY_PUSH_FROM_LABELS must be k=v,k=v; got {labels_raw!r}")
-        kwargs["operator_pod_labels"] = {k.strip(): v.strip() for k, v in pairs}
-    return sb.StandbySettings(**kwargs)
 
 
 async def push(url: str, token: str, body: dict[str, Any], limit_seconds: float) -> str | None:
@@ -77,7 +50,7 @@ async def push(url: str, token: str, body: dict[str, Any], limit_seconds: float)
 
 
 class StandbyPool:
-    def __init__(self, kube: Kube, settings: OperatorSettings, standby: sb.StandbySettings) -> None:
+    def __init__(self, kube: Kube, settings: PodSettings, standby: StandbySettings) -> None:
         self.kube = kube
         self.settings = settings
         self.standby = standby

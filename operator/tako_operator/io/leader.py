@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-log = logging.getLogger("tako_operator.leader")
+log = logging.getLogger("tako_operator.io.leader")
 
 
 class LeadershipLost(RuntimeError):

@@ -13,12 +13,12 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-from tako_operator import builders, objects
-from tako_operator import standby as standby_mod
-from tako_operator import status as status_mod
-from tako_operator.builders import JobRejected
-from tako_operator.conditions import TERMINAL_PHASES
-from tako_operator.settings import OperatorSettings
+from tako_operator.core import builders, objects
+from tako_operator.core import standby as standby_mod
+from tako_operator.core import status as status_mod
+from tako_operator.core.builders import JobRejected
+from tako_operator.core.conditions import TERMINAL_PHASES
+from tako_operator.settings import Limits, PodSettings
 from tako_vm.models.crd import PythonJob
 
 JOB_CONTAINER = "job"
@@ -38,16 +38,6 @@ MAX_MESSAGE_CHARS = 1024
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Operator-wide knobs that shape decisions (subset of the operator settings)."""
-
-    max_attempts: int = 3
-    retry_backoff_seconds: float = 5.0
-    retry_backoff_max_seconds: float = 300.0
-    default_ttl_seconds: int | None = 3600
-
-
-@dataclass(frozen=True)
 class Observed:
     job: dict[str, Any]
     now: datetime.datetime
@@ -58,7 +48,7 @@ class Observed:
     pod: dict[str, Any] | None = None
     logs: dict[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
-    settings: OperatorSettings = field(default_factory=OperatorSettings)
+    settings: PodSettings = field(default_factory=PodSettings)
     # A ready standby Pod of the job's type reserved for this job (None: none, or the pool is off).
     standby: dict[str, Any] | None = None
 

@@ -1,0 +1,1 @@
+"""The operator's pure parts: decisions, status, manifests (no Kubernetes client, kopf or aiohttp)."""
