@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tako_operator.metrics import Metrics
+from tako_operator.io.metrics import Metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "tako-vm"

@@ -22,7 +22,7 @@ from tako_shim.backends.live import LiveLines, LiveOutput
 
 log = logging.getLogger(__name__)
 
-JOB_CONTAINER = "job"  # the container that runs the runner (tako_operator.builders.JOB_CONTAINER)
+JOB_CONTAINER = "job"  # the container that runs the runner (tako_operator.core.builders.JOB_CONTAINER)
 RETRY_SECONDS = 0.5  # a log that is not there yet (container still starting) is asked for again
 MAX_TRIES = 120
 
