@@ -18,6 +18,13 @@ from tako_operator.core import standby as standby_mod
 from tako_operator.core import status as status_mod
 from tako_operator.core.builders import JobRejected
 from tako_operator.core.conditions import TERMINAL_PHASES
+from tako_operator.core.pods import (
+    container_status,
+    format_time_precise,
+    parse_time,
+    pod_finished,
+    terminated,
+)
 from tako_operator.settings import Limits, PodSettings
 from tako_vm.models.crd import PythonJob
 
@@ -72,39 +79,6 @@ class Plan:
 # small readers over plain dicts
 
 
-def parse_time(value: str | None) -> datetime.datetime | None:
-    if not value:
-        return None
-    text = value.replace("Z", "+00:00")
-    try:
-        parsed = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
-
-
-def format_time(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def container_status(pod: dict[str, Any], name: str) -> dict[str, Any] | None:
-    status = pod.get("status") or {}
-    for key in ("containerStatuses", "initContainerStatuses"):
-        for entry in status.get(key) or []:
-            if entry.get("name") == name:
-                found: dict[str, Any] = entry
-                return found
-    return None
-
-
-def terminated(pod: dict[str, Any], name: str) -> dict[str, Any] | None:
-    entry = container_status(pod, name)
-    if entry is None:
-        return None
-    state = (entry.get("state") or {}).get("terminated")
-    return state if isinstance(state, dict) else None
-
-
 def waiting_reason(pod: dict[str, Any]) -> tuple[str, str] | None:
     for name in (INSTALL_CONTAINER, JOB_CONTAINER):
         entry = container_status(pod, name)
@@ -119,7 +93,7 @@ def logs_needed(pod: dict[str, Any] | None, cancel: bool = False) -> list[str]:
     the job is over in it (or is being cancelled)."""
     if pod is None:
         return []
-    over = cancel or status_mod.pod_finished(pod) or terminated(pod, INSTALL_CONTAINER) is not None
+    over = cancel or pod_finished(pod) or terminated(pod, INSTALL_CONTAINER) is not None
     if not over:
         return []
     names = [n for n in (INSTALL_CONTAINER, JOB_CONTAINER) if terminated(pod, n) is not None]
@@ -281,7 +255,7 @@ def _plan(observed: Observed) -> Plan:
         return _retry_or_fail(
             observed, result, attempts, f"pod ended by the infrastructure ({reason or 'Unknown'})"
         )
-    if status_mod.pod_finished(pod) or _install_failed(pod):
+    if pod_finished(pod) or _install_failed(pod):
         record = status_mod.compute_status(model, _as_finished(pod), observed.logs, now, settings)
         if not status.get("attempts"):  # the Pod's own status write was lost (an operator restart)
             record["attempts"] = attempts
@@ -428,7 +402,3 @@ def _retry_or_fail(observed: Observed, result: Plan, attempts: int, why: str) ->
         result.requeue_after = wait
         return result
     return _create_attempt(observed, result, attempts + 1)
-
-
-def format_time_precise(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

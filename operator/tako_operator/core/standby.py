@@ -23,6 +23,7 @@ from functools import cache
 from typing import Any
 
 from tako_operator.core import builders
+from tako_operator.core.pods import parse_time
 from tako_operator.settings import PodSettings, StandbySettings
 from tako_vm.models.crd import API_VERSION, PythonJob, PythonJobTypeSpec
 
@@ -334,14 +335,7 @@ def ineligible_reason(job: PythonJob, job_type: PythonJobTypeSpec) -> str | None
 
 
 def _started(pod: dict[str, Any]) -> datetime.datetime | None:
-    raw = (pod.get("status") or {}).get("startTime") or _meta(pod).get("creationTimestamp")
-    if not raw:
-        return None
-    try:
-        moment = datetime.datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+    return parse_time((pod.get("status") or {}).get("startTime") or _meta(pod).get("creationTimestamp"))
 
 
 def claimed_deadline(

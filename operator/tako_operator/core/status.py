@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from tako_operator.core import conditions as cond
 from tako_operator.core.builders import INSTALL_CONTAINER, JOB_CONTAINER, JobRejected
+from tako_operator.core.pods import format_time, parse_time, pod_finished, terminated
 from tako_operator.settings import PodSettings
 from tako_runner.outcome import Outcome, classify, parse_envelope
 from tako_vm.models.crd import (
@@ -54,22 +55,6 @@ def truncated_log_limit(text: str) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-def format_time(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: Any) -> datetime.datetime | None:
-    if isinstance(value, datetime.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
-    if not value:
-        return None
-    try:
-        parsed = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
-
-
 def format_duration(seconds: float) -> str:
     """Short human form for kubectl: 850ms, 12.3s, 4m05s, 2h03m."""
     if seconds < 1:
@@ -97,28 +82,6 @@ def clip_stream(text: str, limit_bytes: int) -> tuple[str, bool]:
 
 
 # --- reading the Pod --------------------------------------------------------------------------------
-
-
-def container_state(pod: dict[str, Any], name: str) -> dict[str, Any]:
-    """The ``state`` of container ``name`` (init or main), or {}."""
-    status = pod.get("status") or {}
-    for key in ("containerStatuses", "initContainerStatuses"):
-        for entry in status.get(key) or []:
-            if entry.get("name") == name:
-                state: dict[str, Any] = entry.get("state") or {}
-                return state
-    return {}
-
-
-def terminated(pod: dict[str, Any], name: str) -> dict[str, Any] | None:
-    found = container_state(pod, name).get("terminated")
-    return found if isinstance(found, dict) else None
-
-
-def pod_finished(pod: dict[str, Any]) -> bool:
-    """The Pod will not run the user's code any further."""
-    phase = (pod.get("status") or {}).get("phase")
-    return phase in ("Succeeded", "Failed") or terminated(pod, JOB_CONTAINER) is not None
 
 
 def _pod_started_at(pod: dict[str, Any]) -> datetime.datetime | None:

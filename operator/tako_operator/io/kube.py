@@ -29,6 +29,7 @@ import kubernetes
 import urllib3
 from kubernetes.client import ApiException
 
+from tako_operator.core.pods import format_time
 from tako_operator.core.status import truncated_log_marker
 from tako_operator.settings import DEFAULT_API_CONCURRENCY
 
@@ -364,7 +365,7 @@ class Kube:
     async def emit_event(self, job: dict[str, Any], reason: str, message: str, type_: str = "Normal") -> None:
         """A core/v1 Event on the PythonJob; failures to emit are not fatal to reconciliation."""
         meta = job["metadata"]
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = format_time(datetime.datetime.now(datetime.UTC))
         event = {
             "apiVersion": "v1",
             "kind": "Event",

@@ -39,6 +39,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from tako_operator.core.pods import format_time_precise
+
 log = logging.getLogger("tako_operator.io.leader")
 
 
@@ -71,7 +73,7 @@ def new_identity(env: Mapping[str, str] = os.environ) -> str:
 
 def micro_time(moment: datetime.datetime) -> str:
     """metav1.MicroTime, as the Lease's renewTime/acquireTime are written."""
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return format_time_precise(moment)
 
 
 def holder(lease: dict[str, Any] | None) -> str:
