@@ -118,3 +118,28 @@ def test_crash_leftovers_are_cleared_at_start(tmp_path: Path) -> None:
     (staged / "deps" / "half.py").write_text("x")
     again = _cache(tmp_path)
     assert not (again.root / ".staging").exists()
+
+
+def test_for_executor_is_off_at_zero_and_keyed_on_the_roots_interpreter(tmp_path: Path) -> None:
+    assert reqcache.for_executor(tmp_path, tmp_path / "root", 0, False) is None
+    root = tmp_path / "root"
+    root.mkdir()
+    from tako_shim.backends.local import rootfs
+
+    (root / rootfs.MANIFEST).write_text('{"python": {"version": "3.11.2", "magic": "a70d"}}')
+    cache = reqcache.for_executor(tmp_path, root, 1, True)
+    assert cache is not None and cache.max_bytes == MIB and cache.shared
+    assert cache.interpreter == {"version": "3.11.2", "magic": "a70d"}
+    assert cache.root == tmp_path / "requirements"
+
+
+def test_server_jobs_carry_their_tenant_to_the_cache() -> None:
+    from tako_shim.backends.local.backend import _sandbox_job
+    from tako_shim.backends.local.store import JobRow
+    from tako_shim.config import Settings
+
+    row = JobRow(
+        job_id="j", tenant="team-a", status="queued", job_type="default", created_at="now", code="print(1)",
+        input_data={}, requirements=["six"], timeout=5, startup_timeout=30, code_hash="", input_hash="",
+    )  # fmt: skip
+    assert _sandbox_job(Settings(), row, {}, "512m", 1.0).tenant == "team-a"
