@@ -130,6 +130,10 @@ class Settings(BaseModel):
     # an agent's `requirements: ["numpy"]` should just work), off otherwise. Installs run in a separate
     # sandbox with egress; the code's sandbox never has network.
     allow_runtime_requirements: bool = False
+    # Installed requirement sets are cached (backends/local/reqcache.py): size bound (0: install per job),
+    # and whether tenants share entries (default: each tenant has its own).
+    requirements_cache_max_mb: int = Field(default=4096, ge=0, le=1_048_576)
+    requirements_cache_shared: bool = False
     max_workers: int = Field(default=4, ge=1, le=64)
     max_queue_size: int = Field(default=100, ge=1, le=10_000)
     # Per-tenant caps (None: half the queue, and all workers but one, when API keys name more than one

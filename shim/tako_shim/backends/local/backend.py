@@ -159,6 +159,8 @@ def _real_executor(settings: Settings) -> SandboxRunner:
         security_mode=settings.security_mode,
         runsc_path=settings.runsc_path,
         rootfs_path=settings.rootfs_path,
+        requirements_cache_mb=settings.requirements_cache_max_mb,
+        requirements_cache_shared=settings.requirements_cache_shared,
     )
     if settings.warm_pool_size > 0:
         from tako_shim.backends.local.sandbox.warmpool import warm_pool_for
@@ -186,6 +188,7 @@ def _sandbox_job(
         requirements=row.requirements,
         timeout=row.timeout,
         startup_timeout=row.startup_timeout,
+        tenant=row.tenant,
         memory_limit_mb=memory_limit_mb(jt_memory),
         cpu_limit=cpu,
         environment=environment,

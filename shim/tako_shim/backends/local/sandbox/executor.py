@@ -46,6 +46,7 @@ from typing import Any
 import tako_shim.backends.local.rootfs as rootfs_module
 from tako_runner import runner as runner_module
 from tako_runner.outcome import Outcome, classify, parse_envelope
+from tako_shim.backends.local import reqcache
 from tako_shim.backends.local.sandbox import cgroups, oci, runsc
 from tako_shim.backends.local.sandbox.frames import TailBuffer
 from tako_shim.backends.local.sandbox.job import (
@@ -146,8 +147,11 @@ class LocalExecutor:
         security_mode: str = "strict",
         runsc_path: str | None = None,
         rootfs_path: str | None = None,
+        requirements_cache_mb: int = 0,
+        requirements_cache_shared: bool = False,
     ) -> None:
-        """``rootfs_path``: the sandboxes' system root (default: this recipe's tree, see rootfs.py)."""
+        """``rootfs_path``: the sandboxes' system root (default: this recipe's tree, see rootfs.py);
+        ``requirements_cache_mb``: size of the installed-requirements cache (0: install per job)."""
         if security_mode not in ("strict", "permissive"):
             raise ValueError(f"security_mode must be 'strict' or 'permissive', got {security_mode!r}")
         self.work_dir = Path(work_dir).resolve()
@@ -168,6 +172,9 @@ class LocalExecutor:
         self._system_dirs = rootfs_module.top_dirs(self.system_root) if self._rootfs_problem is None else {}
         self._hard_limits = runsc.host_hard_limits()
         self._prepare_shared_dirs()
+        self.requirement_cache = reqcache.for_executor(
+            self.work_dir, self.system_root, requirements_cache_mb, requirements_cache_shared
+        )
         self.runsc = runsc.find_runsc(runsc_path)
         self.platform: str | None = None
         self.version: str | None = None
@@ -454,19 +461,23 @@ class LocalExecutor:
     async def _run_sandboxed(self, job: SandboxJob, artifact_dir: Path, cancel: asyncio.Event) -> Outcome:
         job_dir, deps_dir = await asyncio.to_thread(self._prepare_job_dir, job)
         teardowns: list[asyncio.Task[None]] = []
+        lease: reqcache.Lease | None = None
         try:
             install: SandboxResult | None = None
-            if job.requirements:
-                budget = job.startup_timeout + KILL_GRACE_S + EXTERNAL_DEADLINE_MARGIN_S
+            budget = job.startup_timeout + KILL_GRACE_S + EXTERNAL_DEADLINE_MARGIN_S
+            if job.requirements and self.requirement_cache is not None:
+                lease, installed = await reqcache.install_cached(
+                    self.requirement_cache, job.tenant, job.requirements, teardowns, _install_failed,
+                    lambda staged: self._sandbox(job, job_dir, staged, "install", budget, cancel, teardowns),
+                )  # fmt: skip
+                install = installed
+                if lease is None:
+                    assert install is not None
+                    return self._classify(install, None)
+                deps_dir = lease.deps  # the run sandbox binds the sealed entry read-only
+            elif job.requirements:
                 install = await self._sandbox(job, job_dir, deps_dir, "install", budget, cancel, teardowns)
-                if (
-                    install.cancelled
-                    or install.oom_killed
-                    or install.deadline_exceeded
-                    or not install.envelope
-                    or install.envelope.get("error")
-                    or install.exit_code != 0
-                ):
+                if _install_failed(install):
                     return self._classify(install, None)
             budget = job.timeout + KILL_GRACE_S + EGRESS_PROBE_ALLOWANCE_S + EXTERNAL_DEADLINE_MARGIN_S
             result = await self._sandbox(job, job_dir, deps_dir, "run", budget, cancel, teardowns)
@@ -476,6 +487,8 @@ class LocalExecutor:
             return outcome
         finally:
             self._spawn_background(self._remove_job_dir(teardowns, job_dir))
+            if lease is not None and self.requirement_cache is not None:
+                self._spawn_background(reqcache.release_after(self.requirement_cache, lease, teardowns))
 
     def _classify(self, install: SandboxResult | None, run: SandboxResult | None) -> Outcome:
         last = run or install
@@ -564,3 +577,15 @@ class LocalExecutor:
         if self.runsc is None:
             return
         runsc.kill(self._runsc_argv(None, "none"), cid)
+
+
+def _install_failed(install: SandboxResult | None) -> bool:
+    return bool(
+        install is None
+        or install.cancelled
+        or install.oom_killed
+        or install.deadline_exceeded
+        or not install.envelope
+        or install.envelope.get("error")
+        or install.exit_code != 0
+    )

@@ -57,6 +57,7 @@ class SandboxJob:
     max_artifact_bytes: int = 10 * 1024 * 1024
     max_total_artifact_bytes: int = 50 * 1024 * 1024
     max_artifact_count: int = 1000
+    tenant: str = "default"  # scopes the requirement cache (backends/local/reqcache.py)
     # Called with (stream, text) for the code's output as the runner forwards it (event streams).
     on_output: Callable[[str, str], None] | None = field(default=None, compare=False, repr=False)
 
