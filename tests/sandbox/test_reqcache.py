@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from sandbox_support import Sandbox
-from tako_shim.backends.local.executor import LocalExecutor
 
 from tako_shim.backends.local import reqcache
+from tako_shim.backends.local.sandbox.executor import LocalExecutor
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
