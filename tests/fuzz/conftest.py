@@ -23,6 +23,8 @@ FUZZ_SETTINGS = {
     "default_timeout": 2,
     "max_timeout": 4,
     "api_rate_limit_enabled": False,
+    "allow_runtime_requirements": False,  # no pip installs from generated requirement lists
+    "session_max_per_tenant": 2,  # generated sessions each hold a sandbox until they end
 }
 
 

@@ -35,7 +35,7 @@ END_REASONS = (
 )
 DEFAULT_TTL_SECONDS = 3600
 DEFAULT_IDLE_TIMEOUT_SECONDS = 600
-MEMORY_LIMIT_PATTERN = r"^[0-9]+(\.[0-9]+)?\s*([kKmMgG][iI]?[bB]?)?$"
+MEMORY_LIMIT_PATTERN = r"^[1-9][0-9]{0,6}[mg]$"  # like a job type's: "512m", "2g" (config.memory_limit_mb)
 
 
 class CreateSessionRequest(_Request):

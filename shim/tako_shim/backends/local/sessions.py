@@ -234,7 +234,10 @@ class LocalSessions:
         idle = body.idle_timeout_seconds or DEFAULT_IDLE_TIMEOUT_SECONDS
         jt = self.resolver.job_type(body.job_type)
         requirements = self._requirements(body.requirements, jt)
-        memory = memory_limit_mb(body.memory_limit or jt.memory_limit)
+        try:
+            memory = memory_limit_mb(body.memory_limit or jt.memory_limit)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
         if memory < MIN_MEMORY_MB:
             raise InvalidRequest(f"memory_limit: {body.memory_limit} is below {MIN_MEMORY_MB}m")
         if memory > memory_limit_mb(s.session_max_memory_limit):
