@@ -169,6 +169,7 @@ class LocalSessions:
         self.state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.runner_dir.mkdir(exist_ok=True)
         target = self.runner_dir / sessions_spec.SESSION_RUNNER
+        target.unlink(missing_ok=True)  # our own 0444 copy: a non-root server cannot overwrite it
         shutil.copyfile(session_runner.__file__, target)
         target.chmod(0o444)
         self.runner_dir.chmod(0o755)
