@@ -84,6 +84,7 @@ def test_queued_and_running_jobs_survive_a_server_restart(tmp_path: Path) -> Non
                 "created_at": None,
                 "duration_ms": None,
                 "queue_position": 2,
+                "webhook": None,  # no webhook_url: no delivery (docs/api.md)
             }
         server.process.send_signal(signal.SIGINT)
         server.process.wait(timeout=20)
