@@ -219,11 +219,17 @@ def test_every_operation_is_on_every_surface_with_one_signature() -> None:
     ],
 )  # fmt: skip
 def test_public_signatures_are_those_of_0_3_0(name: str, signature: str) -> None:
-    plain = inspect.signature(getattr(tako_vm, name)).replace(return_annotation=inspect.Signature.empty)
-    plain = plain.replace(
-        parameters=[p.replace(annotation=inspect.Parameter.empty) for p in plain.parameters.values()]
-    )
-    assert str(plain) == signature
+    """Every 0.3.0 call still binds the same way: the 0.3.0 parameters come first, unchanged, and
+    anything we added since (e.g. `webhook_url`, issue #13) is keyword-only with a default."""
+    params = [
+        p.replace(annotation=inspect.Parameter.empty)
+        for p in inspect.signature(getattr(tako_vm, name)).parameters.values()
+    ]
+    reference_function = eval(f"lambda {signature[1:-1]}: None")  # the 0.3.0 signature, as code
+    reference = list(inspect.signature(reference_function).parameters.values())
+    assert params[: len(reference)] == reference, (name, params)
+    for extra in params[len(reference) :]:
+        assert extra.kind is inspect.Parameter.KEYWORD_ONLY and extra.default is None, (name, extra)
 
 
 @pytest.mark.parametrize(
