@@ -58,7 +58,6 @@ DEFAULTS: dict[str, Any] = {
     "max_stderr_bytes": 65536,
     "max_artifact_bytes": 10 * 1024 * 1024,
     "max_total_artifact_bytes": 50 * 1024 * 1024,
-    "embed_artifacts": False,  # put artifact bytes (base64) into the envelope (local executor)
     "max_artifact_count": 1000,  # files collected from /output; more is the user's error
     "max_output_depth": 64,  # nesting of result.json (pydantic and every client must handle it)
     "environment": {},
@@ -681,7 +680,11 @@ def output_problem(value: Any, max_depth: int) -> str | None:
 
 
 def collect_artifacts(config: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Regular, non-hidden files directly in output_dir, within the per-file and total caps."""
+    """Regular, non-hidden files directly in output_dir, within the count, per-file and total caps.
+
+    Each artifact is listed with its name, size and sha256 only: the files stay where they are and
+    the host copies them itself, checking each against this sha256 (the envelope's MAC covers it).
+    Files are hashed in chunks, so a 10 MiB artifact costs no 10 MiB of the job's memory here."""
     kept: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     per_file, total_cap = int(config["max_artifact_bytes"]), int(config["max_total_artifact_bytes"])
@@ -692,7 +695,6 @@ def collect_artifacts(config: dict[str, Any]) -> tuple[list[dict[str, Any]], lis
     except OSError:
         return kept, skipped
     if names:
-        import base64
         import mimetypes
     for name in names:
         path = os.path.join(config["output_dir"], name)
@@ -719,28 +721,69 @@ def collect_artifacts(config: dict[str, Any]) -> tuple[list[dict[str, Any]], lis
             )
             continue
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-            with os.fdopen(fd, "rb") as handle:
-                data = handle.read(per_file + 1)
+            size, digest = hash_file(path, per_file + 1)
         except OSError as exc:
             skipped.append({"name": name, "size_bytes": st.st_size, "reason": f"unreadable: {exc.strerror}"})
             continue
-        if len(data) > per_file or total + len(data) > total_cap:
-            skipped.append(
-                {"name": name, "size_bytes": len(data), "reason": "grew past the cap while reading"}
-            )
+        if size > per_file or total + size > total_cap:
+            skipped.append({"name": name, "size_bytes": size, "reason": "grew past the cap while reading"})
             continue
-        total += len(data)
-        item = {
-            "name": name,
-            "size_bytes": len(data),
-            "sha256": sha256(data).hexdigest(),
-            "content_type": mimetypes.guess_type(name)[0] or "application/octet-stream",
-        }
-        if config.get("embed_artifacts"):
-            item["data_b64"] = base64.b64encode(data).decode("ascii")
-        kept.append(item)
+        total += size
+        kept.append(
+            {
+                "name": name,
+                "size_bytes": size,
+                "sha256": digest,
+                "content_type": mimetypes.guess_type(name)[0] or "application/octet-stream",
+            }
+        )
     return kept, skipped
+
+
+HASH_CHUNK_BYTES = 1 << 20
+
+
+def hash_file(path: str, limit: int) -> tuple[int, str]:
+    """(bytes read, sha256 hex) of at most ``limit`` bytes of the regular file ``path`` (never a link)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(22, "not a regular file")
+        digest, size = sha256(), 0
+        while size < limit:
+            chunk = os.read(fd, min(HASH_CHUNK_BYTES, limit - size))
+            if not chunk:
+                break
+            digest.update(chunk)
+            size += len(chunk)
+        return size, str(digest.hexdigest())
+    finally:
+        os.close(fd)
+
+
+def output_full_problem(config: dict[str, Any], stderr: str) -> str | None:
+    """Why the code failed when it failed for lack of room in /output (the total artifact cap), else None.
+
+    The local executor's /output is a filesystem of ``max_total_artifact_bytes`` (+ 1 MiB): a write
+    past it fails with ENOSPC, which the code usually does not handle. The error then names the limit."""
+    if "No space left on device" not in stderr:
+        return None
+    cap = int(config["max_total_artifact_bytes"])
+    used = 0
+    try:
+        with os.scandir(config["output_dir"]) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    used += entry.stat(follow_symlinks=False).st_size
+    except OSError:
+        return None
+    if used < cap:
+        return None
+    line = next(text for text in reversed(stderr.splitlines()) if "No space left on device" in text)
+    return (
+        f"/output is full: artifacts may total at most max_total_artifact_bytes={cap} bytes "
+        f"(the code failed writing past it: {line.strip()[:300]})"
+    )
 
 
 def do_run(config: dict[str, Any], t0: int) -> dict[str, Any]:
@@ -811,6 +854,9 @@ def do_run(config: dict[str, Any], t0: int) -> dict[str, Any]:
         skipped = [item for item in skipped if item["reason"] != "count"][:100]
     if skipped:
         env_out["artifacts_skipped"] = skipped
+    full = output_full_problem(config, env_out["stderr"]) if result["exit_code"] != 0 else None
+    if full and env_out["error"] is None:  # the code died of a full /output: say which limit it hit
+        env_out["error"] = {"type": "invalid_output", "message": full, "phase": "execution"}
     if output_error and result["exit_code"] == 0 and env_out["error"] is None:
         # The user's own mistake, reported as such; stdout, stderr and the artifacts stay in the record.
         env_out["error"] = {"type": "invalid_output", "message": output_error, "phase": "execution"}

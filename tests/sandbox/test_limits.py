@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from sandbox_support import Sandbox
+from sandbox_support import Sandbox, make_job
 
 from tako_shim.backends.local.sandbox.executor import LocalExecutor
 
@@ -196,7 +196,9 @@ async def test_host_cgroup_limits_are_applied_while_the_job_runs(sx: Sandbox) ->
     outcome = await task
     assert outcome.status == "succeeded", outcome
     assert found is not None
-    assert found["memory"] == str(300 * 1024 * 1024)
+    # the job's memory_limit plus /output's own budget (a host tmpfs charged to this cgroup, artifacts.py)
+    output_budget = make_job("").max_total_artifact_bytes + 1024 * 1024
+    assert found["memory"] == str(300 * 1024 * 1024 + output_budget)
     assert found["cpu"] == "50000"  # 0.5 CPU per 100 ms period
     assert int(found["pids"]) >= 30
     assert found["procs"], "the sandbox's processes run inside the limited cgroup"

@@ -35,8 +35,6 @@ class RunnerConfig(BaseModel):
     max_stderr_bytes: int = Field(default=65536, ge=0)
     max_artifact_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
     max_total_artifact_bytes: int = Field(default=50 * 1024 * 1024, ge=0)
-    embed_artifacts: bool = False
-    """Put artifact bytes (base64) into the envelope (the local executor reads them from there)."""
     max_artifact_count: int = Field(default=1000, ge=1)
     """Files collected from /output; more is the user's error (``invalid_output``)."""
     max_output_depth: int = Field(default=64, ge=1)

@@ -6,13 +6,14 @@ Flow of ``LocalExecutor.run``:
 3. a *run* sandbox (no network, /deps read-only) runs ``runner.py run``;
 4. each sandbox prints one framed envelope; the deadline is also enforced from outside (``runsc kill``),
    OOM is read from the sandbox's memory cgroup (runsc 2024 exits 1 on an OOM kill, not 137);
-5. ``tako_runner.outcome.classify`` turns envelopes + observations into an ``Outcome``; artifacts
-   embedded in the envelope are verified (sha256) and written to ``artifact_dir``.
+5. ``tako_runner.outcome.classify`` turns envelopes + observations into an ``Outcome``; the artifacts
+   the envelope lists (name, size, sha256) are copied as files from the run sandbox's /output, a host
+   tmpfs, into ``artifact_dir`` and verified there, in a worker thread (``artifacts``).
 
 This module is the orchestration only; the parts live beside it: ``runsc`` (process control),
-``frames`` (the result frame and its MAC), ``job`` (a job's directory, config and sandbox watch),
-``journal`` (the teardown journal), ``oci`` (the OCI spec), ``cgroups`` and ``unsandboxed``
-(the permissive fallback).
+``frames`` (the result frame and its MAC), ``artifacts`` (/output and how files leave it), ``job``
+(a job's directory, config and sandbox watch), ``journal`` (the teardown journal), ``oci`` (the OCI
+spec), ``cgroups`` and ``unsandboxed`` (the permissive fallback).
 
 The result is returned as soon as the runner's *authenticated* frame is in (an HMAC with a key written
 on the runner's stdin, see ``job.FrameWatch``), before the sandbox has exited: tearing a sandbox down
@@ -47,7 +48,7 @@ import tako_shim.backends.local.rootfs as rootfs_module
 from tako_runner import runner as runner_module
 from tako_runner.outcome import Outcome, classify, parse_envelope
 from tako_shim.backends.local import reqcache
-from tako_shim.backends.local.sandbox import cgroups, oci, runsc
+from tako_shim.backends.local.sandbox import artifacts, cgroups, oci, runsc
 from tako_shim.backends.local.sandbox.frames import TailBuffer
 from tako_shim.backends.local.sandbox.job import (
     EGRESS_PROBE_ALLOWANCE_S,
@@ -62,7 +63,6 @@ from tako_shim.backends.local.sandbox.job import (
     safe_id,
     stdout_limit,
     validate_requirements,
-    write_artifacts,
 )
 from tako_shim.backends.local.sandbox.job import watch as watch_sandbox
 from tako_shim.backends.local.sandbox.journal import TeardownJournal
@@ -267,9 +267,12 @@ class LocalExecutor:
             (code_dir / "job.json").write_text(RunnerConfig(timeout=20, python=oci.SANDBOX_PYTHON).job_json())
             for p in (job_dir, code_dir, input_dir):
                 p.chmod(0o755)
-            bundle = self._write_bundle(
-                job_dir, "run", cid, None, SandboxJob("probe", "", {}, [], 20, 20), None
-            )
+            try:
+                bundle = self._write_bundle(
+                    job_dir, "run", cid, None, SandboxJob("probe", "", {}, [], 20, 20), None
+                )
+            except OSError as exc:  # e.g. no permission to mount the /output tmpfs
+                return str(exc)
             argv = [*self._runsc_argv(platform, "none"), "run", "--bundle", str(bundle), cid]
             try:
                 proc = subprocess.run(argv, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
@@ -293,6 +296,7 @@ class LocalExecutor:
         for cid in sorted(stale):
             log.warning("removing stale sandbox %s left by a previous run", cid)
             self._cleanup(None, cid, None)
+        artifacts.unmount_below(self._jobs_dir)  # /output tmpfs mounts of jobs the crash interrupted
         for leftover in self._jobs_dir.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
 
@@ -318,6 +322,9 @@ class LocalExecutor:
     ) -> Path:
         install = mode == "install"
         memory_mb = max(job.memory_limit_mb, INSTALL_MEMORY_FLOOR_MB) if install else job.memory_limit_mb
+        output_dir, output_bytes = job_dir / "output", artifacts.output_bytes(job)
+        if not install:  # /output's pages are charged to this cgroup: they get their own budget on top
+            artifacts.mount_output(output_dir, output_bytes)
         assert self.cgroups is not None
         cgroup = self.cgroups.oci_path(cid)
         spec = oci.SandboxSpec(
@@ -329,16 +336,17 @@ class LocalExecutor:
             input_dir=str(job_dir / "input"),
             deps_dir=str(deps_dir) if deps_dir else None,
             cgroup_path=cgroup,
-            memory_limit_bytes=memory_mb * oci.MIB,
+            memory_limit_bytes=memory_mb * oci.MIB + (0 if install else output_bytes),
             pids_limit=job.pids_limit,
             cpu_limit=job.cpu_limit,
             tmp_size_bytes=(512 if install else 64) * oci.MIB,
-            output_size_bytes=job.max_total_artifact_bytes + oci.MIB,
+            output_size_bytes=output_bytes,
             max_file_bytes=max(job.max_total_artifact_bytes, 64 * oci.MIB) + oci.MIB,
             host_hard_limits=self._hard_limits,
             system_root=str(self.system_root),
             system_dirs=tuple(name for name, target in self._system_dirs.items() if target is None),
             runner_entry=self._runner_entry,
+            output_dir=None if install else str(output_dir),
         )
         bundle = job_dir / f"bundle-{mode}"
         bundle.mkdir(exist_ok=True)
@@ -374,7 +382,7 @@ class LocalExecutor:
             runsc.delete(self._runsc_argv(platform, "none"), cid)
         cgroups.remove_dirs(self._cgroup_dirs(cid))
         if job_dir is not None:
-            shutil.rmtree(job_dir, ignore_errors=True)
+            artifacts.remove_job_dir(job_dir)
         self._journal.forget(cid)
 
     # ------------------------------------------------------------------ background teardown
@@ -431,9 +439,9 @@ class LocalExecutor:
         """Remove a job directory once the sandboxes that bind it are gone."""
         try:
             await asyncio.gather(*teardowns, return_exceptions=True)
-            await asyncio.to_thread(shutil.rmtree, job_dir, True)
+            await asyncio.to_thread(artifacts.remove_job_dir, job_dir)
         except asyncio.CancelledError:
-            shutil.rmtree(job_dir, ignore_errors=True)
+            artifacts.remove_job_dir(job_dir)
             raise
 
     # ------------------------------------------------------------------ running
@@ -482,8 +490,7 @@ class LocalExecutor:
             budget = job.timeout + KILL_GRACE_S + EGRESS_PROBE_ALLOWANCE_S + EXTERNAL_DEADLINE_MARGIN_S
             result = await self._sandbox(job, job_dir, deps_dir, "run", budget, cancel, teardowns)
             outcome = self._classify(install, result)
-            if result.envelope and result.envelope.get("artifacts") and not result.cancelled:
-                await asyncio.to_thread(write_artifacts, result.envelope, artifact_dir)
+            await artifacts.store(outcome, result, job_dir / "output", artifact_dir, job)
             return outcome
         finally:
             self._spawn_background(self._remove_job_dir(teardowns, job_dir))

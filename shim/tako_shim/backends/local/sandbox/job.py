@@ -7,9 +7,7 @@ frame is in (or it ended, ran out of time or was cancelled), and what a sandbox 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -82,11 +80,9 @@ def safe_id(job_id: str) -> str:
 
 
 def stdout_limit(job: SandboxJob, mode: str) -> int:
-    """How much of a sandbox's stdout is kept: the runner's frame (capped streams, artifacts) ends it."""
-    limit = job.max_stdout_bytes * 2 + job.max_stderr_bytes * 2 + ENVELOPE_OVERHEAD_BYTES
-    if mode == "run":
-        limit += job.max_total_artifact_bytes * 2
-    return limit
+    """How much of a sandbox's stdout is kept: the runner's frame (capped streams, the artifact listing)
+    ends it. Artifact bytes never travel in it (artifacts.py)."""
+    return job.max_stdout_bytes * 2 + job.max_stderr_bytes * 2 + ENVELOPE_OVERHEAD_BYTES
 
 
 def runner_config(job: SandboxJob) -> RunnerConfig:
@@ -102,7 +98,6 @@ def runner_config(job: SandboxJob) -> RunnerConfig:
         max_artifact_bytes=job.max_artifact_bytes,
         max_total_artifact_bytes=job.max_total_artifact_bytes,
         max_artifact_count=job.max_artifact_count,
-        embed_artifacts=True,
         live_output=job.on_output is not None,
         environment=dict(job.environment),
         egress_probe=True,
@@ -241,20 +236,3 @@ async def watch(
         # otherwise was not printed by a runner that finished (user code may have killed it).
         envelope = None
     return SandboxResult(envelope, exit_code, oom, deadline_exceeded, cancelled, err_buf.text()), readers
-
-
-def write_artifacts(envelope: dict[str, Any], artifact_dir: Path) -> None:
-    """Decode the artifacts embedded in the run envelope, verify their sha256 and write them out."""
-    items = envelope.get("artifacts") or []
-    if not items:
-        return
-    artifact_dir.mkdir(parents=True, exist_ok=True)
-    for item in items:
-        name = str(item.get("name", ""))
-        if not name or "/" in name or name.startswith(".") or "data_b64" not in item:
-            continue
-        data = base64.b64decode(item["data_b64"])
-        if hashlib.sha256(data).hexdigest() != item.get("sha256"):
-            log.warning("artifact %s failed its sha256 check; dropped", name)
-            continue
-        (artifact_dir / name).write_bytes(data)

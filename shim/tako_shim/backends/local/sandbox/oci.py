@@ -6,7 +6,9 @@ Shape of a sandbox (see docs/sandbox.md):
 - the /usr of the project's system root (``tako_shim.backends.local.rootfs``: Debian bookworm minbase
   with python3 and python3-pip, never the host's /usr) bound read-only, a generated minimal /etc bound
   read-only, the runner on /runner, code on /code and input on /input, all read-only;
-- tmpfs /tmp and /output with size caps, a private /proc and /dev;
+- tmpfs /tmp with a size cap, a private /proc and /dev; /output of the run sandbox is a host directory
+  (a tmpfs the executor mounts with the total artifact cap as its size, ``artifacts.py``) bound read-write,
+  so the host reads the artifacts as files;
 - uid/gid 65534 (nobody), no capabilities, no_new_privileges, rlimits for open files, processes and
   file size (never above the executor's own hard limits: root here lacks CAP_SYS_RESOURCE);
 - its own network namespace with no interfaces (``--network=none``) for the run sandbox; the install
@@ -57,6 +59,9 @@ class SandboxSpec:
     system_root: str = ""  # the project's root filesystem (rootfs.py); its /usr is bound at /usr
     system_dirs: tuple[str, ...] = ()  # real directories among its /bin, /lib, ... (bound like /usr)
     runner_entry: str = "runner.py"  # or its precompiled bytecode (relative to the runner directory)
+    # The run sandbox's /output: a host directory (the executor's size-capped tmpfs, artifacts.py) bound
+    # read-write, so artifacts leave the sandbox as files; None: a tmpfs of output_size_bytes inside it.
+    output_dir: str | None = None
 
 
 def rootfs_links(system_entries: dict[str, str | None]) -> dict[str, str | None]:
@@ -112,7 +117,9 @@ def build_oci_spec(spec: SandboxSpec) -> dict[str, Any]:
         _bind(spec.code_dir, "/code"),
         _bind(spec.input_dir, "/input"),
     ]
-    if not install:
+    if not install and spec.output_dir is not None:
+        mounts.append(_bind(spec.output_dir, "/output", read_only=False))
+    elif not install:
         mounts.append(_tmpfs("/output", spec.output_size_bytes))
     if spec.deps_dir is not None:
         mounts.append(_bind(spec.deps_dir, "/deps", read_only=not install))

@@ -22,13 +22,8 @@ from typing import Any
 
 from tako_runner import runner as runner_module
 from tako_runner.outcome import Outcome, classify, parse_envelope
-from tako_shim.backends.local.sandbox import oci
-from tako_shim.backends.local.sandbox.job import (
-    EXTERNAL_DEADLINE_MARGIN_S,
-    KILL_GRACE_S,
-    SandboxJob,
-    write_artifacts,
-)
+from tako_shim.backends.local.sandbox import artifacts, oci
+from tako_shim.backends.local.sandbox.job import EXTERNAL_DEADLINE_MARGIN_S, KILL_GRACE_S, SandboxJob
 from tako_vm.models.runner import RunnerConfig
 
 log = logging.getLogger(__name__)
@@ -59,7 +54,6 @@ def run_unsandboxed(job: SandboxJob, artifact_dir: Path, cancel: asyncio.Event) 
             max_artifact_bytes=job.max_artifact_bytes,
             max_total_artifact_bytes=job.max_total_artifact_bytes,
             max_artifact_count=job.max_artifact_count,
-            embed_artifacts=True,
             kill_all_processes=False,
             kill_grace_seconds=KILL_GRACE_S,
             environment={
@@ -85,8 +79,12 @@ def run_unsandboxed(job: SandboxJob, artifact_dir: Path, cancel: asyncio.Event) 
             install_env, envelope, exit_code=exit_code, oom_killed=False, deadline_exceeded=late,
             cancelled=cancel.is_set(), runtime="none",
         )  # fmt: skip
-        if envelope:
-            write_artifacts(envelope, artifact_dir)
+        listed = (envelope or {}).get("artifacts")
+        outcome.artifacts = []
+        if isinstance(listed, list) and listed and not cancel.is_set():
+            outcome.artifacts, refused = artifacts.ingest(listed, root / "output", artifact_dir, job)
+            if refused:
+                log.warning("job %s: artifacts refused: %s", job.job_id, "; ".join(refused[:10]))
         return outcome
 
 

@@ -8,9 +8,10 @@ destroyed; a background task keeps ``size`` sandboxes ready.
 
 Security argument (see docs/performance.md):
 - the warm sandbox is the same OCI bundle a cold run uses (``LocalExecutor._write_bundle``): read-only
-  root, ``--network=none``, uid 65534, no capabilities, memory/pids/cpu cgroup limits, tmpfs /tmp and
-  /output. Only the process arguments differ: a small trusted launcher (``LAUNCHER``) that imports
-  the runner, then blocks on stdin, then calls ``runner.main(["run", ...])`` in the same process (pid 1);
+  root, ``--network=none``, uid 65534, no capabilities, memory/pids/cpu cgroup limits, tmpfs /tmp, and
+  /output bound from a host tmpfs (artifacts.py). Only the process arguments differ: a small trusted
+  launcher (``LAUNCHER``) that imports the runner, then blocks on stdin, then calls
+  ``runner.main(["run", ...])`` in the same process (pid 1);
 - /code and /input are host directories bound read-only *before* any job exists and are empty until
   the job is assigned; the host fills them, then sends ``go``. User code can never write them;
 - no user code runs in a sandbox before ``go``, and a sandbox never sees a second job: after the run
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from tako_runner.outcome import Outcome
+from tako_shim.backends.local.sandbox import artifacts
 from tako_shim.backends.local.sandbox import job as job_module
 from tako_shim.backends.local.sandbox.executor import LocalExecutor
 from tako_shim.backends.local.sandbox.frames import TailBuffer
@@ -345,8 +347,7 @@ class WarmPool:
             process.stdin.close()
             result, readers = await self._wait(sandbox, job, cancel, key)
             outcome = ex._classify(None, result)
-            if result.envelope and result.envelope.get("artifacts") and not result.cancelled:
-                await asyncio.to_thread(job_module.write_artifacts, result.envelope, artifact_dir)
+            await artifacts.store(outcome, result, sandbox.job_dir / "output", artifact_dir, job)
         finally:
             # The result is complete: let the used sandbox exit and delete it, off the critical path.
             wait_s = job_module.TEARDOWN_WAIT_S if outcome is not None else 0.0  # interrupted: kill now
