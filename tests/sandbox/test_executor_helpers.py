@@ -3,42 +3,107 @@
 from __future__ import annotations
 
 import asyncio
-import base64
+import dataclasses
 import hashlib
 import json
+import os
 import stat
 from pathlib import Path
 
 import pytest
 
+from tako_shim.backends.local.sandbox import artifacts, frames, job, runsc
 from tako_shim.backends.local.sandbox import executor as ex
-from tako_shim.backends.local.sandbox import frames, job, runsc
 
 
-def artifact(name: str, data: bytes, sha: str | None = None) -> dict[str, object]:
+def listing(name: str, data: bytes, sha: str | None = None) -> dict[str, object]:
+    """One entry of the runner's artifact listing (what the envelope's MAC covers)."""
     return {
         "name": name,
         "size_bytes": len(data),
         "sha256": sha or hashlib.sha256(data).hexdigest(),
-        "content_type": "application/octet-stream",
-        "data_b64": base64.b64encode(data).decode(),
+        "content_type": "text/plain",
     }
+
+
+def output_with(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    out = tmp_path / "output"
+    out.mkdir()
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    return out
 
 
 def test_artifacts_are_written_only_when_name_and_sha256_check_out(tmp_path: Path) -> None:
-    envelope = {
-        "artifacts": [
-            artifact("good.txt", b"fine"),
-            artifact("tampered.txt", b"evil", sha="0" * 64),
-            artifact("../escape.txt", b"x"),
-            artifact(".hidden", b"x"),
-            artifact("", b"x"),
-        ]
-    }
-    job.write_artifacts(envelope, tmp_path / "art")
+    out = output_with(tmp_path, {"good.txt": b"fine", "tampered.txt": b"evil", ".hidden": b"x", "x": b"x"})
+    (tmp_path / "escape.txt").write_bytes(b"x")
+    listed = [
+        listing("good.txt", b"fine"),
+        listing("tampered.txt", b"evil", sha="0" * 64),
+        listing("../escape.txt", b"x"),
+        listing(".hidden", b"x"),
+        listing("", b"x"),
+        listing("a\r\nb", b"x"),
+        {"name": "x", "size_bytes": "1", "sha256": "0" * 64},  # malformed
+    ]
+    kept, refused = artifacts.ingest(listed, out, tmp_path / "art", job.SandboxJob("j", "", {}, [], 5, 5))
+    assert kept == [listing("good.txt", b"fine")]
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["good.txt"]
     assert (tmp_path / "art" / "good.txt").read_bytes() == b"fine"
-    assert not (tmp_path / "escape.txt").exists()
+    assert len(refused) == 6 and any("sha256 mismatch" in r for r in refused), refused
+
+
+def test_a_file_changed_after_the_listing_is_refused_and_nothing_of_it_is_kept(tmp_path: Path) -> None:
+    """Same size, other bytes: the copy is hashed as it is made, the partial copy removed."""
+    out = output_with(tmp_path, {"a.bin": b"B" * 3_000_000, "b.bin": b"short"})
+    listed = [listing("a.bin", b"A" * 3_000_000), listing("b.bin", b"longer")]
+    kept, refused = artifacts.ingest(listed, out, tmp_path / "art", job.SandboxJob("j", "", {}, [], 5, 5))
+    assert kept == [] and list((tmp_path / "art").iterdir()) == []
+    assert "sha256 mismatch" in refused[0] and "size changed" in refused[1], refused
+
+
+def test_symlinks_fifos_and_directories_in_output_are_never_followed_or_read(tmp_path: Path) -> None:
+    secret = tmp_path / "host-secret"
+    secret.write_bytes(b"host only")
+    out = output_with(tmp_path, {})
+    (out / "link").symlink_to(secret)
+    os.mkfifo(out / "fifo")  # opening it must not block: O_NONBLOCK, then fstat refuses it
+    (out / "dir").mkdir()
+    listed = [listing("link", b"host only"), listing("fifo", b""), listing("dir", b"")]
+    kept, refused = artifacts.ingest(listed, out, tmp_path / "art", job.SandboxJob("j", "", {}, [], 5, 5))
+    assert kept == [] and list((tmp_path / "art").iterdir()) == []
+    assert "a symlink" in refused[0] and all("not a regular file" in r for r in refused), refused
+
+
+def test_the_hosts_copy_enforces_the_caps_again(tmp_path: Path) -> None:
+    files = {f"f{i}": b"x" * 400 for i in range(4)}
+    out = output_with(tmp_path, files)
+    listed = [listing(name, data) for name, data in files.items()] + [listing("f0", b"x" * 400)]
+    caps = job.SandboxJob("j", "", {}, [], 5, 5, max_artifact_bytes=300, max_total_artifact_bytes=1000)
+    kept, refused = artifacts.ingest(listed, out, tmp_path / "a1", caps)
+    assert kept == [] and all("max_artifact_bytes=300" in r for r in refused[:4]), refused
+    caps = dataclasses.replace(caps, max_artifact_bytes=1000)
+    kept, refused = artifacts.ingest(listed, out, tmp_path / "a2", caps)
+    assert [a["name"] for a in kept] == ["f0", "f1"]
+    assert "max_total_artifact_bytes=1000" in refused[0] and "listed twice" in refused[-1], refused
+    caps = dataclasses.replace(caps, max_total_artifact_bytes=10_000, max_artifact_count=3)
+    kept, refused = artifacts.ingest(listed, out, tmp_path / "a3", caps)
+    assert len(kept) == 3 and "max_artifact_count=3" in refused[0], refused
+
+
+def test_mounts_below_the_jobs_directory_are_found_deepest_first() -> None:
+    mountinfo = (
+        "22 1 0:21 / / rw - ext4 /dev/root rw\n"
+        "90 22 0:50 / /w/jobs/a-1/output rw,nosuid - tmpfs tako-output rw,size=52428800\n"
+        "91 90 0:51 / /w/jobs/a-1/output/x rw - tmpfs tmpfs rw\n"
+        "92 22 0:52 / /w/jobs/with\\040space/output rw - tmpfs tako-output rw\n"
+        "93 22 0:53 / /w/jobsother/output rw - tmpfs tmpfs rw\n"
+    )
+    assert artifacts.mounts_below(Path("/w/jobs"), mountinfo) == [
+        Path("/w/jobs/a-1/output/x"),
+        Path("/w/jobs/a-1/output"),
+        Path("/w/jobs/with space/output"),
+    ]
 
 
 def test_tail_buffer_keeps_the_end_where_the_frame_is() -> None:
@@ -59,7 +124,7 @@ def test_job_directory_is_read_only_for_the_sandbox(tmp_path: Path) -> None:
     assert json.loads((job_dir / "input" / "data.json").read_text()) == {"a": 1}
     config = json.loads((job_dir / "code" / "job.json").read_text())
     assert config["requirements"] == ["six"] and config["environment"] == {"K": "V"}
-    assert config["embed_artifacts"] is True and config["egress_probe"] is True
+    assert "embed_artifacts" not in config and config["egress_probe"] is True  # artifacts leave as files
     assert config["python"] == "/usr/bin/python3"
     for path in ("code/main.py", "code/job.json", "input/data.json"):
         assert stat.S_IMODE((job_dir / path).stat().st_mode) == 0o444

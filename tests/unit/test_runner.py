@@ -3,7 +3,7 @@ phases, capture caps, deadlines, result/artifact collection, egress probe, requi
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import json
 import os
 import socket
@@ -82,13 +82,17 @@ def test_result_json_and_artifacts(box: Path) -> None:
         f"os.symlink('/etc/passwd', '{out}/link')\n"
         f"os.mkdir('{out}/sub')\n"
     )
-    envelope, _, _ = run_runner(box, code, embed_artifacts=True)
+    envelope, _, _ = run_runner(box, code)
     assert envelope["output"] == {"k": 1}
     names = [a["name"] for a in envelope["artifacts"]]
     assert names == ["data.bin", "result.json"]
     data = envelope["artifacts"][0]
-    assert base64.b64decode(data["data_b64"]) == b"\x00" * 10
-    assert data["content_type"] == "application/octet-stream" and data["size_bytes"] == 10
+    assert data == {  # name, size and sha256 only: the bytes stay in the file (the host copies it)
+        "name": "data.bin",
+        "size_bytes": 10,
+        "sha256": hashlib.sha256(b"\x00" * 10).hexdigest(),
+        "content_type": "application/octet-stream",
+    }
 
 
 @pytest.mark.parametrize(
@@ -110,6 +114,24 @@ def test_artifact_caps(box: Path) -> None:
     reasons = {s["name"]: s["reason"] for s in envelope["artifacts_skipped"]}
     assert reasons["huge"] == "larger than 1000 bytes"
     assert reasons["f2"] == reasons["f3"] == "total over 1000 bytes"
+
+
+@pytest.mark.parametrize("written", [1200, 10])
+def test_a_code_that_dies_of_a_full_output_gets_an_error_naming_the_total_cap(
+    box: Path, written: int
+) -> None:
+    """The local /output is a filesystem of the total cap: past it the code gets ENOSPC (issue #19, 8)."""
+    code = (
+        f"open('{box}/output/big', 'w').write('x' * {written})\nraise OSError(28, 'No space left on device')"
+    )
+    envelope, _, _ = run_runner(box, code, max_total_artifact_bytes=1000)
+    assert envelope["exit_code"] == 1
+    if written >= 1000:  # /output really is full: the limit is named
+        assert envelope["error"]["type"] == "invalid_output"
+        assert "max_total_artifact_bytes=1000" in envelope["error"]["message"]
+        assert "No space left on device" in envelope["error"]["message"]
+    else:  # ENOSPC from somewhere else (/tmp): the code's own error, classified from its traceback
+        assert envelope["error"] is None
 
 
 def test_deadline_terms_then_kills_and_reports_execution_timeout(box: Path) -> None:

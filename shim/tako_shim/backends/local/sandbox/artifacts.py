@@ -90,7 +90,7 @@ def mounts_below(root: Path, mountinfo: str) -> list[Path]:
             point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
             if point.startswith(prefix):
                 found.append(Path(point))
-    return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
+    return sorted(set(found), key=lambda p: (-len(p.parts), str(p)))
 
 
 def unmount_below(root: Path) -> None:
