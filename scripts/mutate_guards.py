@@ -36,7 +36,7 @@ MIDDLEWARE = "shim/tako_shim/http/middleware.py"
 STORE = "shim/tako_shim/backends/local/store.py"
 LOCAL = "shim/tako_shim/backends/local/backend.py"
 KUBE = "shim/tako_shim/backends/kubernetes/backend.py"
-SANDBOX_JOB = "shim/tako_shim/backends/local/sandbox/job.py"
+SANDBOX_ARTIFACTS = "shim/tako_shim/backends/local/sandbox/artifacts.py"
 FRAMES = "shim/tako_shim/backends/local/sandbox/frames.py"
 REFUSE = '        raise Unauthorized(UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})\n'
 FAIL_CLOSED = "  # only the auth-exempt paths have no tenant, and they never get here: fail closed\n"
@@ -120,9 +120,9 @@ MUTATIONS = [
     Mutation(
         "artifact-name-write",
         "the executor writes no artifact whose name has a path or starts with '.'",
-        SANDBOX_JOB,
-        'if not name or "/" in name or name.startswith(".") or "data_b64" not in item:',
-        'if not name or "data_b64" not in item:',
+        SANDBOX_ARTIFACTS,
+        '    if "/" in name or "\\\\" in name or "\\0" in name or not name.isprintable():',
+        "    if False:",
         ("tests/sandbox/test_executor_helpers.py",),
     ),
     Mutation(
