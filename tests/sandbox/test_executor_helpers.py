@@ -37,11 +37,14 @@ def output_with(tmp_path: Path, files: dict[str, bytes]) -> Path:
 def test_artifacts_are_written_only_when_name_and_sha256_check_out(tmp_path: Path) -> None:
     out = output_with(tmp_path, {"good.txt": b"fine", "tampered.txt": b"evil", ".hidden": b"x", "x": b"x"})
     (tmp_path / "escape.txt").write_bytes(b"x")  # ../escape.txt from output/
+    (out / "sub").mkdir()
     store = tmp_path / "store" / "art"
+    (store / "sub").mkdir(parents=True)  # so that a name with a path could resolve outside the store
     listed = [
         listing("good.txt", b"fine"),
         listing("tampered.txt", b"evil", sha="0" * 64),
         listing("../escape.txt", b"x"),
+        listing("sub/../../escape.txt", b"x"),
         listing(".hidden", b"x"),
         listing("", b"x"),
         listing("a\r\nb", b"x"),
@@ -49,11 +52,11 @@ def test_artifacts_are_written_only_when_name_and_sha256_check_out(tmp_path: Pat
     ]
     kept, refused = artifacts.ingest(listed, out, store, job.SandboxJob("j", "", {}, [], 5, 5))
     assert kept == [listing("good.txt", b"fine")]
-    assert sorted(p.name for p in store.iterdir()) == ["good.txt"]
+    assert sorted(p.name for p in store.iterdir() if p.is_file()) == ["good.txt"]
     assert (store / "good.txt").read_bytes() == b"fine"
     assert not (tmp_path / "store" / "escape.txt").exists()  # never written outside the job's store
-    assert len(refused) == 6 and any("sha256 mismatch" in r for r in refused), refused
-    assert "'../escape.txt': not a plain, printable file name" in refused, refused
+    assert len(refused) == 7 and any("sha256 mismatch" in r for r in refused), refused
+    assert "'sub/../../escape.txt': not a plain, printable file name" in refused, refused
 
 
 def test_a_file_changed_after_the_listing_is_refused_and_nothing_of_it_is_kept(tmp_path: Path) -> None:
