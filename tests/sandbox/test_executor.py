@@ -127,9 +127,12 @@ async def test_permissive_mode_falls_back_loudly_and_records_the_runtime(
     assert "SECURITY WARNING" in caplog.text
     assert fallback.runtime_info()["runtime"] == "none"
     code = "import json, os\nprint(json.load(open(os.environ['TAKO_INPUT_PATH']))['a'], os.getuid())\n"
+    code += "open(os.environ['TAKO_OUTPUT_DIR'] + '/r.txt', 'w').write('art')\n"
     outcome = await fallback.run(make_job(code, input_data={"a": 42}), tmp_path / "art")
     assert outcome.status == "succeeded", outcome
     assert outcome.stdout == "42 65534\n"  # dropped to nobody even without a sandbox
+    assert [a["name"] for a in outcome.artifacts] == ["r.txt"]  # copied as a file, like a sandbox's
+    assert (tmp_path / "art" / "r.txt").read_text() == "art"
     assert outcome.runtime == "none"
     slow = await fallback.run(make_job("import time\ntime.sleep(100)", timeout=1), tmp_path / "art")
     assert slow.status == "timeout"
