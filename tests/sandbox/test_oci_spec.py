@@ -137,3 +137,15 @@ def test_the_empty_root_links_follow_the_system_root() -> None:
     assert links["bin"] == "usr/bin" and links["lib"] == "usr/lib"
     assert links["lib64"] is None and links["usr"] is None  # mount points
     assert "sbin" not in links  # the system root has none: no dangling link
+
+
+def test_the_executors_run_sandbox_binds_its_host_output_directory_read_write() -> None:
+    """Artifacts leave as files: /output is the host tmpfs the executor mounted (artifacts.py), bound rw."""
+    m = mounts(spec(output_dir="/srv/jobs/j-1/output"))
+    assert m["/output"] == {
+        "destination": "/output",
+        "type": "bind",
+        "source": "/srv/jobs/j-1/output",
+        "options": ["rbind", "nosuid", "nodev", "rw"],
+    }
+    assert "/output" not in mounts(spec("install", output_dir="/srv/jobs/j-1/output"))
