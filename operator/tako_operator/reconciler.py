@@ -188,7 +188,11 @@ class Reconciler:
         terminal = status.get("phase") in TERMINAL_PHASES
         job_type = await self.resolve_job_type(job)
         admitted = False
-        if not terminal and not (job.get("spec") or {}).get("cancel"):
+        if int(status.get("attempts") or 0) > 0 and not terminal:
+            # Its own status shows it was admitted (the durable half of admission), as its index
+            # entry would: no scan of every entry, which made each pass O(jobs) under a burst.
+            admitted = not (job.get("spec") or {}).get("cancel")
+        elif not terminal and not (job.get("spec") or {}).get("cancel"):
             async with self.admission_lock:
                 entries = self.entries
                 self.admission.prune(entries)
