@@ -51,7 +51,9 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
         return {INDEX_KEY: entry_for(dict(body))}
 
     @kopf.index("v1", "pods", id=POD_INDEX, when=_owned_by_job, registry=registry)
-    async def tako_pods(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
+    async def tako_pods(
+        body: kopf.Body, namespace: str | None, name: str, **_: Any
+    ) -> dict[Key, dict[str, Any]]:
         return {(namespace or "", name): slim_pod(body)}
 
     @kopf.index(GROUP, VERSION, JOB_TYPES, id=TYPE_INDEX, registry=registry)
