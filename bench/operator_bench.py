@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import REPO, MemorySampler
+from bench.shim_kubernetes import shim_kubernetes_suite
 from bench.stats import markdown_table, rss_mib, summarize
 
 sys.path.insert(0, str(REPO / "tests" / "integration"))
@@ -211,7 +212,7 @@ def _growth(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _delete_jobs(kube: Any, names: list[str], pid: int) -> float:
+def _delete_jobs(kube: Any, names: list[str], pid: int) -> float | None:
     """Delete `names` (as their TTL would) and wait (at most CAP_S) until the operator has removed
     their Pods; the operator's RSS then."""
     for name in names:
@@ -302,6 +303,16 @@ def operator_suite(root: Path, quick: bool) -> dict[str, Any]:
                     current["sizes"][label]["jobs_per_s"], old
                 )
     growth = growth_by_run["current"]
+    shim = shim_kubernetes_suite(root, sizes[-1], tree)
+    shim_keys = ("at_rest", "after_first", "after_deleting", "after_repeat", "growth_over_repeat")
+    shim_rows = [
+        [name, *(run.get(k, run.get("error", "")) for k in shim_keys)] for name, run in shim["runs"].items()
+    ]
+    table += "\n\n" + markdown_table(
+        ["shim kubernetes backend RSS MiB", "at rest", f"after {sizes[-1]} submits", "after deleting them",
+         f"after {sizes[-1]} more", "growth over the repeat"],
+        shim_rows,
+    )  # fmt: skip
     if baseline is not None:
         ratios["p99_ms_1000_over_baseline"] = _ratio(
             current["sizes"][labels[-2]]["latency"]["p99_ms"],
@@ -315,6 +326,7 @@ def operator_suite(root: Path, quick: bool) -> dict[str, Any]:
         "ratios": ratios,
         "growth": growth,
         "baseline_growth": growth_by_run.get("baseline"),
+        "shim_kubernetes": shim,
         "table": table,
     }
 
