@@ -30,7 +30,8 @@ def shim_argv(tree: Path | None, config: Path, port: int) -> tuple[list[str], di
 
     argv, env = operator_argv(tree, config, "unused")
     start = argv.index("operator")
-    return [*argv[:start], "server", "-c", str(config), "--backend", "kubernetes", "--port", str(port)], env
+    env["TAKO_VM_CONFIG"] = str(config)  # both trees read it (the baseline's CLI has no `server -c`)
+    return [*argv[:start], "server", "--backend", "kubernetes", "--port", str(port)], env
 
 
 def _write_config(root: Path, kube: Any, port: int) -> Path:
