@@ -21,6 +21,7 @@ from tako_operator.core import builders, objects
 from tako_operator.core import standby as standby_mod
 from tako_operator.core.admission import Admission, Entry, Key
 from tako_operator.core.jobcache import JobCache, is_slim
+from tako_operator.core.keyedlocks import KeyedLocks
 from tako_operator.core.plan import (
     EGRESS_LABEL,
     TERMINAL_PHASES,
@@ -64,7 +65,7 @@ class Reconciler:
         self.metrics = metrics
         self.pool = StandbyPool(kube, config.pods, config.standby)
         self.admission = Admission(limit=config.max_concurrent)
-        self.locks: dict[Key, asyncio.Lock] = {}
+        self.locks = KeyedLocks()  # per job, only while a pass holds or waits for it
         self.api_failures: dict[Key, int] = {}  # consecutive transient API errors per job
         self.admission_lock = asyncio.Lock()
         self.wakeups: dict[Key, asyncio.TimerHandle] = {}
@@ -130,10 +131,9 @@ class Reconciler:
         may ever come for the job. Every pass starts from what is stored, so a retry is idempotent."""
         if self.runs and not self.indexes_bound.is_set():
             await self.indexes_bound.wait()  # a restarted kopf run has not listed the jobs yet
-        lock = self.locks.setdefault(key, asyncio.Lock())
         started = time.monotonic()
         try:
-            async with lock:
+            async with self.locks.hold(key):
                 fresh = await self.current_job(key, event)
                 if fresh is None or (fresh.get("metadata") or {}).get("deletionTimestamp"):
                     return
@@ -353,7 +353,6 @@ class Reconciler:
         handle = self.wakeups.pop(key, None)
         if handle is not None:
             handle.cancel()
-        self.locks.pop(key, None)
         self.api_failures.pop(key, None)
         self.jobs.forget(key)
         self.wake_queue()

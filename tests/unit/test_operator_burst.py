@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tako_operator.core.admission import entry_for
+from tako_operator.core.keyedlocks import KeyedLocks
 from tako_operator.io.metrics import Metrics
 from tako_operator.reconciler import INDEX_KEY, Reconciler
 from tako_operator.settings import Settings
@@ -120,13 +121,42 @@ async def test_a_deleted_job_leaves_nothing_behind() -> None:
     for j in jobs:
         key = ("ns", j["metadata"]["name"])
         r.jobs.observed(j)
-        r.locks[key] = asyncio.Lock()
         r.api_failures[key] = 1
         r.wakeups[key] = loop.call_later(60, lambda: None)
         r.admission.granted.add(key)
     for j in jobs:
         await r.forget(j)
-    assert not r.locks and not r.api_failures and not r.wakeups
+    assert len(r.locks) == 0 and not r.api_failures and not r.wakeups
     assert len(r.jobs) == 0 and not r.jobs.unconfirmed
     assert not r.admission.granted and not r.admission.released
     assert ("Pod", "j7-pod") in kube.deleted
+
+
+async def test_per_job_locks_serialise_a_job_and_exist_only_while_in_use() -> None:
+    locks = KeyedLocks()
+    inside: dict[str, int] = {}
+    most: dict[str, int] = {}
+    tables: list[int] = []
+
+    async def job_pass(key: str) -> None:
+        async with locks.hold(key):
+            inside[key] = inside.get(key, 0) + 1
+            most[key] = max(most.get(key, 0), inside[key])
+            tables.append(len(locks))
+            await asyncio.sleep(0.001)
+            inside[key] -= 1
+
+    keys = [f"job-{i % 200}" for i in range(1000)]  # five passes per job, all at once
+    await asyncio.gather(*(job_pass(key) for key in keys))
+    assert set(most.values()) == {1}, "two passes of one job overlapped"
+    assert max(tables) > 1, "different jobs were serialised against each other"
+    assert max(tables) <= 200, "more locks than jobs in flight"
+    assert len(locks) == 0, "finished jobs keep no lock"
+
+
+async def test_a_lock_outlives_a_failing_pass_only_while_others_wait() -> None:
+    locks = KeyedLocks()
+    with pytest.raises(RuntimeError):
+        async with locks.hold("a"):
+            raise RuntimeError("pass failed")
+    assert len(locks) == 0
