@@ -10,18 +10,18 @@ restarted operator knows every admitted job before it admits a new one) and the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Hashable, Mapping
 from typing import Any
 
 from tako_operator.core import builders, objects
 from tako_operator.core import standby as standby_mod
 from tako_operator.core.admission import Admission, Entry, Key
 from tako_operator.core.jobcache import JobCache, is_slim
-from tako_operator.core.keyedlocks import KeyedLocks
 from tako_operator.core.plan import (
     EGRESS_LABEL,
     TERMINAL_PHASES,
@@ -56,6 +56,37 @@ def _short(exc: BaseException) -> str:
     status = getattr(exc, "status", None)
     reason = getattr(exc, "reason", None)
     return f"HTTP {status} {reason}" if status else repr(exc)[:200]
+
+
+class KeyedLocks:
+    """One asyncio lock per key that exists only while someone holds or waits for it (pure asyncio).
+
+    The Reconciler serialises passes per job. A plain `dict[key, Lock]` keeps a lock for every job the
+    operator ever reconciled until the job object is deleted (finished jobs wait for their TTL, possibly
+    days): per-job memory that grows with the jobs kept, not with the work in flight. Here the entry
+    is dropped when its last user leaves, so the table holds at most the jobs being reconciled."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
 
 class Reconciler:

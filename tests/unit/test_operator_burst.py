@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 
 from tako_operator.core.admission import entry_for
-from tako_operator.core.keyedlocks import KeyedLocks
 from tako_operator.io.metrics import Metrics
-from tako_operator.reconciler import INDEX_KEY, Reconciler
+from tako_operator.reconciler import INDEX_KEY, KeyedLocks, Reconciler
 from tako_operator.settings import Settings
 
 
