@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from tako_operator.core.admission import entry_for
-from tako_operator.io.kube import CRITICAL, DEFERRABLE, PriorityGate
 from tako_operator.io.metrics import Metrics
 from tako_operator.reconciler import INDEX_KEY, KeyedLocks, Reconciler
 from tako_operator.settings import Settings
@@ -160,50 +159,3 @@ async def test_a_lock_outlives_a_failing_pass_only_while_others_wait() -> None:
         async with locks.hold("a"):
             raise RuntimeError("pass failed")
     assert len(locks) == 0
-
-
-async def test_the_api_gate_serves_calls_on_the_way_to_a_pod_first_and_bounds_them() -> None:
-    gate = PriorityGate(2)
-    order: list[str] = []
-    running: list[int] = [0]
-    most: list[int] = [0]
-
-    async def call(name: str, priority: int) -> None:
-        async with gate.slot(priority):
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-            order.append(name)
-            await asyncio.sleep(0.01)
-            running[0] -= 1
-
-    # two holders first, then a queue: status patches / events queued before a Pod create
-    calls = [call("first", CRITICAL), call("second", CRITICAL)]
-    calls += [call(f"status-{i}", DEFERRABLE) for i in range(3)]
-    calls += [call("pod", CRITICAL), call("configmap", CRITICAL)]
-    await asyncio.gather(*calls)
-    assert order[:2] == ["first", "second"]
-    assert order[2:4] == ["pod", "configmap"], order  # ahead of the deferrable ones, in arrival order
-    assert order[4:] == ["status-0", "status-1", "status-2"]
-    assert most[0] == 2
-    assert gate.free == 2 and not gate.waiting
-
-
-async def test_a_cancelled_waiter_does_not_leak_a_slot() -> None:
-    gate = PriorityGate(1)
-    await gate.acquire()
-    waiter = asyncio.ensure_future(gate.acquire(DEFERRABLE))
-    await asyncio.sleep(0)
-    waiter.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
-    gate.release()
-    assert gate.free == 1, "the cancelled waiter's turn was passed on, not lost"
-    # cancelled right after the slot was handed over: the slot comes back
-    await gate.acquire()
-    handed = asyncio.ensure_future(gate.acquire())
-    await asyncio.sleep(0)
-    gate.release()  # hands the slot to `handed`
-    handed.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await handed
-    assert gate.free == 1 and not gate.waiting

@@ -18,8 +18,6 @@ import asyncio
 import contextlib
 import datetime
 import functools
-import heapq
-import itertools
 import json
 import os
 import time
@@ -48,55 +46,6 @@ JOB_TYPES = "pythonjobtypes"
 # A shared object (the namespace's runner ConfigMap) found present is not re-created for this long:
 # one request per namespace and interval instead of a create answered 409 per job.
 SHARED_RECHECK_SECONDS = 60.0
-
-
-# Call classes, in the order a saturated executor serves them: what a job needs on its way to its Pod
-# (and every read, and the leader election's Lease) first; status and metadata patches, Events and
-# deletes after them. Under a burst the latter were 3 of a job's 5 requests, queued in front of the
-# next job's creates.
-CRITICAL, DEFERRABLE = 0, 1
-
-
-class PriorityGate:
-    """At most `slots` holders at once; waiters are let in by (priority, arrival), lowest first.
-
-    asyncio only (one event loop); a cancelled waiter gives its turn on, a cancelled holder its slot."""
-
-    def __init__(self, slots: int) -> None:
-        if slots < 1:
-            raise ValueError("slots must be >= 1")
-        self.free = slots
-        self.waiting: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._arrivals = itertools.count()
-
-    async def acquire(self, priority: int = CRITICAL) -> None:
-        if self.free > 0 and not self.waiting:
-            self.free -= 1
-            return
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self.waiting, (priority, next(self._arrivals), turn))
-        try:
-            await turn
-        except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled():
-                self.release()  # the slot was handed to us just before the cancellation
-            raise
-
-    def release(self) -> None:
-        while self.waiting:
-            _, _, turn = heapq.heappop(self.waiting)
-            if not turn.done():
-                turn.set_result(None)  # the slot passes straight to the next waiter
-                return
-        self.free += 1
-
-    @contextlib.asynccontextmanager
-    async def slot(self, priority: int = CRITICAL) -> Any:
-        await self.acquire(priority)
-        try:
-            yield
-        finally:
-            self.release()
 
 
 def _read_and_release(fn: Any, *args: Any, **kwargs: Any) -> bytes:
@@ -137,7 +86,6 @@ class Kube:
         self.networking = kubernetes.client.NetworkingV1Api(api_client)
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
         self.executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kube-api")
-        self.gate = PriorityGate(concurrency)  # keeps the executor's queue empty: the order is decided here
         self.shared_seen: dict[tuple[str, str], float] = {}  # (namespace, name) -> when found present
 
     def close(self) -> None:
@@ -146,18 +94,13 @@ class Kube:
 
     # -- generic plumbing -----------------------------------------------------------------------
 
-    async def _run(self, fn: Any, *args: Any, priority: int = CRITICAL) -> Any:
-        """`fn(*args)` (blocking) in the API executor, once the gate lets a call of `priority` in."""
-        async with self.gate.slot(priority):
-            return await asyncio.get_running_loop().run_in_executor(
-                self.executor, functools.partial(fn, *args)
-            )
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        """`fn(*args)` (blocking) in the API executor."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
 
-    async def _call(self, fn: Any, *args: Any, priority: int = CRITICAL, **kwargs: Any) -> bytes:
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> bytes:
         """The API call `fn(*args, **kwargs)` in the API executor: the response body (connection released)."""
-        data: bytes = await self._run(
-            functools.partial(_read_and_release, fn, *args, **kwargs), priority=priority
-        )
+        data: bytes = await self._run(functools.partial(_read_and_release, fn, *args, **kwargs))
         return data
 
     @staticmethod
@@ -188,7 +131,7 @@ class Kube:
 
     async def _delete(self, fn: Any, name: str, namespace: str, **kwargs: Any) -> bool:
         try:
-            await self._call(fn, name, namespace, priority=DEFERRABLE, **kwargs)
+            await self._call(fn, name, namespace, **kwargs)
         except ApiException as exc:
             if exc.status == 404:
                 return False
@@ -394,7 +337,7 @@ class Kube:
         custom = self.custom
         fn = custom.patch_namespaced_custom_object_status if status else custom.patch_namespaced_custom_object
         try:
-            response = await self._call(fn, GROUP, VERSION, namespace, JOBS, name, body, priority=DEFERRABLE)
+            response = await self._call(fn, GROUP, VERSION, namespace, JOBS, name, body)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -443,9 +386,7 @@ class Kube:
             "count": 1,
         }
         with contextlib.suppress(ApiException):
-            await self._call(
-                self.core.create_namespaced_event, meta["namespace"], body=event, priority=DEFERRABLE
-            )
+            await self._call(self.core.create_namespaced_event, meta["namespace"], body=event)
 
     # -- leader election (coordination.k8s.io/v1 Lease, see leader.py) ---------------------------
     # Bounded by `request_timeout` seconds each: an unreachable API server must not hold up the election.
