@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 KEEP_REQUESTS = 8
 CAP_S = 120.0  # per burst, after the last PythonJob was created
+DELETE_CAP_S = 60.0  # for the operator to clean up after deleted jobs
 # the bursts, in order; the last one repeats the one before (RSS must not grow per job)
 SIZES = {"quick": (10, 50, 50), "full": (10, 100, 1000, 1000)}
 BASELINE_REV = "801a114"  # before issue #17's throughput work (docs/performance.md: 16-20 jobs/s)
@@ -213,17 +214,21 @@ def _growth(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def _delete_jobs(kube: Any, names: list[str], pid: int) -> float | None:
-    """Delete `names` (as their TTL would) and wait (at most CAP_S) until the operator has removed
-    their Pods; the operator's RSS then."""
+    """Delete `names` (as their TTL would) and wait (at most DELETE_CAP_S) until the operator has
+    removed what they owned (Pods, ConfigMaps, NetworkPolicies: kmock has no garbage collector), so
+    that the next burst does not share the emulator with that cleanup; the operator's RSS then."""
     for name in names:
         kube.delete("pythonjobs", name)
     owned = set(names)
-    deadline = time.monotonic() + CAP_S
+    deadline = time.monotonic() + DELETE_CAP_S
     while time.monotonic() < deadline:
-        pods = kube.list("pods")
-        if not any(
-            ref.get("name") in owned for p in pods for ref in p["metadata"].get("ownerReferences") or []
-        ):
+        left = [
+            obj
+            for kind in ("pods", "configmaps", "networkpolicies")
+            for obj in kube.list(kind)
+            if any(ref.get("name") in owned for ref in obj["metadata"].get("ownerReferences") or [])
+        ]
+        if not left:
             break
         time.sleep(0.5)
     time.sleep(1.0)
