@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import REPO, MemorySampler
+from bench.shim_kubernetes import shim_kubernetes_suite
 from bench.stats import markdown_table, rss_mib, summarize
 
 sys.path.insert(0, str(REPO / "tests" / "integration"))
@@ -31,6 +32,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 KEEP_REQUESTS = 8
 CAP_S = 120.0  # per burst, after the last PythonJob was created
+DELETE_CAP_S = 60.0  # for the operator to clean up after deleted jobs
 # the bursts, in order; the last one repeats the one before (RSS must not grow per job)
 SIZES = {"quick": (10, 50, 50), "full": (10, 100, 1000, 1000)}
 BASELINE_REV = "801a114"  # before issue #17's throughput work (docs/performance.md: 16-20 jobs/s)
@@ -160,13 +162,21 @@ def run_operator(root: Path, sizes: tuple[int, ...], tree: Path | None) -> dict[
             rss["at_rest"] = rss_mib(process.pid)
             created = 1
             with MemorySampler(process.pid) as sampler:
+                previous: list[str] = []
                 for number, size in enumerate(sizes):
                     label = str(size) if str(size) not in results else f"{size} again"
+                    if label.endswith("again"):
+                        # The repeat starts after the previous burst's jobs are deleted (what their TTL
+                        # does): RSS after it minus RSS after the previous one is what a job leaves
+                        # behind once it is gone, not the live state of 1,000 more jobs.
+                        rss["after_deleting_previous"] = _delete_jobs(kube, previous, process.pid)
                     names = [f"b{number}-{size}-{n}" for n in range(size)]
+                    previous = names
                     served = kube._emulator.served
                     started = time.perf_counter()
                     for name in names:
                         kube.create("pythonjobs", _job(name))
+                    creating = time.perf_counter() - started
                     created += size
                     complete = _wait_pods(kube, created, CAP_S)
                     wall = time.perf_counter() - started
@@ -175,6 +185,7 @@ def run_operator(root: Path, sizes: tuple[int, ...], tree: Path | None) -> dict[
                     results[label] = {
                         **_measure(kube, names, wall),
                         "complete_within_cap": complete,
+                        "creating_s": round(creating, 2),
                         "api_requests_per_job": round(requests / size, 2),
                         "rss_after_mib": rss_mib(process.pid),
                     }
@@ -188,6 +199,40 @@ def run_operator(root: Path, sizes: tuple[int, ...], tree: Path | None) -> dict[
                 process.kill()
             log.close()
     return {"sizes": results, "operator_rss_mib": rss}
+
+
+def _growth(run: dict[str, Any]) -> dict[str, Any]:
+    """RSS after the last two bursts (the repeat runs after the first one's jobs were deleted)."""
+    labels = list(run["sizes"])
+    first, again = run["sizes"][labels[-2]], run["sizes"][labels[-1]]
+    return {
+        "rss_after_first_mib": first["rss_after_mib"],
+        "rss_after_repeat_mib": again["rss_after_mib"],
+        "rss_growth_first_burst_mib": round(first["rss_after_mib"] - run["operator_rss_mib"]["at_rest"], 1),
+        "rss_growth_repeat_burst_mib": round(again["rss_after_mib"] - first["rss_after_mib"], 1),
+    }
+
+
+def _delete_jobs(kube: Any, names: list[str], pid: int) -> float | None:
+    """Delete `names` (as their TTL would) and wait (at most DELETE_CAP_S) until the operator has
+    removed what they owned (Pods, ConfigMaps, NetworkPolicies: kmock has no garbage collector), so
+    that the next burst does not share the emulator with that cleanup; the operator's RSS then."""
+    for name in names:
+        kube.delete("pythonjobs", name)
+    owned = set(names)
+    deadline = time.monotonic() + DELETE_CAP_S
+    while time.monotonic() < deadline:
+        left = [
+            obj
+            for kind in ("pods", "configmaps", "networkpolicies")
+            for obj in kube.list(kind)
+            if any(ref.get("name") in owned for ref in obj["metadata"].get("ownerReferences") or [])
+        ]
+        if not left:
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)
+    return rss_mib(pid)
 
 
 def _ratio(new: float | None, old: float | None) -> float | None:
@@ -215,6 +260,7 @@ def operator_suite(root: Path, quick: bool) -> dict[str, Any]:
                 r["jobs_per_s"],
                 r["api_requests_per_job"],
                 r["rss_after_mib"],
+                old["latency"]["p99_ms"] if old else "",
                 old["jobs_per_s"] if old else "",
                 old["api_requests_per_job"] if old else "",
                 old["rss_after_mib"] if old else "",
@@ -223,13 +269,24 @@ def operator_suite(root: Path, quick: bool) -> dict[str, Any]:
         )
     headers = [
         "PythonJobs at once", "Pods created", "CR->Pod p50 ms", "p99 ms", "jobs/s", "API requests/job",
-        "RSS after MiB", f"baseline {BASELINE_REV} jobs/s", "baseline requests/job", "baseline RSS MiB",
+        "RSS after MiB", f"baseline {BASELINE_REV} p99 ms", "baseline jobs/s", "baseline requests/job",
+        "baseline RSS MiB",
         "jobs/s ratio",
     ]  # fmt: skip
     table = markdown_table(headers, rows)
-    rss_rows = [[name, *(run["operator_rss_mib"].get(k) for k in ("at_rest", "peak_under_load", "after"))]
-                for name, run in runs.items()]  # fmt: skip
-    table += "\n\n" + markdown_table(["operator RSS MiB", "at rest", "peak under load", "after"], rss_rows)
+    growth_by_run = {name: _growth(run) for name, run in runs.items()}
+    rss_rows = [
+        [name, run["operator_rss_mib"].get("at_rest"), growth_by_run[name]["rss_after_first_mib"],
+         run["operator_rss_mib"].get("after_deleting_previous"), growth_by_run[name]["rss_after_repeat_mib"],
+         growth_by_run[name]["rss_growth_repeat_burst_mib"], run["operator_rss_mib"].get("peak_under_load")]
+        for name, run in runs.items()
+    ]  # fmt: skip
+    labels = list(current["sizes"])
+    table += "\n\n" + markdown_table(
+        ["operator RSS MiB", "at rest", f"after {labels[-2]}", "after deleting them", f"after {labels[-1]}",
+         "growth over the repeat", "peak"],
+        rss_rows,
+    )  # fmt: skip
     ratios: dict[str, Any] = {}
     if baseline is not None:
         for label, r in current["sizes"].items():
@@ -250,14 +307,22 @@ def operator_suite(root: Path, quick: bool) -> dict[str, Any]:
                 ratios[f"jobs_per_s_{label}_over_recorded"] = _ratio(
                     current["sizes"][label]["jobs_per_s"], old
                 )
-    labels = list(current["sizes"])
-    first, again = current["sizes"][labels[-2]], current["sizes"][labels[-1]]
-    growth = {
-        "rss_growth_first_burst_mib": round(
-            first["rss_after_mib"] - current["operator_rss_mib"]["at_rest"], 1
-        ),
-        "rss_growth_repeat_burst_mib": round(again["rss_after_mib"] - first["rss_after_mib"], 1),
-    }
+    growth = growth_by_run["current"]
+    shim = shim_kubernetes_suite(root, sizes[-1], tree)
+    shim_keys = ("at_rest", "after_first", "after_deleting", "after_repeat", "growth_over_repeat")
+    shim_rows = [
+        [name, *(run.get(k, run.get("error", "")) for k in shim_keys)] for name, run in shim["runs"].items()
+    ]
+    table += "\n\n" + markdown_table(
+        ["shim kubernetes backend RSS MiB", "at rest", f"after {sizes[-1]} submits", "after deleting them",
+         f"after {sizes[-1]} more", "growth over the repeat"],
+        shim_rows,
+    )  # fmt: skip
+    if baseline is not None:
+        ratios["p99_ms_1000_over_baseline"] = _ratio(
+            current["sizes"][labels[-2]]["latency"]["p99_ms"],
+            baseline["sizes"][labels[-2]]["latency"]["p99_ms"],
+        )
     return {
         "sizes": current["sizes"],
         "operator_rss_mib": current["operator_rss_mib"],
@@ -265,6 +330,8 @@ def operator_suite(root: Path, quick: bool) -> dict[str, Any]:
         "order": order,
         "ratios": ratios,
         "growth": growth,
+        "baseline_growth": growth_by_run.get("baseline"),
+        "shim_kubernetes": shim,
         "table": table,
     }
 

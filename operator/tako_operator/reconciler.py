@@ -10,11 +10,12 @@ restarted operator knows every admitted job before it admits a new one) and the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Hashable, Mapping
 from typing import Any
 
 from tako_operator.core import builders, objects
@@ -57,6 +58,37 @@ def _short(exc: BaseException) -> str:
     return f"HTTP {status} {reason}" if status else repr(exc)[:200]
 
 
+class KeyedLocks:
+    """One asyncio lock per key that exists only while someone holds or waits for it (pure asyncio).
+
+    The Reconciler serialises passes per job. A plain `dict[key, Lock]` keeps a lock for every job the
+    operator ever reconciled until the job object is deleted (finished jobs wait for their TTL, possibly
+    days): per-job memory that grows with the jobs kept, not with the work in flight. Here the entry
+    is dropped when its last user leaves, so the table holds at most the jobs being reconciled."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class Reconciler:
     def __init__(self, kube: Kube, config: Settings, metrics: Metrics) -> None:
         self.kube = kube
@@ -64,7 +96,7 @@ class Reconciler:
         self.metrics = metrics
         self.pool = StandbyPool(kube, config.pods, config.standby)
         self.admission = Admission(limit=config.max_concurrent)
-        self.locks: dict[Key, asyncio.Lock] = {}
+        self.locks = KeyedLocks()  # per job, only while a pass holds or waits for it
         self.api_failures: dict[Key, int] = {}  # consecutive transient API errors per job
         self.admission_lock = asyncio.Lock()
         self.wakeups: dict[Key, asyncio.TimerHandle] = {}
@@ -130,10 +162,9 @@ class Reconciler:
         may ever come for the job. Every pass starts from what is stored, so a retry is idempotent."""
         if self.runs and not self.indexes_bound.is_set():
             await self.indexes_bound.wait()  # a restarted kopf run has not listed the jobs yet
-        lock = self.locks.setdefault(key, asyncio.Lock())
         started = time.monotonic()
         try:
-            async with lock:
+            async with self.locks.hold(key):
                 fresh = await self.current_job(key, event)
                 if fresh is None or (fresh.get("metadata") or {}).get("deletionTimestamp"):
                     return
@@ -188,7 +219,11 @@ class Reconciler:
         terminal = status.get("phase") in TERMINAL_PHASES
         job_type = await self.resolve_job_type(job)
         admitted = False
-        if not terminal and not (job.get("spec") or {}).get("cancel"):
+        if int(status.get("attempts") or 0) > 0 and not terminal:
+            # Its own status shows it was admitted (the durable half of admission), as its index
+            # entry would: no scan of every entry, which made each pass O(jobs) under a burst.
+            admitted = not (job.get("spec") or {}).get("cancel")
+        elif not terminal and not (job.get("spec") or {}).get("cancel"):
             async with self.admission_lock:
                 entries = self.entries
                 self.admission.prune(entries)
@@ -263,8 +298,7 @@ class Reconciler:
     async def apply(self, job: dict[str, Any], observed: Observed, result: Plan) -> None:
         namespace, name = job_key(job)
         status = result.status
-        for obj in result.create:
-            await self.create(obj)
+        await self.create_all(result.create)
         if result.claim is not None and observed.standby is not None:
             problem = await self.pool.claim(namespace, observed.standby, result.claim)
             if problem is not None:
@@ -301,6 +335,20 @@ class Reconciler:
         elif result.requeue_after is not None:
             self.schedule((namespace, name), result.requeue_after)
 
+    async def create_all(self, objs: list[dict[str, Any]]) -> None:
+        """Create what the plan asks for: everything a Pod needs (its ConfigMaps and deny-all
+        NetworkPolicy) at once, then the Pods, only once all of those exist (fail-closed: a Pod never
+        exists before its policy). One API round trip less per job on the way to its Pod than
+        creating them one after the other. The first failure is raised after every create ended."""
+        first = [obj for obj in objs if obj.get("kind") != "Pod"]
+        outcomes = await asyncio.gather(*(self.create(obj) for obj in first), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        for obj in objs:
+            if obj.get("kind") == "Pod":
+                await self.create(obj)
+
     async def create(self, obj: dict[str, Any]) -> None:
         kind = obj.get("kind")
         if kind == "ConfigMap" and obj["metadata"]["name"] == builders.runner_configmap_name():
@@ -336,7 +384,6 @@ class Reconciler:
         handle = self.wakeups.pop(key, None)
         if handle is not None:
             handle.cancel()
-        self.locks.pop(key, None)
         self.api_failures.pop(key, None)
         self.jobs.forget(key)
         self.wake_queue()
