@@ -94,7 +94,8 @@ async def post_once(
                 target, addresses = await resolve_checked(url, allowlist)
             except WebhookRefused as exc:
                 return AttemptResult(False, error=str(exc), refused=True)
-            status, location, error = 0, None, "no address"
+            status, location = 0, None
+            error: str | None = "no address"
             for address in addresses:  # the checked addresses only, in resolver order
                 try:
                     async with asyncio.timeout(limits.connect_timeout + limits.read_timeout):
