@@ -199,10 +199,10 @@ class Settings(BaseModel):
             return mapped
         return value
 
-    @field_validator("server_allowed_hosts", "server_allowed_origins", mode="before")
+    @field_validator("server_allowed_hosts", "server_allowed_origins", "webhook_allowlist", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
-        if isinstance(value, str):  # the env form: "a.example,b.example"
+        if isinstance(value, str):  # the env form: "a.example,b.example" (or "10.0.0.0/8,127.0.0.1/32")
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
