@@ -1,0 +1,168 @@
+"""Completion webhooks on the kubernetes backend: the real operator (kopf) against kmock sends each
+finished PythonJob's record to a real receiver on loopback (allowlisted), signed per Standard Webhooks
+with the namespace's secret from a Kubernetes Secret; retries after 500s; resumes after a restart with
+the same webhook-id; refuses private and metadata addresses (fail closed). FakeKubelet plays the kubelet.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import pytest
+from kube_harness import KubeHarness, wait_for
+from operator_support import FakeKubelet, sample_job, wait_phase
+from webhook_support import SECRET, Receiver
+
+from tako_operator.settings import WebhookSettings
+from tako_vm import webhooks
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+SECRET_NAME = "tako-webhooks"
+
+
+def hook_settings(kube: KubeHarness, **extra: Any) -> WebhookSettings:
+    return WebhookSettings(
+        secret_name=SECRET_NAME,
+        secret_namespace=kube.namespace,
+        allowlist=("127.0.0.1/32",),
+        first_retry_seconds=0.3,
+        max_retry_seconds=0.6,
+        secret_cache_seconds=0.1,
+        **extra,
+    )
+
+
+def add_secret(kube: KubeHarness) -> None:
+    value = base64.b64encode(SECRET.encode()).decode()
+    kube.create(
+        "secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": SECRET_NAME},
+            "data": {kube.namespace: value},
+        },
+    )
+
+
+def run_job(kube: KubeHarness, kubelet: FakeKubelet, name: str, url: str, stdout: str = "hi\n") -> None:
+    kube.create("pythonjobs", sample_job(name, webhook={"url": url}))
+    pod = kubelet.wait_pod(name)["metadata"]["name"]
+    kubelet.succeed(pod, stdout=stdout)
+    wait_phase(kube, name, "Succeeded", timeout=30)
+
+
+def settled(kube: KubeHarness, name: str, timeout: float = 30.0) -> dict[str, Any]:
+    def find() -> dict[str, Any] | None:
+        hook = ((kube.get("pythonjobs", name) or {}).get("status") or {}).get("webhook") or {}
+        return hook if hook.get("state") in ("delivered", "failed") else None
+
+    found: dict[str, Any] = wait_for(find, timeout=timeout, what=f"webhook of {name} settled")
+    return found
+
+
+def test_one_verified_delivery_per_job_after_two_500s(
+    kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet
+) -> None:
+    add_secret(kube)
+    answers: dict[str, int] = {}
+
+    def handle(payload: dict[str, Any], headers: Any) -> int:
+        job = payload["data"]["execution_id"]
+        answers[job] = answers.get(job, 0) + 1
+        return 500 if job == "flaky" and answers[job] <= 2 else 200
+
+    receiver = Receiver(handle).start()
+    try:
+        run_operator(webhooks=hook_settings(kube))
+        run_job(kube, kubelet, "flaky", receiver.url, stdout="first\n")
+        run_job(kube, kubelet, "steady", receiver.url, stdout="second\n")
+        flaky, steady = settled(kube, "flaky"), settled(kube, "steady")
+    finally:
+        receiver.stop()
+
+    assert flaky["state"] == "delivered" and flaky["attempts"] == 3 and flaky["lastStatusCode"] == 200
+    assert steady["state"] == "delivered" and steady["attempts"] == 1
+    by_id: dict[str, list[tuple[dict[str, str], bytes]]] = {}
+    for headers, body in receiver.attempts():
+        by_id.setdefault(headers["webhook-id"], []).append((headers, body))
+    assert sorted(by_id) == sorted([flaky["webhookId"], steady["webhookId"]])
+    assert len(by_id[flaky["webhookId"]]) == 3 and len(by_id[steady["webhookId"]]) == 1
+    for attempts in by_id.values():
+        for headers, body in attempts:
+            event = webhooks.verify(body, headers, SECRET)
+            assert event["type"] == "job.completed"
+    last_headers, last_body = by_id[flaky["webhookId"]][-1]
+    record = webhooks.verify(last_body, last_headers, SECRET)["data"]
+    assert record["execution_id"] == "flaky" and record["status"] == "succeeded"
+    assert record["stdout"] == "first\n" and record["exit_code"] == 0
+    # a tampered body does not verify
+    with pytest.raises(webhooks.WebhookVerificationError):
+        webhooks.verify(last_body.replace(b"first", b"forged"), last_headers, SECRET)
+
+
+def test_delivery_resumes_after_an_operator_restart_with_the_same_webhook_id(
+    kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet
+) -> None:
+    add_secret(kube)
+    accept = {"now": False}
+    receiver = Receiver(lambda payload, headers: 200 if accept["now"] else 500).start()
+    try:
+        first = run_operator(webhooks=hook_settings(kube))
+        run_job(kube, kubelet, "restarted", receiver.url)
+
+        def retrying() -> dict[str, Any] | None:
+            hook = ((kube.get("pythonjobs", "restarted") or {}).get("status") or {}).get("webhook") or {}
+            return hook if hook.get("state") == "pending" and hook.get("attempts", 0) >= 2 else None
+
+        before = wait_for(retrying, timeout=30, what="the delivery being retried")
+        first.stop()  # killed mid-retry: the state is in status.webhook, nothing in memory matters
+        seen_before = len(receiver.attempts())
+        accept["now"] = True
+        time.sleep(1.0)
+        assert len(receiver.attempts()) == seen_before, "a stopped operator sent nothing"
+        run_operator(webhooks=hook_settings(kube))
+        after = settled(kube, "restarted")
+    finally:
+        receiver.stop()
+
+    assert after["state"] == "delivered" and after["attempts"] > before["attempts"]
+    ids = {headers["webhook-id"] for headers, _ in receiver.attempts()}
+    assert ids == {before["webhookId"]} == {after["webhookId"]}
+    headers, body = receiver.attempts()[-1]
+    assert webhooks.verify(body, headers, SECRET)["data"]["execution_id"] == "restarted"
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://169.254.169.254/latest/meta-data", "a cloud metadata address"),
+        ("http://10.1.2.3/hook", "a private address"),
+        ("http://127.0.0.1:9/hook", "a loopback address"),  # not allowlisted in this test
+    ],
+)
+def test_refused_addresses_fail_closed_without_a_request(
+    kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet, url: str, problem: str
+) -> None:
+    add_secret(kube)
+    run_operator(webhooks=WebhookSettings(secret_name=SECRET_NAME, secret_namespace=kube.namespace))
+    run_job(kube, kubelet, "refused", url)
+    hook = settled(kube, "refused")
+    assert hook["state"] == "failed" and hook["attempts"] == 1
+    assert problem in hook["lastError"] and hook.get("lastStatusCode") is None
+
+
+def test_without_a_configured_secret_the_delivery_fails_saying_so(
+    kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet
+) -> None:
+    receiver = Receiver().start()
+    try:
+        run_operator(webhooks=WebhookSettings(allowlist=("127.0.0.1/32",)))
+        run_job(kube, kubelet, "unsigned", receiver.url)
+        hook = settled(kube, "unsigned")
+    finally:
+        receiver.stop()
+    assert hook["state"] == "failed" and "TAKO_OPERATOR_WEBHOOK_SECRET_NAME" in hook["lastError"]
+    assert receiver.attempts() == []
