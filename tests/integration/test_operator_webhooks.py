@@ -6,11 +6,14 @@ the same webhook-id; refuses private and metadata addresses (fail closed). FakeK
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import time
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
 from kube_harness import KubeHarness, wait_for
 from operator_support import FakeKubelet, sample_job, wait_phase
 from webhook_support import SECRET, Receiver
@@ -166,3 +169,53 @@ def test_without_a_configured_secret_the_delivery_fails_saying_so(
         receiver.stop()
     assert hook["state"] == "failed" and "TAKO_OPERATOR_WEBHOOK_SECRET_NAME" in hook["lastError"]
     assert receiver.attempts() == []
+
+
+# -- through the shim's kubernetes backend (the real aiohttp app over HTTP) ------------------------------
+
+
+async def test_shim_submit_carries_the_url_and_get_job_shows_the_delivery(
+    kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet, tmp_path: Any
+) -> None:
+    from test_shim_kubernetes import Shim, shim_settings  # the same shim fixture parts
+
+    from tako_shim.backends.kubernetes.backend import KubernetesBackend
+    from tako_shim.http.app import create_app
+
+    add_secret(kube)
+    settings = shim_settings(kube, tmp_path, webhook_allowlist=["127.0.0.1/32"])
+    backend = KubernetesBackend(settings)
+    server = TestServer(create_app(settings, backend), host="127.0.0.1")
+    await server.start_server()
+    shim = Shim(server, backend, {})
+    receiver = Receiver().start()
+    try:
+        run_operator(webhooks=hook_settings(kube))
+        job_id = await shim.submit(code="print('hi')", webhook_url=receiver.url)
+        assert kube.get("pythonjobs", job_id)["spec"]["webhook"] == {"url": receiver.url}
+        waiting = (await shim.http.get(f"/jobs/{job_id}")).json()["webhook"]
+        assert waiting["state"] == "waiting" and waiting["attempts"] == 0 and waiting["url"] == receiver.url
+
+        for url, problem in [
+            ("http://169.254.169.254/latest/meta-data", "a cloud metadata address"),
+            ("http://192.168.1.10/hook", "a private address"),
+            ("http://[::ffff:10.0.0.1]/hook", "a private address"),
+        ]:
+            refused = await shim.http.post("/execute/async", json={"code": "print(1)", "webhook_url": url})
+            assert refused.status_code == 422, refused.text
+            assert problem in json.dumps(refused.json()["detail"])
+
+        pod = await asyncio.to_thread(lambda: kubelet.wait_pod(job_id)["metadata"]["name"])
+        await asyncio.to_thread(kubelet.succeed, pod, "hi\n")
+        await asyncio.to_thread(settled, kube, job_id)
+        shown = (await shim.http.get(f"/jobs/{job_id}")).json()["webhook"]
+    finally:
+        receiver.stop()
+        await shim.http.aclose()
+        await server.close()
+    assert shown["state"] == "delivered" and shown["attempts"] == 1 and shown["last_status_code"] == 200
+    assert shown["next_attempt_at"] is None and shown["delivered_at"]
+    ((headers, body),) = receiver.attempts()
+    assert headers["webhook-id"] == shown["webhook_id"]
+    record = webhooks.verify(body, headers, SECRET)["data"]
+    assert record["execution_id"] == job_id and record["stdout"] == "hi\n"
