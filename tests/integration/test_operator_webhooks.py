@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -219,3 +221,37 @@ async def test_shim_submit_carries_the_url_and_get_job_shows_the_delivery(
     assert headers["webhook-id"] == shown["webhook_id"]
     record = webhooks.verify(body, headers, SECRET)["data"]
     assert record["execution_id"] == job_id and record["stdout"] == "hi\n"
+
+
+def test_full_path_with_gvisor_via_the_node_agent(
+    kube: KubeHarness, run_operator: Any, tmp_path: Any
+) -> None:
+    """kubectl-style PythonJob -> operator -> Pod -> node agent -> runsc -> status -> signed webhook."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from nodeagent.agent import NodeAgent, runsc_problem
+
+    problem = runsc_problem()
+    if problem is not None:
+        pytest.skip(f"needs runsc: {problem}")
+    add_secret(kube)
+    receiver = Receiver().start()
+    try:
+        with NodeAgent(kube, tmp_path / "node"):
+            run_operator(webhooks=hook_settings(kube))
+            kube.create(
+                "pythonjobs",
+                sample_job(
+                    "gvisor-hook",
+                    code="import os\nprint(os.uname().release)\n",
+                    webhook={"url": receiver.url},
+                ),
+            )
+            wait_phase(kube, "gvisor-hook", "Succeeded", timeout=150)
+            hook = settled(kube, "gvisor-hook", timeout=60)
+    finally:
+        receiver.stop()
+    assert hook["state"] == "delivered" and hook["attempts"] == 1
+    ((headers, body),) = receiver.attempts()
+    record = webhooks.verify(body, headers, SECRET)["data"]
+    assert record["stdout"] == "4.4.0\n", "the gVisor kernel ran the code"
+    assert record["runtime"] == "gvisor" and record["status"] == "succeeded"
