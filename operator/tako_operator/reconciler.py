@@ -32,9 +32,11 @@ from tako_operator.core.plan import (
     plan,
 )
 from tako_operator.core.status import status_changed
+from tako_operator.core.webhooks import due_in
 from tako_operator.io.kube import Kube, retryable
 from tako_operator.io.metrics import Metrics
 from tako_operator.io.pool import StandbyPool
+from tako_operator.io.webhooks import WebhookSender
 from tako_operator.settings import Settings
 
 log = logging.getLogger("tako_operator")
@@ -95,6 +97,7 @@ class Reconciler:
         self.config = config
         self.metrics = metrics
         self.pool = StandbyPool(kube, config.pods, config.standby)
+        self.webhooks = WebhookSender(kube, config.webhooks, config.pod_namespace)
         self.admission = Admission(limit=config.max_concurrent)
         self.locks = KeyedLocks()  # per job, only while a pass holds or waits for it
         self.api_failures: dict[Key, int] = {}  # consecutive transient API errors per job
@@ -171,6 +174,9 @@ class Reconciler:
                 observed = await self.observe(fresh)
                 result = plan(observed)
                 await self.apply(fresh, observed, result)
+                self.arm_webhook(
+                    key, {**fresh, "status": {**(fresh.get("status") or {}), **(result.status or {})}}
+                )
         except Exception as exc:
             if not retryable(exc):
                 raise
@@ -384,6 +390,7 @@ class Reconciler:
         handle = self.wakeups.pop(key, None)
         if handle is not None:
             handle.cancel()
+        self.webhooks.forget(key)
         self.api_failures.pop(key, None)
         self.jobs.forget(key)
         self.wake_queue()
@@ -399,6 +406,36 @@ class Reconciler:
         self.pool.refill_soon(namespace, type_name, spec, uid)
         if found is not None:
             await self.pool.report(namespace, type_name, copy.deepcopy(dict(found)))
+
+    # -- completion webhooks (io/webhooks.py sends, core/webhooks.py decides) ------------------------
+
+    def arm_webhook(self, key: Key, job: dict[str, Any]) -> None:
+        """A finished job whose webhook is due (now or later): its attempt is timed."""
+        delay = due_in(job, time.time())
+        if delay is not None:
+            self.webhooks.arm(key, delay, self.deliver_webhook)
+
+    async def deliver_webhook(self, key: Key) -> float | None:
+        """One attempt on the job as stored now (full, and with the newest ``status.webhook``); the
+        outcome goes to the status before the next attempt is timed. The delay of that next attempt."""
+        try:
+            job = await self.kube.get_job(*key)
+            if job is None or (job.get("metadata") or {}).get("deletionTimestamp"):
+                return None
+            if (due := due_in(job, time.time())) is None or due > 0:
+                return due
+            patch = await self.webhooks.attempt(job)
+            if patch is None:
+                return None
+            answer = await self.kube.patch_job_status(*key, patch)
+        except Exception as exc:
+            if not retryable(exc):
+                raise
+            return api_retry_delay(self.config, 1)
+        if answer is None:
+            return None
+        self.jobs.wrote(answer, {})
+        return due_in(answer, time.time())
 
     # -- wake-ups ---------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ docs/operator.md); nothing else in the operator reads the environment for a knob
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -164,6 +165,45 @@ class RestartPolicy:
             raise ValueError("max_consecutive_failures must be >= 0")
 
 
+@dataclass(frozen=True)
+class WebhookSettings:
+    """Completion webhooks (docs/operator.md "Completion webhooks"): the operator sends them.
+
+    ``secret_name`` names a Secret in ``secret_namespace`` (default: the operator's own namespace) whose
+    keys are job namespaces and whose values are Standard Webhooks secrets (``whsec_`` + base64); unset,
+    no webhook is sent (each fails closed, saying so). ``allowlist``: CIDRs a webhook may reach although
+    they are private/loopback/link-local (as the shim's ``webhook_allowlist``)."""
+
+    secret_name: str | None = None
+    secret_namespace: str | None = None
+    allowlist: tuple[str, ...] = ()
+    first_retry_seconds: float = 5.0
+    max_retry_seconds: float = 3600.0
+    retry_window_seconds: float = 86_400.0
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 10.0
+    max_response_bytes: int = 65_536
+    secret_cache_seconds: float = 10.0  # how long a read of the Secret is reused
+    concurrency: int = 8  # attempts in flight at once
+
+    def __post_init__(self) -> None:
+        for entry in self.allowlist:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"TAKO_OPERATOR_WEBHOOK_ALLOWLIST: {entry!r} must be an IP address or CIDR"
+                ) from None
+        if not 0.01 <= self.first_retry_seconds <= self.max_retry_seconds:
+            raise ValueError("webhook first retry must be >= 0.01 s and <= the max retry delay")
+        if not 1 <= self.retry_window_seconds <= 30 * 86_400:
+            raise ValueError("TAKO_OPERATOR_WEBHOOK_RETRY_WINDOW_SECONDS must be from 1 to 2592000")
+        if not (0 < self.connect_timeout_seconds <= 60 and 0 < self.read_timeout_seconds <= 300):
+            raise ValueError("webhook timeouts must be > 0 (connect <= 60 s, read <= 300 s)")
+        if not 0 <= self.max_response_bytes <= 10_485_760:
+            raise ValueError("TAKO_OPERATOR_WEBHOOK_MAX_RESPONSE_BYTES must be from 0 to 10485760")
+
+
 DEFAULT_JOB_CACHE_ENTRIES = 256
 DEFAULT_API_CONCURRENCY = 16
 MAX_API_CONCURRENCY = 256
@@ -190,6 +230,7 @@ class Settings:
     # API calls in flight at once (threads and pooled keep-alive connections)
     api_concurrency: int = DEFAULT_API_CONCURRENCY
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     metrics_port: int | None = None  # serve Prometheus metrics on this port (None: off)
     # the watch scope when no flag gives one: TAKO_OPERATOR_NAMESPACES (names, or ("*",) for all)
     namespaces: tuple[str, ...] = ()
@@ -309,6 +350,35 @@ def _restart(env: Env) -> RestartPolicy:
     return RestartPolicy(backoff_seconds=first, backoff_max_seconds=cap)
 
 
+def _webhooks(env: Env) -> WebhookSettings:
+    """TAKO_OPERATOR_WEBHOOK_*: the Secret, the allowlist, the retry schedule and the attempt bounds."""
+    d = WebhookSettings()
+    first = _number(env, "TAKO_OPERATOR_WEBHOOK_FIRST_RETRY_SECONDS", d.first_retry_seconds)
+    return WebhookSettings(
+        secret_name=env.get("TAKO_OPERATOR_WEBHOOK_SECRET_NAME", "").strip() or None,
+        secret_namespace=env.get("TAKO_OPERATOR_WEBHOOK_SECRET_NAMESPACE", "").strip() or None,
+        allowlist=tuple(
+            e.strip() for e in env.get("TAKO_OPERATOR_WEBHOOK_ALLOWLIST", "").split(",") if e.strip()
+        ),
+        first_retry_seconds=first,
+        max_retry_seconds=_number(
+            env, "TAKO_OPERATOR_WEBHOOK_MAX_RETRY_SECONDS", max(first, d.max_retry_seconds)
+        ),
+        retry_window_seconds=_number(
+            env, "TAKO_OPERATOR_WEBHOOK_RETRY_WINDOW_SECONDS", d.retry_window_seconds
+        ),
+        connect_timeout_seconds=_number(
+            env, "TAKO_OPERATOR_WEBHOOK_CONNECT_TIMEOUT_SECONDS", d.connect_timeout_seconds
+        ),
+        read_timeout_seconds=_number(
+            env, "TAKO_OPERATOR_WEBHOOK_READ_TIMEOUT_SECONDS", d.read_timeout_seconds
+        ),
+        max_response_bytes=int(
+            _number(env, "TAKO_OPERATOR_WEBHOOK_MAX_RESPONSE_BYTES", d.max_response_bytes)
+        ),
+    )
+
+
 def settings_from_env(env: Env | None = None) -> Settings:
     """The operator's settings from TAKO_OPERATOR_* / TAKO_VM_* variables (default: os.environ)."""
     env = os.environ if env is None else env
@@ -329,6 +399,7 @@ def settings_from_env(env: Env | None = None) -> Settings:
         standby=_standby(env),
         api_concurrency=int(api_raw) if api_raw else DEFAULT_API_CONCURRENCY,
         restart=_restart(env),
+        webhooks=_webhooks(env),
         metrics_port=int(metrics_raw) if metrics_raw.isdigit() else None,
         namespaces=("*",)
         if raw_namespaces == "*"

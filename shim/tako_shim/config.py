@@ -7,8 +7,6 @@ validates everything at once; any problem raises ``ConfigError`` whose message n
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import os
 import re
@@ -18,6 +16,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tako_vm.delivery.state import secret_problem
 
 ENV_PREFIX = "TAKO_VM_"
 DEFAULT_TENANT = "default"
@@ -199,10 +199,10 @@ class Settings(BaseModel):
             return mapped
         return value
 
-    @field_validator("server_allowed_hosts", "server_allowed_origins", mode="before")
+    @field_validator("server_allowed_hosts", "server_allowed_origins", "webhook_allowlist", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
-        if isinstance(value, str):  # the env form: "a.example,b.example"
+        if isinstance(value, str):  # the env form: "a.example,b.example" (or "10.0.0.0/8,127.0.0.1/32")
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
@@ -226,8 +226,8 @@ class Settings(BaseModel):
     @classmethod
     def _webhook_secrets_valid(cls, value: dict[str, str]) -> dict[str, str]:
         for tenant, secret in value.items():
-            if webhook_secret_problem(secret):
-                raise ValueError(f"secret of tenant {tenant!r}: {webhook_secret_problem(secret)}")
+            if secret_problem(secret):
+                raise ValueError(f"secret of tenant {tenant!r}: {secret_problem(secret)}")
         return value
 
     @field_validator("webhook_allowlist")
@@ -293,17 +293,6 @@ class Settings(BaseModel):
             max(1, self.max_workers - 1) if shared else self.max_workers
         )
         return queued, running
-
-
-def webhook_secret_problem(secret: str) -> str | None:
-    """Standard Webhooks secrets are ``whsec_`` + base64 of 24..64 random bytes."""
-    try:
-        raw = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-    except (ValueError, binascii.Error):
-        return "must be 'whsec_' followed by base64"
-    if not 24 <= len(raw) <= 64:
-        return f"must decode to 24..64 bytes, not {len(raw)}"
-    return None
 
 
 def runtime_requirements_default(host: str, raw: Mapping[str, Any]) -> bool:

@@ -7,14 +7,13 @@ Applies the server's rules: job type lookup (``name@version`` -> ``name``), time
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tako_shim.config import JobTypeConfig, Settings
 from tako_shim.errors import InvalidRequest
 from tako_vm.models.crd import is_requirement
+from tako_vm.models.pythonjob import canonical_json, sha256_hex
 from tako_vm.models.wire import ExecuteRequest, JobTypeResponse
 
 
@@ -47,14 +46,6 @@ class Overrides:
     code: str | None = None
     job_type: str | None = None
     timeout: int | None = None
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def sha256_hex(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def submission_fingerprint(

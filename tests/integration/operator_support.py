@@ -18,7 +18,7 @@ from typing import Any
 from kube_harness import KubeHarness, wait_for
 
 from tako_operator.main import OperatorOptions, operate
-from tako_operator.settings import Limits, PodSettings, Settings
+from tako_operator.settings import Limits, PodSettings, Settings, WebhookSettings
 from tako_runner.outcome import frame_envelope
 
 
@@ -60,6 +60,7 @@ def operator_options(kube: KubeHarness, tmp_path: Path, **overrides: Any) -> Ope
     config = Settings(
         max_concurrent=overrides.pop("max_concurrent", 10),
         limits=limits,
+        webhooks=overrides.pop("webhooks", WebhookSettings()),
         pods=dataclasses.replace(
             overrides.pop("pods", PodSettings()),
             **(

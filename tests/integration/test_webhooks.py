@@ -3,12 +3,9 @@ loopback (examples/webhook_receiver.py, allowlisted): verified, retried, persist
 
 from __future__ import annotations
 
-import base64
 import shutil
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +13,13 @@ import httpx
 import pytest
 
 from tako_vm import webhooks
-from tako_vm.testing import LocalServer, free_port, local_server
+from tako_vm.testing import LocalServer, local_server
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
-sys.path.insert(0, str(ROOT / "examples"))
 
-from webhook_receiver import WebhookReceiver  # noqa: E402
+from webhook_support import SECRET, Receiver  # noqa: E402
 
-SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 SETTINGS: dict[str, Any] = {
     "security_mode": "strict",
     "max_workers": 2,
@@ -44,32 +39,6 @@ pytestmark = [
         reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
     ),
 ]
-
-
-class Receiver:
-    """A receiver on a fixed loopback port that can be stopped and started again (same port)."""
-
-    def __init__(self, handle: Callable[[dict[str, Any], Mapping[str, str]], int] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/hook"
-        self.handle = handle
-        self.server: WebhookReceiver | None = None
-        self.history: list[tuple[dict[str, str], bytes]] = []
-
-    def start(self) -> Receiver:
-        self.server = WebhookReceiver(("127.0.0.1", self.port), SECRET, self.handle)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.history += self.server.attempts
-            self.server = None
-
-    def attempts(self) -> list[tuple[dict[str, str], bytes]]:
-        return self.history + (self.server.attempts if self.server else [])
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from tako_operator.settings import (  # noqa: E402
     Limits,
     PodSettings,
     Settings,
+    WebhookSettings,
 )
 from tako_runner.outcome import frame_envelope  # noqa: E402
 
@@ -148,3 +149,33 @@ def test_every_request_of_the_real_operator_is_allowed_by_the_chart_rbac(
     used = {(group, resource, verb) for _, group, resource, verb in enforcer.used}
     assert ("", "pods", "create") in used and ("takovm.dev", "pythonjobs", "delete") in used
     assert ("coordination.k8s.io", "leases", "patch") in used, "leader election was exercised"
+
+
+def test_the_webhook_secret_read_is_allowed_by_exactly_its_rule(
+    kube: KubeHarness, tmp_path: pathlib.Path
+) -> None:
+    """With webhooks.secretName set, the operator reads that Secret (and nothing else) to sign a webhook."""
+    objects = render(
+        {"jobs": {"namespaces": [kube.namespace]}, "webhooks": {"secretName": "hooks"}}, kube.namespace
+    )
+    enforcer = Enforcer(operator_grants(objects, kube.namespace))
+    kube.authorize(enforcer)
+    kube.create("secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hooks"}, "data": {}})
+    options = OperatorOptions(
+        namespaces=[kube.namespace],
+        kubeconfig=str(kube.kubeconfig(tmp_path)),
+        config=Settings(webhooks=WebhookSettings(secret_name="hooks", secret_namespace=kube.namespace)),
+        watch_server_timeout=5,
+    )
+    with Operator(options):
+        kube.create("pythonjobs", job("hooked", "print('x')", webhook={"url": "http://169.254.169.254/x"}))
+        finish(kube, pod_of(kube, "hooked"), 0)
+
+        def hook() -> dict[str, Any] | None:
+            found = ((kube.get("pythonjobs", "hooked") or {}).get("status") or {}).get("webhook") or {}
+            return found if found.get("state") in ("pending", "failed") else None
+
+        settled = wait_for(hook, timeout=20, what="the webhook attempt")
+    assert enforcer.denied == [], "requests the chart's RBAC forbids"
+    assert ("", "secrets", "get") in {(g, r, v) for _, g, r, v in enforcer.used}
+    assert "no webhook secret for namespace" in settled["lastError"], "read, and the missing key named"

@@ -89,6 +89,7 @@ FULL_SPEC: dict[str, Any] = {
     "parentJob": "parent",
     "relationship": "rerun",
     "podLabels": {"team": "a"},
+    "webhook": {"url": "https://hooks.example/a"},
     "cancel": False,
 }
 CHANGED_VALUES: dict[str, Any] = {
@@ -105,6 +106,7 @@ CHANGED_VALUES: dict[str, Any] = {
     "parentJob": "other-parent",
     "relationship": "fork",
     "podLabels": {"team": "b"},
+    "webhook": {"url": "https://hooks.example/b"},
 }
 SPEC_SCHEMA = crd_schema("PythonJob")["properties"]["spec"]
 

@@ -10,16 +10,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tako_shim.webhooks.dispatcher import Delivery, Schedule, after_attempt, payload
-from tako_shim.webhooks.policy import (
+from tako_vm import webhooks
+from tako_vm.delivery.policy import (
     WebhookRefused,
     address_problem,
     check_addresses,
     parse_allowlist,
     parse_url,
 )
-from tako_shim.webhooks.sender import AttemptResult, signed_headers
-from tako_vm import webhooks
+from tako_vm.delivery.state import AttemptResult, Delivery, Schedule, after_attempt, payload, signed_headers
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
 

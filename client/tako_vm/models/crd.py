@@ -74,6 +74,8 @@ CONDITION_TYPE_PATTERN = (
 CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 ERROR_TYPE_PATTERN = r"^[a-z][a-z0-9_]*$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+WEBHOOK_URL_MAX_CHARS = 2048
+WEBHOOK_URL_PATTERN = r"^https?://[^\s]+$"
 
 Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Timeout", "OOM", "Cancelled"]
 TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed", "Timeout", "OOM", "Cancelled"})
@@ -123,6 +125,12 @@ class Resources(_Spec):
     cpu: str | None = Field(default=None, max_length=16, pattern=CPU_PATTERN)
 
 
+class WebhookSpec(_Spec):
+    """Where the operator POSTs the signed record when the job ends."""
+
+    url: str = Field(min_length=8, max_length=WEBHOOK_URL_MAX_CHARS, pattern=WEBHOOK_URL_PATTERN)
+
+
 class PythonJobSpec(_Spec):
     """What to run. Immutable after creation except ``cancel``."""
 
@@ -141,6 +149,7 @@ class PythonJobSpec(_Spec):
     parent_job: str | None = Field(default=None, min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
     relationship: Literal["rerun", "fork"] | None = None
     pod_labels: dict[str, LabelValue] | None = Field(default=None, max_length=POD_LABELS_MAX)
+    webhook: WebhookSpec | None = None
     cancel: bool = False
 
     @field_validator("code")
@@ -225,6 +234,19 @@ class Artifact(_Observed):
     content_type: str | None = Field(default=None, max_length=127)
 
 
+class WebhookStatus(_Observed):
+    """Delivery state of the completion webhook (``tako_vm.models.pythonjob.webhook_status``)."""
+
+    webhook_id: str | None = Field(default=None, max_length=300)
+    state: Literal["waiting", "pending", "delivered", "failed"] | None = None
+    attempts: int | None = Field(default=None, ge=0)
+    last_status_code: int | None = Field(default=None, ge=100, le=599)
+    last_error: str | None = Field(default=None, max_length=1024)
+    next_attempt_time: datetime | None = None
+    window_end_time: datetime | None = None
+    delivered_time: datetime | None = None
+
+
 class PythonJobStatus(_Observed):
     """Observed state of a PythonJob; written only by the operator."""
 
@@ -251,6 +273,7 @@ class PythonJobStatus(_Observed):
     queued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    webhook: WebhookStatus | None = None
 
     @property
     def is_terminal(self) -> bool:

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tako_vm.models.crd import WEBHOOK_URL_MAX_CHARS
+
 QueueStatus = Literal["queued", "pending", "running", "succeeded", "failed", "timeout", "oom", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "timeout", "oom", "cancelled"})
 
@@ -31,7 +33,6 @@ REQUIREMENTS_MAX_ITEMS = 50
 IDEMPOTENCY_KEY_MAX_ACCEPTED = 128
 JOB_TYPE_PATTERN = r"^[a-zA-Z0-9_-]+(@[a-zA-Z0-9_.@:-]+)?$"
 IDEMPOTENCY_KEY_PATTERN = r"^[a-zA-Z0-9_-]+$"
-WEBHOOK_URL_MAX_CHARS = 2048
 
 
 class _Request(BaseModel):

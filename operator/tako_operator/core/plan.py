@@ -13,7 +13,7 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-from tako_operator.core import builders, objects
+from tako_operator.core import builders, objects, webhooks
 from tako_operator.core import standby as standby_mod
 from tako_operator.core import status as status_mod
 from tako_operator.core.builders import JobRejected
@@ -42,6 +42,8 @@ IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImag
 PERMANENT_IMAGE_REASONS = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 
 MAX_MESSAGE_CHARS = 1024
+# A finished job past its TTL whose completion webhook is still being retried is looked at again this often.
+WEBHOOK_HOLD_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -207,10 +209,12 @@ def _plan(observed: Observed) -> Plan:
         finished_at = parse_time(status.get("finishedAt"))
         if ttl is not None and finished_at is not None:
             remaining = (finished_at - now).total_seconds() + float(ttl)
-            if remaining <= 0:
-                result.delete_job = True
-            else:
+            if remaining > 0:
                 result.requeue_after = remaining
+            elif webhooks.is_open(job):  # kept until its completion webhook is delivered or failed
+                result.requeue_after = WEBHOOK_HOLD_SECONDS
+            else:
+                result.delete_job = True
         return result
 
     model = _model(observed)

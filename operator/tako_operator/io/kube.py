@@ -302,6 +302,18 @@ class Kube:
             raise
         return self._json(response)
 
+    async def get_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's ``data`` (base64 values as stored), or None if it does not exist (completion
+        webhooks: the chart's RBAC allows ``get`` on exactly this one Secret)."""
+        try:
+            response = await self._call(self.core.read_namespaced_secret, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        data: dict[str, str] = self._json(response).get("data") or {}
+        return data
+
     async def patch_job_status(
         self, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any] | None:

@@ -14,79 +14,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from tako_shim.config import Settings
 from tako_shim.errors import InvalidRequest
-from tako_shim.webhooks.policy import IPNetwork, WebhookRefused, parse_allowlist
-from tako_shim.webhooks.sender import AttemptResult, Limits, post_once, resolve_checked, signed_headers
+from tako_vm.delivery.policy import IPNetwork, WebhookRefused, parse_allowlist
+from tako_vm.delivery.send import post_once, resolve_checked
+from tako_vm.delivery.state import (
+    AttemptResult,
+    Delivery,
+    Limits,
+    Schedule,
+    after_attempt,
+    payload,
+    signed_headers,
+)
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0  # how often the store is asked for due deliveries when nothing pokes the loop
 BATCH = 32
 CONCURRENCY = 8
-EVENT_TYPE = "job.completed"
 
 
-@dataclass(frozen=True)
-class Delivery:
-    job_id: str
-    tenant: str
-    url: str
-    webhook_id: str
-    state: str = "waiting"  # waiting | pending | delivered | failed
-    attempts: int = 0
-    last_status_code: int | None = None
-    last_error: str | None = None
-    next_attempt_at: float = 0.0  # Unix seconds
-    window_ends_at: float | None = None  # set at the first attempt
-    delivered_at: float | None = None
-
-    def describe(self) -> dict[str, Any]:
-        """The ``webhook`` object of ``GET /jobs/{id}`` (``tako_vm.models.wire.WebhookDelivery``)."""
-        return {
-            "webhook_id": self.webhook_id,
-            "url": self.url,
-            "state": self.state,
-            "attempts": self.attempts,
-            "last_status_code": self.last_status_code,
-            "last_error": self.last_error,
-            "next_attempt_at": iso(self.next_attempt_at) if self.state in ("waiting", "pending") else None,
-            "delivered_at": iso(self.delivered_at) if self.delivered_at else None,
-        }
-
-
-def iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat()
-
-
-def webhook_id_for(job_id: str) -> str:
-    """One message per job, the same on every retry (and on every replica)."""
-    return f"msg_{job_id}"
-
-
-def payload(record: dict[str, Any]) -> bytes:
-    """The body: a Standard Webhooks envelope around the job's full record (identical on every retry)."""
-    stamp = record.get("ended_at") or record.get("created_at")
-    body = {"type": EVENT_TYPE, "timestamp": stamp, "data": record}
-    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-
-
-async def accepted_url(settings: Settings, tenant: str, requested: str | None) -> str | None:
+async def accepted_url(
+    settings: Settings, tenant: str, requested: str | None, *, secret_here: bool = True
+) -> str | None:
     """The webhook URL a submission gets (its own, else the tenant's default), checked now: a 422 names
-    what is wrong (no secret for the tenant, a private or metadata address, a bad URL)."""
+    what is wrong (no secret for the tenant, a private or metadata address, a bad URL). Both backends
+    call this. ``secret_here=False``: the secrets are not the shim's to check (the kubernetes backend,
+    where the operator signs with a Kubernetes Secret and fails the delivery closed without one)."""
     url = requested or settings.webhook_default_urls.get(tenant)
     if url is None:
         return None
-    if tenant not in settings.webhook_secrets:
+    if secret_here and tenant not in settings.webhook_secrets:
         raise InvalidRequest(
             f"webhook_url: no webhook secret is configured for tenant {tenant!r} (webhook_secrets)"
         )
@@ -97,44 +62,12 @@ async def accepted_url(settings: Settings, tenant: str, requested: str | None) -
     return url
 
 
-@dataclass(frozen=True)
-class Schedule:
-    first: float
-    maximum: float
-    window: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Schedule:
-        return cls(
-            settings.webhook_first_retry_seconds,
-            settings.webhook_max_retry_seconds,
-            settings.webhook_retry_window_seconds,
-        )
-
-    def delay(self, attempts: int, rng: random.Random) -> float:
-        """Exponential backoff with jitter: a uniform draw in [1/2, 1] of min(first * 2^(n-1), maximum)."""
-        ceiling = min(self.first * 2 ** max(attempts - 1, 0), self.maximum)
-        return ceiling * rng.uniform(0.5, 1.0)
-
-
-def after_attempt(
-    delivery: Delivery, result: AttemptResult, now: float, schedule: Schedule, rng: random.Random
-) -> Delivery:
-    """The delivery's next state after one attempt (pure)."""
-    window_ends_at = delivery.window_ends_at or now + schedule.window
-    done = dataclasses.replace(
-        delivery,
-        attempts=delivery.attempts + 1,
-        last_status_code=result.status_code,
-        last_error=result.error,
-        window_ends_at=window_ends_at,
+def schedule_from(settings: Settings) -> Schedule:
+    return Schedule(
+        settings.webhook_first_retry_seconds,
+        settings.webhook_max_retry_seconds,
+        settings.webhook_retry_window_seconds,
     )
-    if result.delivered:
-        return dataclasses.replace(done, state="delivered", delivered_at=now, last_error=None)
-    next_at = now + schedule.delay(done.attempts, rng)
-    if result.refused or next_at > window_ends_at:
-        return dataclasses.replace(done, state="failed")
-    return dataclasses.replace(done, state="pending", next_attempt_at=next_at)
 
 
 class DeliveryStore(Protocol):
@@ -168,7 +101,7 @@ class Dispatcher:
             settings.webhook_read_timeout_seconds,
             settings.webhook_max_response_bytes,
         )
-        self.schedule = Schedule.from_settings(settings)
+        self.schedule = schedule_from(settings)
         self._post = post
         self._rng = rng or random.Random()
         self._poked = asyncio.Event()

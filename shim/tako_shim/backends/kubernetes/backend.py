@@ -73,6 +73,7 @@ from tako_shim.errors import (
     ShimError,
     Unavailable,
 )
+from tako_shim.webhooks.dispatcher import accepted_url
 from tako_vm import __version__
 from tako_vm.models.crd import DEFAULT_JOB_TYPE_NAME
 from tako_vm.models.wire import (
@@ -171,12 +172,6 @@ class KubernetesBackend(Backend):
         )
 
     async def submit(self, tenant: str, submission: Submission) -> SubmitResult:
-        if submission.webhook_url or self.settings.webhook_default_urls.get(tenant):
-            # Fail closed: a webhook this backend would not send must not be accepted silently.
-            raise InvalidRequest(
-                "webhook_url: completion webhooks are not available on the kubernetes backend yet "
-                "(docs/kubernetes-backend.md); use GET /jobs/{id}/events or long-poll the result"
-            )
         return await self._create(tenant, submission)
 
     async def _create(
@@ -185,7 +180,10 @@ class KubernetesBackend(Backend):
         """Create the PythonJob (``code_from``: a ConfigMap key to run instead of ``submission.code``)."""
         namespace = self._namespace(tenant)
         name = job_name(tenant, submission.idempotency_key)
-        body = job_object(name, namespace, tenant, submission, code_ref=code_from)
+        # The same check as the local backend's (422 naming the address); the operator sends it, signed
+        # with the namespace's secret from its Kubernetes Secret, and checks the address again then.
+        webhook_url = await accepted_url(self.settings, tenant, submission.webhook_url, secret_here=False)
+        body = job_object(name, namespace, tenant, submission, code_ref=code_from, webhook_url=webhook_url)
         await self._require_job_type(namespace, submission.job_type)
         if not await self._queue_has_room(namespace):
             # A retry of a job that exists is answered even when the queue is full; nothing else is.

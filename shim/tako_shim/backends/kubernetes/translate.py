@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
 from typing import Any, cast
 
 from pydantic import ValidationError
@@ -26,19 +25,29 @@ from pydantic import ValidationError
 from tako_shim.backends.base import RecordFilter, RecordPage, Submission
 from tako_shim.config import JobTypeConfig, KubernetesOptions
 from tako_shim.errors import InvalidRequest
-from tako_shim.submission import JobResolver, canonical_json, sha256_hex
+from tako_shim.submission import JobResolver
 from tako_vm.models.crd import (
     API_VERSION,
-    CONTRACT_STATUS_BY_PHASE,
     DEFAULT_JOB_TYPE,
     DEFAULT_JOB_TYPE_NAME,
     DNS_SUBDOMAIN_PATTERN,
-    TERMINAL_PHASES,
     CodeRef,
     PythonJobSpec,
     PythonJobTypeSpec,
+    WebhookSpec,
 )
-from tako_vm.models.wire import ExecutionRecordFull, JobStatusResponse, JobTypeResponse, QueueStatus
+from tako_vm.models.pythonjob import (
+    contract_status,
+    duration_ms_of,
+    is_terminal,
+    iso_time,
+    record_from_job,
+    webhook_of,
+)
+from tako_vm.models.pythonjob import job_meta as _meta
+from tako_vm.models.pythonjob import job_spec as _spec
+from tako_vm.models.pythonjob import job_status as _status
+from tako_vm.models.wire import JobStatusResponse, JobTypeResponse
 
 ANNOTATION_FINGERPRINT = "takovm.dev/fingerprint"
 ANNOTATION_CORRELATION_ID = "takovm.dev/correlation-id"
@@ -88,11 +97,14 @@ def job_object(
     tenant: str,
     submission: Submission,
     code_ref: tuple[str, str] | None = None,
+    webhook_url: str | None = None,
 ) -> dict[str, Any]:
     """The PythonJob to create for ``submission``; ``InvalidRequest`` naming the field if it cannot be.
 
     ``code_ref`` (``(configmap, key)``) replaces ``submission.code``: a rerun of a job whose code is in
     a ConfigMap points at the same ConfigMap instead of copying the code (the shim may not read it).
+    ``webhook_url`` (already checked, ``tako_shim.webhooks.dispatcher.accepted_url``) goes to
+    ``spec.webhook.url``: the operator sends the completion webhook.
     """
     requirements = list(submission.requirements)
     try:
@@ -107,6 +119,7 @@ def job_object(
             idempotency_key=submission.idempotency_key,
             parent_job=submission.parent_execution_id,
             relationship=cast(Any, submission.relationship),
+            webhook=WebhookSpec(url=webhook_url) if webhook_url else None,
         )
     except ValidationError as exc:
         raise _spec_error(exc) from None
@@ -140,126 +153,27 @@ def job_type_selector(job_type: str | None) -> str | None:
 # -- reading objects ----------------------------------------------------------------------------------
 
 
-def _meta(job: dict[str, Any]) -> dict[str, Any]:
-    return cast(dict[str, Any], job.get("metadata") or {})
-
-
-def _spec(job: dict[str, Any]) -> dict[str, Any]:
-    return cast(dict[str, Any], job.get("spec") or {})
-
-
-def _status(job: dict[str, Any]) -> dict[str, Any]:
-    return cast(dict[str, Any], job.get("status") or {})
-
-
-def phase(job: dict[str, Any]) -> str:
-    return str(_status(job).get("phase") or "Pending")
-
-
-def is_terminal(job: dict[str, Any]) -> bool:
-    return phase(job) in TERMINAL_PHASES
-
-
-def contract_status(job: dict[str, Any]) -> QueueStatus:
-    return cast(QueueStatus, CONTRACT_STATUS_BY_PHASE.get(phase(job), "queued"))
-
-
 def fingerprint_of(job: dict[str, Any]) -> str | None:
     value = (_meta(job).get("annotations") or {}).get(ANNOTATION_FINGERPRINT)
     return str(value) if value else None
-
-
-def _iso(value: Any) -> str | None:
-    """Kubernetes timestamps (``...Z``) as the contract's ISO 8601 with an explicit offset."""
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC).isoformat()
-    except ValueError:
-        return str(value)
-
-
-def _duration_ms(status: dict[str, Any]) -> int | None:
-    started, finished = _iso(status.get("startedAt")), _iso(status.get("finishedAt"))
-    if started and finished:
-        try:
-            delta = datetime.fromisoformat(finished) - datetime.fromisoformat(started)
-            return max(0, int(delta.total_seconds() * 1000))
-        except ValueError:
-            pass
-    total = (status.get("timing") or {}).get("totalMs")
-    return int(total) if isinstance(total, int) else None
-
-
-def _snake_timing(timing: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not timing:
-        return None
-    keys = {
-        "startupMs": "startup_ms",
-        "depInstallMs": "dep_install_ms",
-        "executionMs": "execution_ms",
-        "totalMs": "total_ms",
-        "phaseAtExit": "phase_at_exit",
-    }
-    return {snake: timing.get(camel) for camel, snake in keys.items()}
-
-
-def record_from_job(job: dict[str, Any]) -> ExecutionRecordFull:
-    """The contract's full execution record for a PythonJob (slim view: ``.slim()``)."""
-    meta, spec, status = _meta(job), _spec(job), _status(job)
-    job_type_ref = str(spec.get("jobType") or "default")
-    job_type = job_type_ref.split("@", 1)[0]
-    version = job_type_ref if "@" in job_type_ref else f"{job_type}@latest"
-    code = spec.get("code")
-    input_data = spec.get("inputData") or {}
-    return ExecutionRecordFull(
-        execution_id=str(meta.get("name")),
-        status=contract_status(job),
-        job_type=job_type,
-        job_version=version,
-        job_ref=version,
-        created_at=_iso(meta.get("creationTimestamp")) or "",
-        started_at=_iso(status.get("startedAt")),
-        ended_at=_iso(status.get("finishedAt")),
-        duration_ms=_duration_ms(status) if is_terminal(job) else None,
-        exit_code=status.get("exitCode"),
-        stdout=status.get("stdout") or "",
-        stderr=status.get("stderr") or "",
-        output=status.get("output"),
-        error=status.get("error"),
-        timing=_snake_timing(status.get("timing")),
-        runtime=status.get("runtime"),
-        artifacts=[
-            {
-                "name": a.get("name"),
-                "size_bytes": a.get("sizeBytes", 0),
-                "sha256": a.get("sha256"),
-                "content_type": a.get("contentType"),
-            }
-            for a in status.get("artifacts") or []
-        ],
-        code_hash=sha256_hex(code) if isinstance(code, str) else None,
-        input_hash=sha256_hex(canonical_json(input_data)),
-        parent_execution_id=spec.get("parentJob"),
-        relationship=spec.get("relationship"),
-        stdout_truncated=bool(status.get("stdoutTruncated")),
-        stderr_truncated=bool(status.get("stderrTruncated")),
-        idempotency_key=spec.get("idempotencyKey"),
-    )
 
 
 def status_from_job(job: dict[str, Any]) -> JobStatusResponse:
     """``GET /jobs/{id}``: a queued job reads ``pending``. The queue position is not reported: the
     operator admits jobs by one limit across namespaces, so a per-tenant position would mislead."""
     status = contract_status(job)
-    created = _iso(_meta(job).get("creationTimestamp"))
+    created = iso_time(_meta(job).get("creationTimestamp"))
+    webhook = webhook_of(job)
     if status == "queued":
-        return JobStatusResponse(job_id=str(_meta(job).get("name")), status="pending", created_at=created)
+        return JobStatusResponse(
+            job_id=str(_meta(job).get("name")), status="pending", created_at=created, webhook=webhook
+        )
     return JobStatusResponse(
         job_id=str(_meta(job).get("name")),
         status=status,
         created_at=created,
-        duration_ms=_duration_ms(_status(job)) if is_terminal(job) else None,
+        duration_ms=duration_ms_of(_status(job)) if is_terminal(job) else None,
+        webhook=webhook,
     )
 
 
@@ -383,7 +297,7 @@ def _matches(job: dict[str, Any], query: RecordFilter) -> bool:
 
 def _sort_key(job: dict[str, Any]) -> tuple[str, str]:
     meta = _meta(job)
-    return (_iso(meta.get("creationTimestamp")) or "", str(meta.get("name")))
+    return (iso_time(meta.get("creationTimestamp")) or "", str(meta.get("name")))
 
 
 def page_of(jobs: list[dict[str, Any]], query: RecordFilter) -> RecordPage:

@@ -14,7 +14,7 @@ from typing import Any
 
 from tako_shim.backends.local import records
 from tako_shim.backends.local.store import JobRow, JobStore
-from tako_shim.webhooks.dispatcher import Delivery, webhook_id_for
+from tako_vm.delivery.state import Delivery, webhook_id_for
 from tako_vm.models.wire import TERMINAL_STATUSES
 
 _SCHEMA = """

@@ -5,7 +5,7 @@ metadata address 169.254.169.254), shared (100.64.0.0/10, Alibaba's metadata 100
 reserved and unspecified addresses, in IPv4 and IPv6, including IPv4 addresses embedded in IPv6 (mapped
 ``::ffff:a.b.c.d``, compatible ``::a.b.c.d``, 6to4 ``2002::/16``, NAT64 ``64:ff9b::/96``). A host is
 resolved once; every address must pass, and the connection is then made to those checked addresses only
-(``tako_shim.webhooks.sender``), so a second DNS answer cannot point it elsewhere (DNS rebinding).
+(``tako_vm.delivery.send``), so a second DNS answer cannot point it elsewhere (DNS rebinding).
 """
 
 from __future__ import annotations
