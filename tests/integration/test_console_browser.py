@@ -6,12 +6,15 @@ Screenshots of the main pages go to ``$TAKO_CONSOLE_SCREENSHOTS`` when it is set
 images were taken this way: ``TAKO_CONSOLE_SCREENSHOTS=docs/images/console``).
 
 The sandbox's root filesystem has no matplotlib (scripts/build-rootfs.sh installs python3 and pip
-only), so the "plot" is a PNG and an SVG the job writes by hand: what is tested is the console's
-inline rendering of image artifacts, which does not depend on the library that drew them.
+only): the real plot job asks for ``requirements: ["matplotlib"]``, installed from PyPI by the install
+sandbox (about 25 s the first time on this machine; the server's requirement cache keeps it for later
+jobs). A second job writes a PNG by hand and an SVG with a script in it: that one proves an SVG's
+script never runs, which no matplotlib output would test.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -69,6 +72,18 @@ open("/output/chart.svg", "w").write(
     '<script>parent.__pwned = 3</script><rect width="120" height="60" fill="#7aa7e8"/></svg>')
 print("wrote 2 images")
 """
+# A real matplotlib figure: 4 x 3 inches at 100 dpi is a 400 x 300 PNG.
+PLOT = r"""
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+fig, ax = plt.subplots(figsize=(4, 3), dpi=100)
+ax.plot([0, 1, 2, 3, 4], [1, 4, 2, 5, 3], marker="o")
+ax.set_title("tako plot")
+fig.savefig("/output/plot.png")
+print("matplotlib", matplotlib.__version__)
+"""
+PLOT_INSTALL_SECONDS = 600  # a first install from PyPI on a loaded 2-core machine
 LIVE = "import time\nfor i in range(4):\n    print(f'line {i}', flush=True)\n    time.sleep(1)\n"
 
 
@@ -80,6 +95,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
         "api_auth_enabled": True,
         "api_keys": {KEY_A: "team-a", KEY_B: "team-b"},
         "api_rate_limit_requests": 2000,
+        "allow_runtime_requirements": True,  # the matplotlib job installs it (loopback: the default anyway)
     }
     with local_server(tmp_path_factory.mktemp("console"), settings, env={"PATH": RUNSC_PATH}) as running:
         yield running
@@ -133,6 +149,17 @@ def log_in(driver: WebDriver, server: LocalServer, key: str) -> None:
     driver.find_element(By.ID, "api-key").send_keys(key)
     driver.find_element(By.ID, "login-submit").click()
     wait(driver).until(lambda d: d.current_url.endswith("/console/overview"))
+
+
+def text_by_id(driver: WebDriver, element_id: str) -> str:
+    """An element's text on a page that may reload itself (a running job's page does when it ends)."""
+    return str(
+        wait(driver).until(
+            lambda d: d.execute_script(
+                "const e = document.getElementById(arguments[0]); return e && e.innerText", element_id
+            )
+        )
+    )
 
 
 def finished(sdk: Client, job_id: str) -> dict[str, Any]:
@@ -190,7 +217,33 @@ def test_its_page_shows_stdout_as_text_and_a_script_in_it_runs_nothing(
     assert "<script>" in browser.find_element(By.ID, "code").text
 
 
-def test_image_artifacts_render_inline(
+def test_a_real_matplotlib_plot_renders_as_an_image(
+    server: LocalServer, sdk: Client, browser: WebDriver, shared: dict[str, Any]
+) -> None:
+    job_id = sdk.submit_code(PLOT, requirements=["matplotlib"], startup_timeout=PLOT_INSTALL_SECONDS)
+    record = sdk.get_result(job_id, timeout=PLOT_INSTALL_SECONDS + 60)
+    assert record["status"] == "succeeded", record
+    assert record["stdout"].startswith("matplotlib 3."), record["stdout"]
+    [artifact] = sdk.get_execution(job_id, view="full")["artifacts"]
+    assert artifact["name"] == "plot.png"
+    browser.get(f"{server.url}/console/executions/{job_id}")
+    assert "matplotlib" in browser.find_element(By.ID, "requirements").text
+    image = browser.find_element(By.CSS_SELECTOR, "img.artifact")
+    wait(browser).until(lambda d: d.execute_script("return arguments[0].complete", image))
+    size = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", image)
+    assert size == [400, 300], size  # decoded, and the figure's size: the PNG matplotlib drew
+    cookies = {c["name"]: c["value"] for c in browser.get_cookies()}
+    with httpx.Client(base_url=server.url, cookies=cookies, timeout=30) as http:
+        served = http.get(image.get_attribute("src") or "")
+    assert served.headers["content-type"] == "image/png"
+    assert served.content.startswith(b"\x89PNG") and b"Matplotlib" in served.content  # its Software tag
+    assert hashlib.sha256(served.content).hexdigest() == artifact["sha256"]
+    assert not [m for m in console_log(browser) if "Content Security Policy" in m]
+    browser.execute_script("arguments[0].scrollIntoView()", image)
+    screenshot(browser, "plot")
+
+
+def test_hand_written_png_and_svg_artifacts_render_inline_and_the_svg_script_never_runs(
     server: LocalServer, sdk: Client, browser: WebDriver, shared: dict[str, Any]
 ) -> None:
     job_id = sdk.submit_code(IMAGES)
@@ -221,8 +274,8 @@ def test_rerun_and_fork_create_linked_jobs(
     browser.get(f"{server.url}/console/executions/{parent}")
     browser.find_element(By.ID, "rerun").click()
     wait(browser).until(lambda d: not d.current_url.endswith(parent))
-    rerun_id = browser.find_element(By.ID, "execution-id").text
-    assert browser.find_element(By.ID, "parent-link").text == parent
+    rerun_id = text_by_id(browser, "execution-id")
+    assert text_by_id(browser, "parent-link") == parent
 
     browser.get(f"{server.url}/console/executions/{parent}")
     code = browser.find_element(By.ID, "fork-code")
@@ -230,8 +283,8 @@ def test_rerun_and_fork_create_linked_jobs(
     code.send_keys("print('forked from the console')")
     browser.find_element(By.ID, "fork").click()
     wait(browser).until(lambda d: not d.current_url.endswith(parent))
-    fork_id = browser.find_element(By.ID, "execution-id").text
-    assert browser.find_element(By.ID, "parent-link").text == parent
+    fork_id = text_by_id(browser, "execution-id")
+    assert text_by_id(browser, "parent-link") == parent
     assert finished(sdk, fork_id)["stdout"] == "forked from the console\n"
     for child, relationship in ((rerun_id, "rerun"), (fork_id, "fork")):
         record = sdk.get_execution(child, view="full")
@@ -291,3 +344,121 @@ def test_a_job_printing_over_3_s_shows_lines_appearing_live(
         wait(browser, 60).until(lambda d: d.find_element(By.ID, "status").text == "succeeded")
     except TimeoutException:
         pytest.fail(f"the page never showed the finished job: {browser.find_element(By.ID, 'status').text}")
+
+
+SESSION_CELLS = [
+    "x = 21",
+    "print('<script>window.__pwned = 5</script>')\nx * 2",
+    "1 / 0",
+]
+
+
+def cell_texts(driver: WebDriver) -> list[tuple[str, str]]:
+    """(execution id, text) of the session page's cells, read in one script (htmx swaps the list)."""
+    found = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#cells li.cell'))"
+        ".map(li => [li.dataset.id, li.innerText.trim()])"
+    )
+    return [(str(i), str(t)) for i, t in found]
+
+
+def test_the_sessions_page_lists_an_open_session_whose_page_shows_its_executions_in_order(
+    server: LocalServer, sdk: Client, browser: WebDriver, shared: dict[str, Any]
+) -> None:
+    created = sdk.create_session(ttl_seconds=900)
+    sid = created.session_id
+    shared["session"] = sid
+    ran = [sdk.run_in_session(sid, code) for code in SESSION_CELLS]
+    assert [r.status for r in ran] == ["succeeded", "succeeded", "failed"]
+    shared["session_cells"] = [r.execution_id for r in ran]
+    browser.get_log("browser")
+    browser.get(f"{server.url}/console/overview")
+    browser.find_element(By.LINK_TEXT, "Sessions").click()
+    row = wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#sessions tr[data-id="{sid}"]'))
+    assert "ready" in row[0].text and row[0].text.split()[-1] == "3"  # open, 3 executions
+    screenshot(browser, "sessions")
+    row[0].find_element(By.CSS_SELECTOR, "a.session-link").click()
+    wait(browser).until(lambda d: d.current_url.endswith(f"/console/sessions/{sid}"))
+    cells = cell_texts(browser)
+    assert [c[0] for c in cells] == shared["session_cells"]  # in the order they ran
+    assert cells[0][1].startswith("[1] succeeded") and "x = 21" in cells[0][1]
+    second = cells[1][1]
+    assert "<script>window.__pwned = 5</script>" in second  # stdout, as text
+    assert "Out[2]: 42" in second
+    assert "[3] failed" in cells[2][1] and "ZeroDivisionError" in cells[2][1]
+    stdout = browser.find_element(By.CSS_SELECTOR, f'li[data-id="{ran[1].execution_id}"] pre.stdout')
+    assert stdout.find_elements(By.XPATH, ".//*") == []
+    assert browser.execute_script("return window.__pwned") is None
+    assert re.fullmatch(r"\[1\] succeeded \S+ \S+ · [\d.]+ m?s · execution", cells[0][1].splitlines()[0])
+    assert not [m for m in console_log(browser) if "Content Security Policy" in m]
+    screenshot(browser, "session")
+
+
+def test_a_sessions_new_execution_appears_on_its_open_page_without_a_reload(
+    server: LocalServer, sdk: Client, browser: WebDriver, shared: dict[str, Any]
+) -> None:
+    sid = shared["session"]
+    assert browser.current_url.endswith(f"/console/sessions/{sid}")
+    browser.execute_script("window.__same_page = 1")
+    late = sdk.run_in_session(sid, "print('a late cell')\nx + 1")
+    try:
+        wait(browser, 30).until(lambda d: len(cell_texts(d)) == 4)
+    except TimeoutException:
+        pytest.fail(f"the new execution never appeared: {cell_texts(browser)}")
+    last_id, last_text = cell_texts(browser)[-1]
+    assert last_id == late.execution_id and "a late cell" in last_text and "Out[4]: 22" in last_text
+    assert browser.execute_script("return window.__same_page") == 1  # swapped in place, not reloaded
+    assert browser.find_element(By.ID, "session-count").text == "4"
+    shared["session_cells"].append(late.execution_id)
+
+
+def test_the_executions_list_filters_by_session_and_links_to_its_page(
+    server: LocalServer, browser: WebDriver, shared: dict[str, Any]
+) -> None:
+    sid = shared["session"]
+    browser.find_element(By.ID, "session-executions-link").click()
+    wait(browser).until(lambda d: "session_id=" in d.current_url)
+    ids = [r.get_attribute("data-id") for r in browser.find_elements(By.CSS_SELECTOR, "tr[data-id]")]
+    assert ids == list(reversed(shared["session_cells"]))  # exactly the session's, newest first
+    assert browser.find_element(By.ID, "session-filter").get_attribute("value") == sid
+    browser.get(f"{server.url}/console/executions")  # unfiltered: one-shot jobs and session cells
+    ids = [r.get_attribute("data-id") for r in browser.find_elements(By.CSS_SELECTOR, "tr[data-id]")]
+    assert shared["hostile"] in ids and set(shared["session_cells"]) <= set(ids)
+    field = browser.find_element(By.ID, "session-filter")
+    field.send_keys(sid)
+    field.submit()
+    wait(browser).until(lambda d: "session_id=" in d.current_url)
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr[data-id]")
+    assert {r.get_attribute("data-id") for r in rows} == set(shared["session_cells"])
+    screenshot(browser, "session-executions")
+    rows[0].find_element(By.CSS_SELECTOR, "a.session-link").click()
+    wait(browser).until(lambda d: d.current_url.endswith(f"/console/sessions/{sid}"))
+    browser.get(f"{server.url}/console/executions/{shared['session_cells'][1]}")  # one cell's own page
+    assert browser.find_element(By.ID, "session-link").text == sid
+    assert browser.find_element(By.ID, "session-result").text == "42"
+
+
+def test_another_tenants_session_is_404(
+    server: LocalServer, sdk: Client, browser: WebDriver, shared: dict[str, Any]
+) -> None:
+    sid = shared["session"]
+    log_in(browser, server, KEY_B)
+    browser.get(f"{server.url}/console/sessions/{sid}")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "404"
+    assert "x = 21" not in browser.page_source and "a late cell" not in browser.page_source
+    browser.get(f"{server.url}/console/sessions")
+    assert sid not in browser.page_source
+    browser.get(f"{server.url}/console/executions?session_id={sid}")
+    assert browser.find_elements(By.CSS_SELECTOR, "tr[data-id]") == []
+    cookies = {c["name"]: c["value"] for c in browser.get_cookies()}
+    with httpx.Client(base_url=server.url, cookies=cookies, timeout=30) as http:
+        assert http.get(f"/console/sessions/{sid}").status_code == 404
+        part = http.get(f"/console/sessions/{sid}?part=executions&mark=x", headers={"HX-Request": "true"})
+        assert part.status_code == 404
+    log_in(browser, server, KEY_A)
+    sdk.delete_session(sid)
+    browser.get(f"{server.url}/console/sessions/{sid}")  # an ended session keeps its page, without polling
+    assert browser.find_element(By.ID, "session-status").text == "ended"
+    assert browser.find_element(By.ID, "end-reason").text == "deleted"
+    assert browser.find_element(By.ID, "session").get_attribute("hx-trigger") is None
+    assert len(cell_texts(browser)) == 4

@@ -5,14 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
-
 from tako_shim.config import Settings
-from tako_shim.http.common import BACKEND_KEY
-from tako_shim.http.console import add_console, auth, views
+from tako_shim.http.console import auth, views
 from tako_shim.http.guards import BrowserPolicy
-from tako_shim.http.middleware import SETTINGS_KEY, TENANT_KEY
 from tako_vm.models.wire import ArtifactInfo, ExecutionRecordFull
 
 KEYS = {"key-a-0123456789": "team-a", "key-b-0123456789": "team-b"}
@@ -130,28 +125,3 @@ def test_only_png_jpeg_and_svg_show_inline() -> None:
     assert views.image_type(art("Plot.PNG")) == "image/png"
     assert views.image_type(art("a.svg")) == "image/svg+xml"
     assert views.image_type(art("page.html")) is None and views.image_type(art("x.svg.txt")) is None
-
-
-async def test_the_sessions_page_appears_only_with_the_sessions_route() -> None:
-    seen: list[str | None] = []
-
-    async def list_sessions(request: web.Request) -> web.Response:
-        seen.append(request[TENANT_KEY])
-        items = [{"session_id": "s-1", "status": "ready", "created_at": "<b>x</b>"}]
-        return web.json_response({"items": items, "count": 1})
-
-    async def status_and_text(with_route: bool) -> tuple[int, str]:
-        app = web.Application()
-        app[SETTINGS_KEY] = Settings()
-        app[BACKEND_KEY] = None  # type: ignore[assignment]  # the sessions page never uses it
-        if with_route:
-            app.router.add_get("/sessions", list_sessions)
-        add_console(app)
-        async with TestClient(TestServer(app)) as client:
-            response = await client.get("/console/sessions")
-            return response.status, await response.text()
-
-    assert (await status_and_text(False))[0] == 404
-    status, text = await status_and_text(True)
-    assert status == 200 and "s-1" in text and "&lt;b&gt;x&lt;/b&gt;" in text
-    assert seen == ["default"]  # called with the console's tenant

@@ -120,6 +120,7 @@ def test_records_carry_the_contract_fields() -> None:
     full = slim | {
         "job_ref", "artifacts", "input_artifacts", "resource_usage", "code_hash", "input_hash",
         "parent_execution_id", "relationship", "stdout_truncated", "stderr_truncated", "idempotency_key",
+        "session_result",  # BEYOND the reference: a session cell's notebook result (#15 console)
     }  # fmt: skip
     assert set(ExecutionRecordFull.model_fields) == full
     record = ExecutionRecordFull(execution_id="x", status="queued", job_type="default", created_at="t")

@@ -286,6 +286,9 @@ class ExecutionRecordFull(ExecutionRecord):
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     idempotency_key: str | None = None
+    session_result: str | None = Field(
+        default=None, description="A session execution's result: the repr of the cell's last expression"
+    )
 
     def slim(self) -> ExecutionRecord:
         return ExecutionRecord.model_validate(self.model_dump(include=set(ExecutionRecord.model_fields)))

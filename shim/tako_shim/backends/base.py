@@ -62,6 +62,7 @@ class SubmitResult:
 class RecordFilter:
     status: str | None = None
     job_type: str | None = None
+    session_id: str | None = None  # only the executions of this session (docs/sessions.md)
     limit: int = 100
     offset: int = 0
     # Outputs whose JSON is longer are left out of the page (a backend may ignore this; None: keep all).

@@ -284,6 +284,8 @@ def unknown_job_type(name: str, known: list[str]) -> InvalidRequest:
 
 
 def _matches(job: dict[str, Any], query: RecordFilter) -> bool:
+    if query.session_id:  # a PythonJob never ran in a session
+        return False
     if query.status:
         wanted = "queued" if query.status == "pending" else query.status
         if contract_status(job) != wanted:

@@ -432,6 +432,7 @@ class LocalBackend(Backend):
             limit=query.limit + 1,
             offset=query.offset,
             inline_output_bytes=query.inline_output_bytes,
+            session_id=query.session_id,
         )
         known = [self._as_known(r) for r in rows[: query.limit]]
         built = await asyncio.to_thread(lambda: [records.record_from_row(r) for r in known])  # off the loop

@@ -55,6 +55,7 @@ def record_from_row(row: JobRow) -> ExecutionRecordFull:
         stderr_truncated=bool(outcome.get("stderr_truncated")),
         idempotency_key=row.idempotency_key,
         session_id=row.parent_execution_id if row.relationship == "session" else None,
+        session_result=outcome.get("session_result"),
     )
 
 

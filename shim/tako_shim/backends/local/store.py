@@ -51,6 +51,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_tenant_key ON jobs(tenant, idempotency_ke
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_tenant_seq ON jobs(tenant, seq);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+CREATE INDEX IF NOT EXISTS jobs_tenant_parent ON jobs(tenant, parent_execution_id, seq);
 """
 # Bytes of a stored outcome's ``output`` JSON (NULL without one; an unparsable outcome is left alone).
 _OUTPUT_BYTES = (
@@ -269,6 +270,7 @@ class JobStore:
         limit: int,
         offset: int,
         inline_output_bytes: int | None = None,
+        session_id: str | None = None,
     ) -> list[JobRow]:
         """Newest first. Outputs longer than ``inline_output_bytes`` are removed inside SQLite (a page
         of large results is never loaded into memory) and their size is set on the row."""
@@ -279,6 +281,9 @@ class JobStore:
         if job_type:
             clauses.append("job_type = ?")
             params.append(job_type)
+        if session_id:  # a session's executions are its children with relationship 'session'
+            clauses.append("parent_execution_id = ? AND relationship = 'session'")
+            params.append(session_id)
         where = " AND ".join(clauses)
         if inline_output_bytes is None:
             sql = f"SELECT {_COLUMNS} FROM jobs WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?"

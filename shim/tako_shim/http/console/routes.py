@@ -9,10 +9,9 @@ module; API handlers never see a console request without a tenant.
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -26,6 +25,7 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
 from tako_shim.backends.base import Overrides, RecordFilter
+from tako_shim.backends.sessions import SessionService
 from tako_shim.errors import NotFound, ShimError
 from tako_shim.http.common import BACKEND_KEY
 from tako_shim.http.console import auth, views
@@ -35,7 +35,6 @@ from tako_vm.models.wire import CODE_MAX_CHARS, ExecutionRecordFull
 
 PREFIX = "/console"
 EVENTS_ROUTE = "/jobs/{job_id}/events"  # the streaming issue's SSE route; used when the app has it
-SESSIONS_ROUTE = "/sessions"
 LOGIN_COOKIE = "tako_console_login"
 SCAN_RECORDS = 2000  # the most records a time-range or code search reads
 SCAN_CODE = 500  # the most submissions a code search reads
@@ -126,7 +125,7 @@ def _context(request: web.Request, session: auth.ConsoleSession | None, **values
     return {
         "session": session,
         "auth_on": settings.api_auth_enabled,
-        "has_sessions": _route(request.app, "GET", SESSIONS_ROUTE) is not None,
+        "has_sessions": getattr(request.app[BACKEND_KEY], "sessions", None) is not None,
         "prefix": PREFIX,
         **values,
     }
@@ -263,29 +262,17 @@ async def _matching(
     """One page of records matching the filters: (records, has_more, scan_cut)."""
     backend = request.app[BACKEND_KEY]
     start = (filters.page - 1) * views.PAGE_SIZE
-    base = RecordFilter(status=filters.status, job_type=filters.job_type, inline_output_bytes=0)
+    base = RecordFilter(
+        status=filters.status, job_type=filters.job_type, session_id=filters.session_id, inline_output_bytes=0
+    )
     if not filters.scans:
-        got = await backend.list_records(
-            tenant,
-            RecordFilter(
-                status=base.status,
-                job_type=base.job_type,
-                limit=views.PAGE_SIZE,
-                offset=start,
-                inline_output_bytes=0,
-            ),
-        )
+        got = await backend.list_records(tenant, replace(base, limit=views.PAGE_SIZE, offset=start))
         return got.records, got.has_more, False
     found: list[ExecutionRecordFull] = []
     offset = code_reads = 0
     cut = False
     while len(found) <= start + views.PAGE_SIZE:
-        got = await backend.list_records(
-            tenant,
-            RecordFilter(
-                status=base.status, job_type=base.job_type, limit=200, offset=offset, inline_output_bytes=0
-            ),
-        )
+        got = await backend.list_records(tenant, replace(base, limit=200, offset=offset))
         for record in got.records:
             created = views.parse_time(record.created_at)
             if filters.since is not None and created is not None and created < filters.since:
@@ -445,21 +432,69 @@ async def cancel(request: web.Request, session: auth.ConsoleSession) -> web.Stre
     return _redirect(f"{PREFIX}/executions/{job_id}")
 
 
-SESSION_COLUMNS = ("session_id", "status", "job_type", "created_at", "expires_at", "last_used_at")
+SESSION_EXECUTIONS_SHOWN = 200  # the newest executions a session's page shows, oldest first
+
+
+def _session_service(request: web.Request) -> SessionService:
+    service: SessionService | None = getattr(request.app[BACKEND_KEY], "sessions", None)
+    if service is None:
+        raise NotFound("Sessions are not available on this server")
+    return service
 
 
 @page
 async def sessions(request: web.Request, session: auth.ConsoleSession) -> web.StreamResponse:
-    """The sessions issue's ``GET /sessions`` for the cookie's tenant, as a table (404 without it)."""
-    handler = _route(request.app, "GET", SESSIONS_ROUTE)
-    if handler is None:
-        raise NotFound("Sessions are not available on this server")
-    answer = await handler(request)
-    body = answer.text if isinstance(answer, web.Response) and answer.text else "{}"
-    items = [item for item in json.loads(body).get("items", []) if isinstance(item, dict)]
-    columns = [c for c in SESSION_COLUMNS if any(c in item for item in items)] or ["session_id"]
-    context = _context(request, session, title="Sessions", items=items, columns=columns)
+    """The tenant's open sessions, and the ones that ended most recently (404 without sessions)."""
+    open_, ended = views.split_sessions(await _session_service(request).list_sessions(session.tenant))
+    context = _context(request, session, title="Sessions", open_sessions=open_, ended_sessions=ended)
     return _html(request.app[CONSOLE_KEY], "sessions.html", **context)
+
+
+@dataclass(frozen=True)
+class _Cell:
+    number: int
+    record: ExecutionRecordFull
+    code_html: Markup
+
+
+def _highlight_all(codes: list[str]) -> list[Markup]:
+    lexer, formatter = PythonLexer(), HtmlFormatter()
+    return [Markup(highlight(code, lexer, formatter)) for code in codes]  # Pygments escapes the code
+
+
+@page
+async def session_page(request: web.Request, session: auth.ConsoleSession) -> web.StreamResponse:
+    """One session and its executions in order; while it is open the part polls itself, and a poll
+    that finds nothing new is a 204 (htmx keeps the page as it is)."""
+    session_id = request.match_info["session_id"]
+    info = await _session_service(request).get(session.tenant, session_id)  # another tenant's: 404
+    part = request.headers.get("HX-Request") and request.query.get("part") == "executions"
+    if part and views.session_unchanged(info, request.query.get("mark")):
+        return web.Response(status=204)
+    backend = request.app[BACKEND_KEY]
+    got = await backend.list_records(
+        session.tenant,
+        RecordFilter(session_id=session_id, limit=SESSION_EXECUTIONS_SHOWN, inline_output_bytes=0),
+    )
+    records = list(reversed(got.records))  # oldest first
+    codes = await asyncio.gather(*(_code(request, session.tenant, r.execution_id) for r in records))
+    highlighted = await asyncio.to_thread(_highlight_all, list(codes))
+    first = max(info.executions - len(records), 0) + 1 if got.has_more else 1
+    cells = [_Cell(first + i, r, html) for i, (r, html) in enumerate(zip(records, highlighted, strict=True))]
+    context = _context(
+        request,
+        session,
+        title=f"Session {session_id}",
+        info=info,
+        cells=cells,
+        has_more=got.has_more,
+        live=info.status != "ended",
+        mark=views.session_mark(info, len(records), got.has_more),
+        duration=views.duration,
+        list_link=f"{PREFIX}/executions?{urlencode({'session_id': session_id})}",
+    )
+    template = "_session.html" if part else "session.html"
+    return _html(request.app[CONSOLE_KEY], template, **context)
 
 
 @page
@@ -483,6 +518,7 @@ def add_console(app: web.Application) -> None:
         ("GET", "/static/{name}", static),
         ("GET", "/overview", overview),
         ("GET", "/sessions", sessions),
+        ("GET", "/sessions/{session_id}", session_page),
         ("GET", "/executions", executions),
         ("GET", "/executions/{job_id}", execution),
         ("GET", "/executions/{job_id}/events", events),

@@ -5,11 +5,13 @@ No I/O here: the route handlers (``routes.py``) fetch from the backend interface
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tako_vm.models.sessions import SessionInfo
 from tako_vm.models.wire import TERMINAL_STATUSES, ArtifactInfo, ExecutionRecordFull
 
 PAGE_SIZE = 25
@@ -23,6 +25,7 @@ INLINE_IMAGE_TYPES = {
 }
 MAX_FILTER_TEXT = 200
 MAX_PAGE = 10_000
+SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
 class FilterError(ValueError):
@@ -38,6 +41,7 @@ class Filters:
     q: str | None = None  # text searched in the code
     page: int = 1
     problems: tuple[str, ...] = field(default=())
+    session_id: str | None = None  # only the executions of this session (the backend filters)
 
     @property
     def scans(self) -> bool:
@@ -52,6 +56,7 @@ class Filters:
             "since": _local_input(self.since),
             "until": _local_input(self.until),
             "q": self.q or "",
+            "session_id": self.session_id or "",
             "page": str(self.page),
         }
         values.update({k: str(v) for k, v in changes.items()})
@@ -94,7 +99,13 @@ def parse_filters(query: Mapping[str, str]) -> Filters:
     page = int(page_raw) if page_raw.isdigit() and 1 <= int(page_raw) <= MAX_PAGE else 1
     if page_raw != "1" and str(page) != page_raw:
         problems.append(f"page: must be a whole number from 1 to {MAX_PAGE}")
-    return Filters(status, job_type, times["since"], times["until"], q or None, page, tuple(problems))
+    session_id = (query.get("session_id") or "").strip() or None
+    if session_id is not None and not SESSION_ID.match(session_id):
+        problems.append(f"session_id: {session_id[:40]!r} is not a session id (1-128 of A-Z a-z 0-9 _ -)")
+        session_id = None
+    return Filters(
+        status, job_type, times["since"], times["until"], q or None, page, tuple(problems), session_id
+    )
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -222,3 +233,31 @@ def activity(
         chart_height=height,
         truncated=truncated,
     )
+
+
+# -- sessions ------------------------------------------------------------------------------------
+
+ENDED_SESSIONS_SHOWN = 20
+
+
+def split_sessions(items: Iterable[SessionInfo]) -> tuple[list[SessionInfo], list[SessionInfo]]:
+    """(open sessions newest first, the most recently ended ones) of one tenant's list."""
+    listed = list(items)
+    open_ = sorted((s for s in listed if s.status != "ended"), key=lambda s: s.created_at, reverse=True)
+    ended = sorted(
+        (s for s in listed if s.status == "ended"), key=lambda s: s.ended_at or s.created_at, reverse=True
+    )
+    return open_, ended[:ENDED_SESSIONS_SHOWN]
+
+
+def session_mark(info: SessionInfo, shown: int, has_more: bool) -> str:
+    """What a session page shows, as a short token: its status and the executions it accounts for.
+
+    The live page polls with the token it was rendered with; the same token means nothing changed
+    (the poll costs one lookup and no query). A row not yet written when ``executions`` already counts
+    it gives a different token, so the next poll renders again."""
+    return f"{info.status}.{info.executions if has_more else shown}"
+
+
+def session_unchanged(info: SessionInfo, mark: str | None) -> bool:
+    return mark is not None and mark == f"{info.status}.{info.executions}"
