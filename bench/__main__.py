@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import load, local, operator_bench, requirements_cache, shim
+from bench import idle, load, local, operator_bench, requirements_cache, shim
 from bench.stats import machine
 
 SUITES: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
@@ -30,6 +30,7 @@ SUITES: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
     "shim": shim.shim_overheads,
     "operator": operator_bench.operator_suite,
     "requirements": requirements_cache.requirements_cache,
+    "idle": idle.idle_cost,
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 

@@ -126,6 +126,9 @@ class Settings(BaseModel):
     runsc_path: str | None = None
     rootfs_path: str | None = None  # the sandboxes' system root (default: `make setup`'s build)
     warm_pool_size: int = Field(default=2, ge=0, le=32)  # pre-started sandboxes (0 disables)
+    # The pool is sized by demand: empty until a job arrives, emptied after this long without one (an
+    # idle sandbox burns ~2.5% of a core; an idle server must stay idle).
+    warm_pool_idle_seconds: float = Field(default=60.0, ge=1.0, le=86_400.0)
     # Unset: on for a server bound to loopback outside production_mode (a developer's own machine, where
     # an agent's `requirements: ["numpy"]` should just work), off otherwise. Installs run in a separate
     # sandbox with egress; the code's sandbox never has network.
