@@ -55,10 +55,12 @@ RESOURCES: list[tuple[str, str, str, bool, list[str]]] = [
     ("events.k8s.io/v1", "events", "Event", True, []),
     ("v1", "pods", "Pod", True, ["log", "status", "eviction"]),
     ("v1", "configmaps", "ConfigMap", True, []),
+    ("v1", "secrets", "Secret", True, []),
     ("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy", True, []),
     ("coordination.k8s.io/v1", "leases", "Lease", True, []),
     ("takovm.dev/v1alpha1", "pythonjobs", "PythonJob", True, ["status"]),
     ("takovm.dev/v1alpha1", "pythonjobtypes", "PythonJobType", True, ["status"]),
+    ("takovm.dev/v1alpha1", "pythonsessions", "PythonSession", True, ["status"]),
     ("kopf.dev/v1", "kopfpeerings", "KopfPeering", True, []),
     ("kopf.dev/v1", "clusterkopfpeerings", "ClusterKopfPeering", False, []),
 ]
@@ -67,10 +69,12 @@ RESOURCES: list[tuple[str, str, str, bool, list[str]]] = [
 PATHS: dict[str, tuple[str, str]] = {
     "pods": ("/api/v1", "pods"),
     "configmaps": ("/api/v1", "configmaps"),
+    "secrets": ("/api/v1", "secrets"),
     "events": ("/api/v1", "events"),
     "networkpolicies": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "pythonjobs": ("/apis/takovm.dev/v1alpha1", "pythonjobs"),
     "pythonjobtypes": ("/apis/takovm.dev/v1alpha1", "pythonjobtypes"),
+    "pythonsessions": ("/apis/takovm.dev/v1alpha1", "pythonsessions"),
     "kopfpeerings": ("/apis/kopf.dev/v1", "kopfpeerings"),
 }
 
