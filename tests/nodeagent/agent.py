@@ -296,7 +296,10 @@ class PodRun:
         network = "none" if container["name"] != "install" else "host"
         ports = container.get("ports") or []
         if ports:
-            network = "sandbox"
+            # This runsc (20240729) refuses --network=sandbox on kernels that show rmem_default in
+            # every netns ("cannot run with network enabled in root network namespace"), so the Pod
+            # network is host networking (hostinet) inside the Pod's own netns (the spec's path).
+            network = "host"
         argv = [
             self.agent.runsc, "--root", str(self.agent.state_dir), f"--platform={self.agent.platform}",
             f"--network={network}", "--overlay2=none", "run", "--bundle", str(bundle), cid,

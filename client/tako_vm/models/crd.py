@@ -360,6 +360,14 @@ DEFAULT_JOB_TYPE = PythonJobTypeSpec(
 # --- PythonSession (a stateful interpreter in one gVisor Pod; docs/sessions.md, "Kubernetes") --------
 
 SessionPhase = Literal["Pending", "Ready", "Ended"]
+# The shim writes only these annotations on a PythonSession (the status belongs to the operator, which
+# mirrors them): the runner's execution count, the end of the last execution, and a requested end.
+SESSION_ANNOTATION_EXECUTIONS = "takovm.dev/executions"
+SESSION_ANNOTATION_LAST_ACTIVITY = "takovm.dev/last-activity"
+SESSION_ANNOTATION_END = "takovm.dev/end-requested"  # "deleted" or "killed_after_timeout"
+SESSION_ANNOTATION_TENANT = "takovm.dev/tenant"
+SESSION_ANNOTATION_FINGERPRINT = "takovm.dev/fingerprint"  # of the create request (idempotency)
+SESSION_TOKEN_KEY = "token"  # the key of the token in the session's Secret <session>-token
 SESSION_TTL_MAX = 2_592_000  # 30 days (the CRD's bound; the shim's session_max_ttl_seconds is lower)
 END_REASON_PATTERN = r"^[a-z][a-z0-9_]*$"
 

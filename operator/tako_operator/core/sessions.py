@@ -32,18 +32,27 @@ from tako_operator.core.pods import format_time, parse_time, terminated
 from tako_operator.core.status import merge_conditions
 from tako_operator.session_settings import SessionSettings
 from tako_operator.settings import PodSettings
-from tako_vm.models.crd import API_VERSION, PythonJob, PythonJobTypeSpec, PythonSession, PythonSessionStatus
+from tako_vm.models.crd import (
+    API_VERSION,
+    SESSION_ANNOTATION_END,
+    SESSION_ANNOTATION_EXECUTIONS,
+    SESSION_ANNOTATION_LAST_ACTIVITY,
+    SESSION_TOKEN_KEY,
+    PythonJob,
+    PythonJobTypeSpec,
+    PythonSession,
+    PythonSessionStatus,
+)
 
 LABEL_SESSION = "takovm.dev/session"
 TOKEN_ENV = "TAKO_SESSION_TOKEN"
-TOKEN_KEY = "token"
+TOKEN_KEY = SESSION_TOKEN_KEY
 PORT_NAME = "session"
 EXECUTE_PATH = "/execute"
 # Written by the shim (the only fields it writes; the status belongs to the operator):
-ANNOTATION_EXECUTIONS = "takovm.dev/executions"  # cells run so far (the runner's own count)
-ANNOTATION_LAST_ACTIVITY = "takovm.dev/last-activity"  # RFC 3339, end of the last execution
-ANNOTATION_END = "takovm.dev/end-requested"  # an end reason: deleted, killed_after_timeout
-ANNOTATION_TENANT = "takovm.dev/tenant"
+ANNOTATION_EXECUTIONS = SESSION_ANNOTATION_EXECUTIONS  # cells run so far (the runner's own count)
+ANNOTATION_LAST_ACTIVITY = SESSION_ANNOTATION_LAST_ACTIVITY  # RFC 3339, end of the last execution
+ANNOTATION_END = SESSION_ANNOTATION_END  # an end reason: deleted, killed_after_timeout
 REQUESTABLE_ENDS = frozenset({"deleted", "killed_after_timeout"})
 # Ends that need a person's attention (kstatus Stalled=True); deleted / expired / idle are normal ends.
 ABNORMAL_ENDS = frozenset({"oom_killed", "killed_after_timeout", "crashed", "start_failed"})
