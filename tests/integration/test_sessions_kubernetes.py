@@ -152,3 +152,150 @@ async def test_state_is_kept_across_calls_and_each_execution_is_visible_in_the_c
     assert pod["spec"]["automountServiceAccountToken"] is False
     policy = kube.get("networkpolicies", f"{sid}-session")
     assert policy is not None and policy["spec"]["egress"] == []
+
+
+def tenants(kube: KubeHarness) -> dict[str, Any]:
+    """Two tenants in one namespace: only the session's tenant annotation keeps them apart."""
+    return {
+        "api_auth_enabled": True,
+        "api_keys": {KEY_A: "tenant-a", KEY_B: "tenant-b"},
+        "tenant_namespaces": {"tenant-a": kube.namespace, "tenant-b": kube.namespace},
+    }
+
+
+async def test_sessions_are_isolated_other_tenants_get_404_and_any_replica_serves_a_session(
+    kube: KubeHarness, run_operator: Any, node: NodeAgent, start_shim: Any
+) -> None:
+    run_operator()
+    a = await start_shim(headers={"X-API-Key": KEY_A}, **tenants(kube))
+    a2 = await start_shim(headers={"X-API-Key": KEY_A}, **tenants(kube))  # a second replica
+    b = await start_shim(headers={"X-API-Key": KEY_B}, **tenants(kube))
+    one, two = await a.new(), await a.new()
+    assert (await a.run(one, "secret = 'one'\nimport os\nos.getpid()"))["status"] == "succeeded"
+    other = await a.run(two, "'secret' in globals()")
+    assert other["result"] == "False", "a session never sees another session's variables"
+    assert (await a2.run(one, "secret"))["result"] == "'one'", "another replica reaches the same interpreter"
+
+    for method, path in (("GET", f"/sessions/{one}"), ("POST", f"/sessions/{one}/execute"),
+                         ("DELETE", f"/sessions/{one}")):  # fmt: skip
+        response = await b.http.request(method, path, json={"code": "secret"} if method == "POST" else None)
+        assert response.status_code == 404, (method, path, response.text)
+    assert (await b.http.get("/sessions")).json()["items"] == []
+    mine = {item["session_id"] for item in (await a.http.get("/sessions")).json()["items"]}
+    assert mine == {one, two}
+    assert kube.get("pods", f"{one}-session")["metadata"]["name"] != kube.get("pods", f"{two}-session")[
+        "metadata"
+    ]["name"], "one Pod per session"
+
+
+async def test_timeout_interrupts_the_cell_and_the_state_survives_but_ignoring_it_kills_the_session(
+    kube: KubeHarness, run_operator: Any, node: NodeAgent, start_shim: Any
+) -> None:
+    run_operator()
+    shim = await start_shim(session_interrupt_grace_seconds=2)
+    sid = await shim.new()
+    await shim.run(sid, "total = 7")
+    slow = await shim.run(sid, "import time\nwhile True:\n    time.sleep(0.1)", timeout=2)
+    assert slow["status"] == "timeout"
+    assert slow["error"]["type"] == "execution_timeout"
+    assert "KeyboardInterrupt" in slow["error"]["traceback"] or "_Timeout" in slow["error"]["traceback"]
+    assert (await shim.run(sid, "total * 6"))["result"] == "42", "the session lives on with its state"
+
+    stubborn = (
+        "import time\nwhile True:\n    try:\n        time.sleep(60)\n    except KeyboardInterrupt:\n        pass"
+    )
+    killed = await shim.run(sid, stubborn, timeout=1)
+    assert killed["status"] == "timeout"
+    assert killed["error"]["type"] == "killed_after_timeout"
+    gone = await shim.http.post(f"/sessions/{sid}/execute", json={"code": "total"})
+    assert gone.status_code == 410 and "killed_after_timeout" in gone.json()["detail"]
+    ended = await until(lambda: status_where(kube, sid, phase="Ended"), what="the operator ends it")
+    assert ended["status"]["endReason"] == "killed_after_timeout"
+    conditions = {c["type"]: c["status"] for c in ended["status"]["conditions"]}
+    assert conditions["Stalled"] == "True" and conditions["Ended"] == "True"
+    await until(lambda: kube.get("pods", f"{sid}-session") is None, seconds=15, what="the Pod deleted")
+
+
+async def test_delete_ends_the_session_and_removes_its_pod_secret_and_policy(
+    kube: KubeHarness, run_operator: Any, node: NodeAgent, start_shim: Any
+) -> None:
+    run_operator()
+    shim = await start_shim()
+    sid = await shim.new()
+    await shim.run(sid, "x = 1")
+    run = node.runs[f"{sid}-session"]
+    assert (await shim.http.delete(f"/sessions/{sid}")).status_code == 204
+    info = (await shim.http.get(f"/sessions/{sid}")).json()
+    assert (info["status"], info["end_reason"]) == ("ended", "deleted")
+    again = await shim.http.post(f"/sessions/{sid}/execute", json={"code": "x"})
+    assert again.status_code == 410 and "deleted" in again.json()["detail"]
+    assert (await shim.http.delete(f"/sessions/{sid}")).status_code == 410
+    await until(lambda: kube.get("pods", f"{sid}-session") is None, seconds=15, what="the Pod deleted")
+    await until(lambda: run.proc is not None and run.proc.poll() is not None, seconds=30, what="sandbox gone")
+    assert kube.get("secrets", f"{sid}-token") is None
+    assert kube.get("networkpolicies", f"{sid}-session") is None
+    ended = await until(lambda: status_where(kube, sid, phase="Ended"), what="status Ended")
+    assert ended["status"]["endReason"] == "deleted"
+    assert [e["reason"] for e in session_events(kube, sid, "Ended")] == ["Ended"]
+
+    # `kubectl delete pysession NAME` ends a session too (the operator removes what it owned).
+    other = await shim.new()
+    await shim.run(other, "y = 2")
+    assert kube.delete("pythonsessions", other)
+    await until(lambda: kube.get("pods", f"{other}-session") is None, seconds=15, what="the Pod deleted")
+    assert kube.get("secrets", f"{other}-token") is None
+    assert (await shim.http.get(f"/sessions/{other}")).status_code == 404
+
+
+async def test_ttl_and_idle_timeout_end_sessions_and_their_sandboxes(
+    kube: KubeHarness, run_operator: Any, node: NodeAgent, start_shim: Any
+) -> None:
+    run_operator()
+    shim = await start_shim()
+    short = await shim.new(ttl_seconds=8)
+    idle = await shim.new(idle_timeout_seconds=6)
+    await shim.run(short, "a = 1")
+    await shim.run(idle, "b = 1")
+    for sid, reason in ((short, "expired"), (idle, "idle")):
+        ended = await until(lambda sid=sid: status_where(kube, sid, phase="Ended"), seconds=30, what=reason)
+        assert ended["status"]["endReason"] == reason
+        await until(lambda sid=sid: kube.get("pods", f"{sid}-session") is None, seconds=15, what="Pod gone")
+        response = await shim.http.post(f"/sessions/{sid}/execute", json={"code": "1"})
+        assert response.status_code == 410 and reason in response.json()["detail"]
+        assert (await shim.http.get(f"/sessions/{sid}")).json()["end_reason"] == reason
+
+
+async def test_session_code_has_no_network_and_the_tenant_cap_is_429(
+    kube: KubeHarness, run_operator: Any, node: NodeAgent, start_shim: Any
+) -> None:
+    run_operator()
+    shim = await start_shim(session_max_per_tenant=1)
+    sid = await shim.new()
+    probe = (
+        "import socket\nout = []\nfor host in ('1.1.1.1', '8.8.8.8'):\n"
+        "    s = socket.socket(); s.settimeout(2)\n"
+        "    try:\n        s.connect((host, 443)); out.append('open')\n"
+        "    except OSError:\n        out.append('closed')\n"
+        "    finally:\n        s.close()\nout"
+    )
+    reply = await shim.run(sid, probe)
+    assert reply["result"] == "['closed', 'closed']", reply
+    refused = await shim.http.post("/sessions", json={})
+    assert refused.status_code == 429
+    assert "session_max_per_tenant" in refused.json()["detail"]
+    assert (await shim.http.delete(f"/sessions/{sid}")).status_code == 204
+    assert (await shim.http.post("/sessions", json={})).status_code == 201, "an ended session frees its slot"
+
+
+async def test_an_oom_ends_the_session_and_says_so(
+    kube: KubeHarness, run_operator: Any, node: NodeAgent, start_shim: Any
+) -> None:
+    run_operator()
+    shim = await start_shim()
+    sid = await shim.new(memory_limit="128m")
+    await shim.run(sid, "keep = 1")
+    reply = await shim.run(sid, "blocks = []\nwhile True:\n    blocks.append(bytearray(16 * 1024 * 1024))")
+    assert reply["status"] == "failed", reply
+    assert reply["error"]["type"] == "oom_killed"
+    response = await shim.http.post(f"/sessions/{sid}/execute", json={"code": "keep"})
+    assert response.status_code == 410 and "oom_killed" in response.json()["detail"]
