@@ -183,9 +183,10 @@ async def test_sessions_are_isolated_other_tenants_get_404_and_any_replica_serve
     assert (await b.http.get("/sessions")).json()["items"] == []
     mine = {item["session_id"] for item in (await a.http.get("/sessions")).json()["items"]}
     assert mine == {one, two}
-    assert kube.get("pods", f"{one}-session")["metadata"]["name"] != kube.get("pods", f"{two}-session")[
-        "metadata"
-    ]["name"], "one Pod per session"
+    assert (
+        kube.get("pods", f"{one}-session")["metadata"]["name"]
+        != kube.get("pods", f"{two}-session")["metadata"]["name"]
+    ), "one Pod per session"
 
 
 async def test_timeout_interrupts_the_cell_and_the_state_survives_but_ignoring_it_kills_the_session(
@@ -202,7 +203,8 @@ async def test_timeout_interrupts_the_cell_and_the_state_survives_but_ignoring_i
     assert (await shim.run(sid, "total * 6"))["result"] == "42", "the session lives on with its state"
 
     stubborn = (
-        "import time\nwhile True:\n    try:\n        time.sleep(60)\n    except KeyboardInterrupt:\n        pass"
+        "import time\nwhile True:\n    try:\n        time.sleep(60)\n"
+        "    except KeyboardInterrupt:\n        pass"
     )
     killed = await shim.run(sid, stubborn, timeout=1)
     assert killed["status"] == "timeout"
