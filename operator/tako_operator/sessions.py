@@ -2,7 +2,7 @@
 session, serialised per session). Triggers (handlers.py): every PythonSession watch event, every event
 of a session Pod, and the wake-ups the plan asks for (TTL, idle timeout, startup deadline, retention).
 
-Sessions are few and long-lived, so a pass reads its Pod and Secret from the API (no index): what it
+Sessions are few and long-lived, so a pass reads its Pod from the API (no index): what it
 decides never rests on a watch that lags behind the objects it just created."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import secrets
 from typing import Any
 
 from tako_operator.core import objects
@@ -63,19 +62,16 @@ class SessionReconciler:
         if session is None or (session.get("metadata") or {}).get("deletionTimestamp"):
             return
         pod = await self.kube.get_pod(namespace, core.pod_name(name))
-        secret_exists = await self.api.secret_exists(namespace, core.secret_name(name))
         type_name = objects.job_type_name(session)
         found = await self.kube.get_job_type(namespace, type_name)
         job_type = objects.resolve_job_type(type_name, found, self.config.default_image)
         result = core.plan_session(
             session,
             pod=pod,
-            secret_exists=secret_exists,
             job_type=job_type,
             settings=self.config.pods,
             sessions=self.config.sessions,
             now=datetime.datetime.now(datetime.UTC),
-            token=secrets.token_urlsafe(32),
         )
         for obj in result.create:
             await self.create(obj)
@@ -96,8 +92,6 @@ class SessionReconciler:
         kind = obj["kind"]
         if kind == "ConfigMap":
             await self.kube.ensure_shared_configmap(obj)
-        elif kind == "Secret":
-            await self.api.create_secret(obj)
         elif kind == "NetworkPolicy":
             await self.kube.create_network_policy(obj)
         elif kind == "Pod":
@@ -107,7 +101,6 @@ class SessionReconciler:
 
     async def cleanup(self, key: Key) -> None:
         namespace, name = key
-        await self.api.delete_secret(namespace, core.secret_name(name))
         await self.kube.delete_network_policy(namespace, core.policy_name(name))
 
     async def forget(self, key: Key) -> None:

@@ -1,17 +1,18 @@
 """Tako VM session server: the in-Pod end of a ``PythonSession`` on Kubernetes (stdlib only).
 
-Shipped next to ``session.py`` and ``standby.py`` (same directory) in the session Pod::
+Shipped next to ``session.py`` (same directory) in the session Pod::
 
     python3 -I /runner/session_server.py [--host H] [--port P] [--max-output N]
 
-(it then re-executes itself once with ``--token-fd N`` so that its environment no longer holds the
-token: ``standby.reexec_without_token``, the standby Pods' code channel, reused).
+The channel is the standby Pods' (one ingress-only port, a bearer token checked with
+``hmac.compare_digest``), kept open for the Pod's life instead of closed after one push.
 
 It keeps ONE Python namespace for the Pod's life (``session.run_cell``: notebook semantics, a timeout
 is a ``KeyboardInterrupt`` in the cell and the state is kept) and takes code over HTTP:
 
-- ``POST /execute`` with ``Authorization: Bearer <token>`` (the per-session secret the operator put
-  in the session's Secret, handed to this process as ``TAKO_SESSION_TOKEN``) and the JSON body
+- ``POST /execute`` with ``Authorization: Bearer <token>`` (the per-session token; this process knows
+  only its sha256, from ``TAKO_SESSION_TOKEN_SHA256``: the Pod spec, its environment and anything the
+  session's own code can read hold no secret) and the JSON body
   ``{"code", "timeout", "key"?}`` -> ``200 {"number", "status", "stdout", "stderr", "result",
   "error", "duration_ms", ...}``. ``number`` counts the cells run so far (the session's execution
   count). With ``key`` (an Idempotency-Key) a repeat with the same payload gets the first reply,
@@ -33,12 +34,13 @@ import http.server
 import importlib.util
 import json
 import os
+import signal
 import sys
 from typing import Any
 
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8791
-TOKEN_ENV = "TAKO_SESSION_TOKEN"
+TOKEN_HASH_ENV = "TAKO_SESSION_TOKEN_SHA256"
 EXECUTE_PATH = "/execute"
 MAX_BODY_BYTES = 2 * 1024 * 1024  # code is at most 100,000 characters (CODE_MAX_CHARS), with room
 MAX_TIMEOUT_SECONDS = 86_400
@@ -71,7 +73,6 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
         "host": DEFAULT_HOST,
         "port": DEFAULT_PORT,
         "max_output": 65536,
-        "token_fd": -1,
     }
     rest = list(argv)
     while rest:
@@ -138,7 +139,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         given = self.headers.get("Authorization", "")
         given = given[len("Bearer ") :].strip() if given.startswith("Bearer ") else ""
-        if not hmac.compare_digest(given.encode(), server.token.encode()):
+        digest = hashlib.sha256(given.encode()).hexdigest()
+        if not given or not hmac.compare_digest(digest, server.token_sha256):
             server.bad_tokens += 1
             self._answer(401, {"detail": "missing or wrong session token"})
             return
@@ -165,8 +167,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class SessionServer(http.server.HTTPServer):
     """One namespace, one cell at a time (``handle_request`` in the main thread)."""
 
-    def __init__(self, options: dict[str, Any], token: str, session: Any) -> None:
-        self.token = token
+    def __init__(self, options: dict[str, Any], token_sha256: str, session: Any) -> None:
+        self.token_sha256 = token_sha256
         self.session = session
         self.max_output = int(options["max_output"])
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
@@ -212,26 +214,16 @@ def serve(server: SessionServer) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    options = parse_args(args)
-    standby = _load("standby")
-    if options["token_fd"] < 0:
-        if len(os.environ.get(TOKEN_ENV, "")) < 16:
-            sys.stderr.write(f"session: {TOKEN_ENV} must hold a token of at least 16 characters\n")
-            return 2
-        standby.reexec_without_token(args, TOKEN_ENV, __file__)  # does not return
-    token = standby.read_token(options["token_fd"])
-    if len(token) < 16:
-        sys.stderr.write("session: the token pipe held no token of at least 16 characters\n")
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    token_sha256 = os.environ.get(TOKEN_HASH_ENV, "").strip().lower()
+    if len(token_sha256) != 64 or any(c not in "0123456789abcdef" for c in token_sha256):
+        sys.stderr.write(f"session: {TOKEN_HASH_ENV} must hold a sha256 in hex (64 characters)\n")
         return 2
     session = _load("session")
     os.chdir(os.environ.get("HOME", "/tmp"))
-    import signal
-
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    server = SessionServer(options, token, session)
-    sys.stderr.write(f"session: listening on {options['host']}:{server.server_address[1]}\n")
-    sys.stderr.flush()
+    server = SessionServer(options, token_sha256, session)
+    _log(f"session: listening on {options['host']}:{server.server_address[1]}")
     return serve(server)
 
 

@@ -211,21 +211,20 @@ def load_runner() -> Any:
     return module
 
 
-def reexec_without_token(argv: list[str], env_name: str = TOKEN_ENV, script: str = __file__) -> None:
-    """Start this runner (``script``) again with the token on an inherited pipe instead of in the
-    environment variable ``env_name`` (the session server reuses this with its own).
+def reexec_without_token(argv: list[str]) -> None:
+    """Start this runner again with the token on an inherited pipe instead of in the environment.
 
     A process's initial environment stays readable in /proc/<pid>/environ, and gVisor shows it to
     processes of the same uid even when the process is non-dumpable (tests/security/
     test_standby_gvisor.py). After the exec the environment no longer holds the token; this costs one
     interpreter start while the Pod waits, not while a job runs."""
-    token = os.environ.pop(env_name, "")
+    token = os.environ.pop(TOKEN_ENV, "")
     read_fd, write_fd = os.pipe()
     os.write(write_fd, token.encode())  # far below a pipe's buffer: never blocks
     os.close(write_fd)
     os.set_inheritable(read_fd, True)
     executable = sys.executable or "python3"
-    script = os.path.abspath(script)
+    script = os.path.abspath(__file__)
     os.execve(executable, [executable, "-I", script, *argv, "--token-fd", str(read_fd)], dict(os.environ))
 
 

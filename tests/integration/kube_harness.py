@@ -55,7 +55,6 @@ RESOURCES: list[tuple[str, str, str, bool, list[str]]] = [
     ("events.k8s.io/v1", "events", "Event", True, []),
     ("v1", "pods", "Pod", True, ["log", "status", "eviction"]),
     ("v1", "configmaps", "ConfigMap", True, []),
-    ("v1", "secrets", "Secret", True, []),
     ("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy", True, []),
     ("coordination.k8s.io/v1", "leases", "Lease", True, []),
     ("takovm.dev/v1alpha1", "pythonjobs", "PythonJob", True, ["status"]),
@@ -69,7 +68,6 @@ RESOURCES: list[tuple[str, str, str, bool, list[str]]] = [
 PATHS: dict[str, tuple[str, str]] = {
     "pods": ("/api/v1", "pods"),
     "configmaps": ("/api/v1", "configmaps"),
-    "secrets": ("/api/v1", "secrets"),
     "events": ("/api/v1", "events"),
     "networkpolicies": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "pythonjobs": ("/apis/takovm.dev/v1alpha1", "pythonjobs"),

@@ -38,6 +38,7 @@ pytestmark = [
 ]
 KEY_A = "tenant-a-key-0123456789"
 KEY_B = "tenant-b-key-0123456789"
+SESSION_KEY = "k" * 48
 CALL_TIMEOUT = 180.0  # a first call waits for the Pod to start in gVisor
 
 
@@ -80,6 +81,7 @@ async def start_shim(kube: KubeHarness, tmp_path: Path) -> AsyncIterator[Callabl
                 tenant_namespaces=overrides.pop("tenant_namespaces", {}),
             ),
             data_dir=tmp_path / "unused-data-dir",
+            session_token_key=overrides.pop("session_token_key", SESSION_KEY),  # shared by the replicas
             **overrides,
         )
         server = TestServer(create_app(settings, KubernetesBackend(settings)), host="127.0.0.1")
@@ -175,6 +177,9 @@ async def test_sessions_are_isolated_other_tenants_get_404_and_any_replica_serve
     other = await a.run(two, "'secret' in globals()")
     assert other["result"] == "False", "a session never sees another session's variables"
     assert (await a2.run(one, "secret"))["result"] == "'one'", "another replica reaches the same interpreter"
+    stranger = await start_shim(headers={"X-API-Key": KEY_A}, session_token_key="x" * 48, **tenants(kube))
+    refused = await stranger.http.post(f"/sessions/{one}/execute", json={"code": "secret"})
+    assert refused.status_code == 503, "a shim without the shared key cannot talk to the session's Pod"
 
     for method, path in (("GET", f"/sessions/{one}"), ("POST", f"/sessions/{one}/execute"),
                          ("DELETE", f"/sessions/{one}")):  # fmt: skip
@@ -218,7 +223,7 @@ async def test_timeout_interrupts_the_cell_and_the_state_survives_but_ignoring_i
     await until(lambda: kube.get("pods", f"{sid}-session") is None, seconds=15, what="the Pod deleted")
 
 
-async def test_delete_ends_the_session_and_removes_its_pod_secret_and_policy(
+async def test_delete_ends_the_session_and_removes_its_pod_and_policy(
     kube: KubeHarness, run_operator: Any, node: NodeAgent, start_shim: Any
 ) -> None:
     run_operator()
@@ -234,7 +239,6 @@ async def test_delete_ends_the_session_and_removes_its_pod_secret_and_policy(
     assert (await shim.http.delete(f"/sessions/{sid}")).status_code == 410
     await until(lambda: kube.get("pods", f"{sid}-session") is None, seconds=15, what="the Pod deleted")
     await until(lambda: run.proc is not None and run.proc.poll() is not None, seconds=30, what="sandbox gone")
-    assert kube.get("secrets", f"{sid}-token") is None
     assert kube.get("networkpolicies", f"{sid}-session") is None
     ended = await until(lambda: status_where(kube, sid, phase="Ended"), what="status Ended")
     assert ended["status"]["endReason"] == "deleted"
@@ -245,7 +249,6 @@ async def test_delete_ends_the_session_and_removes_its_pod_secret_and_policy(
     await shim.run(other, "y = 2")
     assert kube.delete("pythonsessions", other)
     await until(lambda: kube.get("pods", f"{other}-session") is None, seconds=15, what="the Pod deleted")
-    assert kube.get("secrets", f"{other}-token") is None
     assert (await shim.http.get(f"/sessions/{other}")).status_code == 404
 
 

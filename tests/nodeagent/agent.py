@@ -18,14 +18,12 @@ kmock has no kubelet. This agent plays one, for Pods with a `runtimeClassName`:
   default route, so nothing beyond the host is reachable: no egress), gVisor's netstack on it
   (`--network=sandbox`); once the port accepts connections the Pod reports `podIP` and `Ready`, as the
   kubelet's readiness probe would. NetworkPolicies are not enforced (that is the CNI's job);
-- `env[].valueFrom.secretKeyRef` is resolved from the emulator's Secrets (`data` or `stringData`).
 
 It is deliberately simple and lives under tests/, never in the product.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime
 import itertools
@@ -147,15 +145,6 @@ class PodRun:
 
     # -- the Pod network (containers with ports) ------------------------------------------------
 
-    def _env_value(self, var: dict[str, Any]) -> str:
-        ref = (var.get("valueFrom") or {}).get("secretKeyRef")
-        if not ref:
-            return str(var.get("value", ""))
-        secret = self.agent.kube.get("secrets", ref["name"]) or {}
-        if ref["key"] in (secret.get("stringData") or {}):
-            return str(secret["stringData"][ref["key"]])
-        return base64.b64decode((secret.get("data") or {})[ref["key"]]).decode()
-
     def setup_network(self) -> None:
         """A network namespace joined to the host by a veth pair; sets `self.pod_ip`."""
         index = self.agent.next_subnet()
@@ -246,7 +235,7 @@ class PodRun:
                     }
                 )
         env = ["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", "HOME=/tmp"]
-        env += [f"{e['name']}={self._env_value(e)}" for e in container.get("env") or []]
+        env += [f"{e['name']}={e.get('value', '')}" for e in container.get("env") or []]
         period = 100_000
         network = container["name"] != "install"
         namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")] + (

@@ -5,6 +5,7 @@ server (a real process on loopback: state kept, token checked, idempotent replay
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import socket
@@ -27,6 +28,7 @@ from tako_vm.models.crd import DEFAULT_JOB_TYPE, PythonSession, PythonSessionSta
 NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
 JOB_TYPE = DEFAULT_JOB_TYPE.model_dump(by_alias=True, exclude_none=True)
 TOKEN = "t" * 40
+TOKEN_SHA = hashlib.sha256(TOKEN.encode()).hexdigest()
 
 
 def session(name: str = "s1", **spec: Any) -> dict[str, Any]:
@@ -40,7 +42,7 @@ def session(name: str = "s1", **spec: Any) -> dict[str, Any]:
             "generation": 1,
             "creationTimestamp": "2026-01-01T12:00:00Z",
         },
-        "spec": {"ttlSeconds": 3600, "idleTimeoutSeconds": 600, **spec},
+        "spec": {"ttlSeconds": 3600, "idleTimeoutSeconds": 600, "tokenSha256": TOKEN_SHA, **spec},
     }
 
 
@@ -57,12 +59,10 @@ def plan(
     return ss.plan_session(
         obj,
         pod=pod,
-        secret_exists=kw.pop("secret_exists", pod is not None),
         job_type=kw.pop("job_type", JOB_TYPE),
         settings=PodSettings(),
         sessions=kw.pop("sessions", SessionSettings()),
         now=now,
-        token=TOKEN,
     )
 
 
@@ -75,7 +75,7 @@ def after(obj: dict[str, Any], result: ss.SessionPlan) -> dict[str, Any]:
 # --- builders ---------------------------------------------------------------------------------------
 
 
-def test_pod_is_hardened_gvisor_and_reads_its_token_from_the_secret() -> None:
+def test_pod_is_hardened_gvisor_and_holds_only_the_hash_of_its_token() -> None:
     model = PythonSession.model_validate(session(resources={"memory": "1Gi"}))
     pod = ss.build_session_pod(model, DEFAULT_JOB_TYPE, PodSettings(), SessionSettings(port=8791))
     spec = pod["spec"]
@@ -92,11 +92,9 @@ def test_pod_is_hardened_gvisor_and_reads_its_token_from_the_secret() -> None:
     assert container["resources"]["limits"]["memory"] == "1Gi"
     assert container["command"][-3:] == ["/runner/session_server.py", "--port", "8791"]
     assert container["ports"] == [{"name": "session", "containerPort": 8791, "protocol": "TCP"}]
-    token_env = [e for e in container["env"] if e["name"] == ss.TOKEN_ENV]
-    assert token_env == [
-        {"name": ss.TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": "s1-token", "key": "token"}}}
-    ]
-    assert TOKEN not in json.dumps(pod), "the token never appears in the Pod spec"
+    token_env = [e for e in container["env"] if e["name"] == ss.TOKEN_HASH_ENV]
+    assert token_env == [{"name": ss.TOKEN_HASH_ENV, "value": TOKEN_SHA}]
+    assert TOKEN not in json.dumps(pod), "the token itself never appears in the Pod spec"
     assert {v["name"] for v in spec["volumes"]} == {"runner", "tmp"}
     owner = pod["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["uid"], owner["controller"]) == ("PythonSession", "uid-s1", True)
@@ -119,18 +117,9 @@ def test_network_policy_admits_only_the_shim_on_the_session_port_and_no_egress()
     assert closed["ingress"] == [], "no client labels: nobody gets in (fail closed)"
 
 
-def test_token_secret_is_owned_and_refuses_a_short_token() -> None:
-    model = PythonSession.model_validate(session())
-    secret = ss.build_token_secret(model, TOKEN)
-    assert secret["stringData"] == {"token": TOKEN}
-    assert secret["metadata"]["ownerReferences"][0]["kind"] == "PythonSession"
-    with pytest.raises(ValueError, match="at least 32"):
-        ss.build_token_secret(model, "short")
-
-
 def test_session_configmap_ships_the_server_and_is_named_by_content() -> None:
     configmap = ss.build_session_configmap("tenant-a")
-    assert set(configmap["data"]) == {"session.py", "session_server.py", "standby.py"}
+    assert set(configmap["data"]) == {"session.py", "session_server.py"}
     assert configmap["metadata"]["name"] == ss.session_configmap_name()
     assert configmap["immutable"] is True
 
@@ -158,7 +147,7 @@ def test_new_session_creates_its_objects_and_is_pending_then_ready() -> None:
     obj = session()
     first = plan(obj)
     kinds = [o["kind"] for o in first.create]
-    assert kinds == ["ConfigMap", "Secret", "NetworkPolicy", "Pod"]
+    assert kinds == ["ConfigMap", "NetworkPolicy", "Pod"]
     assert first.status is not None
     assert first.status["phase"] == "Pending"
     assert first.status["expiresAt"] == "2026-01-01T13:00:00Z"
@@ -239,7 +228,13 @@ def test_ended_session_is_kept_for_its_retention_then_deleted() -> None:
     assert gone.delete_session is True
 
 
-def test_unknown_job_type_and_a_pod_never_ready_are_start_failures() -> None:
+def test_unknown_job_type_no_token_hash_and_a_pod_never_ready_are_start_failures() -> None:
+    unreachable = session()
+    del unreachable["spec"]["tokenSha256"]
+    refused = plan(unreachable)
+    assert refused.status is not None and refused.status["endReason"] == "start_failed"
+    assert refused.create == [], "no Pod nobody could send code to"
+    assert "tokenSha256" in refused.status["message"]
     missing = plan(session(jobType="nope"), job_type=None)
     assert missing.status is not None and missing.status["endReason"] == "start_failed"
     assert "nope" in missing.status["message"]
@@ -253,7 +248,7 @@ def test_unknown_job_type_and_a_pod_never_ready_are_start_failures() -> None:
 def test_a_deleted_pod_ends_the_session_as_crashed() -> None:
     obj = session()
     obj["status"] = {"phase": "Ready", "podName": "s1-session"}
-    result = plan(obj, pod=None, secret_exists=True, now=NOW + datetime.timedelta(seconds=30))
+    result = plan(obj, pod=None, now=NOW + datetime.timedelta(seconds=30))
     assert result.status is not None and result.status["endReason"] == "crashed"
     assert result.create == []
 
@@ -270,7 +265,7 @@ def _free_port() -> int:
 @pytest.fixture
 def server(tmp_path: Any) -> Iterator[str]:
     port = _free_port()
-    env = {"PATH": os.environ.get("PATH", "/usr/bin"), "HOME": str(tmp_path), ss.TOKEN_ENV: TOKEN}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin"), "HOME": str(tmp_path), ss.TOKEN_HASH_ENV: TOKEN_SHA}
     argv = [sys.executable, "-I", session_server.__file__, "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 15
@@ -319,11 +314,19 @@ def test_session_server_keeps_state_checks_the_token_and_replays_by_key(server: 
     assert post(server, {"code": "x", "timeout": 5, "image": "evil"})[0] == 400
 
 
-def test_session_server_environment_no_longer_holds_the_token(server: str) -> None:
-    _, reply = post(server, {"code": "import os\nos.environ.get('TAKO_SESSION_TOKEN')", "timeout": 5})
+def test_session_server_holds_no_token_session_code_could_read(server: str) -> None:
+    """The session's own code can read its whole process; what it finds is the hash, never the token."""
+    probe = "import gc\nany(isinstance(o, str) and o == 't' * 40 for o in gc.get_objects())"
+    _, reply = post(server, {"code": probe, "timeout": 5})
     assert reply["status"] == "succeeded"
-    assert reply["result"] is None
-    _, environ = post(
-        server, {"code": "open('/proc/self/environ', 'rb').read().count(b'TAKO_SESSION')", "timeout": 5}
-    )
-    assert environ["result"] == "0"
+    assert reply["result"] == "False"
+    _, environ = post(server, {"code": "import os\nos.environ['TAKO_SESSION_TOKEN_SHA256']", "timeout": 5})
+    assert environ["result"] == repr(TOKEN_SHA)
+
+
+def test_session_server_refuses_to_start_without_a_token_hash(tmp_path: Any) -> None:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin"), "HOME": str(tmp_path), ss.TOKEN_HASH_ENV: "abc"}
+    argv = [sys.executable, "-I", session_server.__file__, "--port", "1"]
+    done = subprocess.run(argv, env=env, capture_output=True, timeout=30)
+    assert done.returncode == 2
+    assert b"TAKO_SESSION_TOKEN_SHA256" in done.stderr

@@ -367,7 +367,7 @@ SESSION_ANNOTATION_LAST_ACTIVITY = "takovm.dev/last-activity"
 SESSION_ANNOTATION_END = "takovm.dev/end-requested"  # "deleted" or "killed_after_timeout"
 SESSION_ANNOTATION_TENANT = "takovm.dev/tenant"
 SESSION_ANNOTATION_FINGERPRINT = "takovm.dev/fingerprint"  # of the create request (idempotency)
-SESSION_TOKEN_KEY = "token"  # the key of the token in the session's Secret <session>-token
+SHA256_HEX_PATTERN = r"^[0-9a-f]{64}$"
 SESSION_TTL_MAX = 2_592_000  # 30 days (the CRD's bound; the shim's session_max_ttl_seconds is lower)
 END_REASON_PATTERN = r"^[a-z][a-z0-9_]*$"
 
@@ -379,6 +379,9 @@ class PythonSessionSpec(_Spec):
     ttl_seconds: int = Field(default=3600, ge=1, le=SESSION_TTL_MAX)
     idle_timeout_seconds: int = Field(default=600, ge=1, le=SESSION_TTL_MAX)
     resources: Resources | None = None
+    # sha256 (hex) of the session's token: the shim derives the token (HMAC of its session key and the
+    # session's namespace/name), the session server in the Pod accepts only a token with this hash.
+    token_sha256: str | None = Field(default=None, max_length=64, pattern=SHA256_HEX_PATTERN)
 
     @property
     def job_type_name(self) -> str:

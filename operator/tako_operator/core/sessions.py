@@ -1,14 +1,14 @@
 """PythonSessions: pure builders and the per-pass plan, no I/O (docs/sessions.md, "Kubernetes").
 
-A PythonSession becomes three owned objects:
-- a Secret ``<session>-token`` holding a random token (the caller draws it: this module is pure);
+A PythonSession becomes two owned objects:
 - a NetworkPolicy ``<session>-session`` selecting only the session's Pod: ingress from the shim's Pods
   to the session port, no egress at all;
 - a Pod ``<session>-session``, shaped by ``builders.build_pod`` (gVisor RuntimeClass, no service account
   token, non-root, read-only root, every capability dropped, the job type's image and limits) and then
   turned into a session Pod: the session server (``tako_runner/session_server.py``) listens on the
-  session port and reads the token from the Secret (``secretKeyRef``), re-executing itself so its
-  environment no longer holds it, as the standby runner does.
+  session port and accepts only the bearer token whose sha256 is ``spec.tokenSha256``. The token itself
+  is never in the cluster: shim replicas derive it (HMAC of their shared session key and the session's
+  namespace/name), so neither the operator nor anyone who reads Pods or PythonSessions can send code.
 
 The shim delivers code straight to the Pod (status.address) and records each execution on the
 PythonSession's annotations (count, last activity) or asks for its end (``takovm.dev/end-requested``);
@@ -37,7 +37,6 @@ from tako_vm.models.crd import (
     SESSION_ANNOTATION_END,
     SESSION_ANNOTATION_EXECUTIONS,
     SESSION_ANNOTATION_LAST_ACTIVITY,
-    SESSION_TOKEN_KEY,
     PythonJob,
     PythonJobTypeSpec,
     PythonSession,
@@ -45,8 +44,7 @@ from tako_vm.models.crd import (
 )
 
 LABEL_SESSION = "takovm.dev/session"
-TOKEN_ENV = "TAKO_SESSION_TOKEN"
-TOKEN_KEY = SESSION_TOKEN_KEY
+TOKEN_HASH_ENV = "TAKO_SESSION_TOKEN_SHA256"
 PORT_NAME = "session"
 EXECUTE_PATH = "/execute"
 # Written by the shim (the only fields it writes; the status belongs to the operator):
@@ -56,7 +54,7 @@ ANNOTATION_END = SESSION_ANNOTATION_END  # an end reason: deleted, killed_after_
 REQUESTABLE_ENDS = frozenset({"deleted", "killed_after_timeout"})
 # Ends that need a person's attention (kstatus Stalled=True); deleted / expired / idle are normal ends.
 ABNORMAL_ENDS = frozenset({"oom_killed", "killed_after_timeout", "crashed", "start_failed"})
-SESSION_FILES = ("session.py", "session_server.py", "standby.py")
+SESSION_FILES = ("session.py", "session_server.py")
 
 PENDING, READY, ENDED = "Pending", "Ready", "Ended"
 ENDED_CONDITION = "Ended"
@@ -71,10 +69,6 @@ def pod_name(name: str) -> str:
 
 def policy_name(name: str) -> str:
     return builders.child_name(name, "session")
-
-
-def secret_name(name: str) -> str:
-    return builders.child_name(name, "token")
 
 
 @cache
@@ -139,20 +133,7 @@ def _metadata(session: PythonSession, name: str, component: str) -> dict[str, An
     }
 
 
-# --- the three objects ------------------------------------------------------------------------------
-
-
-def build_token_secret(session: PythonSession, token: str) -> dict[str, Any]:
-    if len(token) < 32:
-        raise ValueError("the session token must be at least 32 characters")
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": _metadata(session, secret_name(session.name), "session-token"),
-        "type": "Opaque",
-        "immutable": True,
-        "stringData": {TOKEN_KEY: token},
-    }
+# --- the two objects ------------------------------------------------------------------------------
 
 
 def build_session_policy(session: PythonSession, sessions: SessionSettings) -> dict[str, Any]:
@@ -212,11 +193,10 @@ def build_session_pod(
         "failureThreshold": 1,
     }
     container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] in ("runner", "tmp")]
-    secret_ref = {"secretKeyRef": {"name": secret_name(session.name), "key": TOKEN_KEY}}
     container["env"] = [
         *(e for e in container.get("env", []) if e["name"] != "PYTHONPATH"),
         {"name": "HOME", "value": builders.TMP_DIR},
-        {"name": TOKEN_ENV, "valueFrom": secret_ref},
+        {"name": TOKEN_HASH_ENV, "value": session.spec.token_sha256 or ""},
     ]
     pod["metadata"] = _metadata(session, pod_name(session.name), "session")
     return pod
@@ -230,7 +210,7 @@ class SessionPlan:
     create: list[dict[str, Any]] = field(default_factory=list)
     status: dict[str, Any] | None = None
     delete_pod: str | None = None
-    cleanup: bool = False  # delete the Secret and the NetworkPolicy (the Pod: delete_pod)
+    cleanup: bool = False  # delete the NetworkPolicy (the Pod: delete_pod)
     delete_session: bool = False
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     requeue_after: float | None = None
@@ -282,15 +262,12 @@ def plan_session(
     session: dict[str, Any],
     *,
     pod: dict[str, Any] | None,
-    secret_exists: bool,
     job_type: dict[str, Any] | None,
     settings: PodSettings,
     sessions: SessionSettings,
     now: datetime.datetime,
-    token: str,
 ) -> SessionPlan:
-    """One pass over one PythonSession: what to create, delete and write (``token`` is a fresh random
-    token, used only when the Secret must be created)."""
+    """One pass over one PythonSession: what to create, delete and write."""
     model = PythonSession.model_validate(session)
     meta = model.metadata
     old = model.status or PythonSessionStatus()
@@ -337,8 +314,13 @@ def plan_session(
         end = ("idle", f"No execution for {model.spec.idle_timeout_seconds} s (idle timeout)")
     elif pod is not None and (stopped := pod_end_reason(pod)) is not None:
         end = stopped
-    elif pod is None and old.phase is not None and secret_exists and old.pod_name:
+    elif pod is None and old.phase is not None and old.pod_name:
         end = ("crashed", "The session's Pod was deleted")
+    elif not model.spec.token_sha256:
+        end = (
+            "start_failed",
+            "spec.tokenSha256 is not set: nobody could send code (create sessions via the shim)",
+        )
     elif job_type is None:
         end = ("start_failed", f"PythonJobType {model.spec.job_type_name!r} not found in the namespace")
     else:
@@ -376,8 +358,6 @@ def plan_session(
     assert type_model is not None
     if pod is None:
         result.create.append(build_session_configmap(model.namespace))
-        if not secret_exists:
-            result.create.append(build_token_secret(model, token))
         result.create.append(build_session_policy(model, sessions))
         result.create.append(build_session_pod(model, type_model, settings, sessions))
     address = _ready_address(pod, sessions.port)

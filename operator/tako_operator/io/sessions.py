@@ -1,4 +1,4 @@
-"""API calls for PythonSessions and their token Secrets, on top of ``io.kube.Kube`` (its client and
+"""API calls for PythonSessions (get, status, delete, Events), on top of ``io.kube.Kube`` (its client and
 executor; this module imports no Kubernetes client of its own, so ``io.kube`` stays the only one)."""
 
 from __future__ import annotations
@@ -39,28 +39,6 @@ class SessionApi:
 
     async def delete_session(self, namespace: str, name: str) -> bool:
         return await self._custom("delete_namespaced_custom_object", namespace, name) is not None
-
-    async def secret_exists(self, namespace: str, name: str) -> bool:
-        core = self.kube.core
-        try:
-            await self.kube._call(core.read_namespaced_secret, name, namespace)
-        except Exception as exc:
-            if getattr(exc, "status", None) == 404:
-                return False
-            raise
-        return True
-
-    async def create_secret(self, secret: dict[str, Any]) -> bool:
-        core = self.kube.core
-        namespace = secret["metadata"]["namespace"]
-        created: bool = await self.kube._create(
-            core.create_namespaced_secret, core.read_namespaced_secret, namespace, secret
-        )
-        return created
-
-    async def delete_secret(self, namespace: str, name: str) -> bool:
-        deleted: bool = await self.kube._delete(self.kube.core.delete_namespaced_secret, name, namespace)
-        return deleted
 
     async def emit_event(self, session: dict[str, Any], reason: str, message: str, type_: str) -> None:
         """A core/v1 Event on the PythonSession (``kubectl describe pysession``); never fatal."""

@@ -8,7 +8,8 @@ before the operator has recorded it.
 
 from __future__ import annotations
 
-import base64
+import hashlib
+import hmac
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,6 @@ from tako_vm.models.crd import (
     SESSION_ANNOTATION_FINGERPRINT,
     SESSION_ANNOTATION_LAST_ACTIVITY,
     SESSION_ANNOTATION_TENANT,
-    SESSION_TOKEN_KEY,
 )
 from tako_vm.models.sessions import (
     DEFAULT_IDLE_TIMEOUT_SECONDS,
@@ -67,7 +67,14 @@ def _megabytes(limit: str) -> int:
 
 
 def session_object(
-    name: str, namespace: str, tenant: str, body: CreateSessionRequest, *, max_ttl: int, max_memory: str
+    name: str,
+    namespace: str,
+    tenant: str,
+    body: CreateSessionRequest,
+    *,
+    token: str,
+    max_ttl: int,
+    max_memory: str,
 ) -> dict[str, Any]:
     """The PythonSession for ``POST /sessions`` (``InvalidRequest`` naming the limit it breaks)."""
     if body.requirements:
@@ -82,6 +89,7 @@ def session_object(
         "jobType": body.job_type or "default",
         "ttlSeconds": ttl,
         "idleTimeoutSeconds": body.idle_timeout_seconds or DEFAULT_IDLE_TIMEOUT_SECONDS,
+        "tokenSha256": token_sha256(token),
     }
     resources: dict[str, str] = {}
     if body.memory_limit:
@@ -194,13 +202,14 @@ def info_from_session(obj: dict[str, Any]) -> SessionInfo:
     )
 
 
-def token_from_secret(secret: dict[str, Any]) -> str | None:
-    """The session token (``data`` is base64, as the API server stores it; ``stringData`` as written)."""
-    plain = (secret.get("stringData") or {}).get(SESSION_TOKEN_KEY)
-    if plain:
-        return str(plain)
-    encoded = (secret.get("data") or {}).get(SESSION_TOKEN_KEY)
-    return base64.b64decode(encoded).decode() if encoded else None
+def session_token(key: str, namespace: str, name: str) -> str:
+    """The session's bearer token: any replica holding the shared key derives it; the cluster keeps
+    only its sha256 (``spec.tokenSha256``), which is all the session server in the Pod knows."""
+    return hmac.new(key.encode(), f"{namespace}/{name}".encode(), hashlib.sha256).hexdigest()
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def activity_patch(number: int, now: datetime) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 - ``POST /sessions`` creates the PythonSession in the tenant's namespace (refused with 429 naming
   ``session_max_per_tenant`` when the tenant has that many open); the operator builds its gVisor Pod,
-  NetworkPolicy and token Secret.
-- ``POST /sessions/{id}/execute`` waits until the operator reports the session Ready, reads the token
-  from the Secret ``<session>-token`` and the Pod's address from the status, and POSTs the code to the
-  session server in the Pod. Nothing is kept in this replica's memory: any shim replica serves any
+  NetworkPolicy (its spec carries only the sha256 of the session's token).
+- ``POST /sessions/{id}/execute`` waits until the operator reports the session Ready (the Pod's
+  address is in the status), derives the session's token (HMAC of ``session_token_key``, shared by the
+  replicas, and the session's namespace/name; the cluster holds only its sha256) and POSTs the code to
+  the session server in the Pod. Nothing is kept in this replica's memory: any shim replica serves any
   session, and the Pod runs its calls one at a time, in arrival order. After each call it records the
   runner's execution count and the time on the PythonSession (annotations, mirrored into the status by
   the operator) and posts an ``Executed`` Event on it.
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import secrets
 import time
 import uuid
 from datetime import UTC, datetime
@@ -42,8 +45,8 @@ if TYPE_CHECKING:
     from tako_shim.backends.kubernetes.backend import KubernetesBackend
 
 SESSIONS_PATH = "/apis/takovm.dev/v1alpha1/namespaces/{namespace}/pythonsessions"
-SECRETS_PATH = "/api/v1/namespaces/{namespace}/secrets"
 EVENTS_PATH = "/api/v1/namespaces/{namespace}/events"
+log = logging.getLogger("tako_shim.sessions")
 NOT_FOUND = "Session not found"
 IDEMPOTENCY_CONFLICT = "Idempotency key reused with different payload"
 READY_POLL_SECONDS = 0.2
@@ -63,6 +66,12 @@ class KubeSessions:
         self.backend = backend
         self.settings = backend.settings
         self._http: aiohttp.ClientSession | None = None
+        self.key = backend.settings.session_token_key or secrets.token_hex(32)
+        if backend.settings.session_token_key is None:
+            log.warning(
+                "session_token_key is not set: sessions use a random key of this process (another replica, "
+                "or this one after a restart, cannot reach them); the Helm chart sets one"
+            )
 
     async def close(self) -> None:
         if self._http is not None:
@@ -136,6 +145,7 @@ class KubeSessions:
             namespace,
             tenant,
             body,
+            token=st.session_token(self.key, namespace, name),
             max_ttl=s.session_max_ttl_seconds,
             max_memory=s.session_max_memory_limit,
         )
@@ -186,13 +196,6 @@ class KubeSessions:
                 )
             await asyncio.sleep(READY_POLL_SECONDS)
 
-    async def _token(self, namespace: str, session_id: str) -> str:
-        secret = await self._get_object(self._path(SECRETS_PATH, namespace, f"{session_id}-token"))
-        token = st.token_from_secret(secret or {})
-        if not token:
-            raise Unavailable(f"Session {session_id} has no token Secret yet", headers={"Retry-After": "1"})
-        return token
-
     def _client(self) -> aiohttp.ClientSession:
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=10))
@@ -205,7 +208,7 @@ class KubeSessions:
         if timeout > self.settings.max_timeout:
             raise InvalidRequest(f"timeout: {timeout} exceeds max_timeout {self.settings.max_timeout}")
         namespace, obj, address = await self._wait_ready(tenant, session_id)
-        token = await self._token(namespace, session_id)
+        token = st.session_token(self.key, namespace, session_id)
         grace = self.settings.session_interrupt_grace_seconds
         payload: dict[str, Any] = {"code": body.code, "timeout": timeout}
         if idempotency_key:
