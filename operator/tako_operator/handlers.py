@@ -11,8 +11,10 @@ import kopf
 from tako_operator.core import standby as standby_mod
 from tako_operator.core.admission import Entry, Key, entry_for
 from tako_operator.core.jobcache import slim_pod
+from tako_operator.core.sessions import LABEL_SESSION
 from tako_operator.io.kube import GROUP, JOB_TYPES, JOBS, VERSION
 from tako_operator.reconciler import INDEX_KEY, JOB_INDEX, POD_INDEX, TYPE_INDEX, Reconciler
+from tako_operator.sessions import SESSIONS, SessionReconciler, owner_session
 
 
 def _owned_by_job(body: kopf.Body, **_: Any) -> bool:
@@ -88,3 +90,28 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
         owner = _job_owner(body)
         if owner is not None and namespace:
             await reconciler.poke(namespace, owner)
+
+    register_sessions(registry, reconciler)
+
+
+def register_sessions(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
+    """PythonSessions (docs/sessions.md): each event of a session or of its Pod is one pass of the
+    SessionReconciler (made on first use, sharing the Reconciler's API client and settings)."""
+    made: list[SessionReconciler] = []
+
+    def sessions() -> SessionReconciler:
+        if not made:
+            made.append(SessionReconciler(reconciler.kube, reconciler.config))
+        return made[0]
+
+    @kopf.on.event(GROUP, VERSION, SESSIONS, id="session_event", registry=registry)
+    async def session_event(type: str, body: kopf.Body, **_: Any) -> None:
+        await sessions().on_event(type, copy.deepcopy(dict(body)))
+
+    @kopf.on.event(
+        "v1", "pods", id="session_pod_event", labels={LABEL_SESSION: kopf.PRESENT}, registry=registry
+    )
+    async def session_pod_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+        owner = owner_session(dict(body))
+        if owner is not None and namespace:
+            await sessions().reconcile((namespace, owner))

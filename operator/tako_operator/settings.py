@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tako_operator.session_settings import SessionSettings, sessions_from_env
+
 # Where a job Pod may never send traffic during the install phase: "this network", RFC 1918, carrier-grade
 # NAT (which holds Alibaba's metadata 100.100.100.200), loopback, link-local (the cloud metadata address
 # 169.254.169.254), Azure's platform endpoint, and the IPv6 equivalents: unique-local (AWS's fd00:ec2::254),
@@ -227,6 +229,7 @@ class Settings:
     job_cache_entries: int = DEFAULT_JOB_CACHE_ENTRIES
     # The standby-Pod pool's operator-wide knobs (TAKO_OPERATOR_STANDBY_*); pool sizes are per job type.
     standby: StandbySettings = field(default_factory=StandbySettings)
+    sessions: SessionSettings = field(default_factory=SessionSettings)  # PythonSessions (session_settings.py)
     # API calls in flight at once (threads and pooled keep-alive connections)
     api_concurrency: int = DEFAULT_API_CONCURRENCY
     restart: RestartPolicy = field(default_factory=RestartPolicy)
@@ -397,6 +400,7 @@ def settings_from_env(env: Env | None = None) -> Settings:
         default_image=env.get("TAKO_VM_DEFAULT_JOB_IMAGE") or None,
         job_cache_entries=DEFAULT_JOB_CACHE_ENTRIES if job_cache is None else job_cache,
         standby=_standby(env),
+        sessions=sessions_from_env(env),
         api_concurrency=int(api_raw) if api_raw else DEFAULT_API_CONCURRENCY,
         restart=_restart(env),
         webhooks=_webhooks(env),

@@ -175,6 +175,9 @@ class Settings(BaseModel):
     session_interrupt_grace_seconds: int = Field(default=5, ge=1, le=300)
     session_pause_after_seconds: int | None = Field(default=300, ge=1, le=86_400)  # None: never pause
     session_tmp_size_mb: int = Field(default=256, ge=16, le=16_384)
+    # kubernetes backend: the key session tokens are derived from (HMAC of it and the session's
+    # namespace/name); every shim replica needs the same one. None: a random key per process.
+    session_token_key: str | None = Field(default=None, min_length=32, max_length=512, repr=False)
     kubernetes: KubernetesOptions = Field(default_factory=KubernetesOptions)
     # The web console under /console (tako_shim/http/console, docs/console.md); None: on for a loopback bind.
     console_enabled: bool | None = None

@@ -60,6 +60,7 @@ RESOURCES: list[tuple[str, str, str, bool, list[str]]] = [
     ("coordination.k8s.io/v1", "leases", "Lease", True, []),
     ("takovm.dev/v1alpha1", "pythonjobs", "PythonJob", True, ["status"]),
     ("takovm.dev/v1alpha1", "pythonjobtypes", "PythonJobType", True, ["status"]),
+    ("takovm.dev/v1alpha1", "pythonsessions", "PythonSession", True, ["status"]),
     ("kopf.dev/v1", "kopfpeerings", "KopfPeering", True, []),
     ("kopf.dev/v1", "clusterkopfpeerings", "ClusterKopfPeering", False, []),
 ]
@@ -73,6 +74,7 @@ PATHS: dict[str, tuple[str, str]] = {
     "networkpolicies": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "pythonjobs": ("/apis/takovm.dev/v1alpha1", "pythonjobs"),
     "pythonjobtypes": ("/apis/takovm.dev/v1alpha1", "pythonjobtypes"),
+    "pythonsessions": ("/apis/takovm.dev/v1alpha1", "pythonsessions"),
     "kopfpeerings": ("/apis/kopf.dev/v1", "kopfpeerings"),
 }
 

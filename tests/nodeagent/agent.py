@@ -12,7 +12,12 @@ kmock has no kubelet. This agent plays one, for Pods with a `runtimeClassName`:
   `Failed/DeadlineExceeded`, as the kubelet does;
 - container output is served as the Pod log (`KubeHarness.set_log`) and container statuses are
   written back (`terminated.exitCode`, reason `Completed`/`Error`/`OOMKilled` from the memory cgroup);
-- a Pod deleted while running (cancel) has its sandbox killed.
+- a Pod deleted while running (cancel) has its sandbox killed;
+- a container that declares `ports` (a session Pod) gets a Pod network instead of none: its own network
+  namespace joined to the host by a veth pair (10.213.N.2 in the sandbox, 10.213.N.1 on the host, no
+  default route, so nothing beyond the host is reachable: no egress), gVisor's netstack on it
+  (`--network=sandbox`); once the port accepts connections the Pod reports `podIP` and `Ready`, as the
+  kubelet's readiness probe would. NetworkPolicies are not enforced (that is the CNI's job);
 
 It is deliberately simple and lives under tests/, never in the product.
 """
@@ -21,11 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import json
 import logging
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -90,6 +97,8 @@ class PodRun:
         self.proc: subprocess.Popen[bytes] | None = None
         self.cid: str | None = None
         self.deleted = threading.Event()
+        self.netns: str | None = None
+        self.pod_ip: str | None = None
         self.statuses: dict[str, list[dict[str, Any]]] = {
             "initContainerStatuses": [],
             "containerStatuses": [],
@@ -133,6 +142,47 @@ class PodRun:
                 self.volumes[name] = {"kind": "empty", "path": str(path), "size": size}
             else:
                 raise RuntimeError(f"volume type of {name!r} not supported by the node agent")
+
+    # -- the Pod network (containers with ports) ------------------------------------------------
+
+    def setup_network(self) -> None:
+        """A network namespace joined to the host by a veth pair; sets `self.pod_ip`."""
+        index = self.agent.next_subnet()
+        self.netns = f"na-{secrets.token_hex(4)}"
+        host_if, pod_if = f"vh{self.netns[3:]}", f"vp{self.netns[3:]}"
+        self.pod_ip, host_ip = f"10.213.{index}.2", f"10.213.{index}.1"
+        for argv in (
+            ["ip", "netns", "add", self.netns],
+            ["ip", "link", "add", host_if, "type", "veth", "peer", "name", pod_if],
+            ["ip", "link", "set", pod_if, "netns", self.netns],
+            ["ip", "addr", "add", f"{host_ip}/30", "dev", host_if],
+            ["ip", "link", "set", host_if, "up"],
+            ["ip", "netns", "exec", self.netns, "ip", "addr", "add", f"{self.pod_ip}/30", "dev", pod_if],
+            ["ip", "netns", "exec", self.netns, "ip", "link", "set", pod_if, "up"],
+            ["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"],
+        ):
+            subprocess.run(argv, check=True, capture_output=True, timeout=30)
+
+    def teardown_network(self) -> None:
+        if self.netns:
+            subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, timeout=30, check=False)
+
+    def _report_ready(self, port: int) -> None:
+        """Readiness as the kubelet's tcpSocket probe sees it: Ready once the port accepts a connection."""
+        assert self.pod_ip is not None
+        while self.proc is not None and self.proc.poll() is None and not self.deleted.is_set():
+            with socket.socket() as sock:
+                sock.settimeout(1)
+                if sock.connect_ex((self.pod_ip, port)) == 0:
+                    status = {
+                        "phase": "Running",
+                        "podIP": self.pod_ip,
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                    }
+                    with contextlib.suppress(Exception):
+                        self.agent.kube.patch_status("pods", self.name, status)
+                    return
+            time.sleep(0.1)
 
     # -- one container ------------------------------------------------------------------------
 
@@ -189,7 +239,9 @@ class PodRun:
         period = 100_000
         network = container["name"] != "install"
         namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")] + (
-            [{"type": "network"}] if network else []
+            [{"type": "network", **({"path": f"/var/run/netns/{self.netns}"} if self.netns else {})}]
+            if network
+            else []
         )
         return {
             "ociVersion": "1.0.2",
@@ -231,6 +283,12 @@ class PodRun:
             path.mkdir(parents=True, exist_ok=True)
         (CGROUP_ROOT / "memory" / CGROUP_PARENT / cid / "memory.limit_in_bytes").write_text(str(memory))
         network = "none" if container["name"] != "install" else "host"
+        ports = container.get("ports") or []
+        if ports:
+            # This runsc (20240729) refuses --network=sandbox on kernels that show rmem_default in
+            # every netns ("cannot run with network enabled in root network namespace"), so the Pod
+            # network is host networking (hostinet) inside the Pod's own netns (the spec's path).
+            network = "host"
         argv = [
             self.agent.runsc, "--root", str(self.agent.state_dir), f"--platform={self.agent.platform}",
             f"--network={network}", "--overlay2=none", "run", "--bundle", str(bundle), cid,
@@ -241,6 +299,9 @@ class PodRun:
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
         )
         self._set_state(container["name"], {"running": {"startedAt": started}}, phase="Running")
+        if ports:
+            port = int(ports[0]["containerPort"])
+            threading.Thread(target=self._report_ready, args=(port,), daemon=True).start()
         # stdout is served as it arrives to `follow=true` log readers (the kubelet streams logs too).
         kube, pod, name = self.agent.kube, self.name, container["name"]
         out_chunks: list[bytes] = []
@@ -350,12 +411,15 @@ class PodRun:
                     "pods", self.name, {"phase": "Failed", "reason": "NodeAgentError", "message": str(exc)}
                 )
         finally:
+            self.teardown_network()
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _run(self) -> None:
         spec = self.pod["spec"]
         deadline = time.monotonic() + float(spec.get("activeDeadlineSeconds") or 3600)
         self.prepare_volumes()
+        if any(c.get("ports") for c in spec["containers"]):
+            self.setup_network()
         shared = {m["name"] for c in spec.get("initContainers") or [] for m in c.get("volumeMounts") or []}
         shared &= {m["name"] for c in spec["containers"] for m in c.get("volumeMounts") or []}
         shared = {name for name in shared if self.volumes[name]["kind"] == "empty"}
@@ -402,10 +466,15 @@ class NodeAgent:
         self.etc_dir = work_dir / "etc"
         self._prepare_root()
         self.runs: dict[str, PodRun] = {}
+        self._subnets = itertools.count(1)
         self.threads: list[threading.Thread] = []
         self.slots = threading.Semaphore(max_pods)
         self.stop_flag = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="nodeagent", daemon=True)
+
+    def next_subnet(self) -> int:
+        """A fresh 10.213.N.0/30 per networked Pod (N < 255: more than any test starts)."""
+        return next(self._subnets) % 250 + 1
 
     def _version(self) -> str:
         out = subprocess.run(

@@ -142,7 +142,7 @@ def test_production_values_render_and_every_object_passes_strict_validation(
 def test_chart_crds_pass_strict_validation() -> None:
     crds = chart_crds()
     names = {crd["metadata"]["name"] for crd in crds}
-    assert names == {"pythonjobs.takovm.dev", "pythonjobtypes.takovm.dev"}
+    assert names == {"pythonjobs.takovm.dev", "pythonjobtypes.takovm.dev", "pythonsessions.takovm.dev"}
     for crd in crds:
         kubernetes_validate.validate(crd, KUBE_VERSION, strict=True)
 

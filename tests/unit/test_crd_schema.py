@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import pathlib
+import re
 from typing import Any
 
 import jsonschema
@@ -29,14 +30,17 @@ K8S_VERSION = "1.32"
 CRD_FILES = {
     "PythonJob": CRD_DIR / "pythonjobs.takovm.dev.yaml",
     "PythonJobType": CRD_DIR / "pythonjobtypes.takovm.dev.yaml",
+    "PythonSession": CRD_DIR / "pythonsessions.takovm.dev.yaml",
 }
 SPEC_MODELS: dict[str, type[pydantic.BaseModel]] = {
     "PythonJob": models.PythonJobSpec,
     "PythonJobType": models.PythonJobTypeSpec,
+    "PythonSession": models.PythonSessionSpec,
 }
 OBJECT_MODELS: dict[str, type[pydantic.BaseModel]] = {
     "PythonJob": models.PythonJob,
     "PythonJobType": models.PythonJobType,
+    "PythonSession": models.PythonSession,
 }
 
 
@@ -174,12 +178,36 @@ def test_pythonjob_names_columns_and_status_subresource() -> None:
         assert node["type"] == column["type"], column
 
 
+def test_pythonsession_names_columns_and_status_subresource() -> None:
+    crd = load_crd("PythonSession")
+    assert crd["spec"]["names"]["shortNames"][0] == "pysession"
+    (version,) = crd["spec"]["versions"]
+    assert version["subresources"] == {"status": {}}
+    default_columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
+    assert default_columns == ["Phase", "Age", "Expires"]
+    schema = crd_schema("PythonSession")
+    for column in version["additionalPrinterColumns"]:
+        parts = column["jsonPath"].lstrip(".").split(".")
+        if parts[0] == "metadata":
+            continue
+        node = schema
+        for part in parts:
+            node = node["properties"][part]
+        expected = "string" if column["type"] == "date" else column["type"]
+        assert node["type"] == expected, column
+    end_reason = schema["properties"]["status"]["properties"]["endReason"]
+    from tako_vm.models.sessions import END_REASONS
+
+    assert all(re.fullmatch(end_reason["pattern"], reason) for reason in END_REASONS)
+
+
 def test_pythonjobtype_short_name() -> None:
     assert load_crd("PythonJobType")["spec"]["names"]["shortNames"][0] == "pyjobtype"
 
 
-def test_status_is_kstatus_compatible() -> None:
-    status = crd_schema("PythonJob")["properties"]["status"]["properties"]
+@pytest.mark.parametrize("kind", ["PythonJob", "PythonSession"])
+def test_status_is_kstatus_compatible(kind: str) -> None:
+    status = crd_schema(kind)["properties"]["status"]["properties"]
     assert status["observedGeneration"]["type"] == "integer"
     conditions = status["conditions"]
     assert conditions["x-kubernetes-list-type"] == "map"
@@ -365,6 +393,8 @@ def compare_schemas(crd: dict[str, Any], model: dict[str, Any], defs: dict[str, 
         ("PythonJob", "spec", models.PythonJobSpec),
         ("PythonJob", "status", models.PythonJobStatus),
         ("PythonJobType", "spec", models.PythonJobTypeSpec),
+        ("PythonSession", "spec", models.PythonSessionSpec),
+        ("PythonSession", "status", models.PythonSessionStatus),
     ],
 )
 def test_crd_schema_and_model_agree_field_by_field(
@@ -409,6 +439,7 @@ def apply_defaults(schema: dict[str, Any], obj: Any) -> Any:
         ("PythonJob", {"code": "print(1)"}),
         ("PythonJob", {"codeRef": {"name": "cm"}}),
         ("PythonJobType", {"image": "python:3.11-slim"}),
+        ("PythonSession", {}),
     ],
 )
 def test_crd_defaults_equal_model_defaults(kind: str, minimal: dict[str, Any]) -> None:

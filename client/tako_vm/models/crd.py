@@ -378,3 +378,68 @@ DEFAULT_JOB_TYPE = PythonJobTypeSpec(
     timeout_seconds=30,
     startup_timeout_seconds=120,
 )
+
+
+# --- PythonSession (a stateful interpreter in one gVisor Pod; docs/sessions.md, "Kubernetes") --------
+
+SessionPhase = Literal["Pending", "Ready", "Ended"]
+# The shim writes only these annotations on a PythonSession (the status belongs to the operator, which
+# mirrors them): the runner's execution count, the end of the last execution, and a requested end.
+SESSION_ANNOTATION_EXECUTIONS = "takovm.dev/executions"
+SESSION_ANNOTATION_LAST_ACTIVITY = "takovm.dev/last-activity"
+SESSION_ANNOTATION_END = "takovm.dev/end-requested"  # "deleted" or "killed_after_timeout"
+SESSION_ANNOTATION_TENANT = "takovm.dev/tenant"
+SESSION_ANNOTATION_FINGERPRINT = "takovm.dev/fingerprint"  # of the create request (idempotency)
+SHA256_HEX_PATTERN = r"^[0-9a-f]{64}$"
+SESSION_TTL_MAX = 2_592_000  # 30 days (the CRD's bound; the shim's session_max_ttl_seconds is lower)
+END_REASON_PATTERN = r"^[a-z][a-z0-9_]*$"
+
+
+class PythonSessionSpec(_Spec):
+    """How the session's Pod is built and how long it may live (immutable: one CEL rule on the spec)."""
+
+    job_type: str = Field(default="default", min_length=1, max_length=128, pattern=JOB_TYPE_REF_PATTERN)
+    ttl_seconds: int = Field(default=3600, ge=1, le=SESSION_TTL_MAX)
+    idle_timeout_seconds: int = Field(default=600, ge=1, le=SESSION_TTL_MAX)
+    resources: Resources | None = None
+    # sha256 (hex) of the session's token: the shim derives the token (HMAC of its session key and the
+    # session's namespace/name), the session server in the Pod accepts only a token with this hash.
+    token_sha256: str | None = Field(default=None, max_length=64, pattern=SHA256_HEX_PATTERN)
+
+    @property
+    def job_type_name(self) -> str:
+        return self.job_type.split("@", 1)[0]
+
+
+class PythonSessionStatus(_Observed):
+    """Observed state of a PythonSession; written only by the operator."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    phase: SessionPhase | None = None
+    message: str | None = Field(default=None, max_length=1024)
+    conditions: list[Condition] | None = Field(default=None, max_length=8)
+    pod_name: str | None = Field(default=None, max_length=253)
+    address: str | None = Field(default=None, max_length=64)
+    expires_at: datetime | None = None
+    last_activity_time: datetime | None = None
+    executions: int | None = Field(default=None, ge=0)
+    end_reason: str | None = Field(default=None, max_length=64, pattern=END_REASON_PATTERN)
+    ended_at: datetime | None = None
+
+
+class PythonSession(_Observed):
+    """A whole PythonSession object as read from the API."""
+
+    api_version: Literal["takovm.dev/v1alpha1"] = "takovm.dev/v1alpha1"
+    kind: Literal["PythonSession"] = "PythonSession"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: PythonSessionSpec = Field(default_factory=PythonSessionSpec)
+    status: PythonSessionStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.metadata.get("namespace") or "default")

@@ -42,6 +42,7 @@ from tako_shim.backends.base import (
 )
 from tako_shim.backends.kubernetes.api import KubeApi, KubeApiError
 from tako_shim.backends.kubernetes.events import following_events
+from tako_shim.backends.kubernetes.sessions import KubeSessions
 from tako_shim.backends.kubernetes.translate import (
     ClusterJobResolver,
     cancel_patch,
@@ -111,6 +112,7 @@ class KubernetesBackend(Backend):
         self._health_cache: tuple[float, QueueStatsResponse | None] = (-HEALTH_CACHE_SECONDS, None)
         self._queued: dict[str, tuple[float, int]] = {}  # namespace -> (when listed, queued jobs)
         self._job_type_cache: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self.sessions = KubeSessions(self)  # PythonSessions (sessions.py, docs/sessions.md)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -123,6 +125,7 @@ class KubernetesBackend(Backend):
         self._watch = JobWatch(self._api)
 
     async def close(self) -> None:
+        await self.sessions.close()
         if self._watch is not None:
             await self._watch.close()
         if self._api is not None:

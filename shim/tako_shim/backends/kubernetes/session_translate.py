@@ -1,0 +1,274 @@
+"""Pure mapping between the ``/sessions`` wire models and ``PythonSession`` objects (no I/O).
+
+The shim writes a PythonSession's spec once (``session_object``) and afterwards only its annotations
+(``takovm.dev/executions``, ``takovm.dev/last-activity``, ``takovm.dev/end-requested``); the operator
+owns the status. ``info_from_session`` reads both, so a DELETE or a killed cell shows as ended at once,
+before the operator has recorded it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tako_shim.backends.kubernetes.translate import IDEMPOTENCY_NAMESPACE, LABEL_MANAGED_BY, MANAGED_BY
+from tako_shim.errors import InvalidRequest
+from tako_shim.submission import canonical_json, sha256_hex
+from tako_vm.models.crd import (
+    SESSION_ANNOTATION_END,
+    SESSION_ANNOTATION_EXECUTIONS,
+    SESSION_ANNOTATION_FINGERPRINT,
+    SESSION_ANNOTATION_LAST_ACTIVITY,
+    SESSION_ANNOTATION_TENANT,
+)
+from tako_vm.models.sessions import (
+    DEFAULT_IDLE_TIMEOUT_SECONDS,
+    DEFAULT_TTL_SECONDS,
+    CreateSessionRequest,
+    SessionExecution,
+    SessionInfo,
+)
+
+SESSION_PREFIX = "sess-"
+_SESSION_ID = re.compile(r"^sess-[0-9a-f]{32}$")
+KILLED_AFTER_TIMEOUT = "killed_after_timeout"
+
+
+def session_name(tenant: str, idempotency_key: str | None) -> str:
+    """A new random session id, or the deterministic one for (tenant, key)."""
+    if idempotency_key is None:
+        return SESSION_PREFIX + uuid.uuid4().hex
+    return SESSION_PREFIX + uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"session\x00{tenant}\x00{idempotency_key}").hex
+
+
+def is_session_id(value: str) -> bool:
+    return bool(_SESSION_ID.match(value))
+
+
+def fingerprint(body: CreateSessionRequest) -> str:
+    return sha256_hex(canonical_json(body.model_dump(exclude={"idempotency_key"}, mode="json")))
+
+
+def kube_memory(limit: str) -> str:
+    """The wire's ``512m`` / ``2g`` (MiB / GiB, as the local backend reads them) as a Kubernetes quantity."""
+    return f"{limit[:-1]}{'Mi' if limit.endswith('m') else 'Gi'}"
+
+
+def kube_cpu(cpu: float) -> str:
+    return f"{max(1, round(cpu * 1000))}m"
+
+
+def _megabytes(limit: str) -> int:
+    return int(limit[:-1]) * (1024 if limit.endswith("g") else 1)
+
+
+def session_object(
+    name: str,
+    namespace: str,
+    tenant: str,
+    body: CreateSessionRequest,
+    *,
+    token: str,
+    max_ttl: int,
+    max_memory: str,
+) -> dict[str, Any]:
+    """The PythonSession for ``POST /sessions`` (``InvalidRequest`` naming the limit it breaks)."""
+    if body.requirements:
+        raise InvalidRequest(
+            "requirements: not available for sessions on the kubernetes backend yet (docs/sessions.md); "
+            "use a PythonJobType whose image has the packages (job_type)"
+        )
+    ttl = body.ttl_seconds or min(DEFAULT_TTL_SECONDS, max_ttl)
+    if ttl > max_ttl:
+        raise InvalidRequest(f"ttl_seconds: {ttl} exceeds session_max_ttl_seconds {max_ttl}")
+    spec: dict[str, Any] = {
+        "jobType": body.job_type or "default",
+        "ttlSeconds": ttl,
+        "idleTimeoutSeconds": body.idle_timeout_seconds or DEFAULT_IDLE_TIMEOUT_SECONDS,
+        "tokenSha256": token_sha256(token),
+    }
+    resources: dict[str, str] = {}
+    if body.memory_limit:
+        if _megabytes(body.memory_limit) > _megabytes(max_memory):
+            raise InvalidRequest(
+                f"memory_limit: {body.memory_limit} exceeds session_max_memory_limit {max_memory}"
+            )
+        resources["memory"] = kube_memory(body.memory_limit)
+    if body.cpu_limit:
+        resources["cpu"] = kube_cpu(body.cpu_limit)
+    if resources:
+        spec["resources"] = resources
+    return {
+        "apiVersion": "takovm.dev/v1alpha1",
+        "kind": "PythonSession",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY},
+            "annotations": {
+                SESSION_ANNOTATION_TENANT: tenant,
+                SESSION_ANNOTATION_FINGERPRINT: fingerprint(body),
+            },
+        },
+        "spec": spec,
+    }
+
+
+def _meta(obj: dict[str, Any]) -> dict[str, Any]:
+    meta: dict[str, Any] = obj.get("metadata") or {}
+    return meta
+
+
+def _annotations(obj: dict[str, Any]) -> dict[str, str]:
+    return dict(_meta(obj).get("annotations") or {})
+
+
+def tenant_of(obj: dict[str, Any]) -> str | None:
+    return _annotations(obj).get(SESSION_ANNOTATION_TENANT)
+
+
+def fingerprint_of(obj: dict[str, Any]) -> str | None:
+    return _annotations(obj).get(SESSION_ANNOTATION_FINGERPRINT)
+
+
+def end_reason(obj: dict[str, Any]) -> str | None:
+    """Why the session ended (the operator's record, or an end the shim asked for), or None if open."""
+    status = obj.get("status") or {}
+    if status.get("phase") == "Ended":
+        return str(status.get("endReason") or "ended")
+    requested = _annotations(obj).get(SESSION_ANNOTATION_END)
+    return str(requested) if requested else None
+
+
+def address(obj: dict[str, Any]) -> str | None:
+    """host:port of the session's Pod, once the operator saw it ready."""
+    status = obj.get("status") or {}
+    if status.get("phase") != "Ready" or end_reason(obj) is not None:
+        return None
+    value = status.get("address")
+    return str(value) if value else None
+
+
+def _time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def info_from_session(obj: dict[str, Any]) -> SessionInfo:
+    meta, spec, status = _meta(obj), obj.get("spec") or {}, obj.get("status") or {}
+    annotations = _annotations(obj)
+    created = _time(meta.get("creationTimestamp")) or datetime.now(UTC)
+    ttl = int(spec.get("ttlSeconds") or DEFAULT_TTL_SECONDS)
+    expires = _time(status.get("expiresAt")) or created + timedelta(seconds=ttl)
+    reason = end_reason(obj)
+    if reason is not None:
+        state = "ended"
+    elif status.get("phase") == "Ready":
+        state = "ready"
+    else:
+        state = "starting"
+    counted = [annotations.get(SESSION_ANNOTATION_EXECUTIONS), status.get("executions")]
+    executions = max((int(str(c)) for c in counted if str(c or "").isdigit()), default=0)
+    activity = _time(annotations.get(SESSION_ANNOTATION_LAST_ACTIVITY)) or _time(
+        status.get("lastActivityTime")
+    )
+    ended = _time(status.get("endedAt"))
+    return SessionInfo(
+        session_id=str(meta.get("name")),
+        status=state,
+        created_at=iso(created),
+        expires_at=iso(expires),
+        last_activity=iso(activity) if activity else None,
+        executions=executions,
+        end_reason=reason,
+        ended_at=iso(ended) if ended else None,
+        job_type=str(spec.get("jobType") or "default"),
+        ttl_seconds=ttl,
+        idle_timeout_seconds=int(spec.get("idleTimeoutSeconds") or DEFAULT_IDLE_TIMEOUT_SECONDS),
+        runtime="gvisor",
+    )
+
+
+def session_token(key: str, namespace: str, name: str) -> str:
+    """The session's bearer token: any replica holding the shared key derives it; the cluster keeps
+    only its sha256 (``spec.tokenSha256``), which is all the session server in the Pod knows."""
+    return hmac.new(key.encode(), f"{namespace}/{name}".encode(), hashlib.sha256).hexdigest()
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def activity_patch(number: int, now: datetime) -> dict[str, Any]:
+    """After an execution: the runner's count and the time (the operator mirrors both into status)."""
+    return {
+        "metadata": {
+            "annotations": {
+                SESSION_ANNOTATION_EXECUTIONS: str(number),
+                SESSION_ANNOTATION_LAST_ACTIVITY: iso(now),
+            }
+        }
+    }
+
+
+def end_patch(reason: str) -> dict[str, Any]:
+    return {"metadata": {"annotations": {SESSION_ANNOTATION_END: reason}}}
+
+
+def execution_from_reply(
+    execution_id: str, session_id: str, reply: dict[str, Any], elapsed_ms: int
+) -> SessionExecution:
+    said = reply.get("status")
+    error = reply.get("error")
+    duration = reply.get("duration_ms")
+    return SessionExecution(
+        execution_id=execution_id,
+        session_id=session_id,
+        status=said if said in ("succeeded", "failed", "timeout") else "failed",
+        stdout=str(reply.get("stdout") or ""),
+        stderr=str(reply.get("stderr") or ""),
+        result=reply.get("result") if isinstance(reply.get("result"), str) else None,
+        error=error if isinstance(error, dict) else None,
+        duration_ms=duration if isinstance(duration, int) else elapsed_ms,
+    )
+
+
+ENDED_MESSAGES = {
+    "oom_killed": "The session ran out of memory and was ended (state lost)",
+    "crashed": "The session's interpreter exited; the session has ended",
+    "expired": "The session reached its ttl_seconds during this call and has ended",
+    "idle": "The session was ended for idleness during this call",
+    "deleted": "The session was deleted during this call",
+}
+
+
+def ended_during_call(
+    execution_id: str, session_id: str, reason: str, elapsed_ms: int, grace: int, limit: int
+) -> SessionExecution:
+    """The reply to a call whose session ended under it (the cell ignored its interrupt, OOM, ...)."""
+    if reason == KILLED_AFTER_TIMEOUT:
+        message = (
+            f"Code ignored the interrupt for {grace} s after its {limit} s timeout; the session was killed"
+        )
+    else:
+        message = ENDED_MESSAGES.get(reason, f"The session ended during this call ({reason})")
+    return SessionExecution(
+        execution_id=execution_id,
+        session_id=session_id,
+        status="timeout" if reason == KILLED_AFTER_TIMEOUT else "failed",
+        error={"type": reason, "message": message, "traceback": None},
+        duration_ms=elapsed_ms,
+    )
