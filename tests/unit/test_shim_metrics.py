@@ -40,6 +40,10 @@ def value(scrape: dict[Any, float], name: str, **labels: str) -> float:
     return scrape.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def requests(scrape: dict[Any, float], route: str, method: str, status: str) -> float:
+    return value(scrape, "takovm_shim_http_requests_total", route=route, method=method, status=status)
+
+
 def test_labels_are_bounded_route_templates_known_methods_and_capped_job_types() -> None:
     metrics = ShimMetrics()
     metrics.request(None, "GET", 404, 0.01)
@@ -92,7 +96,7 @@ async def shim(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, LocalBa
 async def test_metrics_need_no_key_and_move_with_requests_jobs_and_the_queue(
     shim: tuple[httpx.AsyncClient, LocalBackend, FakeSandboxRunner],
 ) -> None:
-    http, backend, runner = shim
+    http, _backend, runner = shim
     auth = {"Authorization": f"Bearer {KEY}"}
     code = "print('SECRET-CODE-MARKER')"
     first = (await http.post("/execute/async", json={"code": code}, headers=auth)).json()["job_id"]
