@@ -25,11 +25,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from tako_vm.delivery.state import attempt_outcome
+
 MAX_JOB_TYPES = 50
 UNMATCHED_ROUTE = "unmatched"
 OTHER = "other"
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-WEBHOOK_OUTCOMES = {"delivered": "delivered", "pending": "retrying", "failed": "failed"}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -120,7 +121,7 @@ class ShimMetrics:
         self.finished.labels(status, self.job_type_label(job_type)).inc()
 
     def webhook_attempt(self, state: str) -> None:
-        self.webhooks.labels(WEBHOOK_OUTCOMES.get(state, OTHER)).inc()
+        self.webhooks.labels(attempt_outcome(state)).inc()
 
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))
