@@ -48,12 +48,12 @@ class _GaugeCollector(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        gauges = self.metrics.gauges()
+        gauges, streams = self.metrics.snapshot
         for name, help_text, value in (
             ("takovm_shim_queue_depth", "Jobs waiting for a worker (local backend)", gauges.queue_depth),
             ("takovm_shim_jobs_running", "Jobs running now (local backend)", gauges.jobs_running),
             ("takovm_shim_sessions_open", "Sessions not ended (local backend)", gauges.sessions_open),
-            ("takovm_shim_sse_streams_open", "Server-Sent Events streams open", self.metrics.streams_open()),
+            ("takovm_shim_sse_streams_open", "Server-Sent Events streams open", streams),
         ):
             family = GaugeMetricFamily(name, help_text)
             if value is not None:
@@ -66,6 +66,7 @@ class ShimMetrics:
         self.registry = CollectorRegistry()
         self.gauges: Callable[[], Gauges] = Gauges
         self.streams_open: Callable[[], int | None] = lambda: None
+        self.snapshot: tuple[Gauges, int | None] = (Gauges(), None)  # read by ``refresh``
         self._job_types: set[str] = set()
         self.requests = Counter(
             "takovm_shim_http_requests",
@@ -123,5 +124,15 @@ class ShimMetrics:
     def webhook_attempt(self, state: str) -> None:
         self.webhooks.labels(attempt_outcome(state)).inc()
 
-    def exposition(self) -> bytes:
+    def refresh(self) -> None:
+        """Read the gauges now (on the event loop, where the backend's state lives)."""
+        self.snapshot = (self.gauges(), self.streams_open())
+
+    def render(self) -> bytes:
+        """The text format of the last ``refresh``; safe in a worker thread (about 20 ms for 1,000
+        lines, so ``GET /metrics`` renders off the event loop)."""
         return bytes(generate_latest(self.registry))
+
+    def exposition(self) -> bytes:
+        self.refresh()
+        return self.render()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 from aiohttp import web
@@ -35,8 +36,11 @@ async def health(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format; aggregates only, no tenant data (tako_shim/metrics.py, docs/metrics.md)."""
+    metrics = request.app[METRICS_KEY]
+    metrics.refresh()
+    body = await asyncio.to_thread(metrics.render)  # ~20 ms for a busy registry: not on the loop
     return web.Response(
-        body=request.app[METRICS_KEY].exposition(),
+        body=body,
         headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
     )
 
