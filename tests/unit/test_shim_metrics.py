@@ -2,7 +2,7 @@
 no API key needed, counters that move with requests, submissions, finishes and webhook attempts.
 
 The app and the local backend are real (aiohttp on loopback, SQLite); the sandbox runner is the queue
-tests' fake, so the counters can be checked in milliseconds. tests/integration/test_shim_metrics.py
+tests' fake, so the counters can be checked in milliseconds. tests/integration/test_metrics_server.py
 runs the same against a real server process with runsc.
 """
 
