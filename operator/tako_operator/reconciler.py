@@ -97,7 +97,9 @@ class Reconciler:
         self.config = config
         self.metrics = metrics
         self.pool = StandbyPool(kube, config.pods, config.standby)
-        self.webhooks = WebhookSender(kube, config.webhooks, config.pod_namespace)
+        self.webhooks = WebhookSender(
+            kube, config.webhooks, config.pod_namespace, on_attempt=metrics.webhook_attempt
+        )
         self.admission = Admission(limit=config.max_concurrent)
         self.locks = KeyedLocks()  # per job, only while a pass holds or waits for it
         self.api_failures: dict[Key, int] = {}  # consecutive transient API errors per job

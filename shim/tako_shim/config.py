@@ -181,6 +181,8 @@ class Settings(BaseModel):
     kubernetes: KubernetesOptions = Field(default_factory=KubernetesOptions)
     # The web console under /console (tako_shim/http/console, docs/console.md); None: on for a loopback bind.
     console_enabled: bool | None = None
+    # GET /metrics: Prometheus metrics of this shim, without an API key like /health (docs/metrics.md).
+    metrics_enabled: bool = True
 
     @model_validator(mode="before")
     @classmethod

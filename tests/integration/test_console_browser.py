@@ -30,7 +30,7 @@ from tako_vm import Client
 from tako_vm.testing import LocalServer, local_server
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (the dev extra has it)")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -128,7 +128,11 @@ def shared() -> dict[str, Any]:
 
 
 def wait(driver: WebDriver, seconds: float = 30) -> WebDriverWait[WebDriver]:
-    return WebDriverWait(driver, seconds, poll_frequency=0.1)
+    # A running job's page reloads itself when the result arrives: an element found just before the
+    # reload is stale when read, which only means "look again".
+    return WebDriverWait(
+        driver, seconds, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    )
 
 
 def screenshot(driver: WebDriver, name: str) -> None:

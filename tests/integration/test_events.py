@@ -150,3 +150,25 @@ def test_sdk_stream_yields_typed_events_sync_and_async(server: LocalServer) -> N
     assert resumed[-1].id == events[-1].id and isinstance(resumed[-1], tako_vm.ResultEvent)
     again = "".join(e.text for e in resumed if isinstance(e, tako_vm.OutputEvent) and e.type == "stdout")
     assert again == "out\n"
+
+
+def test_each_line_arrives_within_half_a_second_of_its_print(server: LocalServer) -> None:
+    """Issue #13: a job printing one line a second shows each line within 0.5 s of its print. The
+    sandbox prints its wall clock (gVisor reads the host's), the client notes each chunk's arrival."""
+    code = "import time\nfor i in range(4):\n    print(f'{time.time():.3f}', flush=True)\n    time.sleep(1)\n"
+    job = submit(server, code)
+    lags: list[float] = []
+    with httpx.stream("GET", f"{server.url}/jobs/{job}/events", timeout=60) as response:
+        event = ""
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "stdout":
+                arrived = time.time()
+                for printed in json.loads(line[6:])["text"].split():
+                    lags.append(arrived - float(printed))
+            elif line.startswith("data: ") and event == "result":
+                break
+    print(f"print-to-arrival lags (s): {[round(lag, 3) for lag in lags]}")
+    assert len(lags) == 4, lags
+    assert max(lags) < 0.5, f"lines arrived {[round(lag, 3) for lag in lags]} s after their print"

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from kube_harness import KubeHarness
 
@@ -109,3 +110,35 @@ def test_live_output_streams_from_the_pod_log_with_stdout_and_stderr_apart(
     assert "".join(e.text for e in stdout) == "tick 0\ntick 1\ntick 2\ntick 3\n" == result.record["stdout"]
     assert "".join(e.text for e in stderr) == "warn 0\nwarn 1\nwarn 2\nwarn 3\n"
     assert [e.status for e in events if isinstance(e, tako_vm.StatusEvent)][-1] == "succeeded"
+
+
+def test_live_output_resumes_on_another_replica_with_last_event_id(
+    kube: KubeHarness, run_operator: Any, node: NodeAgent, shim: LocalServer, tmp_path: Path
+) -> None:
+    """Issue #13 on the kubernetes backend: a client that loses its stream on one shim replica and
+    reconnects to another with ``Last-Event-ID`` gets the rest of the output, nothing lost, nothing twice
+    (event ids come from the Pod's log, not from a replica's memory)."""
+    from test_events import TICKER, read_events, text_of
+
+    run_operator()
+    settings = {
+        "backend": "kubernetes",
+        "api_rate_limit_enabled": False,
+        "kubernetes": {"namespace": kube.namespace, "kubeconfig": str(kube.kubeconfig(tmp_path))},
+    }
+    with local_server(tmp_path / "shim-2", settings) as other:
+        job = httpx.post(f"{shim.url}/execute/async", json={"code": TICKER, "timeout": 60}, timeout=30)
+        assert job.status_code == 200, job.text
+        job_id = job.json()["job_id"]
+        first = read_events(shim, job_id, stop_after=3)  # running + output so far, then the client drops
+        assert any(e["event"] == "stdout" for e in first), first
+        rest = read_events(other, job_id, last_event_id=first[-1]["id"])
+    record = rest[-1]["data"]
+    assert rest[-1]["event"] == "result" and record["status"] == "succeeded", rest
+    assert (
+        text_of(first, "stdout") + text_of(rest, "stdout")
+        == record["stdout"]
+        == ("tick 0\ntick 1\ntick 2\ntick 3\n")
+    )
+    assert text_of(first, "stderr") + text_of(rest, "stderr") == record["stderr"] == "bye\n"
+    assert not {e["id"] for e in first} & {e["id"] for e in rest}

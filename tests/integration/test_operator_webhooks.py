@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp.test_utils import TestServer
 from kube_harness import KubeHarness, wait_for
@@ -69,7 +70,7 @@ def settled(kube: KubeHarness, name: str, timeout: float = 30.0) -> dict[str, An
 
 
 def test_one_verified_delivery_per_job_after_two_500s(
-    kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet
+    kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet, unused_tcp_port: int
 ) -> None:
     add_secret(kube)
     answers: dict[str, int] = {}
@@ -81,7 +82,7 @@ def test_one_verified_delivery_per_job_after_two_500s(
 
     receiver = Receiver(handle).start()
     try:
-        run_operator(webhooks=hook_settings(kube))
+        run_operator(webhooks=hook_settings(kube), metrics_port=unused_tcp_port)
         run_job(kube, kubelet, "flaky", receiver.url, stdout="first\n")
         run_job(kube, kubelet, "steady", receiver.url, stdout="second\n")
         flaky, steady = settled(kube, "flaky"), settled(kube, "steady")
@@ -90,6 +91,11 @@ def test_one_verified_delivery_per_job_after_two_500s(
 
     assert flaky["state"] == "delivered" and flaky["attempts"] == 3 and flaky["lastStatusCode"] == 200
     assert steady["state"] == "delivered" and steady["attempts"] == 1
+    # the operator's metrics count each attempt by outcome (docs/metrics.md)
+    scrape = httpx.get(f"http://127.0.0.1:{unused_tcp_port}/metrics", timeout=10).text
+    assert 'takovm_webhook_deliveries_total{outcome="retrying"} 2.0' in scrape
+    assert 'takovm_webhook_deliveries_total{outcome="delivered"} 2.0' in scrape
+    assert receiver.url not in scrape and "flaky" not in scrape
     by_id: dict[str, list[tuple[dict[str, str], bytes]]] = {}
     for headers, body in receiver.attempts():
         by_id.setdefault(headers["webhook-id"], []).append((headers, body))

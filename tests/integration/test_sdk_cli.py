@@ -94,3 +94,21 @@ def test_status_and_executions_table(server: LocalServer, tmp_path: Path) -> Non
     assert missing.returncode == 3 and "no job id starts with 'no-such-job'" in missing.stderr
     unknown = tako(server, "status", "0" * 8 + "-0000-4000-8000-" + "0" * 12)
     assert unknown.returncode == 3 and "404" in unknown.stderr
+
+
+def test_run_prints_output_live_like_docker_run(server: LocalServer, tmp_path: Path) -> None:
+    """Issue #13: `tako-vm run` prints each line as the script writes it, not all at the end."""
+    import time
+
+    script = _script(
+        tmp_path, "import time\nfor i in range(4):\n    print('line', i, flush=True)\n    time.sleep(1)\n"
+    )
+    command = [sys.executable, "-m", "tako_vm.cli", "run", script, "--url", server.url]
+    seen: list[tuple[str, float]] = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append((line.rstrip("\n"), time.monotonic()))
+        assert proc.wait(timeout=120) == 0
+    assert [text for text, _ in seen] == ["line 0", "line 1", "line 2", "line 3"]
+    assert seen[-1][1] - seen[0][1] >= 2.0, f"the lines arrived together: {seen}"

@@ -440,3 +440,50 @@ async def test_rerun_of_configmap_code_keeps_the_code_ref_without_reading_it(
     assert forked is not None and forked["spec"]["code"] == "print('new')" and "codeRef" not in forked["spec"]
     paths = [str(r.url) for r in shim_requests(kube)]
     assert not any("/configmaps" in p for p in paths), "the shim's Role has no ConfigMap access"
+
+
+async def test_metrics_count_a_job_once_on_the_replica_that_submitted_it(
+    kube: KubeHarness, run_operator: Any, kubelet: FakeKubelet, start_shim: Any
+) -> None:
+    """GET /metrics on the kubernetes backend: the submitting replica counts the submit and, from its
+    watch, the finish; another replica (which watches the same job) counts neither, so a sum over
+    replicas is right. No job id or namespace appears in the scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def counted(text: str, name: str, **labels: str) -> float:
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == name and s.labels == labels
+        )
+
+    run_operator()
+    first, second = await start_shim(), await start_shim()
+    job_id = await first.submit(code="print('m')")
+    waiting = asyncio.create_task(
+        second.http.get(f"/jobs/{job_id}/result", params={"wait": "true", "timeout": 30})
+    )
+    pod = await asyncio.to_thread(pod_of, kube, kubelet, job_id)
+    await asyncio.to_thread(kubelet.succeed, pod, "m\n")
+    assert (await waiting).json()["status"] == "succeeded"
+    finished = {"status": "succeeded", "job_type": "default"}
+    deadline = time.monotonic() + 15
+    while True:
+        scraped = await first.http.get("/metrics")
+        if (
+            counted(scraped.text, "takovm_shim_jobs_finished_total", **finished)
+            or time.monotonic() > deadline
+        ):
+            break
+        await asyncio.sleep(0.1)
+    assert scraped.status_code == 200
+    assert counted(scraped.text, "takovm_shim_jobs_submitted_total", job_type="default") == 1
+    assert counted(scraped.text, "takovm_shim_jobs_finished_total", **finished) == 1
+    other = (await second.http.get("/metrics")).text
+    assert counted(other, "takovm_shim_jobs_submitted_total", job_type="default") == 0
+    assert counted(other, "takovm_shim_jobs_finished_total", **finished) == 0
+    waited = {"route": "/jobs/{job_id}/result", "method": "GET", "status": "200"}
+    assert counted(other, "takovm_shim_http_requests_total", **waited) == 1
+    assert "\ntakovm_shim_queue_depth " not in scraped.text  # no sample: the operator knows the queue
+    assert job_id not in scraped.text and kube.namespace not in scraped.text

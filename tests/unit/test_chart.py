@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tako_operator.io.metrics import Metrics
+from tako_shim.metrics import ShimMetrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "tako-vm"
@@ -420,7 +421,12 @@ def test_network_policies_limit_operator_and_shim_to_dns_and_the_api_server(
                     }
                 },
             ],
-        }
+        },
+        # the metrics scrapers reach the shim's port too (its GET /metrics)
+        {
+            "ports": [{"protocol": "TCP", "port": 8000}],
+            "from": production_values()["networkPolicy"]["metricsIngressFrom"],
+        },
     ]
     assert {p["port"] for p in policies["tako-operator"]["ingress"][0]["ports"]} == {8080, 9090}
     assert of_kind(render({"networkPolicy": {"enabled": False}}), "NetworkPolicy") == []
@@ -697,7 +703,18 @@ def test_helm_test_pod_checks_the_shim_health_through_its_service(
     assert pod["spec"]["automountServiceAccountToken"] is False
 
 
-def test_grafana_dashboard_is_opt_in_and_queries_only_metrics_the_operator_exports() -> None:
+def exported_sample_names(registry: Any) -> set[str]:
+    """Every sample name a scrape of ``registry`` can carry, read from the registry itself (a counter
+    family ``x`` is scraped as ``x_total``, a histogram as ``x_bucket``/``x_count``/``x_sum``)."""
+    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created")}
+    names: set[str] = set()
+    for family in registry.collect():
+        names.add(family.name)
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
+    return names
+
+
+def test_grafana_dashboard_is_opt_in_and_queries_only_metrics_the_operator_and_shim_export() -> None:
     assert not [
         m for m in of_kind(render(), "ConfigMap") if m["metadata"]["name"].endswith("-grafana-dashboard")
     ]
@@ -710,11 +727,42 @@ def test_grafana_dashboard_is_opt_in_and_queries_only_metrics_the_operator_expor
     assert config_map["metadata"]["namespace"] == "monitoring"
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(config_map["data"]["tako-vm.json"])
-    queried = {
-        re.sub(r"_(bucket|count|sum)$", "", name)
-        for panel in dashboard["panels"]
-        for target in panel["targets"]
-        for name in re.findall(r"\btakovm_[a-z_]+", target["expr"])
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])] + [
+        variable["query"] for variable in dashboard["templating"]["list"] if variable["type"] == "query"
+    ]
+    queried = {name for expr in expressions for name in re.findall(r"\btakovm_[a-z_]+", expr)}
+    operator_names = exported_sample_names(Metrics().registry)
+    shim_names = exported_sample_names(ShimMetrics().registry)
+    assert queried and queried <= operator_names | shim_names, queried - (operator_names | shim_names)
+    # every metric family of both components has a panel
+    families = {f.name for f in Metrics().registry.collect()} | {
+        f.name for f in ShimMetrics().registry.collect()
     }
-    exported = {metric.name for metric in Metrics().registry.collect()}
-    assert queried and queried <= exported, queried - exported
+    charted = {family for family in families if any(name.startswith(family) for name in queried)}
+    assert charted == families, families - charted
+    routes = set(re.findall(r'route!="([^"]+)"', " ".join(expressions)))
+    assert routes == {"/jobs/{job_id}/events"}, "latency leaves out the SSE route, by its real template"
+
+
+def test_shim_metrics_are_scraped_like_the_operators_and_can_be_turned_off(
+    production_objects: list[Manifest],
+) -> None:
+    shim = one(render(), "Deployment", "tako-tako-vm-shim", NAMESPACE)
+    annotations = shim["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == ("8000", "/metrics")
+    env = {e["name"]: e.get("value") for e in shim["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TAKO_VM_METRICS_ENABLED"] == "true" and env["TAKO_VM_CONSOLE_ENABLED"] == "false"
+    off = one(
+        render({"shim": {"metrics": {"enabled": False}, "console": {"enabled": True}}}),
+        "Deployment",
+        "tako-tako-vm-shim",
+        NAMESPACE,
+    )
+    assert "prometheus.io/scrape" not in off["spec"]["template"]["metadata"]["annotations"]
+    env = {e["name"]: e.get("value") for e in off["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TAKO_VM_METRICS_ENABLED"] == "false" and env["TAKO_VM_CONSOLE_ENABLED"] == "true"
+    # production: API clients restricted, so the scrapers get their own rule to the shim's port
+    policy = one(production_objects, "NetworkPolicy", "tako-shim", NAMESPACE)
+    scrapers = production_values()["networkPolicy"]["metricsIngressFrom"]
+    assert {"ports": [{"protocol": "TCP", "port": 8000}], "from": scrapers} in policy["spec"]["ingress"]

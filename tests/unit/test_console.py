@@ -125,3 +125,24 @@ def test_only_png_jpeg_and_svg_show_inline() -> None:
     assert views.image_type(art("Plot.PNG")) == "image/png"
     assert views.image_type(art("a.svg")) == "image/svg+xml"
     assert views.image_type(art("page.html")) is None and views.image_type(art("x.svg.txt")) is None
+
+
+def test_vendored_htmx_is_the_documented_file_with_its_licence() -> None:
+    """Issue #15: htmx from its npm package, vendored with its version and licence. The file the
+    pages load is the one whose sha256 VENDORED.txt and docs/console.md name."""
+    import hashlib
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    static = root / "shim" / "tako_shim" / "http" / "console" / "static"
+    (script,) = static.glob("htmx-*.min.js")
+    version = script.name.removeprefix("htmx-").removesuffix(".min.js")
+    digest = hashlib.sha256(script.read_bytes()).hexdigest()
+    note = (static / "VENDORED.txt").read_text()
+    assert f"htmx.org@{version}" in note and digest in note
+    assert digest in (root / "docs" / "console.md").read_text()
+    assert "Zero-Clause BSD" in note and (static / "htmx-LICENSE.txt").read_text().strip()
+    base = (static.parent / "templates" / "base.html").read_text()
+    assert re.findall(r"/static/(htmx-[^\"]+)\"", base) == [script.name]
+    assert f'version:"{version}"' in script.read_text()  # the file says its own version

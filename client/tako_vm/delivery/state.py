@@ -23,6 +23,13 @@ from standardwebhooks import Webhook
 
 EVENT_TYPE = "job.completed"
 OPEN_STATES = ("waiting", "pending")
+# The ``outcome`` label of the webhook-attempt metrics (shim and operator) for a delivery's state after
+# one attempt: a bounded set of words, whatever the state.
+ATTEMPT_OUTCOMES = {"delivered": "delivered", "pending": "retrying", "failed": "failed"}
+
+
+def attempt_outcome(state: str) -> str:
+    return ATTEMPT_OUTCOMES.get(state, "other")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 - `takovm_jobs{phase=...}`: PythonJobs this operator sees, by phase (read from the kopf index at
   scrape time, so it is never stale);
 - `takovm_admission_queue_length`: jobs waiting for a slot;
-- `takovm_reconcile_seconds`: latency of one reconcile (histogram).
+- `takovm_reconcile_seconds`: latency of one reconcile (histogram);
+- `takovm_webhook_deliveries_total{outcome=...}`: completion webhook attempts (`delivered`, `retrying`,
+  `failed`), sent by the leader.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import prometheus_client
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tako_operator.core.admission import Entry
+from tako_vm.delivery.state import attempt_outcome
 
 PHASES = ("Queued", "Pending", "Running", "Succeeded", "Failed", "Timeout", "OOM", "Cancelled")
 
@@ -48,7 +52,17 @@ class Metrics:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )
+        self.webhook_deliveries = prometheus_client.Counter(
+            "takovm_webhook_deliveries",
+            "Completion webhook attempts by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.registry.register(_JobsCollector(self))
+
+    def webhook_attempt(self, state: str) -> None:
+        """Count one attempt by the delivery's state after it (``tako_vm.delivery.state``)."""
+        self.webhook_deliveries.labels(attempt_outcome(state)).inc()
 
     def bind(self, entries: Callable[[], Sequence[Entry]], waiting: Callable[[], Sequence[Any]]) -> None:
         self.entries = entries

@@ -45,8 +45,11 @@ class WebhookSender:
         *,
         post: Callable[..., Awaitable[AttemptResult]] = post_once,
         rng: random.Random | None = None,
+        on_attempt: Callable[[str], None] = lambda state: None,
     ) -> None:
+        """``on_attempt`` gets the delivery's state after each attempt (the operator's metrics)."""
         self.kube = kube
+        self.on_attempt = on_attempt
         self.settings = settings
         self.secret_namespace = settings.secret_namespace or own_namespace
         self.allowlist = parse_allowlist(settings.allowlist)
@@ -103,6 +106,7 @@ class WebhookSender:
         async with self._slots:
             result = await self._send(job, delivery.webhook_id, delivery.url)
         after, patch = outcome_patch(delivery, result, time.time(), self.schedule, self._rng)
+        self.on_attempt(after.state)
         if after.state == "failed":
             log.error(
                 "webhook %s of job %s/%s failed after %d attempts: %s",

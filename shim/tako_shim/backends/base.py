@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from tako_shim.backends.events import Cursor, EventSource, JobEvent, OutputLog, job_events
 from tako_shim.config import Settings
 from tako_shim.errors import BadRequest
+from tako_shim.metrics import Gauges, ShimMetrics
 from tako_shim.submission import JobResolver, Overrides, Submission
 from tako_vm.models.wire import (
     TERMINAL_STATUSES,
@@ -92,6 +93,13 @@ class Backend(ABC):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.resolver = JobResolver(settings)
+        self.metrics = ShimMetrics()  # served at GET /metrics (docs/metrics.md)
+        self.metrics.gauges = self.metric_gauges
+
+    def metric_gauges(self) -> Gauges:
+        """Queue depth, running jobs, open sessions as this process knows them now, without I/O (a scrape
+        must stay cheap); a backend that would have to ask elsewhere leaves them ``None``."""
+        return Gauges()
 
     @abstractmethod
     async def start(self) -> None: ...

@@ -2,7 +2,8 @@
 
 ``create_app(settings, backend)`` builds it; the backend is started in ``cleanup_ctx`` and ``/health``
 answers 503 until it is ready. All errors become JSON at one place (``middleware.boundary``). The
-handlers live with their resource: ``jobs``, ``executions``, ``job_types`` and ``ops``.
+handlers live with their resource: ``jobs``, ``executions``, ``job_types`` and ``ops`` (``/metrics`` with
+``metrics_enabled``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tako_shim.http import events, executions, job_types, jobs, middleware, ops,
 from tako_shim.http.common import BACKEND_KEY, OPENAPI_KEY, READY_KEY
 from tako_shim.http.console import add_console
 from tako_shim.http.guards import browser_guard
-from tako_shim.http.middleware import LIMITER_KEY, SETTINGS_KEY, FixedWindowLimiter
+from tako_shim.http.middleware import LIMITER_KEY, METRICS_KEY, SETTINGS_KEY, FixedWindowLimiter
 from tako_shim.http.openapi import RouteSpec, build_openapi
 
 ROUTES: list[RouteSpec] = [
@@ -48,9 +49,12 @@ def create_app(settings: Settings, backend: Backend) -> web.Application:
     app[LIMITER_KEY] = FixedWindowLimiter(
         settings.api_rate_limit_requests, settings.api_rate_limit_window_seconds
     )
-    app[OPENAPI_KEY] = build_openapi(ROUTES)
+    app[METRICS_KEY] = backend.metrics
+    routes = [*ROUTES, ops.METRICS] if settings.metrics_enabled else ROUTES
+    app[OPENAPI_KEY] = build_openapi(routes)
     events.install(app)
-    for route in ROUTES:
+    backend.metrics.streams_open = lambda: len(app[events.STREAMS_KEY].tasks)
+    for route in routes:
         app.router.add_route(route.method, route.path, route.handler)
     if settings.console_on():
         add_console(app)  # /console/: server-rendered pages over the same backend (docs/console.md)

@@ -3,7 +3,9 @@
 Order (outermost first): ``boundary`` (correlation ID + headers + every error -> JSON, once; a
 ``StorageBusy``/``StorageFull`` from the job store becomes a 503 with ``Retry-After``), then
 ``payload_cap``, ``rate_limit`` (meters failed-auth requests too), ``authenticate`` (resolves the
-tenant). ``/health`` and ``/openapi.json`` are exempt from rate limiting and auth.
+tenant). ``/health``, ``/metrics`` and ``/openapi.json`` are exempt from rate limiting and auth (none of
+them carries a tenant's data). ``boundary`` also counts every request in the shim's metrics by its route
+template.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ from pydantic import ValidationError
 
 from tako_shim.config import DEFAULT_TENANT, Settings
 from tako_shim.errors import PayloadTooLarge, RateLimited, ShimError, StorageUnavailable, Unauthorized
+from tako_shim.metrics import ShimMetrics
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("tako_shim.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-EXEMPT_PATHS = frozenset({"/health", "/openapi.json"})
+EXEMPT_PATHS = frozenset({"/health", "/metrics", "/openapi.json"})
 # The web console authenticates with its own HttpOnly session cookie (tako_shim/http/console/auth.py).
 CONSOLE_PREFIX = "/console/"
 CORRELATION_HEADER = "X-Correlation-ID"
@@ -45,6 +48,7 @@ MAX_ECHOED_CONTAINER = 2000
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 LIMITER_KEY: web.AppKey[FixedWindowLimiter] = web.AppKey("limiter")
+METRICS_KEY = web.AppKey("metrics", ShimMetrics)
 CORRELATION_ID_KEY = web.RequestKey("correlation_id", str)
 # The authenticated tenant; ``None`` on the auth-exempt paths (/health, /openapi.json).
 TENANT_KEY: web.RequestKey[str | None] = web.RequestKey("tenant")
@@ -151,16 +155,27 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
     response.headers[CORRELATION_HEADER] = correlation_id
     response.headers.update(SECURITY_HEADERS)
     response.headers["Server"] = "tako-vm"  # no framework or version banner
+    elapsed = time.monotonic() - started
+    metrics = request.app.get(METRICS_KEY)
+    if metrics is not None:
+        metrics.request(route_template(request), request.method, response.status, elapsed)
     access_log.info(
         "%s %s %d %.1fms tenant=%s correlation_id=%s",
         request.method,
         request.path,
         response.status,
-        (time.monotonic() - started) * 1000,
+        elapsed * 1000,
         request.get(TENANT_KEY),
         correlation_id,
     )
     return response
+
+
+def route_template(request: web.Request) -> str | None:
+    """The matched route's template (``/jobs/{job_id}``), never the raw path; None when nothing matched."""
+    match_info = request.match_info
+    resource = match_info.route.resource if match_info.http_exception is None else None
+    return resource.canonical if resource is not None else None
 
 
 @web.middleware

@@ -1,10 +1,12 @@
-"""Operational routes: health, queue statistics, the dead-letter view and the OpenAPI document."""
+"""Operational routes: health, metrics, queue statistics, the dead-letter view and the OpenAPI document."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from tako_shim.http.common import (
     BACKEND_KEY,
@@ -14,6 +16,7 @@ from tako_shim.http.common import (
     parse_query,
     reply,
 )
+from tako_shim.http.middleware import METRICS_KEY
 from tako_shim.http.openapi import RouteSpec
 from tako_shim.http.params import DeadLetterQuery
 from tako_vm.models.wire import (
@@ -29,6 +32,17 @@ async def health(request: web.Request) -> web.Response:
     if not request.app[READY_KEY].get("ready"):
         return web.json_response({"status": "starting", "detail": "Server is not ready yet"}, status=503)
     return reply(await request.app[BACKEND_KEY].health())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; aggregates only, no tenant data (tako_shim/metrics.py, docs/metrics.md)."""
+    metrics = request.app[METRICS_KEY]
+    metrics.refresh()
+    body = await asyncio.to_thread(metrics.render)  # ~20 ms for a busy registry: not on the loop
+    return web.Response(
+        body=body,
+        headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
+    )
 
 
 async def pool_stats(request: web.Request) -> web.Response:
@@ -74,6 +88,13 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 HEALTH = RouteSpec("GET", "/health", health, "Liveness and runtime information", response=HealthResponse)
+METRICS = RouteSpec(
+    "GET",
+    "/metrics",
+    metrics,
+    "Prometheus metrics of this shim (no API key; aggregates only; off with metrics_enabled: false)",
+    raw_response="text/plain",
+)
 
 ROUTES: list[RouteSpec] = [
     RouteSpec("GET", "/pool/stats", pool_stats, "Queue statistics", response=QueueStatsResponse),

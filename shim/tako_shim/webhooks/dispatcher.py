@@ -92,8 +92,12 @@ class Dispatcher:
         *,
         post: Callable[..., Awaitable[AttemptResult]] = post_once,
         rng: random.Random | None = None,
+        on_attempt: Callable[[str], None] = lambda state: None,
     ) -> None:
+        """``on_attempt`` gets the delivery's state after each attempt (``delivered``, ``pending``: will
+        retry, ``failed``: given up), for the shim's metrics."""
         self.store = store
+        self.on_attempt = on_attempt
         self.secrets = dict(settings.webhook_secrets)
         self.allowlist: list[IPNetwork] = parse_allowlist(settings.webhook_allowlist)
         self.limits = Limits(
@@ -162,3 +166,4 @@ class Dispatcher:
                     after.last_error,
                 )
             await self.store.save(after)
+            self.on_attempt(after.state)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -77,6 +78,7 @@ from tako_shim.errors import (
 from tako_shim.webhooks.dispatcher import accepted_url
 from tako_vm import __version__
 from tako_vm.models.crd import DEFAULT_JOB_TYPE_NAME
+from tako_vm.models.pythonjob import contract_status
 from tako_vm.models.wire import (
     CircuitBreakerStatus,
     ExecutionRecordFull,
@@ -95,6 +97,9 @@ JOB_TYPE_CACHE_SECONDS = 2.0
 QUEUE_FULL = "Job queue is full. Try again later."
 QUEUE_FULL_RETRY_AFTER_SECONDS = 5
 HEALTH_PROBE_SECONDS = 5.0
+# Jobs this replica created and the watch has not yet shown terminal (for takovm_shim_jobs_finished);
+# past this many the oldest are forgotten (not counted), so memory stays bounded.
+MAX_FOLLOWED_JOBS = 10_000
 ARTIFACTS_NOT_RETAINED = (
     "Artifact contents are not retained by the kubernetes backend (status lists name, size and sha256)"
 )
@@ -113,6 +118,7 @@ class KubernetesBackend(Backend):
         self._queued: dict[str, tuple[float, int]] = {}  # namespace -> (when listed, queued jobs)
         self._job_type_cache: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         self.sessions = KubeSessions(self)  # PythonSessions (sessions.py, docs/sessions.md)
+        self._followed: OrderedDict[tuple[str, str], str] = OrderedDict()  # (namespace, name) -> job type
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -122,7 +128,24 @@ class KubernetesBackend(Backend):
                 self._api = await KubeApi.connect(self.settings.kubernetes)
             except Exception as exc:  # no kubeconfig, unreadable service account, bad certificate
                 raise BackendStartError(f"cannot load the Kubernetes configuration: {exc}") from exc
-        self._watch = JobWatch(self._api)
+        self._watch = JobWatch(self._api, observer=self._observe)
+
+    def _observe(self, namespace: str, event_type: str, job: dict[str, Any]) -> None:
+        """Count a job this replica created once, when the watch first shows it terminal (every replica
+        watches every job; counting only its own keeps the sum over replicas right)."""
+        key = (namespace, str((job.get("metadata") or {}).get("name")))
+        if key not in self._followed:
+            return
+        if event_type == "DELETED":
+            del self._followed[key]
+        elif is_terminal(job):
+            self.metrics.job_finished(contract_status(job), self._followed.pop(key))
+
+    def _follow(self, namespace: str, name: str, job_type: str) -> None:
+        self._followed[(namespace, name)] = job_type
+        while len(self._followed) > MAX_FOLLOWED_JOBS:
+            self._followed.popitem(last=False)
+        self.watch.follow(namespace)
 
     async def close(self) -> None:
         await self.sessions.close()
@@ -205,6 +228,8 @@ class KubernetesBackend(Backend):
             # deleted (TTL) between the create and the read: create again
             await self._call(self.api.create_job(namespace, body))
         self._count_queued(namespace)
+        self.metrics.job_submitted(submission.job_type)
+        self._follow(namespace, name, submission.job_type)
         return SubmitResult(name, "queued", created=True)
 
     async def _existing(self, namespace: str, name: str, submission: Submission) -> SubmitResult | None:

@@ -69,9 +69,17 @@ class WatchStats:
 class JobWatch:
     """The process's watches (one per namespace in use) and their waiters."""
 
-    def __init__(self, source: WatchSource, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+    def __init__(
+        self,
+        source: WatchSource,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+        observer: Callable[[str, str, dict[str, Any]], None] = lambda namespace, event_type, obj: None,
+    ) -> None:
+        """``observer(namespace, event type, object)`` sees every event (the shim's metrics count
+        finishes with it); it must not raise."""
         self._source = source
         self._sleep = sleep
+        self._observer = observer
         self._waiters: dict[tuple[str, str], set[Subscription]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.stats: dict[str, WatchStats] = {}
@@ -97,6 +105,10 @@ class JobWatch:
     def failing_namespaces(self) -> list[str]:
         """Namespaces whose watch is down (erroring and backing off); ``/health`` reports them."""
         return sorted(ns for ns, stats in self.stats.items() if stats.failing)
+
+    def follow(self, namespace: str) -> None:
+        """Watch ``namespace`` from now on even without a waiter (for the observer)."""
+        self._ensure_watch(namespace)
 
     def _ensure_watch(self, namespace: str) -> None:
         task = self._tasks.get(namespace)
@@ -159,6 +171,7 @@ class JobWatch:
             backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
 
     def _dispatch(self, namespace: str, event_type: str, obj: dict[str, Any]) -> None:
+        self._observer(namespace, event_type, obj)
         name = (obj.get("metadata") or {}).get("name")
         for sub in list(self._waiters.get((namespace, str(name)), ())):
             sub.deliver(event_type, obj)

@@ -56,6 +56,7 @@ from tako_shim.errors import (
     StorageUnavailable,
     Unavailable,
 )
+from tako_shim.metrics import Gauges
 from tako_shim.submission import canonical_json, sha256_hex
 from tako_shim.webhooks.dispatcher import Dispatcher, accepted_url
 from tako_vm import __version__
@@ -231,7 +232,7 @@ class LocalBackend(Backend):
         # SQLite gets its own thread: the default pool is shared with the sandbox layer's blocking calls.
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tako-sqlite")
         self.deliveries = LocalDeliveries(DeliveryTable(lambda: self.store), self._db)  # completion webhooks
-        self.webhooks = Dispatcher(self.deliveries, settings)
+        self.webhooks = Dispatcher(self.deliveries, settings, on_attempt=self.metrics.webhook_attempt)
         self.sessions: Any = None  # tako_shim.backends.local.sessions.LocalSessions once started
 
     async def _db(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -339,6 +340,7 @@ class LocalBackend(Backend):
             self._enqueue(row.job_id, tenant)
             at, used = self._usage.get(tenant, (0.0, 0))
             self._usage[tenant] = (at, used + len(row.code) + len(canonical_json(row.input_data)))
+        self.metrics.job_submitted(row.job_type)
         return SubmitResult(row.job_id, "queued", created=True)
 
     async def _check_quota(self, tenant: str) -> None:
@@ -494,6 +496,14 @@ class LocalBackend(Backend):
             max_queue_size=self.settings.max_queue_size,
         )
 
+    def metric_gauges(self) -> Gauges:
+        sessions = self.sessions
+        return Gauges(
+            queue_depth=len(self._pending),
+            jobs_running=len(self._cancels),
+            sessions_open=None if sessions is None else sessions.open_total(),
+        )
+
     async def health(self) -> HealthResponse:
         runtime = self._runtime_info.get("runtime")
         gvisor = runtime == "runsc"  # "none": permissive mode without a sandbox
@@ -645,7 +655,7 @@ class LocalBackend(Backend):
 
     async def _write_terminal(self, job_id: str, state: TerminalState) -> None:
         """One attempt at the terminal row; on success the in-memory copy is no longer needed."""
-        await self._db(
+        job_type = await self._db(
             self.store.finish,
             job_id,
             status=state.status,
@@ -653,6 +663,8 @@ class LocalBackend(Backend):
             duration_ms=state.duration_ms,
             outcome=state.outcome,
         )
+        if job_type is not None:  # counted once: the write that made the row terminal
+            self.metrics.job_finished(state.status, job_type)
         self._unsaved.pop(job_id, None)
         self.webhooks.poke()  # its delivery (if any) is due now that the outcome is durable
 

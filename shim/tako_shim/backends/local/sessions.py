@@ -214,6 +214,10 @@ class LocalSessions:
         found.sort(key=lambda s: s.created_at, reverse=True)
         return [s.info(self.runtime) for s in found]
 
+    def open_total(self) -> int:
+        """Sessions of every tenant that have not ended (the ``takovm_shim_sessions_open`` gauge)."""
+        return sum(1 for s in self.sessions.values() if s.status != "ended")
+
     def open_count(self, tenant: str) -> int:
         return sum(1 for s in self.sessions.values() if s.tenant == tenant and s.status != "ended")
 

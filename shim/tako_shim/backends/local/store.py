@@ -239,15 +239,15 @@ class JobStore:
         ended_at: str,
         duration_ms: int | None,
         outcome: dict[str, Any],
-    ) -> bool:
-        """Write the terminal state unless the row is already terminal; True if written."""
+    ) -> str | None:
+        """Write the terminal state unless the row is already terminal; the job's type if written."""
         with self._db() as db:
-            cursor = db.execute(
+            written = db.execute(
                 "UPDATE jobs SET status = ?, ended_at = ?, duration_ms = ?, outcome_json = ? "
-                f"WHERE job_id = ? AND status NOT IN {_TERMINAL_SQL}",
+                f"WHERE job_id = ? AND status NOT IN {_TERMINAL_SQL} RETURNING job_type",
                 (status, ended_at, duration_ms, json.dumps(outcome), job_id),
-            )
-        return cursor.rowcount == 1
+            ).fetchall()
+        return str(written[0][0]) if written else None
 
     def requeue_unfinished(self) -> list[tuple[str, str]]:
         """At start-up: running jobs go back to queued (the process restarted, not the job failed).
