@@ -43,6 +43,8 @@ pytestmark = [pytest.mark.slow, *([] if AVAILABLE or IN_CI else [pytest.mark.ski
 NS = "default"
 JOBS = f"/apis/takovm.dev/v1alpha1/namespaces/{NS}/pythonjobs"
 TYPES = f"/apis/takovm.dev/v1alpha1/namespaces/{NS}/pythonjobtypes"
+SESSIONS = f"/apis/takovm.dev/v1alpha1/namespaces/{NS}/pythonsessions"
+COLLECTIONS = {"PythonJob": JOBS, "PythonJobType": TYPES, "PythonSession": SESSIONS}
 
 
 def _free_port() -> int:
@@ -149,8 +151,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
 
 
 def _create(api: httpx.Client, obj: dict[str, Any]) -> httpx.Response:
-    path = JOBS if obj["kind"] == "PythonJob" else TYPES
-    return api.post(path, json=obj)
+    return api.post(COLLECTIONS[obj["kind"]], json=obj)
 
 
 def _merge_patch(api: httpx.Client, name: str, body: dict[str, Any], subresource: str = "") -> httpx.Response:
@@ -165,6 +166,8 @@ def test_the_crds_are_accepted_and_served(api: httpx.Client) -> None:
     assert "pythonjobs/status" in names
     assert names["pythonjobs"]["shortNames"] == ["pyjob", "pyjobs"]
     assert names["pythonjobtypes"]["shortNames"] == ["pyjobtype", "pyjobtypes"]
+    assert "pysession" in names["pythonsessions"]["shortNames"]
+    assert "pythonsessions/status" in names
 
 
 @pytest.mark.parametrize(("name", "obj"), VALID_SAMPLES, ids=[n for n, _ in VALID_SAMPLES])
