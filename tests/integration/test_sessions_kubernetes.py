@@ -20,8 +20,12 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp.test_utils import TestServer
+from chart_support import Enforcer, operator_grants, render, shim_grants
 from kube_harness import KubeHarness
+from operator_support import OperatorThread
 
+from tako_operator.main import OperatorOptions
+from tako_operator.settings import settings_from_env
 from tako_shim.backends.kubernetes.backend import KubernetesBackend
 from tako_shim.config import KubernetesOptions, Settings
 from tako_shim.http.app import create_app
@@ -304,3 +308,76 @@ async def test_an_oom_ends_the_session_and_says_so(
     assert reply["error"]["type"] == "oom_killed"
     response = await shim.http.post(f"/sessions/{sid}/execute", json={"code": "keep"})
     assert response.status_code == 410 and "oom_killed" in response.json()["detail"]
+
+
+async def test_every_session_request_of_the_operator_and_the_shim_is_allowed_by_the_chart_rbac(
+    kube: KubeHarness, node: NodeAgent, start_shim: Any, tmp_path: Path
+) -> None:
+    """The chart's Roles enforced on every request of a session's whole life (chart_support.Enforcer:
+    403 for anything they do not grant): the shim's requests (User-Agent tako-shim) against the shim's
+    Role, every other client's but the test's own (kopf, the operator's Kubernetes client) against the
+    operator's. The operator runs with the environment the chart gives it (its session settings too).
+    Every session rule of either Role is used: none is broader than what sessions need."""
+    objects = render(
+        {"jobs": {"namespaces": [kube.namespace]}, "sessions": {"retentionSeconds": 0}}, kube.namespace
+    )
+    operator_rbac = Enforcer(operator_grants(objects, kube.namespace))
+    shim_rbac = Enforcer(shim_grants(objects, kube.namespace))
+
+    def authorize(request: Any) -> bool:
+        is_shim = request.headers.get("User-Agent") == "tako-shim"
+        return (shim_rbac if is_shim else operator_rbac)(request)
+
+    kube.authorize(authorize)
+    (deployment,) = [
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "tako-operator"
+    ]
+    env = {
+        e["name"]: e["value"]
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        if "value" in e
+    }
+    config = settings_from_env({**env, "TAKO_OPERATOR_NAMESPACES": kube.namespace})
+    assert config.sessions.client_pod_labels["app.kubernetes.io/component"] == "shim"
+    operator = OperatorThread(
+        OperatorOptions(
+            namespaces=[kube.namespace], kubeconfig=str(kube.kubeconfig(tmp_path)), config=config,
+            watch_server_timeout=5,
+        )
+    ).start()  # fmt: skip
+    try:
+        shim = await start_shim()
+        sid = await shim.new()
+        assert (await shim.run(sid, "n = 20"))["status"] == "succeeded"
+        assert (await shim.run(sid, "n + 22"))["result"] == "42"
+        assert len((await shim.http.get("/sessions")).json()["items"]) == 1
+        await until(lambda: len(session_events(kube, sid, "Executed")) == 2, what="two Executed Events")
+        assert (await shim.http.delete(f"/sessions/{sid}")).status_code == 204
+        await until(lambda: kube.get("pods", f"{sid}-session") is None, seconds=15, what="the Pod deleted")
+        # retentionSeconds 0: the operator deletes the ended PythonSession at once
+        await until(lambda: kube.get("pythonsessions", sid) is None, seconds=15, what="the session deleted")
+    finally:
+        operator.stop()
+        kube.authorize(None)
+
+    assert operator_rbac.denied == [], "operator requests the chart's RBAC forbids"
+    assert shim_rbac.denied == [], "shim requests the chart's RBAC forbids"
+    shim_used = {(g, r, v) for _, g, r, v in shim_rbac.used if r in ("pythonsessions", "events")}
+    assert shim_used == {
+        ("takovm.dev", "pythonsessions", "create"),
+        ("takovm.dev", "pythonsessions", "get"),
+        ("takovm.dev", "pythonsessions", "list"),
+        ("takovm.dev", "pythonsessions", "patch"),
+        ("", "events", "create"),
+    }
+    operator_used = {(g, r, v) for _, g, r, v in operator_rbac.used if r.startswith("pythonsessions")}
+    assert operator_used == {
+        ("takovm.dev", "pythonsessions", "get"),
+        ("takovm.dev", "pythonsessions", "list"),
+        ("takovm.dev", "pythonsessions", "watch"),
+        ("takovm.dev", "pythonsessions", "delete"),
+        ("takovm.dev", "pythonsessions/status", "patch"),
+    }, "pythonsessions/finalizers update is checked by the Enforcer on each owned create, not requested"
+    assert {("", "pods", "create"), ("networking.k8s.io", "networkpolicies", "create")} <= {
+        (g, r, v) for _, g, r, v in operator_rbac.used
+    }
