@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestServer
 from chart_support import Enforcer, operator_grants, render, shim_grants
 from kube_harness import KubeHarness
 from operator_support import OperatorThread
+from status_readers import kstatus, kubectl_wait_met
 
 from tako_operator.main import OperatorOptions
 from tako_operator.settings import settings_from_env
@@ -152,6 +153,8 @@ async def test_state_is_kept_across_calls_and_each_execution_is_visible_in_the_c
     assert status["phase"] == "Ready"
     assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
     assert status["lastActivityTime"] and status["expiresAt"]
+    assert status["observedGeneration"] == stored["metadata"]["generation"]
+    assert kstatus(stored) == "Current" and kubectl_wait_met(stored, "Ready")
     assert len(session_events(kube, sid, "Executed")) == 2, "one Event per execution"
     pod = kube.get("pods", f"{sid}-session")
     assert pod is not None and pod["spec"]["runtimeClassName"] == "gvisor"
@@ -224,6 +227,7 @@ async def test_timeout_interrupts_the_cell_and_the_state_survives_but_ignoring_i
     assert ended["status"]["endReason"] == "killed_after_timeout"
     conditions = {c["type"]: c["status"] for c in ended["status"]["conditions"]}
     assert conditions["Stalled"] == "True" and conditions["Ended"] == "True"
+    assert kstatus(ended) == "Failed", "an abnormal end reads Failed in kstatus (Flux, Argo CD)"
     await until(lambda: kube.get("pods", f"{sid}-session") is None, seconds=15, what="the Pod deleted")
 
 
@@ -246,6 +250,9 @@ async def test_delete_ends_the_session_and_removes_its_pod_and_policy(
     assert kube.get("networkpolicies", f"{sid}-session") is None
     ended = await until(lambda: status_where(kube, sid, phase="Ended"), what="status Ended")
     assert ended["status"]["endReason"] == "deleted"
+    assert kstatus(ended) == "Current" and kubectl_wait_met(ended, "Ended"), (
+        "a normal end is done, not pending"
+    )
     assert [e["reason"] for e in session_events(kube, sid, "Ended")] == ["Ended"]
 
     # `kubectl delete pysession NAME` ends a session too (the operator removes what it owned).

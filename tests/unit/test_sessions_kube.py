@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,9 @@ from tako_operator.session_settings import SessionSettings, sessions_from_env
 from tako_operator.settings import PodSettings, settings_from_env
 from tako_runner import session_server
 from tako_vm.models.crd import DEFAULT_JOB_TYPE, PythonSession, PythonSessionStatus
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from status_readers import kstatus, kubectl_wait_met
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
 JOB_TYPE = DEFAULT_JOB_TYPE.model_dump(by_alias=True, exclude_none=True)
@@ -154,6 +158,9 @@ def test_new_session_creates_its_objects_and_is_pending_then_ready() -> None:
     conditions = {c["type"]: c["status"] for c in first.status["conditions"]}
     assert conditions == {"Ready": "False", "Reconciling": "True"}
     PythonSessionStatus.model_validate(first.status)
+    assert kstatus(after(obj, first)) == "InProgress"
+    assert first.status["observedGeneration"] == 1
+    assert all(c["observedGeneration"] == 1 for c in first.status["conditions"])
 
     ready = plan(after(obj, first), pod=ready_pod(), now=NOW + datetime.timedelta(seconds=3))
     assert ready.create == []
@@ -162,6 +169,8 @@ def test_new_session_creates_its_objects_and_is_pending_then_ready() -> None:
     assert ready.status["address"] == "10.0.0.7:8791"
     conditions = {c["type"]: c["status"] for c in ready.status["conditions"]}
     assert conditions == {"Ready": "True", "Ended": "False"}, "Reconciling is dropped once ready (kstatus)"
+    assert kstatus(after(after(obj, first), ready)) == "Current"
+    assert kubectl_wait_met(after(after(obj, first), ready), "Ready")
     assert [e[1] for e in ready.events] == ["Ready"]
     assert ready.requeue_after is not None and 590 < ready.requeue_after < 601, "wakes at the idle deadline"
 
@@ -211,9 +220,10 @@ def test_session_ends_with_its_reason_and_its_pod_is_deleted(
     assert result.delete_pod == "s1-session"
     assert result.cleanup is True
     conditions = {c["type"]: c for c in result.status["conditions"]}
-    assert conditions["Ready"]["status"] == "False"
+    assert "Ready" not in conditions and "Reconciling" not in conditions
     assert conditions["Ended"]["status"] == "True"
     assert ("Stalled" in conditions) is stalled
+    assert kstatus(after(obj, result)) == ("Failed" if stalled else "Current")
     assert [e[1] for e in result.events] == ["Ended"]
     PythonSessionStatus.model_validate(result.status)
 

@@ -217,15 +217,23 @@ class SessionPlan:
 
 
 def session_conditions(phase: str, end_reason: str | None, message: str) -> list[cond.Condition]:
-    """kstatus: Reconciling=True while the Pod starts, Ready=True while code can run; an ended session
-    is Ready=False with Ended=True, and Stalled=True when it ended abnormally (OOM, crash, a cell that
-    ignored its interrupt, a Pod that never started)."""
+    """kstatus (sigs.k8s.io/cli-utils kstatus, as Flux and Argo CD read it), with observedGeneration on
+    each condition and on the status:
+
+    - starting: Ready=False and Reconciling=True -> InProgress;
+    - open: Ready=True (``kubectl wait --for=condition=Ready pysession/NAME``), Ended=False -> Current;
+    - ended normally (deleted, expired, idle): Ended=True only -> Current: nothing is left to reconcile
+      (a Ready=False would read InProgress for ever);
+    - ended abnormally (OOM, crash, a cell that ignored its interrupt, a Pod that never started):
+      Stalled=True and Ended=True -> Failed.
+    Reconciling and Stalled are written only while True; Ready only while the session can still run
+    code. ``kubectl wait --for=condition=Ended`` waits for the end, however it ends."""
     if phase == PENDING:
         return [(cond.READY, cond.FALSE, PENDING, message), (cond.RECONCILING, cond.TRUE, PENDING, message)]
     if phase == READY:
         return [(cond.READY, cond.TRUE, READY, message), (ENDED_CONDITION, cond.FALSE, READY, "Running")]
     reason = "".join(part.capitalize() for part in (end_reason or "ended").split("_"))
-    out: list[cond.Condition] = [(cond.READY, cond.FALSE, reason, message)]
+    out: list[cond.Condition] = []
     if end_reason in ABNORMAL_ENDS:
         out.append((cond.STALLED, cond.TRUE, reason, message))
     out.append((ENDED_CONDITION, cond.TRUE, reason, message))
