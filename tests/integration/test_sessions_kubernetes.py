@@ -388,3 +388,51 @@ async def test_every_session_request_of_the_operator_and_the_shim_is_allowed_by_
     assert {("", "pods", "create"), ("networking.k8s.io", "networkpolicies", "create")} <= {
         (g, r, v) for _, g, r, v in operator_rbac.used
     }
+
+
+async def test_requirements_install_with_egress_before_any_code_and_the_code_never_has_it(
+    kube: KubeHarness, run_operator: Any, node: NodeAgent, start_shim: Any
+) -> None:
+    """A session with requirements: the Pod's install init container pip-installs them (the node agent
+    gives it the host network, standing in for the install egress policy), the operator then removes the
+    egress label and the install policy, the session server checks egress is closed before it listens,
+    and the cells import the packages from /deps with no network."""
+    run_operator()
+    kube.create(
+        "pythonjobtypes",
+        {
+            "apiVersion": "takovm.dev/v1alpha1",
+            "kind": "PythonJobType",
+            "metadata": {"name": "pip"},
+            "spec": {
+                "image": "python:3.11-slim",
+                "allowRuntimeRequirements": True,
+                "startupTimeoutSeconds": 180,
+            },
+        },
+    )
+    shim = await start_shim(allow_runtime_requirements=True)
+    refused = await shim.http.post("/sessions", json={"requirements": ["six==1.17.0"]})
+    assert refused.status_code == 422 and "allowRuntimeRequirements" in refused.json()["detail"]
+    strict = await start_shim(allow_runtime_requirements=False)
+    disabled = await strict.http.post("/sessions", json={"job_type": "pip", "requirements": ["six==1.17.0"]})
+    assert disabled.status_code == 422 and "allow_runtime_requirements" in disabled.json()["detail"]
+
+    sid = await shim.new(job_type="pip", requirements=["six==1.17.0"])
+    first = await shim.http.post(f"/sessions/{sid}/execute", json={"code": "import six\nsix.__version__"})
+    status = (kube.get("pythonsessions", sid) or {}).get("status") or {}
+    assert first.status_code == 200, (first.text, status.get("message"))
+    reply = first.json()
+    assert (reply["status"], reply["result"]) == ("succeeded", "'1.17.0'"), reply
+    probe = (
+        "import socket\ns = socket.socket(); s.settimeout(2)\n"
+        "try:\n    s.connect(('1.1.1.1', 443)); r = 'open'\nexcept OSError:\n    r = 'closed'\nr"
+    )
+    assert (await shim.run(sid, probe))["result"] == "'closed'", "session code never has the install egress"
+    pod = kube.get("pods", f"{sid}-session")
+    assert pod is not None and "takovm.dev/egress" not in pod["metadata"]["labels"]
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == ["install"]
+    assert kube.get("networkpolicies", f"{sid}-install-egress") is None, "the install policy is gone"
+    assert session_events(kube, sid, "EgressClosed"), "the end of the install step is visible"
+    assert (await shim.http.delete(f"/sessions/{sid}")).status_code == 204
+    await until(lambda: kube.get("configmaps", f"{sid}-code") is None, seconds=15, what="install config gone")
