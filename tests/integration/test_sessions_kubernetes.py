@@ -101,6 +101,14 @@ async def start_shim(kube: KubeHarness, tmp_path: Path) -> AsyncIterator[Callabl
         await shim.server.close()
 
 
+PIP_JOB_TYPE = {
+    "apiVersion": "takovm.dev/v1alpha1",
+    "kind": "PythonJobType",
+    "metadata": {"name": "pip"},
+    "spec": {"image": "python:3.11-slim", "allowRuntimeRequirements": True, "startupTimeoutSeconds": 180},
+}
+
+
 async def until(check: Callable[[], Any], seconds: float = 60.0, what: str = "condition") -> Any:
     """Poll ``check`` without blocking the event loop (the shim under test runs on it)."""
     deadline = time.monotonic() + seconds
@@ -353,7 +361,11 @@ async def test_every_session_request_of_the_operator_and_the_shim_is_allowed_by_
         )
     ).start()  # fmt: skip
     try:
-        shim = await start_shim()
+        kube.create("pythonjobtypes", PIP_JOB_TYPE)
+        shim = await start_shim(allow_runtime_requirements=True)
+        installed = await shim.new(job_type="pip", requirements=["six==1.17.0"])
+        assert (await shim.run(installed, "import six\nsix.__version__"))["result"] == "'1.17.0'"
+        assert (await shim.http.delete(f"/sessions/{installed}")).status_code == 204
         sid = await shim.new()
         assert (await shim.run(sid, "n = 20"))["status"] == "succeeded"
         assert (await shim.run(sid, "n + 22"))["result"] == "42"
@@ -385,9 +397,15 @@ async def test_every_session_request_of_the_operator_and_the_shim_is_allowed_by_
         ("takovm.dev", "pythonsessions", "delete"),
         ("takovm.dev", "pythonsessions/status", "patch"),
     }, "pythonsessions/finalizers update is checked by the Enforcer on each owned create, not requested"
-    assert {("", "pods", "create"), ("networking.k8s.io", "networkpolicies", "create")} <= {
-        (g, r, v) for _, g, r, v in operator_rbac.used
-    }
+    assert {
+        ("", "pods", "create"),
+        ("networking.k8s.io", "networkpolicies", "create"),
+        ("networking.k8s.io", "networkpolicies", "delete"),
+        ("", "pods", "patch"),  # the install egress label removed
+        ("", "pods/log", "get"),  # the install step's result
+        ("", "configmaps", "create"),
+        ("", "configmaps", "delete"),
+    } <= {(g, r, v) for _, g, r, v in operator_rbac.used}
 
 
 async def test_requirements_install_with_egress_before_any_code_and_the_code_never_has_it(
@@ -398,19 +416,7 @@ async def test_requirements_install_with_egress_before_any_code_and_the_code_nev
     egress label and the install policy, the session server checks egress is closed before it listens,
     and the cells import the packages from /deps with no network."""
     run_operator()
-    kube.create(
-        "pythonjobtypes",
-        {
-            "apiVersion": "takovm.dev/v1alpha1",
-            "kind": "PythonJobType",
-            "metadata": {"name": "pip"},
-            "spec": {
-                "image": "python:3.11-slim",
-                "allowRuntimeRequirements": True,
-                "startupTimeoutSeconds": 180,
-            },
-        },
-    )
+    kube.create("pythonjobtypes", PIP_JOB_TYPE)
     shim = await start_shim(allow_runtime_requirements=True)
     refused = await shim.http.post("/sessions", json={"requirements": ["six==1.17.0"]})
     assert refused.status_code == 422 and "allowRuntimeRequirements" in refused.json()["detail"]
