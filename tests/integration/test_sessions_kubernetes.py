@@ -381,22 +381,18 @@ async def test_every_session_request_of_the_operator_and_the_shim_is_allowed_by_
 
     assert operator_rbac.denied == [], "operator requests the chart's RBAC forbids"
     assert shim_rbac.denied == [], "shim requests the chart's RBAC forbids"
-    shim_used = {(g, r, v) for _, g, r, v in shim_rbac.used if r in ("pythonsessions", "events")}
-    assert shim_used == {
-        ("takovm.dev", "pythonsessions", "create"),
-        ("takovm.dev", "pythonsessions", "get"),
-        ("takovm.dev", "pythonsessions", "list"),
-        ("takovm.dev", "pythonsessions", "patch"),
-        ("", "events", "create"),
-    }
-    operator_used = {(g, r, v) for _, g, r, v in operator_rbac.used if r.startswith("pythonsessions")}
-    assert operator_used == {
-        ("takovm.dev", "pythonsessions", "get"),
-        ("takovm.dev", "pythonsessions", "list"),
-        ("takovm.dev", "pythonsessions", "watch"),
-        ("takovm.dev", "pythonsessions", "delete"),
-        ("takovm.dev", "pythonsessions/status", "patch"),
-    }, "pythonsessions/finalizers update is checked by the Enforcer on each owned create, not requested"
+    # every session rule of each Role was used (test_chart.py pins the rule sets themselves); the
+    # operator's pythonsessions/finalizers update is checked on each owned create, never requested
+    for enforcer, resources in (
+        (shim_rbac, ("pythonsessions", "events")),
+        (operator_rbac, ("pythonsessions",)),
+    ):
+        granted = {
+            (g.group, g.resource, g.verb) for g in enforcer.grants if g.resource.split("/")[0] in resources
+        }
+        granted -= {("takovm.dev", "pythonsessions/finalizers", "update")}
+        used = {(g, r, v) for _, g, r, v in enforcer.used if r.split("/")[0] in resources}
+        assert used == granted and granted, (used, granted)
     assert {
         ("", "pods", "create"),
         ("networking.k8s.io", "networkpolicies", "create"),
