@@ -486,3 +486,23 @@ def test_session_server_waits_for_closed_egress_and_imports_the_installed_packag
         }))  # fmt: skip
         problem = session_server.prepare_installed(str(config))
     assert problem is not None and "egress still open" in problem
+
+
+def test_the_shim_puts_requirements_in_the_spec_only_when_allowed_and_well_formed() -> None:
+    from tako_shim.backends.kubernetes import session_translate as st
+    from tako_shim.errors import InvalidRequest
+    from tako_vm.models.sessions import CreateSessionRequest
+
+    def build(requirements: list[str], allowed: bool) -> dict[str, Any]:
+        body = CreateSessionRequest(requirements=requirements)
+        name = "sess-" + "0" * 32
+        return st.session_object(
+            name, "ns", "t", body, token=TOKEN, max_ttl=86400, max_memory="2g", allow_requirements=allowed
+        )
+
+    assert build(["six==1.17.0"], True)["spec"]["requirements"] == ["six==1.17.0"]
+    with pytest.raises(InvalidRequest, match="allow_runtime_requirements"):
+        build(["six"], False)
+    with pytest.raises(InvalidRequest, match=r"requirements\.0: not a plain requirement"):
+        build(['six; os_name=="nt"'], True)
+    assert "requirements" not in build([], True)["spec"]

@@ -112,7 +112,12 @@ def session_object(
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"])
-            raise InvalidRequest(f"{where}: {first['msg']}") from None
+            why = (
+                first["msg"]
+                if first["type"] != "string_pattern_mismatch"
+                else ("not a plain requirement (name[extras] op version; no markers, URLs or options)")
+            )
+            raise InvalidRequest(f"{where}: {why}: {first.get('input')!r}"[:600]) from None
     return {
         "apiVersion": "takovm.dev/v1alpha1",
         "kind": "PythonSession",
