@@ -14,6 +14,8 @@ from typing import Any
 
 from tako_operator.core import objects
 from tako_operator.core import sessions as core
+from tako_operator.core.builders import INSTALL_CONTAINER as INSTALL
+from tako_operator.core.builders import LABEL_EGRESS as EGRESS_LABEL
 from tako_operator.io.kube import Kube, retryable
 from tako_operator.io.sessions import SESSIONS, SessionApi
 from tako_operator.reconciler import api_retry_delay
@@ -65,6 +67,11 @@ class SessionReconciler:
         type_name = objects.job_type_name(session)
         found = await self.kube.get_job_type(namespace, type_name)
         job_type = objects.resolve_job_type(type_name, found, self.config.default_image)
+        install_log = None
+        if core.install_pending(pod):
+            assert pod is not None
+            limit = self.config.pods.log_limit_bytes
+            install_log = await self.kube.read_log(namespace, pod["metadata"]["name"], INSTALL, limit)
         result = core.plan_session(
             session,
             pod=pod,
@@ -72,11 +79,15 @@ class SessionReconciler:
             settings=self.config.pods,
             sessions=self.config.sessions,
             now=datetime.datetime.now(datetime.UTC),
+            install_log=install_log,
         )
         for obj in result.create:
             await self.create(obj)
         if result.status:
             await self.api.patch_session_status(namespace, name, result.status)
+        if result.remove_egress:
+            await self.kube.remove_pod_label(namespace, core.pod_name(name), EGRESS_LABEL)
+            await self.kube.delete_network_policy(namespace, core.install_policy_name(name))
         if result.delete_pod:
             await self.kube.delete_pod(namespace, result.delete_pod)
         if result.cleanup:
@@ -90,8 +101,10 @@ class SessionReconciler:
 
     async def create(self, obj: dict[str, Any]) -> None:
         kind = obj["kind"]
-        if kind == "ConfigMap":
+        if kind == "ConfigMap" and obj["metadata"]["name"] == core.session_configmap_name():
             await self.kube.ensure_shared_configmap(obj)
+        elif kind == "ConfigMap":  # the session's own install config
+            await self.kube.create_configmap(obj)
         elif kind == "NetworkPolicy":
             await self.kube.create_network_policy(obj)
         elif kind == "Pod":
@@ -102,6 +115,8 @@ class SessionReconciler:
     async def cleanup(self, key: Key) -> None:
         namespace, name = key
         await self.kube.delete_network_policy(namespace, core.policy_name(name))
+        await self.kube.delete_network_policy(namespace, core.install_policy_name(name))
+        await self.kube.delete_configmap(namespace, core.install_configmap_name(name))
 
     async def forget(self, key: Key) -> None:
         """``kubectl delete pysession``: owner references remove the rest on a real cluster; doing it

@@ -2,7 +2,7 @@
 
 Shipped next to ``session.py`` (same directory) in the session Pod::
 
-    python3 -I /runner/session_server.py [--host H] [--port P] [--max-output N]
+    python3 -I /runner/session_server.py [--host H] [--port P] [--max-output N] [--config /code/job.json]
 
 The channel is the standby Pods' (one ingress-only port, a bearer token checked with
 ``hmac.compare_digest``), kept open for the Pod's life instead of closed after one push.
@@ -19,6 +19,12 @@ is a ``KeyboardInterrupt`` in the cell and the state is kept) and takes code ove
   not a second run; another payload under the same key gets ``409``.
 - anything else: 404/405; a wrong or missing token ``401``; after ``MAX_BAD_TOKENS`` of them the
   server exits with code 3 (fail closed; the operator records the session as crashed).
+
+With ``--config`` (a session with requirements: the Pod's install init container ran ``runner.py install``
+into ``deps_dir`` with install egress), the server first waits until egress is closed (the runner's own
+probe, ``runner.wait_for_closed_egress``, bounded by ``egress_probe_timeout``) and exits with code 4
+without listening if it is still open; then ``deps_dir`` goes first on ``sys.path`` (``-I`` ignores
+PYTHONPATH) and it listens. No cell ever runs while the Pod has egress.
 
 Requests are served one at a time, in arrival order, in the main thread (the cell's timeout is a
 SIGALRM there): calls from any shim replica are serialised here, in the Pod. Nothing listens but this
@@ -47,7 +53,8 @@ MAX_TIMEOUT_SECONDS = 86_400
 MAX_BAD_TOKENS = 100
 IDEMPOTENT_REPLIES = 64
 EXIT_TOO_MANY_BAD_TOKENS = 3
-USAGE = "usage: session_server.py [--host H] [--port P] [--max-output N]"
+EXIT_EGRESS_OPEN = 4
+USAGE = "usage: session_server.py [--host H] [--port P] [--max-output N] [--config PATH]"
 
 
 def _log(line: str) -> None:
@@ -73,6 +80,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
         "host": DEFAULT_HOST,
         "port": DEFAULT_PORT,
         "max_output": 65536,
+        "config": "",
     }
     rest = list(argv)
     while rest:
@@ -81,7 +89,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
         if key not in options or not rest:
             raise SystemExit(f"{USAGE}\nsession_server.py: unexpected argument {arg!r}")
         value = rest.pop(0)
-        options[key] = value if key == "host" else int(value)
+        options[key] = value if key in ("host", "config") else int(value)
     return options
 
 
@@ -213,12 +221,31 @@ def serve(server: SessionServer) -> int:
     return EXIT_TOO_MANY_BAD_TOKENS
 
 
+def prepare_installed(config_path: str) -> str | None:
+    """After an install step: None once egress is closed (and ``deps_dir`` is importable), else why not."""
+    runner = _load("runner")
+    config = runner.load_config(config_path)
+    if config.get("egress_probe"):
+        problem: str | None = runner.wait_for_closed_egress(config)
+        if problem:
+            return str(problem)
+    deps = str(config.get("deps_dir") or "")
+    if deps and os.path.isdir(deps):
+        sys.path.insert(0, deps)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(sys.argv[1:] if argv is None else argv)
     token_sha256 = os.environ.get(TOKEN_HASH_ENV, "").strip().lower()
     if len(token_sha256) != 64 or any(c not in "0123456789abcdef" for c in token_sha256):
         sys.stderr.write(f"session: {TOKEN_HASH_ENV} must hold a sha256 in hex (64 characters)\n")
         return 2
+    if options["config"]:
+        problem = prepare_installed(options["config"])
+        if problem:
+            _log(f"session: {problem}; refusing to run code")
+            return EXIT_EGRESS_OPEN
     session = _load("session")
     os.chdir(os.environ.get("HOME", "/tmp"))
     signal.signal(signal.SIGINT, signal.default_int_handler)

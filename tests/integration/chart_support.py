@@ -25,6 +25,7 @@ from kube_harness import KubeHarness
 REPO = Path(__file__).resolve().parents[2]
 RELEASE = "tako"
 OPERATOR = "tako-operator"  # the operator's fullname with fullnameOverride "tako"
+SHIM = "tako-shim"
 
 
 def render(values: dict[str, Any], release_namespace: str) -> list[dict[str, Any]]:
@@ -147,7 +148,16 @@ class Grant:
 
 def operator_grants(objects: list[dict[str, Any]], release_namespace: str) -> list[Grant]:
     """Every permission the rendered chart gives the operator's ServiceAccount."""
-    subject = {"kind": "ServiceAccount", "name": OPERATOR, "namespace": release_namespace}
+    return account_grants(objects, release_namespace, OPERATOR)
+
+
+def shim_grants(objects: list[dict[str, Any]], release_namespace: str) -> list[Grant]:
+    """Every permission the rendered chart gives the shim's ServiceAccount."""
+    return account_grants(objects, release_namespace, SHIM)
+
+
+def account_grants(objects: list[dict[str, Any]], release_namespace: str, account: str) -> list[Grant]:
+    subject = {"kind": "ServiceAccount", "name": account, "namespace": release_namespace}
     roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in objects}
     grants: list[Grant] = []
     for binding in objects:

@@ -20,8 +20,13 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp.test_utils import TestServer
+from chart_support import Enforcer, operator_grants, render, shim_grants
 from kube_harness import KubeHarness
+from operator_support import OperatorThread
+from status_readers import kstatus, kubectl_wait_met
 
+from tako_operator.main import OperatorOptions
+from tako_operator.settings import settings_from_env
 from tako_shim.backends.kubernetes.backend import KubernetesBackend
 from tako_shim.config import KubernetesOptions, Settings
 from tako_shim.http.app import create_app
@@ -96,6 +101,14 @@ async def start_shim(kube: KubeHarness, tmp_path: Path) -> AsyncIterator[Callabl
         await shim.server.close()
 
 
+PIP_JOB_TYPE = {
+    "apiVersion": "takovm.dev/v1alpha1",
+    "kind": "PythonJobType",
+    "metadata": {"name": "pip"},
+    "spec": {"image": "python:3.11-slim", "allowRuntimeRequirements": True, "startupTimeoutSeconds": 180},
+}
+
+
 async def until(check: Callable[[], Any], seconds: float = 60.0, what: str = "condition") -> Any:
     """Poll ``check`` without blocking the event loop (the shim under test runs on it)."""
     deadline = time.monotonic() + seconds
@@ -148,6 +161,8 @@ async def test_state_is_kept_across_calls_and_each_execution_is_visible_in_the_c
     assert status["phase"] == "Ready"
     assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
     assert status["lastActivityTime"] and status["expiresAt"]
+    assert status["observedGeneration"] == stored["metadata"]["generation"]
+    assert kstatus(stored) == "Current" and kubectl_wait_met(stored, "Ready")
     assert len(session_events(kube, sid, "Executed")) == 2, "one Event per execution"
     pod = kube.get("pods", f"{sid}-session")
     assert pod is not None and pod["spec"]["runtimeClassName"] == "gvisor"
@@ -220,6 +235,7 @@ async def test_timeout_interrupts_the_cell_and_the_state_survives_but_ignoring_i
     assert ended["status"]["endReason"] == "killed_after_timeout"
     conditions = {c["type"]: c["status"] for c in ended["status"]["conditions"]}
     assert conditions["Stalled"] == "True" and conditions["Ended"] == "True"
+    assert kstatus(ended) == "Failed", "an abnormal end reads Failed in kstatus (Flux, Argo CD)"
     await until(lambda: kube.get("pods", f"{sid}-session") is None, seconds=15, what="the Pod deleted")
 
 
@@ -242,6 +258,9 @@ async def test_delete_ends_the_session_and_removes_its_pod_and_policy(
     assert kube.get("networkpolicies", f"{sid}-session") is None
     ended = await until(lambda: status_where(kube, sid, phase="Ended"), what="status Ended")
     assert ended["status"]["endReason"] == "deleted"
+    assert kstatus(ended) == "Current" and kubectl_wait_met(ended, "Ended"), (
+        "a normal end is done, not pending"
+    )
     assert [e["reason"] for e in session_events(kube, sid, "Ended")] == ["Ended"]
 
     # `kubectl delete pysession NAME` ends a session too (the operator removes what it owned).
@@ -304,3 +323,118 @@ async def test_an_oom_ends_the_session_and_says_so(
     assert reply["error"]["type"] == "oom_killed"
     response = await shim.http.post(f"/sessions/{sid}/execute", json={"code": "keep"})
     assert response.status_code == 410 and "oom_killed" in response.json()["detail"]
+
+
+async def test_every_session_request_of_the_operator_and_the_shim_is_allowed_by_the_chart_rbac(
+    kube: KubeHarness, node: NodeAgent, start_shim: Any, tmp_path: Path
+) -> None:
+    """The chart's Roles enforced on every request of a session's whole life (chart_support.Enforcer:
+    403 for anything they do not grant): the shim's requests (User-Agent tako-shim) against the shim's
+    Role, every other client's but the test's own (kopf, the operator's Kubernetes client) against the
+    operator's. The operator runs with the environment the chart gives it (its session settings too).
+    Every session rule of either Role is used: none is broader than what sessions need."""
+    objects = render(
+        {"jobs": {"namespaces": [kube.namespace]}, "sessions": {"retentionSeconds": 0}}, kube.namespace
+    )
+    operator_rbac = Enforcer(operator_grants(objects, kube.namespace))
+    shim_rbac = Enforcer(shim_grants(objects, kube.namespace))
+
+    def authorize(request: Any) -> bool:
+        is_shim = request.headers.get("User-Agent") == "tako-shim"
+        return (shim_rbac if is_shim else operator_rbac)(request)
+
+    kube.authorize(authorize)
+    (deployment,) = [
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "tako-operator"
+    ]
+    env = {
+        e["name"]: e["value"]
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        if "value" in e
+    }
+    config = settings_from_env({**env, "TAKO_OPERATOR_NAMESPACES": kube.namespace})
+    assert config.sessions.client_pod_labels["app.kubernetes.io/component"] == "shim"
+    operator = OperatorThread(
+        OperatorOptions(
+            namespaces=[kube.namespace], kubeconfig=str(kube.kubeconfig(tmp_path)), config=config,
+            watch_server_timeout=5,
+        )
+    ).start()  # fmt: skip
+    try:
+        kube.create("pythonjobtypes", PIP_JOB_TYPE)
+        shim = await start_shim(allow_runtime_requirements=True)
+        installed = await shim.new(job_type="pip", requirements=["six==1.17.0"])
+        assert (await shim.run(installed, "import six\nsix.__version__"))["result"] == "'1.17.0'"
+        assert (await shim.http.delete(f"/sessions/{installed}")).status_code == 204
+        sid = await shim.new()
+        assert (await shim.run(sid, "n = 20"))["status"] == "succeeded"
+        assert (await shim.run(sid, "n + 22"))["result"] == "42"
+        assert len((await shim.http.get("/sessions")).json()["items"]) == 1
+        await until(lambda: len(session_events(kube, sid, "Executed")) == 2, what="two Executed Events")
+        assert (await shim.http.delete(f"/sessions/{sid}")).status_code == 204
+        await until(lambda: kube.get("pods", f"{sid}-session") is None, seconds=15, what="the Pod deleted")
+        # retentionSeconds 0: the operator deletes the ended PythonSession at once
+        await until(lambda: kube.get("pythonsessions", sid) is None, seconds=15, what="the session deleted")
+    finally:
+        operator.stop()
+        kube.authorize(None)
+
+    assert operator_rbac.denied == [], "operator requests the chart's RBAC forbids"
+    assert shim_rbac.denied == [], "shim requests the chart's RBAC forbids"
+    # every session rule of each Role was used (test_chart.py pins the rule sets themselves); the
+    # operator's pythonsessions/finalizers update is checked on each owned create, never requested
+    for enforcer, resources in (
+        (shim_rbac, ("pythonsessions", "events")),
+        (operator_rbac, ("pythonsessions",)),
+    ):
+        granted = {
+            (g.group, g.resource, g.verb) for g in enforcer.grants if g.resource.split("/")[0] in resources
+        }
+        granted -= {("takovm.dev", "pythonsessions/finalizers", "update")}
+        used = {(g, r, v) for _, g, r, v in enforcer.used if r.split("/")[0] in resources}
+        assert used == granted and granted, (used, granted)
+    assert {
+        ("", "pods", "create"),
+        ("networking.k8s.io", "networkpolicies", "create"),
+        ("networking.k8s.io", "networkpolicies", "delete"),
+        ("", "pods", "patch"),  # the install egress label removed
+        ("", "pods/log", "get"),  # the install step's result
+        ("", "configmaps", "create"),
+        ("", "configmaps", "delete"),
+    } <= {(g, r, v) for _, g, r, v in operator_rbac.used}
+
+
+async def test_requirements_install_with_egress_before_any_code_and_the_code_never_has_it(
+    kube: KubeHarness, run_operator: Any, node: NodeAgent, start_shim: Any
+) -> None:
+    """A session with requirements: the Pod's install init container pip-installs them (the node agent
+    gives it the host network, standing in for the install egress policy), the operator then removes the
+    egress label and the install policy, the session server checks egress is closed before it listens,
+    and the cells import the packages from /deps with no network."""
+    run_operator()
+    kube.create("pythonjobtypes", PIP_JOB_TYPE)
+    shim = await start_shim(allow_runtime_requirements=True)
+    refused = await shim.http.post("/sessions", json={"requirements": ["six==1.17.0"]})
+    assert refused.status_code == 422 and "allowRuntimeRequirements" in refused.json()["detail"]
+    strict = await start_shim(allow_runtime_requirements=False)
+    disabled = await strict.http.post("/sessions", json={"job_type": "pip", "requirements": ["six==1.17.0"]})
+    assert disabled.status_code == 422 and "allow_runtime_requirements" in disabled.json()["detail"]
+
+    sid = await shim.new(job_type="pip", requirements=["six==1.17.0"])
+    first = await shim.http.post(f"/sessions/{sid}/execute", json={"code": "import six\nsix.__version__"})
+    status = (kube.get("pythonsessions", sid) or {}).get("status") or {}
+    assert first.status_code == 200, (first.text, status.get("message"))
+    reply = first.json()
+    assert (reply["status"], reply["result"]) == ("succeeded", "'1.17.0'"), reply
+    probe = (
+        "import socket\ns = socket.socket(); s.settimeout(2)\n"
+        "try:\n    s.connect(('1.1.1.1', 443)); r = 'open'\nexcept OSError:\n    r = 'closed'\nr"
+    )
+    assert (await shim.run(sid, probe))["result"] == "'closed'", "session code never has the install egress"
+    pod = kube.get("pods", f"{sid}-session")
+    assert pod is not None and "takovm.dev/egress" not in pod["metadata"]["labels"]
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == ["install"]
+    assert kube.get("networkpolicies", f"{sid}-install-egress") is None, "the install policy is gone"
+    assert session_events(kube, sid, "EgressClosed"), "the end of the install step is visible"
+    assert (await shim.http.delete(f"/sessions/{sid}")).status_code == 204
+    await until(lambda: kube.get("configmaps", f"{sid}-code") is None, seconds=15, what="install config gone")

@@ -473,8 +473,16 @@ class NodeAgent:
         self.thread = threading.Thread(target=self._loop, name="nodeagent", daemon=True)
 
     def next_subnet(self) -> int:
-        """A fresh 10.213.N.0/30 per networked Pod (N < 255: more than any test starts)."""
-        return next(self._subnets) % 250 + 1
+        """A fresh 10.213.N.0/30 per networked Pod, N (1..250) not on any host interface yet: other node
+        agents on this machine (another test run, a leaked namespace) may hold some, and two veths with
+        the same subnet would route the readiness probe and the shim's calls to the wrong Pod."""
+        used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True, timeout=10).stdout
+        start = next(self._subnets) + secrets.randbelow(250)
+        for step in range(250):
+            index = (start + step) % 250 + 1
+            if f" 10.213.{index}.1/" not in used:
+                return index
+        raise RuntimeError("no free 10.213.N.0/30 subnet for a Pod network")
 
     def _version(self) -> str:
         out = subprocess.run(
@@ -499,13 +507,24 @@ class NodeAgent:
         self.etc_dir.mkdir(exist_ok=True)
         self.etc_dir.chmod(0o755)
         passwd = sandbox.ETC_PASSWD + "job:x:1000:1000:job:/tmp:/usr/sbin/nologin\n"
+        # As a job image's /etc has them (python:3.11-slim does): the host's resolver and CA bundle, so
+        # the install container (host network here) can reach PyPI over TLS.
+        resolv = Path("/etc/resolv.conf")
         files = {
-            **sandbox.etc_files(with_resolv_conf=None),
+            **sandbox.etc_files(with_resolv_conf=resolv.read_text() if resolv.is_file() else None),
             "passwd": passwd,
             "group": sandbox.ETC_GROUP + "job:x:1000:\n",
         }
         for name, content in files.items():
             (self.etc_dir / name).write_text(content)
+        bundle = Path("/etc/ssl/certs/ca-certificates.crt")
+        if bundle.is_file():
+            certs = self.etc_dir / "ssl" / "certs"
+            certs.mkdir(parents=True, exist_ok=True)
+            for directory in (self.etc_dir / "ssl", certs):
+                directory.chmod(0o755)
+            shutil.copyfile(bundle, certs / "ca-certificates.crt")
+            (certs / "ca-certificates.crt").chmod(0o644)
 
     def __enter__(self) -> NodeAgent:
         self.thread.start()

@@ -183,12 +183,20 @@ OPERATOR_NAMESPACED_RULES = {
     ("events.k8s.io", "events"): {"create", "patch"},
     # Owner references with blockOwnerDeletion (OwnerReferencesPermissionEnforcement, OpenShift)
     ("takovm.dev", "pythonjobs/finalizers"): {"update"},
+    # PythonSessions: watched, status written, deleted after their retention; their Pod and
+    # NetworkPolicy (owned, blockOwnerDeletion) use the rules above.
+    ("takovm.dev", "pythonsessions"): {"get", "list", "watch", "delete"},
+    ("takovm.dev", "pythonsessions/status"): {"patch"},
+    ("takovm.dev", "pythonsessions/finalizers"): {"update"},
 }
 SHIM_NAMESPACED_RULES = {
     ("takovm.dev", "pythonjobs"): {"create", "get", "list", "watch", "patch"},
     ("takovm.dev", "pythonjobs/status"): {"get"},
     ("takovm.dev", "pythonjobtypes"): {"get", "list"},
     ("", "pods/log"): {"get"},  # live output: GET /jobs/{id}/events follows the job Pod's log
+    # POST /sessions creates, GET lists/reads, execute/DELETE patch annotations (never the status)
+    ("takovm.dev", "pythonsessions"): {"create", "get", "list", "patch"},
+    ("", "events"): {"create"},  # one Event per session execution
 }
 
 
@@ -377,6 +385,17 @@ def _standby_push_rule(values: dict[str, Any]) -> dict[str, Any]:
     return {"ports": [{"protocol": "TCP", "port": 8790}], "to": peers}
 
 
+def _session_rule(values: dict[str, Any]) -> dict[str, Any]:
+    peers = [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+            "podSelector": {"matchExpressions": [{"key": "takovm.dev/session", "operator": "Exists"}]},
+        }
+        for ns in values["jobs"]["namespaces"]
+    ]
+    return {"ports": [{"protocol": "TCP", "port": 8791}], "to": peers}
+
+
 def test_standby_pods_value_and_push_settings_reach_the_operator(production_objects: list[Manifest]) -> None:
     from tako_operator.settings import settings_from_env
 
@@ -399,8 +418,14 @@ def test_network_policies_limit_operator_and_shim_to_dns_and_the_api_server(
     for name, spec in policies.items():
         assert spec["policyTypes"] == ["Ingress", "Egress"]
         dns, api, *extra = spec["egress"]
-        # the operator also pushes jobs to waiting standby Pods, and nowhere else in job namespaces
-        assert extra == ([] if name == "tako-shim" else [_standby_push_rule(production_values())])
+        # the operator also pushes jobs to waiting standby Pods, the shim sends code to session Pods,
+        # and nowhere else in job namespaces
+        wanted = (
+            _session_rule(production_values())
+            if name == "tako-shim"
+            else _standby_push_rule(production_values())
+        )
+        assert extra == [wanted]
         assert {p["port"] for p in dns["ports"]} == {53} and "to" not in dns
         assert api == {
             "ports": [{"protocol": "TCP", "port": 443}],
@@ -551,6 +576,9 @@ def test_shim_environment_is_accepted_by_the_real_shim_configuration(
     for entry in deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
         if entry["name"] == "TAKO_VM_API_KEYS":
             env[entry["name"]] = "k" * 20 + "=tenant-beta," + "d" * 20  # what the Secret would hold
+        elif entry["name"] == "TAKO_VM_SESSION_TOKEN_KEY":
+            assert entry["valueFrom"] == {"secretKeyRef": {"name": "tako-session-key", "key": "key"}}
+            env[entry["name"]] = "s" * 64
         else:
             env[entry["name"]] = entry["value"]
     for name in env:
@@ -567,6 +595,9 @@ def test_shim_environment_is_accepted_by_the_real_shim_configuration(
     assert settings.allow_runtime_requirements is True
     assert (settings.api_rate_limit_requests, settings.api_rate_limit_window_seconds) == (600, 60)
     assert str(settings.data_dir).startswith("/tmp/"), "the root filesystem is read-only"
+    assert settings.session_token_key == "s" * 64
+    assert (settings.session_max_per_tenant, settings.session_max_ttl_seconds) == (20, 86400)
+    assert (settings.session_max_memory_limit, settings.session_interrupt_grace_seconds) == ("2g", 5)
 
 
 def test_operator_environment_is_accepted_by_the_real_operator_configuration(
@@ -766,3 +797,91 @@ def test_shim_metrics_are_scraped_like_the_operators_and_can_be_turned_off(
     policy = one(production_objects, "NetworkPolicy", "tako-shim", NAMESPACE)
     scrapers = production_values()["networkPolicy"]["metricsIngressFrom"]
     assert {"ports": [{"protocol": "TCP", "port": 8000}], "from": scrapers} in policy["spec"]["ingress"]
+
+
+# --- sessions: the token key, the operator's session settings, who may reach a session Pod ------------
+
+
+def _env(deployment: Manifest) -> dict[str, Any]:
+    return {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_default_install_generates_a_session_key_only_the_shim_reads(default_objects: list[Manifest]) -> None:
+    secret = one(default_objects, "Secret", "tako-tako-vm-session-key", NAMESPACE)
+    key = base64.b64decode(secret["data"]["session-token-key"]).decode()
+    assert len(key) == 64 and key.isalnum()
+    assert (
+        key
+        != base64.b64decode(
+            one(render(), "Secret", "tako-tako-vm-session-key", NAMESPACE)["data"]["session-token-key"]
+        ).decode()
+    ), "generated per install, never a constant of the chart"
+    shim = _env(one(default_objects, "Deployment", "tako-tako-vm-shim", NAMESPACE))
+    assert shim["TAKO_VM_SESSION_TOKEN_KEY"] == {
+        "name": "TAKO_VM_SESSION_TOKEN_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "tako-tako-vm-session-key", "key": "session-token-key"}},
+    }
+    operator = one(default_objects, "Deployment", "tako-tako-vm-operator", NAMESPACE)
+    assert "tako-tako-vm-session-key" not in json.dumps(operator), "the operator never sees the key"
+    given = render({"sessions": {"tokenKey": {"value": "v" * 40}}})
+    stored = one(given, "Secret", "tako-tako-vm-session-key", NAMESPACE)["data"]["session-token-key"]
+    assert base64.b64decode(stored).decode() == "v" * 40
+    existing = render({"sessions": {"tokenKey": {"existingSecret": "mine", "secretKey": "k"}}})
+    assert [s["metadata"]["name"] for s in of_kind(existing, "Secret")] == ["tako-tako-vm-api-keys"]
+    ref = _env(one(existing, "Deployment", "tako-tako-vm-shim", NAMESPACE))["TAKO_VM_SESSION_TOKEN_KEY"]
+    assert ref["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "k"}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"sessions": {"tokenKey": {"value": "short"}}}, "at '/sessions/tokenKey/value'"),
+        ({"sessions": {"port": 80}}, "at '/sessions/port': minimum"),
+        ({"sessions": {"maxMemoryLimit": "2Gi"}}, "at '/sessions/maxMemoryLimit'"),
+        ({"sessions": {"retentionSeconds": -1}}, "at '/sessions/retentionSeconds'"),
+    ],
+)
+def test_invalid_session_values_are_rejected_naming_the_field(values: dict[str, Any], message: str) -> None:
+    with helm.Chart.load(CHART) as chart:
+        with pytest.raises(helm.HelmValuesError) as raised:
+            chart.validate_schema(values)
+        assert message in str(raised.value)
+
+
+def test_session_network_policy_admits_exactly_the_shim_pods_on_the_port_the_shim_may_reach(
+    production_objects: list[Manifest],
+) -> None:
+    """The operator's session settings come from the chart; the NetworkPolicy it builds from them (the
+    real builder) selects the shim's Pods (their template labels) in the release namespace and no other
+    Pod of the chart, on the port the shim's own egress policy opens."""
+    from tako_operator.core import sessions as core_sessions
+    from tako_operator.settings import settings_from_env
+    from tako_vm.models.crd import PythonSession
+
+    operator = one(production_objects, "Deployment", "tako-operator", NAMESPACE)
+    env = {k: e["value"] for k, e in _env(operator).items() if "value" in e}
+    sessions = settings_from_env(env).sessions
+    assert (sessions.port, sessions.client_namespace, sessions.retention_seconds) == (8791, NAMESPACE, 3600)
+    session = PythonSession.model_validate(
+        {
+            "metadata": {"name": "s1", "namespace": "tenant-alpha", "uid": "u1"},
+            "spec": {"tokenSha256": "0" * 64},
+        }
+    )
+    (rule,) = core_sessions.build_session_policy(session, sessions)["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8791}]
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}
+    selector = peer["podSelector"]["matchLabels"]
+    for deployment in of_kind(production_objects, "Deployment"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        admitted = selector.items() <= labels.items()
+        assert admitted is (deployment["metadata"]["name"] == "tako-shim"), deployment["metadata"]["name"]
+    shim_policy = one(production_objects, "NetworkPolicy", "tako-shim", NAMESPACE)
+    assert {"protocol": "TCP", "port": sessions.port} in shim_policy["spec"]["egress"][-1]["ports"]
+    moved = render({**production_values(), "sessions": {**production_values()["sessions"], "port": 9000}})
+    env = {k: e["value"] for k, e in _env(one(moved, "Deployment", "tako-operator", NAMESPACE)).items()
+           if "value" in e}  # fmt: skip
+    assert settings_from_env(env).sessions.port == 9000
+    egress = one(moved, "NetworkPolicy", "tako-shim", NAMESPACE)["spec"]["egress"][-1]
+    assert egress["ports"] == [{"protocol": "TCP", "port": 9000}]

@@ -141,6 +141,26 @@ def test_job_pods_of_every_sample_pass_pod_security_restricted(sample: str, job:
     assert spec["runtimeClassName"] == "gvisor"  # the RuntimeClass the chart can create
 
 
+@pytest.mark.parametrize("requirements", [None, ["six==1.17.0"]], ids=["plain", "with-requirements"])
+def test_session_pods_pass_pod_security_restricted(requirements: list[str] | None) -> None:
+    """The session sample's Pod (and the same with requirements: its install init container too)."""
+    from tako_operator.core import sessions as core_sessions
+    from tako_operator.session_settings import SessionSettings
+    from tako_vm.models.crd import PythonJobTypeSpec, PythonSession
+
+    doc = yaml.safe_load((SAMPLES / "session.yaml").read_text())
+    doc["metadata"].update(namespace="tako-jobs", uid="0f6c1c1e-0000-4000-8000-000000000002")
+    doc["spec"].update(tokenSha256="0" * 64, **({"requirements": requirements} if requirements else {}))
+    job_type = PythonJobTypeSpec.model_validate(
+        {**job_types()["default"]["spec"], "allowRuntimeRequirements": True}
+    )
+    pod = core_sessions.build_session_pod(
+        PythonSession.model_validate(doc), job_type, PodSettings(), SessionSettings()
+    )
+    assert restricted_violations(pod["spec"]) == []
+    assert bool(pod["spec"].get("initContainers")) is bool(requirements)
+
+
 def test_the_charts_own_pods_pass_pod_security_restricted() -> None:
     with helm.Chart.load(ROOT / "charts" / "tako-vm") as chart:
         rendered = chart.render(name="tako", namespace="tako-system")

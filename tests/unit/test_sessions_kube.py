@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,9 @@ from tako_operator.session_settings import SessionSettings, sessions_from_env
 from tako_operator.settings import PodSettings, settings_from_env
 from tako_runner import session_server
 from tako_vm.models.crd import DEFAULT_JOB_TYPE, PythonSession, PythonSessionStatus
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from status_readers import kstatus, kubectl_wait_met
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
 JOB_TYPE = DEFAULT_JOB_TYPE.model_dump(by_alias=True, exclude_none=True)
@@ -63,6 +67,7 @@ def plan(
         settings=PodSettings(),
         sessions=kw.pop("sessions", SessionSettings()),
         now=now,
+        install_log=kw.pop("install_log", None),
     )
 
 
@@ -119,7 +124,7 @@ def test_network_policy_admits_only_the_shim_on_the_session_port_and_no_egress()
 
 def test_session_configmap_ships_the_server_and_is_named_by_content() -> None:
     configmap = ss.build_session_configmap("tenant-a")
-    assert set(configmap["data"]) == {"session.py", "session_server.py"}
+    assert set(configmap["data"]) == {"runner.py", "session.py", "session_server.py"}
     assert configmap["metadata"]["name"] == ss.session_configmap_name()
     assert configmap["immutable"] is True
 
@@ -154,6 +159,9 @@ def test_new_session_creates_its_objects_and_is_pending_then_ready() -> None:
     conditions = {c["type"]: c["status"] for c in first.status["conditions"]}
     assert conditions == {"Ready": "False", "Reconciling": "True"}
     PythonSessionStatus.model_validate(first.status)
+    assert kstatus(after(obj, first)) == "InProgress"
+    assert first.status["observedGeneration"] == 1
+    assert all(c["observedGeneration"] == 1 for c in first.status["conditions"])
 
     ready = plan(after(obj, first), pod=ready_pod(), now=NOW + datetime.timedelta(seconds=3))
     assert ready.create == []
@@ -162,6 +170,8 @@ def test_new_session_creates_its_objects_and_is_pending_then_ready() -> None:
     assert ready.status["address"] == "10.0.0.7:8791"
     conditions = {c["type"]: c["status"] for c in ready.status["conditions"]}
     assert conditions == {"Ready": "True", "Ended": "False"}, "Reconciling is dropped once ready (kstatus)"
+    assert kstatus(after(after(obj, first), ready)) == "Current"
+    assert kubectl_wait_met(after(after(obj, first), ready), "Ready")
     assert [e[1] for e in ready.events] == ["Ready"]
     assert ready.requeue_after is not None and 590 < ready.requeue_after < 601, "wakes at the idle deadline"
 
@@ -211,9 +221,10 @@ def test_session_ends_with_its_reason_and_its_pod_is_deleted(
     assert result.delete_pod == "s1-session"
     assert result.cleanup is True
     conditions = {c["type"]: c for c in result.status["conditions"]}
-    assert conditions["Ready"]["status"] == "False"
+    assert "Ready" not in conditions and "Reconciling" not in conditions
     assert conditions["Ended"]["status"] == "True"
     assert ("Stalled" in conditions) is stalled
+    assert kstatus(after(obj, result)) == ("Failed" if stalled else "Current")
     assert [e[1] for e in result.events] == ["Ended"]
     PythonSessionStatus.model_validate(result.status)
 
@@ -330,3 +341,168 @@ def test_session_server_refuses_to_start_without_a_token_hash(tmp_path: Any) -> 
     done = subprocess.run(argv, env=env, capture_output=True, timeout=30)
     assert done.returncode == 2
     assert b"TAKO_SESSION_TOKEN_SHA256" in done.stderr
+
+
+# --- requirements: an install step with egress, closed before any code ------------------------------------
+
+INSTALLING = DEFAULT_JOB_TYPE.model_copy(update={"allow_runtime_requirements": True})
+INSTALLING_JSON = INSTALLING.model_dump(by_alias=True, exclude_none=True)
+
+
+def test_requirements_add_an_install_step_with_egress_that_the_session_container_never_has() -> None:
+    model = PythonSession.model_validate(session(requirements=["six==1.17.0"]))
+    pod = ss.build_session_pod(model, INSTALLING, PodSettings(), SessionSettings(port=8791))
+    spec = pod["spec"]
+    (install,) = spec["initContainers"]
+    assert install["name"] == "install"
+    assert install["command"] == [
+        "python3",
+        "-I",
+        "/runner/runner.py",
+        "install",
+    ]  # its config: /code/job.json
+    assert install["securityContext"]["readOnlyRootFilesystem"] is True
+    assert install["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert {m["mountPath"]: m.get("readOnly", False) for m in install["volumeMounts"]} == {
+        "/runner": True, "/code": True, "/tmp": False, "/deps": False,
+    }  # fmt: skip
+    (container,) = spec["containers"]
+    assert container["command"][-2:] == ["--config", "/code/job.json"]
+    mounts = {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"]}
+    assert mounts["/deps"] is True, "the session reads what was installed, never writes it"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["runner"]["configMap"]["name"] == ss.session_configmap_name()
+    assert volumes["code"]["projected"]["sources"][0]["configMap"]["name"] == "s1-code"
+    assert "emptyDir" in volumes["deps"]
+    assert pod["metadata"]["labels"]["takovm.dev/egress"] == "install"
+    config = json.loads(ss.build_install_configmap(model, INSTALLING, PodSettings())["data"]["job.json"])
+    assert config["requirements"] == ["six==1.17.0"] and config["egress_probe"] is True
+    assert config["deps_dir"] == "/deps"
+
+    policy = ss.build_install_policy(model, PodSettings())
+    assert policy["metadata"]["name"] == ss.install_policy_name("s1")
+    assert policy["metadata"]["ownerReferences"][0]["kind"] == "PythonSession"
+    assert policy["spec"]["podSelector"]["matchLabels"] == {
+        ss.LABEL_SESSION: "s1",
+        "takovm.dev/egress": "install",
+    }
+    dns, https = policy["spec"]["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert https["ports"] == [{"protocol": "TCP", "port": 443}]
+    public = https["to"][0]
+    assert "169.254.0.0/16" in public["ipBlock"]["except"] and "10.0.0.0/8" in public["ipBlock"]["except"]
+    # the session's own policy (no egress, ever) is unchanged: the install policy only adds while labelled
+    assert ss.build_session_policy(model, SessionSettings())["spec"]["egress"] == []
+
+
+def test_a_session_without_requirements_has_no_install_step() -> None:
+    pod = ss.build_session_pod(
+        PythonSession.model_validate(session()), INSTALLING, PodSettings(), SessionSettings()
+    )
+    assert "initContainers" not in pod["spec"] and "takovm.dev/egress" not in pod["metadata"]["labels"]
+    assert "--config" not in pod["spec"]["containers"][0]["command"]
+
+
+def _installed(pod: dict[str, Any], exit_code: int = 0) -> dict[str, Any]:
+    return {
+        **pod,
+        "metadata": {**pod["metadata"], "labels": {"takovm.dev/egress": "install"}},
+        "status": {
+            **pod["status"],
+            "initContainerStatuses": [
+                {"name": "install", "state": {"terminated": {"exitCode": exit_code, "reason": "Completed"}}}
+            ],
+        },
+    }
+
+
+def test_plan_installs_then_closes_egress_or_ends_the_session_naming_the_install_failure() -> None:
+    from tako_runner.outcome import ENVELOPE_VERSION, frame_envelope
+
+    obj = session(requirements=["six==1.17.0"])
+    first = plan(obj, job_type=INSTALLING_JSON)
+    assert [(o["kind"], o["metadata"]["name"]) for o in first.create] == [
+        ("ConfigMap", ss.session_configmap_name()),
+        ("ConfigMap", "s1-code"),
+        ("NetworkPolicy", "s1-install-egress"),
+        ("NetworkPolicy", "s1-session"),
+        ("Pod", "s1-session"),
+    ]
+    obj["status"] = {"phase": "Pending", "podName": "s1-session"}
+    pending = {"metadata": {"name": "s1-session"}, "status": {"phase": "Pending"}}
+    ok_log = frame_envelope({"v": ENVELOPE_VERSION, "mode": "install", "error": None, "exit_code": 0})
+    done = plan(obj, pod=_installed(pending), job_type=INSTALLING_JSON, install_log=ok_log)
+    assert done.remove_egress is True and done.create == []
+    assert [e[1] for e in done.events] == ["EgressClosed"]
+
+    pip_failed = frame_envelope(
+        {"v": ENVELOPE_VERSION, "mode": "install", "exit_code": 1,
+         "error": {"type": "dependency_error", "message": "pip install failed: No matching distribution"}}
+    )  # fmt: skip
+    failed = plan(obj, pod=_installed(pending), job_type=INSTALLING_JSON, install_log=pip_failed)
+    assert failed.status is not None and failed.status["endReason"] == "start_failed"
+    assert "No matching distribution" in failed.status["message"] and failed.remove_egress is False
+    assert failed.delete_pod == "s1-session"
+    crashed = plan(obj, pod=_installed(pending, exit_code=137), job_type=INSTALLING_JSON, install_log="")
+    assert crashed.status is not None and "exited with code 137" in crashed.status["message"]
+
+    still_open = ready_pod()
+    stopped = {"terminated": {"exitCode": ss.EXIT_EGRESS_OPEN, "reason": "Error"}}
+    still_open["status"] = {"phase": "Failed", "containerStatuses": [{"name": "session", "state": stopped}]}
+    refused = plan(obj, pod=still_open, job_type=INSTALLING_JSON)
+    assert refused.status is not None and refused.status["endReason"] == "start_failed"
+    assert "egress was still open" in refused.status["message"]
+
+
+def test_requirements_on_a_job_type_without_runtime_requirements_never_get_a_pod() -> None:
+    result = plan(session(requirements=["six"]), job_type=JOB_TYPE)
+    assert result.create == []
+    assert result.status is not None and result.status["endReason"] == "start_failed"
+    assert "allowRuntimeRequirements" in result.status["message"]
+
+
+def test_session_server_waits_for_closed_egress_and_imports_the_installed_packages(tmp_path: Any) -> None:
+    deps = tmp_path / "deps"
+    (deps / "tako_dep_probe").mkdir(parents=True)
+    (deps / "tako_dep_probe" / "__init__.py").write_text("VALUE = 7\n")
+    config = tmp_path / "job.json"
+    config.write_text(json.dumps({"deps_dir": str(deps), "egress_probe": False}))
+    assert session_server.prepare_installed(str(config)) is None
+    try:
+        import tako_dep_probe  # type: ignore[import-not-found]
+
+        assert tako_dep_probe.VALUE == 7
+    finally:
+        sys.path.remove(str(deps))
+        sys.modules.pop("tako_dep_probe", None)
+    # egress open (a listener on loopback stands in for the internet): refuse, naming it
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        config.write_text(json.dumps({
+            "deps_dir": str(deps), "egress_probe": True, "egress_probe_timeout": 1,
+            "egress_probe_targets": [["127.0.0.1", port]], "egress_probe_hostname": None,
+        }))  # fmt: skip
+        problem = session_server.prepare_installed(str(config))
+    assert problem is not None and "egress still open" in problem
+
+
+def test_the_shim_puts_requirements_in_the_spec_only_when_allowed_and_well_formed() -> None:
+    from tako_shim.backends.kubernetes import session_translate as st
+    from tako_shim.errors import InvalidRequest
+    from tako_vm.models.sessions import CreateSessionRequest
+
+    def build(requirements: list[str], allowed: bool) -> dict[str, Any]:
+        body = CreateSessionRequest(requirements=requirements)
+        name = "sess-" + "0" * 32
+        return st.session_object(
+            name, "ns", "t", body, token=TOKEN, max_ttl=86400, max_memory="2g", allow_requirements=allowed
+        )
+
+    assert build(["six==1.17.0"], True)["spec"]["requirements"] == ["six==1.17.0"]
+    with pytest.raises(InvalidRequest, match="allow_runtime_requirements"):
+        build(["six"], False)
+    with pytest.raises(InvalidRequest, match=r"requirements\.0: not a plain requirement"):
+        build(['six; os_name=="nt"'], True)
+    assert "requirements" not in build([], True)["spec"]

@@ -122,6 +122,17 @@ The Secret holding API keys.
 {{- end }}
 
 {{/*
+The Secret holding the session token key (sessions.tokenKey).
+*/}}
+{{- define "tako-vm.sessionKeySecretName" -}}
+{{- if .Values.sessions.tokenKey.existingSecret }}
+{{- .Values.sessions.tokenKey.existingSecret }}
+{{- else }}
+{{- printf "%s-session-key" (include "tako-vm.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
 The job namespaces as a JSON list: jobs.namespaces, or the release namespace when that is empty.
 Usage: range $ns := include "tako-vm.jobNamespaceList" . | fromJsonArray
 */}}
@@ -148,10 +159,13 @@ What the operator watches (TAKO_OPERATOR_NAMESPACES): "*" for every namespace, e
 {{- end }}
 
 {{/*
-The operator's rules on jobs and what they own: one Role per watched namespace, or a ClusterRole
-in the all-namespaces mode. `pythonjobs/finalizers` update: the Pods, ConfigMaps and NetworkPolicies
-it creates carry owner references with blockOwnerDeletion, which the OwnerReferencesPermissionEnforcement
-admission plugin (on by default in OpenShift) only allows with that permission.
+The operator's rules on jobs, sessions and what they own: one Role per watched namespace, or a
+ClusterRole in the all-namespaces mode. `pythonjobs/finalizers` and `pythonsessions/finalizers` update:
+the Pods, ConfigMaps and NetworkPolicies it creates carry owner references with blockOwnerDeletion,
+which the OwnerReferencesPermissionEnforcement admission plugin (on by default in OpenShift) only allows
+with that permission. PythonSessions (docs/sessions.md): it reads and watches them, writes their status
+and deletes an ended one after sessions.retentionSeconds; their Pods and NetworkPolicies use the Pod,
+ConfigMap and NetworkPolicy rules below.
 */}}
 {{- define "tako-vm.operator.rules" -}}
 - apiGroups: ["takovm.dev"]
@@ -169,6 +183,15 @@ admission plugin (on by default in OpenShift) only allows with that permission.
 - apiGroups: ["takovm.dev"]
   resources: ["pythonjobtypes/status"]
   verbs: ["patch"]
+- apiGroups: ["takovm.dev"]
+  resources: ["pythonsessions"]
+  verbs: ["get", "list", "watch", "delete"]
+- apiGroups: ["takovm.dev"]
+  resources: ["pythonsessions/status"]
+  verbs: ["patch"]
+- apiGroups: ["takovm.dev"]
+  resources: ["pythonsessions/finalizers"]
+  verbs: ["update"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["create", "get", "list", "watch", "patch", "delete"]

@@ -402,6 +402,8 @@ class PythonSessionSpec(_Spec):
     ttl_seconds: int = Field(default=3600, ge=1, le=SESSION_TTL_MAX)
     idle_timeout_seconds: int = Field(default=600, ge=1, le=SESSION_TTL_MAX)
     resources: Resources | None = None
+    # Installed by the Pod's install init container, with install egress, before the session takes code.
+    requirements: list[Requirement] | None = Field(default=None, max_length=REQUIREMENTS_MAX_ITEMS)
     # sha256 (hex) of the session's token: the shim derives the token (HMAC of its session key and the
     # session's namespace/name), the session server in the Pod accepts only a token with this hash.
     token_sha256: str | None = Field(default=None, max_length=64, pattern=SHA256_HEX_PATTERN)

@@ -32,6 +32,7 @@ from tako_operator.core.pods import format_time, parse_time, terminated
 from tako_operator.core.status import merge_conditions
 from tako_operator.session_settings import SessionSettings
 from tako_operator.settings import PodSettings
+from tako_runner.outcome import parse_envelope
 from tako_vm.models.crd import (
     API_VERSION,
     SESSION_ANNOTATION_END,
@@ -54,7 +55,9 @@ ANNOTATION_END = SESSION_ANNOTATION_END  # an end reason: deleted, killed_after_
 REQUESTABLE_ENDS = frozenset({"deleted", "killed_after_timeout"})
 # Ends that need a person's attention (kstatus Stalled=True); deleted / expired / idle are normal ends.
 ABNORMAL_ENDS = frozenset({"oom_killed", "killed_after_timeout", "crashed", "start_failed"})
-SESSION_FILES = ("session.py", "session_server.py")
+# runner.py: the install init container runs it, and the session server uses its egress probe.
+SESSION_FILES = ("runner.py", "session.py", "session_server.py")
+EXIT_EGRESS_OPEN = 4  # session_server.py: egress still open after the install; no code was run
 
 PENDING, READY, ENDED = "Pending", "Ready", "Ended"
 ENDED_CONDITION = "Ended"
@@ -69,6 +72,15 @@ def pod_name(name: str) -> str:
 
 def policy_name(name: str) -> str:
     return builders.child_name(name, "session")
+
+
+def install_policy_name(name: str) -> str:
+    return builders.child_name(name, "install-egress")
+
+
+def install_configmap_name(name: str) -> str:
+    """The install step's config (``job.json``); the same name the job Pod builder mounts as /code."""
+    return builders.child_name(name, "code")
 
 
 @cache
@@ -164,6 +176,8 @@ def _template_job(session: PythonSession) -> PythonJob:
     """A stand-in PythonJob so the job Pod builder shapes the session Pod (resources and security come
     from the job type and the session's overrides)."""
     spec: dict[str, Any] = {"code": "pass", "jobType": session.spec.job_type}
+    if session.spec.requirements:
+        spec["requirements"] = list(session.spec.requirements)
     if session.spec.resources is not None:
         spec["resources"] = session.spec.resources.model_dump(exclude_none=True)
     return PythonJob.model_validate(
@@ -171,20 +185,50 @@ def _template_job(session: PythonSession) -> PythonJob:
     )
 
 
+def build_install_configmap(
+    session: PythonSession, job_type: PythonJobTypeSpec, settings: PodSettings
+) -> dict[str, Any]:
+    """With requirements: ``<session>-code`` holding the runner's ``job.json`` (requirements, /deps, the
+    startup timeout, the egress probe) for the install step and the session server's egress check."""
+    configmap = builders.build_code_configmap(_template_job(session), job_type, settings)
+    configmap["metadata"] = _metadata(session, install_configmap_name(session.name), "code")
+    return configmap
+
+
+def build_install_policy(session: PythonSession, settings: PodSettings) -> dict[str, Any]:
+    """While the session Pod carries ``takovm.dev/egress=install``: the jobs' install egress (DNS and public
+    HTTPS only), selecting this session's Pod. The operator removes the label, then this policy, once
+    the install container has ended; the session server checks egress is closed before it listens."""
+    policy = builders.build_install_egress_policy(_template_job(session), settings)
+    policy["metadata"] = _metadata(session, install_policy_name(session.name), "network-policy")
+    policy["spec"]["podSelector"] = {
+        "matchLabels": {
+            LABEL_SESSION: builders.label_safe(session.name),
+            builders.LABEL_EGRESS: builders.EGRESS_INSTALL,
+        }
+    }
+    return policy
+
+
 def build_session_pod(
     session: PythonSession, job_type: PythonJobTypeSpec, settings: PodSettings, sessions: SessionSettings
 ) -> dict[str, Any]:
-    """The session's one gVisor Pod."""
+    """The session's one gVisor Pod. With requirements, the job Pod's ``install`` init container comes
+    first (``runner.py install`` into the /deps emptyDir, with install egress), and the session server
+    mounts /deps read-only and waits until egress is closed before it takes code (``--config``)."""
+    requirements = bool(session.spec.requirements)
     pod = builders.build_pod(_template_job(session), job_type, settings, attempt=1)
     spec = pod["spec"]
     spec["activeDeadlineSeconds"] = session.spec.ttl_seconds + sessions.deadline_grace_seconds
-    spec["volumes"] = [v for v in spec["volumes"] if v["name"] == "tmp"] + [
+    kept = ("tmp", "code", "deps") if requirements else ("tmp",)
+    spec["volumes"] = [v for v in spec["volumes"] if v["name"] in kept] + [
         {"name": "runner", "configMap": {"name": session_configmap_name(), "defaultMode": 0o444}}
     ]
     (container,) = spec["containers"]
     container["name"] = "session"
     container["command"] = [
         "python3", "-I", f"{builders.RUNNER_DIR}/session_server.py", "--port", str(sessions.port),
+        *(["--config", f"{builders.CODE_DIR}/job.json"] if requirements else []),
     ]  # fmt: skip
     container["ports"] = [{"name": PORT_NAME, "containerPort": sessions.port, "protocol": "TCP"}]
     container["readinessProbe"] = {
@@ -192,13 +236,15 @@ def build_session_pod(
         "periodSeconds": 2,
         "failureThreshold": 1,
     }
-    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] in ("runner", "tmp")]
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] in ("runner", *kept)]
     container["env"] = [
         *(e for e in container.get("env", []) if e["name"] != "PYTHONPATH"),
         {"name": "HOME", "value": builders.TMP_DIR},
         {"name": TOKEN_HASH_ENV, "value": session.spec.token_sha256 or ""},
     ]
     pod["metadata"] = _metadata(session, pod_name(session.name), "session")
+    if requirements:
+        pod["metadata"]["labels"][builders.LABEL_EGRESS] = builders.EGRESS_INSTALL
     return pod
 
 
@@ -210,22 +256,31 @@ class SessionPlan:
     create: list[dict[str, Any]] = field(default_factory=list)
     status: dict[str, Any] | None = None
     delete_pod: str | None = None
-    cleanup: bool = False  # delete the NetworkPolicy (the Pod: delete_pod)
+    cleanup: bool = False  # delete the NetworkPolicies and the install ConfigMap (the Pod: delete_pod)
+    remove_egress: bool = False  # the install ended well: drop the Pod's egress label and its policy
     delete_session: bool = False
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     requeue_after: float | None = None
 
 
 def session_conditions(phase: str, end_reason: str | None, message: str) -> list[cond.Condition]:
-    """kstatus: Reconciling=True while the Pod starts, Ready=True while code can run; an ended session
-    is Ready=False with Ended=True, and Stalled=True when it ended abnormally (OOM, crash, a cell that
-    ignored its interrupt, a Pod that never started)."""
+    """kstatus (sigs.k8s.io/cli-utils kstatus, as Flux and Argo CD read it), with observedGeneration on
+    each condition and on the status:
+
+    - starting: Ready=False and Reconciling=True -> InProgress;
+    - open: Ready=True (``kubectl wait --for=condition=Ready pysession/NAME``), Ended=False -> Current;
+    - ended normally (deleted, expired, idle): Ended=True only -> Current: nothing is left to reconcile
+      (a Ready=False would read InProgress for ever);
+    - ended abnormally (OOM, crash, a cell that ignored its interrupt, a Pod that never started):
+      Stalled=True and Ended=True -> Failed.
+    Reconciling and Stalled are written only while True; Ready only while the session can still run
+    code. ``kubectl wait --for=condition=Ended`` waits for the end, however it ends."""
     if phase == PENDING:
         return [(cond.READY, cond.FALSE, PENDING, message), (cond.RECONCILING, cond.TRUE, PENDING, message)]
     if phase == READY:
         return [(cond.READY, cond.TRUE, READY, message), (ENDED_CONDITION, cond.FALSE, READY, "Running")]
     reason = "".join(part.capitalize() for part in (end_reason or "ended").split("_"))
-    out: list[cond.Condition] = [(cond.READY, cond.FALSE, reason, message)]
+    out: list[cond.Condition] = []
     if end_reason in ABNORMAL_ENDS:
         out.append((cond.STALLED, cond.TRUE, reason, message))
     out.append((ENDED_CONDITION, cond.TRUE, reason, message))
@@ -236,12 +291,38 @@ def _annotations(session: dict[str, Any]) -> dict[str, str]:
     return dict((session.get("metadata") or {}).get("annotations") or {})
 
 
+def install_pending(pod: dict[str, Any] | None) -> bool:
+    """The Pod still has install egress and its install container has ended: read its log, then close."""
+    labels = ((pod or {}).get("metadata") or {}).get("labels") or {}
+    return builders.LABEL_EGRESS in labels and terminated(pod or {}, builders.INSTALL_CONTAINER) is not None
+
+
+def install_end(pod: dict[str, Any], install_log: str | None) -> tuple[str, str] | None:
+    """(start_failed, why) when the install step failed (pip, its timeout, the container itself)."""
+    state = terminated(pod, builders.INSTALL_CONTAINER)
+    if state is None:
+        return None
+    if state.get("reason") == "OOMKilled":
+        return "start_failed", "requirements: the install step ran out of memory (OOM-killed)"
+    if state.get("exitCode", 0) != 0:
+        return "start_failed", f"requirements: the install container exited with code {state.get('exitCode')}"
+    envelope = parse_envelope(install_log or "")
+    if envelope is None:
+        return "start_failed", "requirements: the install step left no result in its log"
+    error = envelope.get("error") or {}
+    if error:
+        return "start_failed", f"requirements ({error.get('type')}): {error.get('message')}"[:1024]
+    return None
+
+
 def pod_end_reason(pod: dict[str, Any]) -> tuple[str, str] | None:
     """(end reason, message) when the session's Pod has stopped, else None."""
     status = pod.get("status") or {}
     state = terminated(pod, "session")
     if state is not None and state.get("reason") == "OOMKilled":
         return "oom_killed", "The session ran out of memory (its Pod was OOM-killed)"
+    if state is not None and state.get("exitCode") == EXIT_EGRESS_OPEN:
+        return "start_failed", "Network egress was still open after the install step: no code was run"
     if status.get("reason") == "DeadlineExceeded":
         return "expired", "The session's Pod reached its deadline"
     if status.get("phase") in ("Succeeded", "Failed") or state is not None:
@@ -266,8 +347,10 @@ def plan_session(
     settings: PodSettings,
     sessions: SessionSettings,
     now: datetime.datetime,
+    install_log: str | None = None,
 ) -> SessionPlan:
-    """One pass over one PythonSession: what to create, delete and write."""
+    """One pass over one PythonSession: what to create, delete and write. ``install_log``: the install
+    container's log, read by the caller when ``install_pending(pod)``."""
     model = PythonSession.model_validate(session)
     meta = model.metadata
     old = model.status or PythonSessionStatus()
@@ -312,6 +395,8 @@ def plan_session(
         end = ("expired", f"The session reached its TTL of {model.spec.ttl_seconds} s")
     elif now >= last_activity + datetime.timedelta(seconds=model.spec.idle_timeout_seconds):
         end = ("idle", f"No execution for {model.spec.idle_timeout_seconds} s (idle timeout)")
+    elif pod is not None and install_pending(pod) and (failed := install_end(pod, install_log)) is not None:
+        end = failed
     elif pod is not None and (stopped := pod_end_reason(pod)) is not None:
         end = stopped
     elif pod is None and old.phase is not None and old.pod_name:
@@ -326,7 +411,10 @@ def plan_session(
     else:
         type_model = PythonJobTypeSpec.model_validate(job_type)
         startup = datetime.timedelta(seconds=type_model.startup_timeout_seconds)
-        if _ready_address(pod, sessions.port) is None and now >= created + startup:
+        refused = _refused(model, type_model)
+        if refused is not None:
+            end = ("start_failed", refused)
+        elif _ready_address(pod, sessions.port) is None and now >= created + startup:
             end = (
                 "start_failed",
                 f"The session's Pod was not ready within {type_model.startup_timeout_seconds} s",
@@ -358,8 +446,14 @@ def plan_session(
     assert type_model is not None
     if pod is None:
         result.create.append(build_session_configmap(model.namespace))
+        if model.spec.requirements:
+            result.create.append(build_install_configmap(model, type_model, settings))
+            result.create.append(build_install_policy(model, settings))
         result.create.append(build_session_policy(model, sessions))
         result.create.append(build_session_pod(model, type_model, settings, sessions))
+    elif install_pending(pod):
+        result.remove_egress = True
+        result.events.append(("Normal", "EgressClosed", "requirements installed; install egress removed"))
     address = _ready_address(pod, sessions.port)
     phase = READY if address else PENDING
     message = "Ready for code" if address else "Waiting for the session's Pod"
@@ -383,6 +477,15 @@ _REQUESTED_MESSAGES = {
     "deleted": "Ended by DELETE /sessions/{id}",
     "killed_after_timeout": "A cell ignored its timeout interrupt for the grace period: killed",
 }
+
+
+def _refused(session: PythonSession, job_type: PythonJobTypeSpec) -> str | None:
+    """Why the builders cannot make this session's Pod (a job type without runtime requirements)."""
+    try:
+        builders.check_requirements_allowed(_template_job(session), job_type)
+    except builders.JobRejected as exc:
+        return str(exc)
+    return None
 
 
 def _count(raw: str | None, fallback: int) -> int:

@@ -15,15 +15,18 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
+
 from tako_shim.backends.kubernetes.translate import IDEMPOTENCY_NAMESPACE, LABEL_MANAGED_BY, MANAGED_BY
 from tako_shim.errors import InvalidRequest
-from tako_shim.submission import canonical_json, sha256_hex
+from tako_shim.submission import RUNTIME_REQUIREMENTS_DISABLED, canonical_json, sha256_hex
 from tako_vm.models.crd import (
     SESSION_ANNOTATION_END,
     SESSION_ANNOTATION_EXECUTIONS,
     SESSION_ANNOTATION_FINGERPRINT,
     SESSION_ANNOTATION_LAST_ACTIVITY,
     SESSION_ANNOTATION_TENANT,
+    PythonSessionSpec,
 )
 from tako_vm.models.sessions import (
     DEFAULT_IDLE_TIMEOUT_SECONDS,
@@ -75,13 +78,13 @@ def session_object(
     token: str,
     max_ttl: int,
     max_memory: str,
+    allow_requirements: bool = False,
 ) -> dict[str, Any]:
-    """The PythonSession for ``POST /sessions`` (``InvalidRequest`` naming the limit it breaks)."""
-    if body.requirements:
-        raise InvalidRequest(
-            "requirements: not available for sessions on the kubernetes backend yet (docs/sessions.md); "
-            "use a PythonJobType whose image has the packages (job_type)"
-        )
+    """The PythonSession for ``POST /sessions`` (``InvalidRequest`` naming the limit it breaks).
+    Requirements are installed by the session Pod's install step, with install egress, before the
+    session takes any code (the job type must allow runtime requirements, as for jobs)."""
+    if body.requirements and not allow_requirements:
+        raise InvalidRequest(RUNTIME_REQUIREMENTS_DISABLED)
     ttl = body.ttl_seconds or min(DEFAULT_TTL_SECONDS, max_ttl)
     if ttl > max_ttl:
         raise InvalidRequest(f"ttl_seconds: {ttl} exceeds session_max_ttl_seconds {max_ttl}")
@@ -102,6 +105,19 @@ def session_object(
         resources["cpu"] = kube_cpu(body.cpu_limit)
     if resources:
         spec["resources"] = resources
+    if body.requirements:
+        spec["requirements"] = list(body.requirements)
+        try:
+            PythonSessionSpec.model_validate(spec)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            why = (
+                first["msg"]
+                if first["type"] != "string_pattern_mismatch"
+                else ("not a plain requirement (name[extras] op version; no markers, URLs or options)")
+            )
+            raise InvalidRequest(f"{where}: {why}: {first.get('input')!r}"[:600]) from None
     return {
         "apiVersion": "takovm.dev/v1alpha1",
         "kind": "PythonSession",

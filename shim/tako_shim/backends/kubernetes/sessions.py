@@ -148,8 +148,11 @@ class KubeSessions:
             token=st.session_token(self.key, namespace, name),
             max_ttl=s.session_max_ttl_seconds,
             max_memory=s.session_max_memory_limit,
+            allow_requirements=s.allow_runtime_requirements,
         )
         await self.backend._require_job_type(namespace, obj["spec"]["jobType"])
+        if body.requirements:
+            await self._require_runtime_requirements(namespace, obj["spec"]["jobType"])
         if body.idempotency_key:
             existing = await self._get_object(self._path(SESSIONS_PATH, namespace, name))
             if existing is not None:
@@ -171,6 +174,16 @@ class KubeSessions:
                     return self._replay(existing, body), False
             raise _failure(exc) from None
         return st.info_from_session(created), True
+
+    async def _require_runtime_requirements(self, namespace: str, job_type: str) -> None:
+        """422 unless the PythonJobType allows runtime requirements (the operator's rule for any Pod)."""
+        name = job_type.split("@", 1)[0]
+        found = await self.backend._job_type_object(namespace, name)
+        if not (found or {}).get("spec", {}).get("allowRuntimeRequirements"):
+            raise InvalidRequest(
+                f"requirements: job type {name!r} does not allow runtime requirements (use a job type "
+                "with allowRuntimeRequirements: true, or one whose image has the packages)"
+            )
 
     @staticmethod
     def _replay(existing: dict[str, Any], body: CreateSessionRequest) -> SessionInfo:
