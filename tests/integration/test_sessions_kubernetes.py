@@ -208,6 +208,47 @@ async def test_sessions_are_isolated_other_tenants_get_404_and_any_replica_serve
         != kube.get("pods", f"{two}-session")["metadata"]["name"]
     ), "one Pod per session"
 
+    # The audit trail: each call left a record (a ConfigMap owned by the session), read by any replica.
+    keyed = {"code": "secret * 2", "timeout": 30}
+    first = await a.http.post(
+        f"/sessions/{one}/execute", json=keyed, headers={"Idempotency-Key": "audit-key-1"}
+    )
+    replay = await a2.http.post(
+        f"/sessions/{one}/execute", json=keyed, headers={"Idempotency-Key": "audit-key-1"}
+    )
+    assert first.status_code == replay.status_code == 200, (first.text, replay.text)
+    assert replay.json()["execution_id"] == first.json()["execution_id"], "a replay is the same execution"
+    job = await a.http.post("/execute/async", json={"code": "print(1)"})
+    assert job.status_code in (200, 201, 202), job.text
+    listed = (await a2.http.get("/executions", params={"session_id": one})).json()
+    executions = [(r["execution_id"], r["session_id"]) for r in listed["items"]]
+    assert len(executions) == 3, f"three calls on one, the replay recorded once: {executions}"
+    assert {sid for _, sid in executions} == {one}
+    stamps = [r["created_at"] for r in listed["items"]]
+    assert stamps == sorted(stamps, reverse=True), "newest first"
+    assert executions[0][0] == first.json()["execution_id"]
+    mixed = {
+        r["execution_id"]: r.get("session_id") for r in (await a.http.get("/executions")).json()["items"]
+    }
+    assert mixed[job.json()["job_id"]] is None and set(mixed.values()) == {None, one, two}, mixed
+    paged = (await a.http.get("/executions", params={"session_id": one, "limit": 2})).json()
+    assert [r["execution_id"] for r in paged["items"]] == [e for e, _ in executions[:2]]
+    assert paged["has_more"] is True
+    full = (await a2.http.get(f"/executions/{first.json()['execution_id']}", params={"view": "full"})).json()
+    assert (full["session_id"], full["session_result"], full["status"]) == (one, "'oneone'", "succeeded")
+    assert full["idempotency_key"] == "audit-key-1"
+    theirs = (await b.http.get("/executions")).json()["items"]  # (jobs: a namespace is their tenancy)
+    assert [r for r in theirs if r.get("session_id")] == [], "another tenant sees no session execution"
+    assert (await b.http.get("/executions", params={"session_id": one})).json()["items"] == []
+    assert (await b.http.get(f"/executions/{first.json()['execution_id']}")).status_code == 404
+    records = [
+        c
+        for c in kube.list("configmaps")
+        if (c["metadata"].get("labels") or {}).get("takovm.dev/session") == one
+    ]
+    assert len(records) == 3, "one ConfigMap per execution, none for the replay"
+    assert {ref["kind"] for c in records for ref in c["metadata"]["ownerReferences"]} == {"PythonSession"}
+
 
 async def test_timeout_interrupts_the_cell_and_the_state_survives_but_ignoring_it_kills_the_session(
     kube: KubeHarness, run_operator: Any, node: NodeAgent, start_shim: Any
@@ -370,6 +411,10 @@ async def test_every_session_request_of_the_operator_and_the_shim_is_allowed_by_
         assert (await shim.run(sid, "n = 20"))["status"] == "succeeded"
         assert (await shim.run(sid, "n + 22"))["result"] == "42"
         assert len((await shim.http.get("/sessions")).json()["items"]) == 1
+        audit = (await shim.http.get("/executions", params={"session_id": sid, "view": "full"})).json()[
+            "items"
+        ]
+        assert [r["session_result"] for r in audit] == ["42", None], "both records, created and listed"
         await until(lambda: len(session_events(kube, sid, "Executed")) == 2, what="two Executed Events")
         assert (await shim.http.delete(f"/sessions/{sid}")).status_code == 204
         await until(lambda: kube.get("pods", f"{sid}-session") is None, seconds=15, what="the Pod deleted")
@@ -384,7 +429,7 @@ async def test_every_session_request_of_the_operator_and_the_shim_is_allowed_by_
     # every session rule of each Role was used (test_chart.py pins the rule sets themselves); the
     # operator's pythonsessions/finalizers update is checked on each owned create, never requested
     for enforcer, resources in (
-        (shim_rbac, ("pythonsessions", "events")),
+        (shim_rbac, ("pythonsessions", "events", "configmaps")),
         (operator_rbac, ("pythonsessions",)),
     ):
         granted = {

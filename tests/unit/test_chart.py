@@ -197,6 +197,7 @@ SHIM_NAMESPACED_RULES = {
     # POST /sessions creates, GET lists/reads, execute/DELETE patch annotations (never the status)
     ("takovm.dev", "pythonsessions"): {"create", "get", "list", "patch"},
     ("", "events"): {"create"},  # one Event per session execution
+    ("", "configmaps"): {"create", "list"},  # one record per session execution (GET /executions)
 }
 
 

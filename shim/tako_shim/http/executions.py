@@ -26,6 +26,7 @@ async def list_executions(request: web.Request) -> web.Response:
         RecordFilter(
             status=status,
             job_type=query.job_type,
+            session_id=query.session_id,
             limit=query.limit,
             offset=query.offset,
             inline_output_bytes=settings.list_inline_output_bytes,

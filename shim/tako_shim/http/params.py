@@ -25,6 +25,9 @@ class ResultQuery(ViewQuery):
 class ListQuery(ViewQuery):
     status: str | None = Field(default=None, description="Filter by status (e.g., 'succeeded', 'failed')")
     job_type: str | None = Field(default=None, description="Filter by job type name")
+    session_id: str | None = Field(
+        default=None, max_length=64, description="Only the executions of this session (docs/sessions.md)"
+    )
     limit: int = Field(default=100, ge=1, le=1000, description="Maximum records to return (1-1000)")
     offset: int = Field(default=0, ge=0, description="Number of records to skip for pagination")
 

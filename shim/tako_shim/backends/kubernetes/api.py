@@ -177,13 +177,20 @@ class KubeApi:
             raise
 
     async def list_jobs(self, namespace: str, label_selector: str | None = None) -> list[dict[str, Any]]:
-        """Every PythonJob in ``namespace`` matching the selector, in chunks (``limit``/``continue``)."""
+        """Every PythonJob in ``namespace`` matching the selector."""
+        return await self.list_objects(JOBS_PATH, namespace, label_selector)
+
+    async def list_objects(
+        self, template: str, namespace: str, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every object at ``template`` in ``namespace`` matching the selector, in chunks
+        (``limit``/``continue``)."""
         items: list[dict[str, Any]] = []
         params: dict[str, str] = {"limit": str(LIST_CHUNK)}
         if label_selector:
             params["labelSelector"] = label_selector
         while True:
-            page = await self._request("GET", self._jobs(namespace), params=params)
+            page = await self._request("GET", self._jobs(namespace, template=template), params=params)
             items.extend(page.get("items") or [])
             token = (page.get("metadata") or {}).get("continue")
             if not token:

@@ -287,7 +287,13 @@ class KubernetesBackend(Backend):
         return status_from_job(await self._job(tenant, job_id))
 
     async def get_record(self, tenant: str, job_id: str) -> ExecutionRecordFull:
-        return record_from_job(await self._job(tenant, job_id))
+        try:
+            return record_from_job(await self._job(tenant, job_id))
+        except NotFound:  # a session execution's id (a UUID too): its record ConfigMap, if any
+            found = await self.sessions.records(tenant, execution_id=job_id)
+            if not found:
+                raise
+            return found[0]
 
     async def get_submission(self, tenant: str, job_id: str) -> Submission:
         """As submitted; ``code`` is ``""`` when it is in a ConfigMap (``code_ref``), which the shim
@@ -355,10 +361,12 @@ class KubernetesBackend(Backend):
             yield event
 
     async def list_records(self, tenant: str, query: RecordFilter) -> RecordPage:
-        jobs = await self._call(
-            self.api.list_jobs(self._namespace(tenant), job_type_selector(query.job_type))
-        )
-        return page_of(jobs, query)
+        jobs: list[dict[str, Any]] = []
+        if not query.session_id:  # a PythonJob never ran in a session
+            jobs = await self._call(
+                self.api.list_jobs(self._namespace(tenant), job_type_selector(query.job_type))
+            )
+        return page_of(jobs, query, await self.sessions.records(tenant, session_id=query.session_id))
 
     # -- control ------------------------------------------------------------------------------------
 

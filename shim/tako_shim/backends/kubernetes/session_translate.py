@@ -35,6 +35,7 @@ from tako_vm.models.sessions import (
     SessionExecution,
     SessionInfo,
 )
+from tako_vm.models.wire import ExecutionError, ExecutionRecordFull
 
 SESSION_PREFIX = "sess-"
 _SESSION_ID = re.compile(r"^sess-[0-9a-f]{32}$")
@@ -180,7 +181,7 @@ def _time(value: Any) -> datetime | None:
 
 
 def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def info_from_session(obj: dict[str, Any]) -> SessionInfo:
@@ -288,3 +289,160 @@ def ended_during_call(
         error={"type": reason, "message": message, "traceback": None},
         duration_ms=elapsed_ms,
     )
+
+
+# -- execution records (one ConfigMap per session execution; docs/sessions.md "The audit trail") --------
+
+LABEL_SESSION = "takovm.dev/session"
+LABEL_RECORD = "takovm.dev/record"
+LABEL_EXECUTION = "takovm.dev/execution"
+RECORD_KIND = "session-execution"
+RECORD_KEY = "record.json"
+RECORD_SELECTOR = f"{LABEL_RECORD}={RECORD_KIND}"
+# A ConfigMap holds at most 1 MiB; the record keeps well under it, its outputs cut with a notice.
+RECORD_MAX_BYTES = 900_000
+TRUNCATION_NOTICE = "\n[truncated: the execution record keeps {limit} bytes of each stream]\n"
+
+
+def execution_id_for(session_id: str, number: int) -> str:
+    """The id of a session's ``number``-th call: the same for the call and any replay of it, so a
+    retried call finds (and creates nothing beside) its record."""
+    return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"session-execution\x00{session_id}\x00{number}"))
+
+
+def is_execution_id(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def record_name(session_id: str, execution_id: str) -> str:
+    """The record's ConfigMap name: deterministic from the session and the execution id."""
+    return f"{session_id}-x{uuid.UUID(execution_id).hex}"
+
+
+def _cut(text: str, limit: int) -> tuple[str, bool]:
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text, False
+    return raw[:limit].decode(errors="ignore") + TRUNCATION_NOTICE.format(limit=limit), True
+
+
+def execution_record(
+    session: dict[str, Any],
+    execution: SessionExecution,
+    *,
+    started_at: datetime,
+    ended_at: datetime,
+    idempotency_key: str | None,
+) -> ExecutionRecordFull:
+    """The audit record of one session call (the shape ``GET /executions/{id}`` returns for a job), its
+    streams cut to fit a ConfigMap (``RECORD_MAX_BYTES``) with a truncation notice."""
+    budget = RECORD_MAX_BYTES // 3  # stdout, stderr, and everything else (result, traceback, code)
+    stdout, stdout_cut = _cut(execution.stdout, budget)
+    stderr, stderr_cut = _cut(execution.stderr, budget)
+    result, _ = _cut(execution.result, budget // 2) if execution.result is not None else (None, False)
+    error = None
+    if execution.error is not None:
+        message = _cut(execution.error.message, budget // 4)[0]
+        error = ExecutionError(type=execution.error.type, message=message)
+    spec = session.get("spec") or {}
+    return ExecutionRecordFull(
+        execution_id=execution.execution_id,
+        status=execution.status,
+        job_type=str(spec.get("jobType") or "default"),
+        created_at=_stamp(started_at),
+        started_at=_stamp(started_at),
+        ended_at=_stamp(ended_at),
+        duration_ms=execution.duration_ms,
+        exit_code=0 if execution.status == "succeeded" else 1,
+        stdout=stdout,
+        stderr=stderr,
+        error=error,
+        runtime="gvisor",
+        session_id=execution.session_id,
+        session_result=result,
+        stdout_truncated=stdout_cut,
+        stderr_truncated=stderr_cut,
+        idempotency_key=idempotency_key,
+    )
+
+
+def _stamp(moment: datetime) -> str:
+    """Microseconds, so two calls in one second still list newest first."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def record_configmap(session: dict[str, Any], tenant: str, record: ExecutionRecordFull) -> dict[str, Any]:
+    """The ConfigMap holding ``record``, owned by its PythonSession (it lives as long as the session
+    object: the operator's retention of ended sessions). ``blockOwnerDeletion`` is false: the shim may
+    not update PythonSession finalizers, and nothing needs to wait for a record's deletion."""
+    meta = _meta(session)
+    session_id = str(meta["name"])
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": record_name(session_id, record.execution_id),
+            "namespace": str(meta.get("namespace") or ""),
+            "labels": {
+                LABEL_MANAGED_BY: MANAGED_BY,
+                LABEL_RECORD: RECORD_KIND,
+                LABEL_SESSION: session_id,
+                LABEL_EXECUTION: record.execution_id,
+            },
+            "annotations": {SESSION_ANNOTATION_TENANT: tenant},
+            "ownerReferences": [
+                {
+                    "apiVersion": "takovm.dev/v1alpha1",
+                    "kind": "PythonSession",
+                    "name": session_id,
+                    "uid": str(meta.get("uid") or ""),
+                    "controller": False,
+                    "blockOwnerDeletion": False,
+                }
+            ],
+        },
+        "data": {RECORD_KEY: record.model_dump_json(exclude_none=True)},
+    }
+
+
+def record_from_configmap(configmap: dict[str, Any], tenant: str) -> ExecutionRecordFull | None:
+    """The record in a session-execution ConfigMap, or None when it is another tenant's (tenants may
+    share a namespace) or not such a record."""
+    labels = _meta(configmap).get("labels") or {}
+    owner = _annotations(configmap).get(SESSION_ANNOTATION_TENANT)
+    if labels.get(LABEL_RECORD) != RECORD_KIND or owner != tenant:
+        return None
+    raw = (configmap.get("data") or {}).get(RECORD_KEY)
+    if not raw:
+        return None
+    try:
+        return ExecutionRecordFull.model_validate_json(raw)
+    except ValidationError:
+        return None
+
+
+def records_of(
+    configmaps: list[dict[str, Any]], tenant: str, session_id: str | None, execution_id: str | None
+) -> list[ExecutionRecordFull]:
+    """The tenant's records among ``configmaps`` (of one session, or with one execution id), checked
+    here too: a label selector narrows the list, this decides it."""
+    records = (record_from_configmap(item, tenant) for item in configmaps)
+    return [
+        r
+        for r in records
+        if r is not None
+        and (session_id is None or r.session_id == session_id)
+        and (execution_id is None or r.execution_id == execution_id)
+    ]
+
+
+def record_selector(session_id: str | None = None, execution_id: str | None = None) -> str:
+    parts = [RECORD_SELECTOR]
+    if session_id:
+        parts.append(f"{LABEL_SESSION}={session_id}")
+    if execution_id:
+        parts.append(f"{LABEL_EXECUTION}={execution_id}")
+    return ",".join(parts)

@@ -40,12 +40,14 @@ from tako_vm.models.sessions import (
     SessionInfo,
     session_gone_detail,
 )
+from tako_vm.models.wire import ExecutionRecordFull
 
 if TYPE_CHECKING:
     from tako_shim.backends.kubernetes.backend import KubernetesBackend
 
 SESSIONS_PATH = "/apis/takovm.dev/v1alpha1/namespaces/{namespace}/pythonsessions"
 EVENTS_PATH = "/api/v1/namespaces/{namespace}/events"
+CONFIGMAPS_PATH = "/api/v1/namespaces/{namespace}/configmaps"
 log = logging.getLogger("tako_shim.sessions")
 NOT_FOUND = "Session not found"
 IDEMPOTENCY_CONFLICT = "Idempotency key reused with different payload"
@@ -228,6 +230,7 @@ class KubeSessions:
             payload["key"] = idempotency_key
         execution_id = str(uuid.uuid4())
         started = time.monotonic()
+        started_at = datetime.now(UTC)
         reply: dict[str, Any] | None = None
         try:
             async with self._client().post(
@@ -245,9 +248,11 @@ class KubeSessions:
         except TimeoutError:
             await self._patch(namespace, session_id, st.end_patch(st.KILLED_AFTER_TIMEOUT))
             elapsed = int((time.monotonic() - started) * 1000)
-            return st.ended_during_call(
+            ended = st.ended_during_call(
                 execution_id, session_id, st.KILLED_AFTER_TIMEOUT, elapsed, grace, timeout
             )
+            await self._audit(tenant, obj, ended, started_at, idempotency_key)
+            return ended
         except aiohttp.ClientError as exc:
             reason = await self._ended_reason(tenant, session_id)
             elapsed = int((time.monotonic() - started) * 1000)
@@ -255,13 +260,20 @@ class KubeSessions:
                 raise Unavailable(
                     f"could not reach the session's Pod: {exc}", headers={"Retry-After": "1"}
                 ) from None
-            return st.ended_during_call(execution_id, session_id, reason, elapsed, grace, timeout)
+            ended = st.ended_during_call(execution_id, session_id, reason, elapsed, grace, timeout)
+            await self._audit(tenant, obj, ended, started_at, idempotency_key)
+            return ended
         assert reply is not None
         elapsed = int((time.monotonic() - started) * 1000)
-        execution = st.execution_from_reply(execution_id, session_id, reply, elapsed)
         number = int(reply.get("number") or 0)
+        if number > 0:  # the same id for the call and any replay of it (the record's name)
+            execution_id = st.execution_id_for(session_id, number)
+        execution = st.execution_from_reply(execution_id, session_id, reply, elapsed)
         if not reply.get("replayed"):
             await self._record(namespace, obj, number, execution)
+        # A replay writes its record too: the create is idempotent (a deterministic name), so a call whose
+        # first reply was lost before its record was written still gets exactly one.
+        await self._audit(tenant, obj, execution, started_at, idempotency_key)
         return execution
 
     async def _ended_reason(self, tenant: str, session_id: str) -> str | None:
@@ -305,6 +317,45 @@ class KubeSessions:
         }
         with contextlib.suppress(KubeApiError):  # the count is the record; an Event is best effort
             await self.api._request("POST", self._path(EVENTS_PATH, namespace), body=event)
+
+    # -- the audit trail (GET /executions) ----------------------------------------------------------------
+
+    async def _audit(
+        self,
+        tenant: str,
+        obj: dict[str, Any],
+        execution: SessionExecution,
+        started_at: datetime,
+        idempotency_key: str | None,
+    ) -> None:
+        """The call's execution record: a ConfigMap owned by the session (409: it exists, from the first
+        reply of a replayed call). Best effort, logged: the call's answer is the product."""
+        record = st.execution_record(
+            obj, execution, started_at=started_at, ended_at=datetime.now(UTC), idempotency_key=idempotency_key
+        )
+        namespace = str(obj["metadata"].get("namespace") or self.backend._namespace(tenant))
+        try:
+            await self.api._request(
+                "POST", self._path(CONFIGMAPS_PATH, namespace), body=st.record_configmap(obj, tenant, record)
+            )
+        except KubeApiError as exc:
+            if exc.status != 409:
+                log.warning("could not record session execution %s: %s", execution.execution_id, exc)
+
+    async def records(
+        self, tenant: str, session_id: str | None = None, execution_id: str | None = None
+    ) -> list[ExecutionRecordFull]:
+        """The tenant's session execution records (of one session, or the one with ``execution_id``)."""
+        if session_id is not None and not st.is_session_id(session_id):
+            return []
+        if execution_id is not None and not st.is_execution_id(execution_id):
+            return []
+        selector = st.record_selector(session_id, execution_id)
+        try:
+            found = await self.api.list_objects(CONFIGMAPS_PATH, self.backend._namespace(tenant), selector)
+        except KubeApiError as exc:
+            raise _failure(exc) from None
+        return st.records_of(found, tenant, session_id, execution_id)
 
     # -- delete ------------------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from typing import Any, cast
 
 from pydantic import ValidationError
@@ -47,7 +48,7 @@ from tako_vm.models.pythonjob import (
 from tako_vm.models.pythonjob import job_meta as _meta
 from tako_vm.models.pythonjob import job_spec as _spec
 from tako_vm.models.pythonjob import job_status as _status
-from tako_vm.models.wire import JobStatusResponse, JobTypeResponse
+from tako_vm.models.wire import ExecutionRecordFull, JobStatusResponse, JobTypeResponse
 
 ANNOTATION_FINGERPRINT = "takovm.dev/fingerprint"
 ANNOTATION_CORRELATION_ID = "takovm.dev/correlation-id"
@@ -302,14 +303,27 @@ def _sort_key(job: dict[str, Any]) -> tuple[str, str]:
     return (iso_time(meta.get("creationTimestamp")) or "", str(meta.get("name")))
 
 
-def page_of(jobs: list[dict[str, Any]], query: RecordFilter) -> RecordPage:
-    """Newest first, filtered, then ``offset``/``limit`` (the API lists by name, so sorting is ours)."""
-    matching = sorted((j for j in jobs if _matches(j, query)), key=_sort_key, reverse=True)
+def page_of(
+    jobs: list[dict[str, Any]], query: RecordFilter, session_records: Sequence[ExecutionRecordFull] = ()
+) -> RecordPage:
+    """Newest first, filtered, then ``offset``/``limit`` (the API lists by name, so sorting is ours).
+    ``session_records``: the session executions (their ConfigMaps, already this tenant's), mixed in."""
+    keyed: list[tuple[tuple[str, str], Any]] = [(_sort_key(j), j) for j in jobs if _matches(j, query)]
+    keyed += [((r.created_at, r.execution_id), r) for r in session_records if _record_matches(r, query)]
+    matching = [item for _, item in sorted(keyed, key=lambda pair: pair[0], reverse=True)]
     window = matching[query.offset : query.offset + query.limit]
     return RecordPage(
-        records=[record_from_job(j) for j in window],
+        records=[item if isinstance(item, ExecutionRecordFull) else record_from_job(item) for item in window],
         has_more=len(matching) > query.offset + query.limit,
     )
+
+
+def _record_matches(record: ExecutionRecordFull, query: RecordFilter) -> bool:
+    if query.session_id and record.session_id != query.session_id:
+        return False
+    if query.status and record.status != ("queued" if query.status == "pending" else query.status):
+        return False
+    return not query.job_type or record.job_type == query.job_type.split("@", 1)[0]
 
 
 def count_active(jobs: list[dict[str, Any]]) -> tuple[int, int]:
