@@ -338,15 +338,31 @@ def execution_record(
     idempotency_key: str | None,
 ) -> ExecutionRecordFull:
     """The audit record of one session call (the shape ``GET /executions/{id}`` returns for a job), its
-    streams cut to fit a ConfigMap (``RECORD_MAX_BYTES``) with a truncation notice."""
-    budget = RECORD_MAX_BYTES // 3  # stdout, stderr, and everything else (result, traceback, code)
+    streams cut with a truncation notice until its JSON fits ``RECORD_MAX_BYTES`` (a ConfigMap holds at
+    most 1 MiB; escaping can make the JSON of a stream up to six times its length)."""
+    budget = RECORD_MAX_BYTES // 3  # stdout, stderr, and everything else (result, message)
+    while True:
+        record = _record(session, execution, started_at, ended_at, idempotency_key, budget)
+        if len(record.model_dump_json(exclude_none=True).encode()) <= RECORD_MAX_BYTES or budget < 1024:
+            return record
+        budget //= 2
+
+
+def _record(
+    session: dict[str, Any],
+    execution: SessionExecution,
+    started_at: datetime,
+    ended_at: datetime,
+    idempotency_key: str | None,
+    budget: int,
+) -> ExecutionRecordFull:
     stdout, stdout_cut = _cut(execution.stdout, budget)
     stderr, stderr_cut = _cut(execution.stderr, budget)
-    result, _ = _cut(execution.result, budget // 2) if execution.result is not None else (None, False)
+    result = _cut(execution.result, budget // 2)[0] if execution.result is not None else None
     error = None
     if execution.error is not None:
         message = _cut(execution.error.message, budget // 4)[0]
-        error = ExecutionError(type=execution.error.type, message=message)
+        error = ExecutionError(type=execution.error.type[:200], message=message)
     spec = session.get("spec") or {}
     return ExecutionRecordFull(
         execution_id=execution.execution_id,
