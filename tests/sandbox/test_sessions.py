@@ -114,6 +114,8 @@ async def test_state_persists_with_notebook_results_and_audit_trail(shim: Shim) 
     mine = [item for item in page["items"] if item.get("session_id") == sid]
     assert len(mine) == 5 and {i["status"] for i in mine} == {"succeeded", "failed"}
     assert failed["execution_id"] in {i["execution_id"] for i in mine}
+    only = (await shim.http.get("/executions", params={"session_id": sid}, headers=A)).json()["items"]
+    assert [i["execution_id"] for i in only] == [i["execution_id"] for i in mine], "?session_id= filters"
 
 
 async def test_sessions_are_isolated_and_tenant_scoped(shim: Shim) -> None:
