@@ -30,6 +30,7 @@ from tako_operator.settings import settings_from_env
 from tako_shim.backends.kubernetes.backend import KubernetesBackend
 from tako_shim.config import KubernetesOptions, Settings
 from tako_shim.http.app import create_app
+from tako_shim.http.common import BACKEND_KEY
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nodeagent.agent import NodeAgent, runsc_problem
@@ -237,6 +238,8 @@ async def test_sessions_are_isolated_other_tenants_get_404_and_any_replica_serve
     full = (await a2.http.get(f"/executions/{first.json()['execution_id']}", params={"view": "full"})).json()
     assert (full["session_id"], full["session_result"], full["status"]) == (one, "'oneone'", "succeeded")
     assert full["idempotency_key"] == "audit-key-1"
+    backend = a2.server.app[BACKEND_KEY]  # the console shows each cell's code from here
+    assert (await backend.get_submission("tenant-a", full["execution_id"])).code == "secret * 2"
     theirs = (await b.http.get("/executions")).json()["items"]  # (jobs: a namespace is their tenancy)
     assert [r for r in theirs if r.get("session_id")] == [], "another tenant sees no session execution"
     assert (await b.http.get("/executions", params={"session_id": one})).json()["items"] == []

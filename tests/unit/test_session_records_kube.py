@@ -13,6 +13,7 @@ from tako_shim.backends.base import RecordFilter
 from tako_shim.backends.kubernetes import session_translate as st
 from tako_shim.backends.kubernetes.translate import page_of
 from tako_vm.models.sessions import SessionExecution
+from tako_vm.models.wire import CODE_MAX_CHARS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_kube_translate import finished_job
@@ -42,7 +43,11 @@ def configmap(number: int, *, tenant: str = "acme", session: str = SID, at: date
     record = st.execution_record(
         session_obj(session), execution, started_at=at, ended_at=at, idempotency_key=None
     )
-    return st.record_configmap(session_obj(session), tenant, record)
+    return st.record_configmap(session_obj(session), tenant, record, kw_code(number))
+
+
+def kw_code(number: int) -> str:
+    return f"x = {number}\nx"
 
 
 def test_a_call_and_its_replay_share_one_id_and_one_record_name() -> None:
@@ -78,7 +83,9 @@ def test_the_configmap_is_labelled_owned_by_its_session_and_reads_back_for_its_t
 def test_a_huge_output_is_cut_with_a_notice_so_the_record_fits_a_configmap() -> None:
     cm = configmap(1, stdout="é" * 2_000_000, stderr="\x01" * 3_000_000, result="\n" * 2_000_000)
     size = len(cm["data"][st.RECORD_KEY].encode())  # what the API server counts against the 1 MiB
-    assert size <= st.RECORD_MAX_BYTES < 1_048_576, f"{size} bytes: a ConfigMap holds at most 1 MiB"
+    assert size <= st.RECORD_MAX_BYTES, size
+    code_max = 4 * CODE_MAX_CHARS  # with the longest cell, all 4-byte characters
+    assert size + code_max < 1_048_576, f"{size} + {code_max} bytes: a ConfigMap holds at most 1 MiB"
     assert len(json.dumps(cm).encode()) < 1_048_576 * 3 // 2, "under etcd's object limit too"
     record = st.record_from_configmap(cm, "acme")
     assert record is not None and record.stdout_truncated and record.stderr_truncated
@@ -90,9 +97,9 @@ def test_a_huge_output_is_cut_with_a_notice_so_the_record_fits_a_configmap() -> 
 def test_records_of_checks_session_and_execution_even_if_the_selector_was_ignored() -> None:
     items = [configmap(1), configmap(2), configmap(1, session=OTHER), configmap(3, tenant="evil")]
     assert len(st.records_of(items, "acme", None, None)) == 3
-    assert {r.session_id for r in st.records_of(items, "acme", SID, None)} == {SID}
+    assert {r.session_id for r, _ in st.records_of(items, "acme", SID, None)} == {SID}
     one = st.records_of(items, "acme", None, st.execution_id_for(SID, 2))
-    assert [r.session_result for r in one] == ["2"]
+    assert [(r.session_result, code) for r, code in one] == [("2", "x = 2\nx")]
     assert st.record_selector(SID) == f"{st.RECORD_SELECTOR},{st.LABEL_SESSION}={SID}"
 
 
@@ -104,7 +111,7 @@ def test_session_records_page_newest_first_mixed_with_jobs() -> None:
     records = [
         r
         for n, offset in ((1, 0.1), (2, 0.6), (3, 5.0))  # two calls in one second still order
-        for r in st.records_of([configmap(n, at=T0 + timedelta(seconds=offset))], "acme", None, None)
+        for r, _ in st.records_of([configmap(n, at=T0 + timedelta(seconds=offset))], "acme", None, None)
     ]
     page = page_of(jobs, RecordFilter(), records)
     assert [r.session_result or r.execution_id for r in page.records] == ["3", "job-2", "2", "1", "job-1"]

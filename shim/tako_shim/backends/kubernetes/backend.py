@@ -290,15 +290,32 @@ class KubernetesBackend(Backend):
         try:
             return record_from_job(await self._job(tenant, job_id))
         except NotFound:  # a session execution's id (a UUID too): its record ConfigMap, if any
-            found = await self.sessions.records(tenant, execution_id=job_id)
-            if not found:
-                raise
-            return found[0]
+            return (await self._session_execution(tenant, job_id))[0]
+
+    async def _session_execution(self, tenant: str, execution_id: str) -> tuple[ExecutionRecordFull, str]:
+        """(record, code) of a session execution; ``NotFound`` if the tenant has none by that id."""
+        found = await self.sessions.records(tenant, execution_id=execution_id)
+        if not found:
+            raise NotFound(NOT_FOUND)
+        return found[0]
 
     async def get_submission(self, tenant: str, job_id: str) -> Submission:
         """As submitted; ``code`` is ``""`` when it is in a ConfigMap (``code_ref``), which the shim
         may not read: a fork brings its own code and a rerun points at the same ConfigMap."""
-        return self._submission(await self._job(tenant, job_id))
+        try:
+            return self._submission(await self._job(tenant, job_id))
+        except NotFound:  # a session execution: its code, as the local backend keeps it
+            record, code = await self._session_execution(tenant, job_id)
+            return Submission(
+                code=code,
+                input_data={},
+                job_type=record.job_type,
+                timeout=self.settings.default_timeout,
+                startup_timeout=0,
+                idempotency_key=record.idempotency_key,
+                parent_execution_id=record.session_id,
+                relationship="session",
+            )
 
     def _submission(self, job: dict[str, Any]) -> Submission:
         return submission_from_job(
@@ -366,7 +383,8 @@ class KubernetesBackend(Backend):
             jobs = await self._call(
                 self.api.list_jobs(self._namespace(tenant), job_type_selector(query.job_type))
             )
-        return page_of(jobs, query, await self.sessions.records(tenant, session_id=query.session_id))
+        found = await self.sessions.records(tenant, session_id=query.session_id)
+        return page_of(jobs, query, [record for record, _ in found])
 
     # -- control ------------------------------------------------------------------------------------
 

@@ -298,9 +298,10 @@ LABEL_RECORD = "takovm.dev/record"
 LABEL_EXECUTION = "takovm.dev/execution"
 RECORD_KIND = "session-execution"
 RECORD_KEY = "record.json"
+CODE_KEY = "code.py"  # the cell's code (at most CODE_MAX_CHARS: 400,000 bytes of UTF-8), for the console
 RECORD_SELECTOR = f"{LABEL_RECORD}={RECORD_KIND}"
-# A ConfigMap holds at most 1 MiB; the record keeps well under it, its outputs cut with a notice.
-RECORD_MAX_BYTES = 900_000
+# A ConfigMap holds at most 1 MiB: the record's JSON at most this, the code at most 400,000 bytes.
+RECORD_MAX_BYTES = 600_000
 TRUNCATION_NOTICE = "\n[truncated: the execution record keeps {limit} bytes of each stream]\n"
 
 
@@ -390,7 +391,9 @@ def _stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def record_configmap(session: dict[str, Any], tenant: str, record: ExecutionRecordFull) -> dict[str, Any]:
+def record_configmap(
+    session: dict[str, Any], tenant: str, record: ExecutionRecordFull, code: str
+) -> dict[str, Any]:
     """The ConfigMap holding ``record``, owned by its PythonSession (it lives as long as the session
     object: the operator's retention of ended sessions). ``blockOwnerDeletion`` is false: the shim may
     not update PythonSession finalizers, and nothing needs to wait for a record's deletion."""
@@ -420,7 +423,7 @@ def record_configmap(session: dict[str, Any], tenant: str, record: ExecutionReco
                 }
             ],
         },
-        "data": {RECORD_KEY: record.model_dump_json(exclude_none=True)},
+        "data": {RECORD_KEY: record.model_dump_json(exclude_none=True), CODE_KEY: code},
     }
 
 
@@ -442,13 +445,13 @@ def record_from_configmap(configmap: dict[str, Any], tenant: str) -> ExecutionRe
 
 def records_of(
     configmaps: list[dict[str, Any]], tenant: str, session_id: str | None, execution_id: str | None
-) -> list[ExecutionRecordFull]:
-    """The tenant's records among ``configmaps`` (of one session, or with one execution id), checked
-    here too: a label selector narrows the list, this decides it."""
-    records = (record_from_configmap(item, tenant) for item in configmaps)
+) -> list[tuple[ExecutionRecordFull, str]]:
+    """(record, code) of the tenant's records among ``configmaps`` (of one session, or with one
+    execution id), checked here too: a label selector narrows the list, this decides it."""
+    found = [(record_from_configmap(item, tenant), item) for item in configmaps]
     return [
-        r
-        for r in records
+        (r, str((item.get("data") or {}).get(CODE_KEY) or ""))
+        for r, item in found
         if r is not None
         and (session_id is None or r.session_id == session_id)
         and (execution_id is None or r.execution_id == execution_id)

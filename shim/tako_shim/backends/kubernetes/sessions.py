@@ -251,7 +251,7 @@ class KubeSessions:
             ended = st.ended_during_call(
                 execution_id, session_id, st.KILLED_AFTER_TIMEOUT, elapsed, grace, timeout
             )
-            await self._audit(tenant, obj, ended, started_at, idempotency_key)
+            await self._audit(tenant, obj, ended, body.code, started_at, idempotency_key)
             return ended
         except aiohttp.ClientError as exc:
             reason = await self._ended_reason(tenant, session_id)
@@ -261,7 +261,7 @@ class KubeSessions:
                     f"could not reach the session's Pod: {exc}", headers={"Retry-After": "1"}
                 ) from None
             ended = st.ended_during_call(execution_id, session_id, reason, elapsed, grace, timeout)
-            await self._audit(tenant, obj, ended, started_at, idempotency_key)
+            await self._audit(tenant, obj, ended, body.code, started_at, idempotency_key)
             return ended
         assert reply is not None
         elapsed = int((time.monotonic() - started) * 1000)
@@ -273,7 +273,7 @@ class KubeSessions:
             await self._record(namespace, obj, number, execution)
         # A replay writes its record too: the create is idempotent (a deterministic name), so a call whose
         # first reply was lost before its record was written still gets exactly one.
-        await self._audit(tenant, obj, execution, started_at, idempotency_key)
+        await self._audit(tenant, obj, execution, body.code, started_at, idempotency_key)
         return execution
 
     async def _ended_reason(self, tenant: str, session_id: str) -> str | None:
@@ -325,6 +325,7 @@ class KubeSessions:
         tenant: str,
         obj: dict[str, Any],
         execution: SessionExecution,
+        code: str,
         started_at: datetime,
         idempotency_key: str | None,
     ) -> None:
@@ -336,7 +337,9 @@ class KubeSessions:
         namespace = str(obj["metadata"].get("namespace") or self.backend._namespace(tenant))
         try:
             await self.api._request(
-                "POST", self._path(CONFIGMAPS_PATH, namespace), body=st.record_configmap(obj, tenant, record)
+                "POST",
+                self._path(CONFIGMAPS_PATH, namespace),
+                body=st.record_configmap(obj, tenant, record, code),
             )
         except KubeApiError as exc:
             if exc.status != 409:
@@ -344,8 +347,9 @@ class KubeSessions:
 
     async def records(
         self, tenant: str, session_id: str | None = None, execution_id: str | None = None
-    ) -> list[ExecutionRecordFull]:
-        """The tenant's session execution records (of one session, or the one with ``execution_id``)."""
+    ) -> list[tuple[ExecutionRecordFull, str]]:
+        """(record, code) of the tenant's session executions (of one session, or the one with
+        ``execution_id``)."""
         if session_id is not None and not st.is_session_id(session_id):
             return []
         if execution_id is not None and not st.is_execution_id(execution_id):
