@@ -9,7 +9,9 @@
   the session server in the Pod. Nothing is kept in this replica's memory: any shim replica serves any
   session, and the Pod runs its calls one at a time, in arrival order. After each call it records the
   runner's execution count and the time on the PythonSession (annotations, mirrored into the status by
-  the operator) and posts an ``Executed`` Event on it.
+  the operator) and posts an ``Executed`` Event on it, and writes the call's execution record: a
+  ConfigMap owned by the session (``session_translate.record_configmap``; a deterministic name, so a
+  replay creates nothing twice), which ``GET /executions`` lists from any replica (``records``).
 - A cell that ignores its interrupt for ``session_interrupt_grace_seconds`` after its timeout gets the
   session ended (``killed_after_timeout``: the shim asks, the operator deletes the Pod).
 - ``DELETE`` asks the operator to end the session (reason ``deleted``); another tenant's session is 404;
