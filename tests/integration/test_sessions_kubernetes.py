@@ -11,6 +11,7 @@ references are not garbage-collected (the operator deletes a session's objects i
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -165,6 +166,11 @@ async def test_state_is_kept_across_calls_and_each_execution_is_visible_in_the_c
     assert status["observedGeneration"] == stored["metadata"]["generation"]
     assert kstatus(stored) == "Current" and kubectl_wait_met(stored, "Ready")
     assert len(session_events(kube, sid, "Executed")) == 2, "one Event per execution"
+    page = await shim.http.get(f"/console/sessions/{sid}")  # its executions in order, with their code
+    assert page.status_code == 200, page.text
+    cells = re.findall(r'<li class="cell" data-id="([^"]+)"', page.text)
+    assert cells == [first["execution_id"], second["execution_id"]], "the records, oldest first"
+    assert "Out[2]:</span> (42, 1, &#39;kept&#39;, 3.14)" in page.text and "notes" in page.text
     pod = kube.get("pods", f"{sid}-session")
     assert pod is not None and pod["spec"]["runtimeClassName"] == "gvisor"
     assert pod["spec"]["automountServiceAccountToken"] is False
