@@ -14,15 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sandbox_server import RUNSC_PATH, needs_runsc, strict_server
 
-from tako_vm.testing import LocalServer, free_port, local_server
+from tako_vm.testing import LocalServer, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
-NEEDS_RUNSC = pytest.mark.skipif(
-    shutil.which("runsc", path=RUNSC_PATH) is None,
-    reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
-)
 pytestmark = [pytest.mark.sandbox]
 
 
@@ -42,13 +37,7 @@ def cli(*argv: str, url: str | None = None, stdin: str | None = None, cwd: Path 
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     if shutil.which("runsc", path=RUNSC_PATH) is None:
         pytest.skip("runsc not installed (scripts/install-system.sh puts it in .tools/bin)")
-    settings = {
-        "security_mode": "strict",
-        "max_workers": 2,
-        "api_rate_limit_enabled": False,
-        "warm_pool_size": 1,
-    }
-    with local_server(tmp_path_factory.mktemp("first-hour"), settings, env={"PATH": RUNSC_PATH}) as running:
+    with strict_server(tmp_path_factory, "first-hour", warm_pool_size=1) as running:
         yield running
 
 
@@ -214,7 +203,7 @@ def test_a_misspelled_variable_or_runsc_path_stops_the_server_naming_it(tmp_path
     assert runsc.returncode == 2 and "TAKO_VM_RUNSC=/nonexistent: does not exist" in runsc.stderr
 
 
-@NEEDS_RUNSC
+@needs_runsc
 def test_server_lifecycle_lines_and_json_log_file(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text(json.dumps({"warm_pool_size": 0, "data_dir": str(tmp_path / "d")}))
     port = free_port()

@@ -25,9 +25,10 @@ from typing import Any
 
 import httpx
 import pytest
+from sandbox_server import needs_runsc, strict_server
 
 from tako_vm import Client
-from tako_vm.testing import LocalServer, local_server
+from tako_vm.testing import LocalServer
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (the dev extra has it)")
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
@@ -35,8 +36,6 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 KEY_A = "console-key-team-a-0123"
@@ -44,10 +43,7 @@ KEY_B = "console-key-team-b-0123"
 
 pytestmark = [
     pytest.mark.sandbox,
-    pytest.mark.skipif(
-        shutil.which("runsc", path=RUNSC_PATH) is None,
-        reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
-    ),
+    needs_runsc,
     pytest.mark.skipif(
         not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
         reason="chromium and chromedriver not installed (scripts/install-browser.sh installs them)",
@@ -89,15 +85,14 @@ LIVE = "import time\nfor i in range(4):\n    print(f'line {i}', flush=True)\n   
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    settings = {
-        "security_mode": "strict",
-        "max_workers": 2,
-        "api_auth_enabled": True,
-        "api_keys": {KEY_A: "team-a", KEY_B: "team-b"},
-        "api_rate_limit_requests": 2000,
-        "allow_runtime_requirements": True,  # the matplotlib job installs it (loopback: the default anyway)
-    }
-    with local_server(tmp_path_factory.mktemp("console"), settings, env={"PATH": RUNSC_PATH}) as running:
+    with strict_server(
+        tmp_path_factory,
+        "console",
+        api_auth_enabled=True,
+        api_keys={KEY_A: "team-a", KEY_B: "team-b"},
+        api_rate_limit_requests=2000,
+        allow_runtime_requirements=True,  # the matplotlib job installs it (loopback: the default anyway)
+    ) as running:
         yield running
 
 

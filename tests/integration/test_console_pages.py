@@ -8,44 +8,32 @@ from __future__ import annotations
 
 import html
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
+from sandbox_server import SANDBOX_TESTS, strict_server
 
-from tako_vm.testing import LocalServer, local_server
+from tako_vm.testing import LocalServer
 
-ROOT = Path(__file__).resolve().parents[2]
-RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
 KEY = "console-pages-key-0123456789"
 OTHER_KEY = "console-pages-other-0123456789"
 
-pytestmark = [
-    pytest.mark.sandbox,
-    pytest.mark.skipif(
-        shutil.which("runsc", path=RUNSC_PATH) is None,
-        reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
-    ),
-]
+pytestmark = SANDBOX_TESTS
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    settings: dict[str, Any] = {
-        "security_mode": "strict",
-        "max_workers": 2,
-        "warm_pool_size": 1,
-        "api_auth_enabled": True,
-        "api_keys": {KEY: "team-a", OTHER_KEY: "team-b"},
-        "api_rate_limit_enabled": False,
-        "job_types": [{"name": "reports", "timeout": 20}],
-    }
-    with local_server(tmp_path_factory.mktemp("pages"), settings, env={"PATH": RUNSC_PATH}) as running:
+    with strict_server(
+        tmp_path_factory,
+        "pages",
+        warm_pool_size=1,
+        api_auth_enabled=True,
+        api_keys={KEY: "team-a", OTHER_KEY: "team-b"},
+        job_types=[{"name": "reports", "timeout": 20}],
+    ) as running:
         yield running
 
 

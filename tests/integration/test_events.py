@@ -5,43 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sandbox_server import SANDBOX_TESTS, strict_server
 
 import tako_vm
-from tako_vm.testing import LocalServer, local_server
+from tako_vm.testing import LocalServer
 
-ROOT = Path(__file__).resolve().parents[2]
-RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
 TICKER = (
     "import sys, time\nfor i in range(4):\n    print('tick', i)\n    time.sleep(1)\n"
     "print('bye', file=sys.stderr)\n"
 )
 
-pytestmark = [
-    pytest.mark.sandbox,
-    pytest.mark.skipif(
-        shutil.which("runsc", path=RUNSC_PATH) is None,
-        reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
-    ),
-]
+pytestmark = SANDBOX_TESTS
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    settings = {
-        "security_mode": "strict",
-        "max_workers": 2,
-        "api_rate_limit_enabled": False,
-        "max_stdout_bytes": 2048,
-    }
-    with local_server(tmp_path_factory.mktemp("events"), settings, env={"PATH": RUNSC_PATH}) as running:
+    with strict_server(tmp_path_factory, "events", max_stdout_bytes=2048) as running:
         yield running
 
 

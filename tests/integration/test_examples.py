@@ -5,37 +5,23 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import jsonschema
 import pytest
 from langchain_core.messages import ToolMessage
+from sandbox_server import ROOT, SANDBOX_TESTS, strict_server
 
-from tako_vm.testing import local_server
-
-ROOT = Path(__file__).resolve().parents[2]
-RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
 FIB50 = "a, b = 0, 1\nfor _ in range(50):\n    a, b = b, a + b\nprint(a)\n"
 
-pytestmark = [
-    pytest.mark.sandbox,
-    pytest.mark.skipif(
-        shutil.which("runsc", path=RUNSC_PATH) is None,
-        reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
-    ),
-]
+pytestmark = SANDBOX_TESTS
 
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ModuleType]]:
-    settings = {"security_mode": "strict", "max_workers": 2, "api_rate_limit_enabled": False}
-    with local_server(
-        tmp_path_factory.mktemp("examples-server"), settings, env={"PATH": RUNSC_PATH}
-    ) as server:
+    with strict_server(tmp_path_factory, "examples-server") as server:
         sys.path.insert(0, str(ROOT / "examples"))
         # The SDK module the examples will import (tests/unit/test_layout.py may have re-imported tako_vm).
         sdk = importlib.import_module("tako_vm")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,21 +21,14 @@ import pytest
 import yaml
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, ToolMessage
+from sandbox_server import ROOT, RUNSC_PATH, SANDBOX_TESTS
 
 from tako_vm.testing import local_server
 
-ROOT = Path(__file__).resolve().parents[2]
-RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
 EIGEN_CODE = "import numpy as np\nprint(np.linalg.eigvals(np.array([[2, 1], [1, 2]])))\n"
 EIGENVALUES = "[3. 1.]"
 
-pytestmark = [
-    pytest.mark.sandbox,
-    pytest.mark.skipif(
-        shutil.which("runsc", path=RUNSC_PATH) is None,
-        reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
-    ),
-]
+pytestmark = SANDBOX_TESTS
 
 
 def shipped_config(**changes: Any) -> dict[str, Any]:

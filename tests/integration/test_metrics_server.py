@@ -4,50 +4,38 @@ the tenant (key, name, job id, code) appears in the scrape."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sandbox_server import SANDBOX_TESTS, strict_server
+from webhook_support import SECRET, Receiver
 
-from tako_vm.testing import LocalServer, local_server
-
-ROOT = Path(__file__).resolve().parents[2]
-RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
-
-from webhook_support import SECRET, Receiver  # noqa: E402
+from tako_vm.testing import LocalServer
 
 KEY = "metrics-integration-key-0123456789"
 TENANT = "metrics-tenant-zz"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
-pytestmark = [
-    pytest.mark.sandbox,
-    pytest.mark.skipif(
-        shutil.which("runsc", path=RUNSC_PATH) is None,
-        reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
-    ),
-]
+pytestmark = SANDBOX_TESTS
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    settings: dict[str, Any] = {
-        "security_mode": "strict",
-        "max_workers": 1,
-        "warm_pool_size": 0,
-        "api_auth_enabled": True,
-        "api_keys": {KEY: TENANT},
-        "api_rate_limit_enabled": False,
-        "webhook_secrets": {TENANT: SECRET},
-        "webhook_allowlist": ["127.0.0.1/32"],
-    }
-    with local_server(tmp_path_factory.mktemp("metrics"), settings, env={"PATH": RUNSC_PATH}) as running:
+    with strict_server(
+        tmp_path_factory,
+        "metrics",
+        max_workers=1,
+        warm_pool_size=0,
+        api_auth_enabled=True,
+        api_keys={KEY: TENANT},
+        webhook_secrets={TENANT: SECRET},
+        webhook_allowlist=["127.0.0.1/32"],
+    ) as running:
         yield running
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,23 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sandbox_server import ROOT, needs_runsc, strict_server
 
-from tako_vm.testing import LocalServer, local_server
+from tako_vm.testing import LocalServer
 
-ROOT = Path(__file__).resolve().parents[2]
 REF_VENV = ROOT / ".venv-ref"
 REF_PYTHON = REF_VENV / "bin" / "python"
 REF_VERSION = "0.3.0"
-RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
 API_KEY = "compat-suite-key-0123456789"
 
 pytestmark = [
     pytest.mark.sandbox,
     pytest.mark.slow,  # each scenario starts an interpreter that imports the reference package (~2 s)
-    pytest.mark.skipif(
-        shutil.which("runsc", path=RUNSC_PATH) is None,
-        reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
-    ),
+    needs_runsc,
 ]
 
 # Runs inside .venv-ref with the REFERENCE SDK: `python driver.py SCENARIO URL [API_KEY]`.
@@ -169,22 +164,14 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    settings = {"security_mode": "strict", "max_workers": 2, "api_rate_limit_enabled": False}
-    with local_server(tmp_path_factory.mktemp("ref-server"), settings, env={"PATH": RUNSC_PATH}) as running:
+    with strict_server(tmp_path_factory, "ref-server") as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    settings = {
-        "security_mode": "strict",
-        "max_workers": 1,
-        "api_auth_enabled": True,
-        "api_keys": [API_KEY],
-        "api_rate_limit_enabled": False,
-    }
-    with local_server(
-        tmp_path_factory.mktemp("ref-auth-server"), settings, env={"PATH": RUNSC_PATH}
+    with strict_server(
+        tmp_path_factory, "ref-auth-server", max_workers=1, api_auth_enabled=True, api_keys=[API_KEY]
     ) as running:
         yield running
 

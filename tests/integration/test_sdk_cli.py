@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sandbox_server import SANDBOX_TESTS, strict_server
 
-from tako_vm.testing import LocalServer, local_server
+from tako_vm.testing import LocalServer
 
-ROOT = Path(__file__).resolve().parents[2]
-RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
-
-pytestmark = [
-    pytest.mark.sandbox,
-    pytest.mark.skipif(
-        shutil.which("runsc", path=RUNSC_PATH) is None,
-        reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
-    ),
-]
+pytestmark = SANDBOX_TESTS
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    settings = {"security_mode": "strict", "max_workers": 2, "api_rate_limit_enabled": False}
-    data_dir = tmp_path_factory.mktemp("cli-server")
-    with local_server(data_dir, settings, env={"PATH": RUNSC_PATH}, via_cli=True) as running:
+    with strict_server(tmp_path_factory, "cli-server", via_cli=True) as running:
         yield running
 
 

@@ -4,37 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
+from sandbox_server import SANDBOX_TESTS, strict_server
 
 import tako_vm
 from tako_vm.models.wire import ExecutionRecordFull, JobStatusResponse, PaginatedResponse
-from tako_vm.testing import LocalServer, local_server
+from tako_vm.testing import LocalServer
 
-ROOT = Path(__file__).resolve().parents[2]
-RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
-
-pytestmark = [
-    pytest.mark.sandbox,
-    pytest.mark.skipif(
-        shutil.which("runsc", path=RUNSC_PATH) is None,
-        reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
-    ),
-]
+pytestmark = SANDBOX_TESTS
 
 FIB50 = "a, b = 0, 1\nfor _ in range(50):\n    a, b = b, a + b\nprint(a)\n"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    settings = {"security_mode": "strict", "max_workers": 2, "api_rate_limit_enabled": False}
-    with local_server(tmp_path_factory.mktemp("sdk-server"), settings, env={"PATH": RUNSC_PATH}) as running:
+    with strict_server(tmp_path_factory, "sdk-server") as running:
         yield running
 
 

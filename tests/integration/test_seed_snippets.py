@@ -10,34 +10,22 @@ from __future__ import annotations
 import asyncio
 import importlib
 import itertools
-import shutil
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
+from sandbox_server import ROOT, SANDBOX_TESTS, strict_server
 
-from tako_vm.testing import local_server
-
-ROOT = Path(__file__).resolve().parents[2]
-RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
 FIB50 = "a, b = 0, 1\nfor _ in range(50):\n    a, b = b, a + b\nprint(a)\n"
 
-pytestmark = [
-    pytest.mark.sandbox,
-    pytest.mark.skipif(
-        shutil.which("runsc", path=RUNSC_PATH) is None,
-        reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
-    ),
-]
+pytestmark = SANDBOX_TESTS
 
 
 @pytest.fixture(scope="module")
 def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
-    settings = {"security_mode": "strict", "max_workers": 2, "api_rate_limit_enabled": False}
-    with local_server(tmp_path_factory.mktemp("seed-server"), settings, env={"PATH": RUNSC_PATH}) as server:
+    with strict_server(tmp_path_factory, "seed-server") as server:
         sys.path.insert(0, str(ROOT / "examples"))
         # The SDK module the snippet imports (tests/unit/test_layout.py may have re-imported tako_vm).
         sdk = importlib.import_module("tako_vm")

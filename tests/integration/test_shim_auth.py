@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,36 +10,28 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sandbox_server import SANDBOX_TESTS, strict_server
 
-from tako_vm.testing import LocalServer, local_server
+from tako_vm.testing import LocalServer
 
-ROOT = Path(__file__).resolve().parents[2]
-RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
 KEY_A = "key-team-a-0123456789"
 KEY_A2 = "key-team-a-second-key"
 KEY_B = "key-team-b-0123456789"
 RATE_LIMIT = 40
 
-pytestmark = [
-    pytest.mark.sandbox,
-    pytest.mark.skipif(
-        shutil.which("runsc", path=RUNSC_PATH) is None,
-        reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
-    ),
-]
+pytestmark = SANDBOX_TESTS
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    settings = {
-        "security_mode": "strict",
-        "max_workers": 2,
-        "api_auth_enabled": True,
-        "api_keys": {KEY_A: "team-a", KEY_A2: "team-a", KEY_B: "team-b"},
-        "api_rate_limit_requests": RATE_LIMIT,
-        "api_rate_limit_window_seconds": 60,
-    }
-    with local_server(tmp_path_factory.mktemp("shim-auth"), settings, env={"PATH": RUNSC_PATH}) as running:
+    with strict_server(
+        tmp_path_factory,
+        "shim-auth",
+        api_auth_enabled=True,
+        api_keys={KEY_A: "team-a", KEY_A2: "team-a", KEY_B: "team-b"},
+        api_rate_limit_requests=RATE_LIMIT,
+        api_rate_limit_window_seconds=60,
+    ) as running:
         yield running
 
 

@@ -12,30 +12,16 @@ from typing import Any
 
 import httpx
 import pytest
+from sandbox_server import RUNSC_PATH, SANDBOX_TESTS, strict_server
 
 from tako_vm.testing import LocalServer, local_server
 
-ROOT = Path(__file__).resolve().parents[2]
-RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
-
-pytestmark = [
-    pytest.mark.sandbox,
-    pytest.mark.skipif(
-        shutil.which("runsc", path=RUNSC_PATH) is None,
-        reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
-    ),
-]
+pytestmark = SANDBOX_TESTS
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    settings = {
-        "security_mode": "strict",
-        "max_workers": 2,
-        "api_rate_limit_enabled": False,
-        "allow_runtime_requirements": False,  # the 422 case below
-    }
-    with local_server(tmp_path_factory.mktemp("shim-http"), settings, env={"PATH": RUNSC_PATH}) as running:
+    with strict_server(tmp_path_factory, "shim-http", allow_runtime_requirements=False) as running:
         yield running
 
 

@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from sandbox_server import RUNSC_PATH, needs_runsc
 
 from tako_vm.testing import local_server
 
-ROOT = Path(__file__).resolve().parents[2]
-RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
 TERMINAL = {"succeeded", "failed", "timeout", "oom", "cancelled"}
 
 pytestmark = [
     pytest.mark.sandbox,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("runsc", path=RUNSC_PATH) is None,
-        reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
-    ),
+    needs_runsc,
 ]
 
 

@@ -3,7 +3,6 @@ loopback (examples/webhook_receiver.py, allowlisted): verified, retried, persist
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -11,14 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
+from sandbox_server import RUNSC_PATH, SANDBOX_TESTS
+from webhook_support import SECRET, Receiver
 
 from tako_vm import webhooks
 from tako_vm.testing import LocalServer, local_server
-
-ROOT = Path(__file__).resolve().parents[2]
-RUNSC_PATH = f"{ROOT / '.tools' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
-
-from webhook_support import SECRET, Receiver  # noqa: E402
 
 SETTINGS: dict[str, Any] = {
     "security_mode": "strict",
@@ -32,13 +28,7 @@ SETTINGS: dict[str, Any] = {
     "webhook_max_retry_seconds": 0.6,
 }
 
-pytestmark = [
-    pytest.mark.sandbox,
-    pytest.mark.skipif(
-        shutil.which("runsc", path=RUNSC_PATH) is None,
-        reason="runsc not installed (scripts/install-system.sh puts it in .tools/bin); strict mode needs it",
-    ),
-]
+pytestmark = SANDBOX_TESTS
 
 
 @pytest.fixture(scope="module")

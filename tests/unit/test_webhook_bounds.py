@@ -7,33 +7,40 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from test_shim_queue import FakeSandboxRunner, make_backend
 
 from tako_vm.delivery.send import post_once
-from tako_vm.delivery.state import Limits
+from tako_vm.delivery.state import AttemptResult, Limits
 from tako_vm.models.wire import ExecuteRequest
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.1/32")]
 URL = "http://127.0.0.1:{}/hook"
 LIMITS = Limits(connect_timeout=0.5, read_timeout=0.5, max_response_bytes=4096)
+Receiver = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-async def test_a_receiver_that_never_answers_costs_one_read_timeout() -> None:
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(30)
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+async def post_to(receiver: Receiver) -> tuple[AttemptResult, float]:
+    """One delivery attempt to a loopback server answering with ``receiver``, and how long it took."""
+    server = await asyncio.start_server(receiver, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         started = time.monotonic()
         result = await post_once(
             f"http://127.0.0.1:{port}/hook", b"{}", {}, allowlist=LOOPBACK, limits=LIMITS
         )
-        elapsed = time.monotonic() - started
+        return result, time.monotonic() - started
     finally:
         server.close()
+
+
+async def test_a_receiver_that_never_answers_costs_one_read_timeout() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    result, elapsed = await post_to(silent)
     assert not result.delivered and "Timeout" in (result.error or ""), result
     assert elapsed < 2.0, f"an attempt took {elapsed:.1f} s with a 0.5 s read timeout"
 
@@ -53,16 +60,7 @@ async def test_an_endless_answer_is_read_only_up_to_the_limit() -> None:
         except (ConnectionError, OSError, asyncio.CancelledError):
             pass
 
-    server = await asyncio.start_server(endless, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        started = time.monotonic()
-        result = await post_once(
-            f"http://127.0.0.1:{port}/hook", b"{}", {}, allowlist=LOOPBACK, limits=LIMITS
-        )
-        elapsed = time.monotonic() - started
-    finally:
-        server.close()
+    result, elapsed = await post_to(endless)
     assert result.delivered and result.status_code == 200, result
     assert elapsed < 2.0 and sent < 10_000_000, f"{sent} bytes sent in {elapsed:.1f} s: the read was not cut"
 

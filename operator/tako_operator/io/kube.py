@@ -374,9 +374,11 @@ class Kube:
 
     # -- events -----------------------------------------------------------------------------------
 
-    async def emit_event(self, job: dict[str, Any], reason: str, message: str, type_: str = "Normal") -> None:
-        """A core/v1 Event on the PythonJob; failures to emit are not fatal to reconciliation."""
-        meta = job["metadata"]
+    async def emit_event(
+        self, obj: dict[str, Any], reason: str, message: str, type_: str = "Normal", kind: str = "PythonJob"
+    ) -> None:
+        """A core/v1 Event on ``obj``, a PythonJob unless ``kind`` says otherwise; failures are not fatal."""
+        meta = obj["metadata"]
         now = format_time(datetime.datetime.now(datetime.UTC))
         event = {
             "apiVersion": "v1",
@@ -384,7 +386,7 @@ class Kube:
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "PythonJob",
+                "kind": kind,
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta.get("uid", ""),

@@ -4,10 +4,8 @@ executor; this module imports no Kubernetes client of its own, so ``io.kube`` st
 from __future__ import annotations
 
 import contextlib
-import datetime
 from typing import Any
 
-from tako_operator.core.pods import format_time
 from tako_operator.io.kube import GROUP, VERSION, Kube
 
 SESSIONS = "pythonsessions"
@@ -42,26 +40,5 @@ class SessionApi:
 
     async def emit_event(self, session: dict[str, Any], reason: str, message: str, type_: str) -> None:
         """A core/v1 Event on the PythonSession (``kubectl describe pysession``); never fatal."""
-        meta = session["metadata"]
-        now = format_time(datetime.datetime.now(datetime.UTC))
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "PythonSession",
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta.get("uid", ""),
-            },
-            "reason": reason,
-            "message": message[:1024],
-            "type": type_,
-            "source": {"component": "tako-vm-operator"},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
         with contextlib.suppress(Exception):
-            await self.kube._call(self.kube.core.create_namespaced_event, meta["namespace"], body=event)
+            await self.kube.emit_event(session, reason, message, type_, kind="PythonSession")
