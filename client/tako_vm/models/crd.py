@@ -111,6 +111,20 @@ class _Observed(BaseModel):
     )
 
 
+class _ApiObject(_Observed):
+    """A whole object as read from the API: its metadata kept as a plain dict."""
+
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.metadata.get("namespace") or "default")
+
+
 class CodeRef(_Spec):
     """A ConfigMap key in the job's namespace that holds the code."""
 
@@ -280,22 +294,13 @@ class PythonJobStatus(_Observed):
         return self.phase in TERMINAL_PHASES
 
 
-class PythonJob(_Observed):
+class PythonJob(_ApiObject):
     """A whole PythonJob object as read from the API (metadata kept as a plain dict)."""
 
     api_version: Literal["takovm.dev/v1alpha1"] = "takovm.dev/v1alpha1"
     kind: Literal["PythonJob"] = "PythonJob"
-    metadata: dict[str, Any] = Field(default_factory=dict)
     spec: PythonJobSpec
     status: PythonJobStatus | None = None
-
-    @property
-    def name(self) -> str:
-        return str(self.metadata["name"])
-
-    @property
-    def namespace(self) -> str:
-        return str(self.metadata.get("namespace") or "default")
 
 
 class EnvVar(_Spec):
@@ -360,12 +365,11 @@ class PythonJobTypeStatus(_Observed):
     conditions: list[Condition] | None = Field(default=None, max_length=4)
 
 
-class PythonJobType(_Observed):
+class PythonJobType(_ApiObject):
     """A whole PythonJobType object as read from the API."""
 
     api_version: Literal["takovm.dev/v1alpha1"] = "takovm.dev/v1alpha1"
     kind: Literal["PythonJobType"] = "PythonJobType"
-    metadata: dict[str, Any] = Field(default_factory=dict)
     spec: PythonJobTypeSpec
     status: PythonJobTypeStatus | None = None
 
@@ -429,19 +433,10 @@ class PythonSessionStatus(_Observed):
     ended_at: datetime | None = None
 
 
-class PythonSession(_Observed):
+class PythonSession(_ApiObject):
     """A whole PythonSession object as read from the API."""
 
     api_version: Literal["takovm.dev/v1alpha1"] = "takovm.dev/v1alpha1"
     kind: Literal["PythonSession"] = "PythonSession"
-    metadata: dict[str, Any] = Field(default_factory=dict)
     spec: PythonSessionSpec = Field(default_factory=PythonSessionSpec)
     status: PythonSessionStatus | None = None
-
-    @property
-    def name(self) -> str:
-        return str(self.metadata["name"])
-
-    @property
-    def namespace(self) -> str:
-        return str(self.metadata.get("namespace") or "default")
