@@ -26,20 +26,23 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
 
+from tako_shim.backends.events import Cursor, JobEvent, finish
 from tako_shim.backends.kubernetes import session_translate as st
 from tako_shim.backends.kubernetes.api import KubeApi, KubeApiError
-from tako_shim.errors import Conflict, Gone, InvalidRequest, NotFound, RateLimited, Unavailable
+from tako_shim.errors import Conflict, Gone, InvalidRequest, NotFound, RateLimited, ShimError, Unavailable
 from tako_vm.models.sessions import (
     CreateSessionRequest,
     SessionExecuteRequest,
     SessionExecution,
     SessionInfo,
+    execution_id_for_key,
     session_gone_detail,
 )
 from tako_vm.models.wire import ExecutionRecordFull
@@ -63,6 +66,10 @@ def _failure(exc: KubeApiError) -> Exception:
     from tako_shim.backends.kubernetes.backend import api_failure
 
     return api_failure(exc)
+
+
+class LiveOutputUnavailable(ShimError):
+    status = 501
 
 
 class KubeSessions:
@@ -230,7 +237,9 @@ class KubeSessions:
         payload: dict[str, Any] = {"code": body.code, "timeout": timeout}
         if idempotency_key:
             payload["key"] = idempotency_key
-        execution_id = str(uuid.uuid4())
+        execution_id = (
+            execution_id_for_key(session_id, idempotency_key) if idempotency_key else str(uuid.uuid4())
+        )
         started = time.monotonic()
         started_at = datetime.now(UTC)
         reply: dict[str, Any] | None = None
@@ -268,7 +277,7 @@ class KubeSessions:
         assert reply is not None
         elapsed = int((time.monotonic() - started) * 1000)
         number = int(reply.get("number") or 0)
-        if number > 0:  # the same id for the call and any replay of it (the record's name)
+        if number > 0 and not idempotency_key:  # with a key the id is the key's (known to the client)
             execution_id = st.execution_id_for(session_id, number)
         execution = st.execution_from_reply(execution_id, session_id, reply, elapsed)
         if not reply.get("replayed"):
@@ -362,6 +371,25 @@ class KubeSessions:
         except KubeApiError as exc:
             raise _failure(exc) from None
         return st.records_of(found, tenant, session_id, execution_id)
+
+    # -- live output ------------------------------------------------------------------------------------
+
+    async def events(
+        self, tenant: str, session_id: str, execution_id: str, cursor: Cursor
+    ) -> AsyncGenerator[JobEvent, None]:
+        """A finished call's events from its record (any replica). A call still running (no record yet)
+        is 501: the session Pod does not publish its output while a cell runs."""
+        await self._session(tenant, session_id)
+        found = await self.records(tenant, session_id, execution_id)
+        if not found:
+            raise LiveOutputUnavailable(
+                f"Execution {execution_id} of session {session_id} has no record yet: live output of a "
+                "running session call is not available on the kubernetes backend (its record, and so "
+                "its event stream, exists once the call has finished)"
+            )
+        execution = st.execution_from_record(found[0][0], session_id)
+        for event in finish({"session_id": session_id, "execution_id": execution_id}, execution, cursor):
+            yield event
 
     # -- delete ------------------------------------------------------------------------------------------
 
