@@ -167,3 +167,36 @@ async def test_the_stream_is_capped_like_the_record_with_its_notice(tmp_path: Pa
         streamed = text_of(events, "stdout")
         assert streamed == reply["stdout"] and "[TRUNCATED: output exceeded the limit]" in streamed
         assert len(streamed) < 2048 + 200
+
+
+async def test_sdk_run_with_on_output_streams_live_sync_and_async(shim: Shim) -> None:  # noqa: F811
+    import tako_vm
+
+    url = str(shim.server.make_url(""))
+    key = A["X-API-Key"]
+    async with tako_vm.AsyncClient(url, api_key=key) as client, tako_vm.AsyncSession(client) as session:
+        chunks: list[tuple[str, str, float]] = []
+        record = await session.run(
+            TICKING, on_output=lambda e: chunks.append((e.type, e.text, time.monotonic()))
+        )
+        ended = time.monotonic()
+        assert "".join(t for s, t, _ in chunks if s == "stdout") == record.stdout
+        assert "".join(t for s, t, _ in chunks if s == "stderr") == record.stderr
+        assert chunks[0][2] < ended - 2.0, "the first chunk came while the cell ran"
+        events = [e async for e in session.stream(record.execution_id)]  # a finished call, at once
+        assert events[-1].type == "result" and events[-1].record["result"] == "'done'"
+
+    def sync_run() -> tuple[Any, list[tuple[str, str]]]:
+        seen: list[tuple[str, str]] = []
+        with tako_vm.Client(url, api_key=key) as sync_client, tako_vm.Session(sync_client) as s:
+            s.run("x = 41")
+            done = s.run(
+                "print('a'); import sys; print('b', file=sys.stderr); x + 1",
+                on_output=lambda e: seen.append((e.type, e.text)),
+            )
+            return done, seen
+
+    done, seen = await asyncio.to_thread(sync_run)
+    assert done.result == "42"
+    for stream, text in (("stdout", "a\n"), ("stderr", "b\n")):  # each chunk exactly once (live or replayed)
+        assert "".join(t for s, t in seen if s == stream) == text

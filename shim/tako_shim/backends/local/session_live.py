@@ -10,6 +10,7 @@ has a ``LiveOutput`` capped like the record, so a stream's chunks add up to the 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import stat
@@ -72,6 +73,7 @@ class Tracked:
     live: LiveOutput
     status: str = "queued"  # queued | running | the reply's status
     execution: SessionExecution | None = None
+    dropped: bool = False  # refused or cancelled before it ran: its open streams end
 
     def set_status(self, status: str) -> None:
         self.status = status
@@ -100,6 +102,8 @@ class TrackedCalls:
     def drop(self, tracked: Tracked) -> None:
         if self.calls.get(tracked.execution_id) is tracked:
             del self.calls[tracked.execution_id]
+        tracked.dropped = True
+        tracked.live.notify()
 
     def finished(self, tracked: Tracked, execution: SessionExecution) -> None:
         tracked.finished(execution)
@@ -112,10 +116,17 @@ class TrackedCalls:
             del self.calls[key]
 
 
-def stream(tracked: Tracked, cursor: Cursor, poll_seconds: float = 1.0) -> AsyncIterator[JobEvent]:
-    """The events of a tracked call beyond ``cursor`` (``tako_shim.backends.events.job_events``)."""
+class _Dropped(Exception):
+    pass
+
+
+async def stream(tracked: Tracked, cursor: Cursor, poll_seconds: float = 1.0) -> AsyncIterator[JobEvent]:
+    """The events of a tracked call beyond ``cursor`` (``tako_shim.backends.events.job_events``); a
+    call dropped before it ran ends its streams without a result (a reconnect gets 404)."""
 
     async def status() -> str:
+        if tracked.dropped:
+            raise _Dropped
         return tracked.status
 
     async def record() -> SessionExecution:
@@ -125,7 +136,9 @@ def stream(tracked: Tracked, cursor: Cursor, poll_seconds: float = 1.0) -> Async
     source = EventSource(
         tracked.execution_id, status, record, lambda: tracked.live, tracked.live.changed, ident=ident(tracked)
     )
-    return job_events(source, cursor, poll_seconds)
+    with contextlib.suppress(_Dropped):
+        async for event in job_events(source, cursor, poll_seconds):
+            yield event
 
 
 def ident(tracked: Tracked | SessionExecution) -> dict[str, str]:
