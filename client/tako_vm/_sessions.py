@@ -180,7 +180,6 @@ def run_streaming(
     session_id: str,
     code: str,
     on_output: OutputCallback,
-    *,
     timeout: int | None = None,
     idempotency_key: str | None = None,
 ) -> SessionExecution:
@@ -203,7 +202,6 @@ async def arun_streaming(
     session_id: str,
     code: str,
     on_output: OutputCallback,
-    *,
     timeout: int | None = None,  # noqa: ASYNC109 - the cell's time limit (the REST field)
     idempotency_key: str | None = None,
 ) -> SessionExecution:
@@ -265,14 +263,8 @@ class Session(_SessionBase):
         """Run a cell; returns the typed record (status, stdout, stderr, result, error, duration_ms).
         ``on_output`` gets each stdout/stderr chunk (an `OutputEvent`) while the cell runs."""
         if on_output is not None:
-            return run_streaming(
-                self._client(),
-                self.session_id,
-                code,
-                on_output,
-                timeout=timeout,
-                idempotency_key=idempotency_key,
-            )
+            client, sid = self._client(), self.session_id
+            return run_streaming(client, sid, code, on_output, timeout, idempotency_key)
         return self._client()._drive(
             run_in_session(self.session_id, code, timeout=timeout, idempotency_key=idempotency_key)
         )
@@ -322,14 +314,8 @@ class AsyncSession(_SessionBase):
         on_output: OutputCallback | None = None,
     ) -> SessionExecution:
         if on_output is not None:
-            return await arun_streaming(
-                self._client(),
-                self.session_id,
-                code,
-                on_output,
-                timeout=timeout,
-                idempotency_key=idempotency_key,
-            )
+            client, sid = self._client(), self.session_id
+            return await arun_streaming(client, sid, code, on_output, timeout, idempotency_key)
         return await self._client()._drive(
             run_in_session(self.session_id, code, timeout=timeout, idempotency_key=idempotency_key)
         )

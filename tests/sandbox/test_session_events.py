@@ -200,3 +200,38 @@ async def test_sdk_run_with_on_output_streams_live_sync_and_async(shim: Shim) ->
     assert done.result == "42"
     for stream, text in (("stdout", "a\n"), ("stderr", "b\n")):  # each chunk exactly once (live or replayed)
         assert "".join(t for s, t in seen if s == stream) == text
+
+
+async def test_cli_session_run_prints_output_live(shim: Shim) -> None:  # noqa: F811
+    import io
+
+    from tako_vm.cli import main
+
+    class Timed(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[tuple[float, str]] = []
+
+        def write(self, text: str) -> int:
+            self.writes.append((time.monotonic(), text))
+            return super().write(text)
+
+    sid = await shim.new()
+    out, err = Timed(), Timed()
+    argv = [
+        "session",
+        "run",
+        sid,
+        "-c",
+        TICKING,
+        "--url",
+        str(shim.server.make_url("")),
+        "--api-key",
+        A["X-API-Key"],
+    ]
+    code = await asyncio.to_thread(main, argv, out=out, err=err)
+    assert code == 0
+    assert out.getvalue().startswith("out 0 ") and out.getvalue().endswith("'done'\n")
+    assert err.getvalue() == "".join(f"err {i}\n" for i in range(4)), "stderr printed once, live"
+    first = next(at for at, text in out.writes if text.startswith("out 0"))
+    assert first < out.writes[-1][0] - 2.0, "the first line printed seconds before the result"
