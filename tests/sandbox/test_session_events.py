@@ -8,63 +8,19 @@ gaps or duplicates, and a finished call replays its record.
 from __future__ import annotations
 
 import asyncio
-import json
+import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from httpx_sse import aconnect_sse
 from test_sessions import A, B, Shim, settings_for, shim  # noqa: F401 - the fixture
 
 from tako_vm.models.sessions import execution_id_for_key
 
-TICKING = (
-    "import sys, time\n"
-    "for i in range(4):\n"
-    "    print(f'out {i} {time.time()}')\n"
-    "    print(f'err {i}', file=sys.stderr)\n"
-    "    time.sleep(1)\n"
-    "'done'"
-)
-
-
-Event = dict[str, Any]  # event, id, data, at (monotonic arrival)
-
-
-async def read_events(
-    http: httpx.AsyncClient,
-    sid: str,
-    eid: str,
-    *,
-    headers: dict[str, str] = A,
-    last: str | None = None,
-    stop_after: int | None = None,
-    pending: asyncio.Task[Any] | None = None,
-) -> list[Event]:
-    """The stream's events (until ``result``, or ``stop_after`` of them); while ``pending`` (the POST)
-    has not registered the call yet, a 404 is retried."""
-    url = f"/sessions/{sid}/executions/{eid}/events"
-    sent = {**headers, **({"Last-Event-ID": last} if last else {})}
-    while True:
-        found: list[Event] = []
-        async with aconnect_sse(http, "GET", url, headers=sent) as source:
-            if source.response.status_code == 404 and pending is not None and not pending.done():
-                await asyncio.sleep(0.02)
-                continue
-            assert source.response.status_code == 200, (await source.response.aread()).decode()
-            async for sse in source.aiter_sse():
-                found.append({"event": sse.event, "id": sse.id, "data": json.loads(sse.data)})
-                found[-1]["at"] = time.monotonic()
-                if sse.event == "result" or (stop_after is not None and len(found) >= stop_after):
-                    return found
-        return found
-
-
-def text_of(events: list[Event], stream: str) -> str:
-    return "".join(e["data"]["text"] for e in events if e["event"] == stream)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from session_sse import TICKING, check_live, read_events, text_of
 
 
 async def post(
@@ -85,30 +41,11 @@ async def test_output_streams_while_the_cell_runs_in_order_and_apart(shim: Shim)
     key = "live-" + uuid.uuid4().hex
     eid = execution_id_for_key(sid, key)
     task = await post(shim, sid, TICKING, key)
-    events = await read_events(shim.http, sid, eid, pending=task)
+    events = await read_events(shim.http, sid, eid, headers=A, pending=task)
     reply = await task
     assert reply["execution_id"] == eid, "the id the client derived is the call's id"
-    kinds = [e["event"] for e in events]
-    assert kinds[-1] == "result" and kinds.count("result") == 1
+    check_live(events, reply)
     assert "running" in [e["data"].get("status") for e in events if e["event"] == "status"]
-    before_result = [e for e in events[:-1] if e["event"] == "stdout"]
-    assert len(before_result) >= 3, kinds
-    lines = [e for e in before_result if e["data"]["text"].startswith("out ")]
-    assert len({e["at"] for e in lines}) >= 3, "lines arrive separately, not in one burst at the end"
-    assert lines[0]["at"] < events[-1]["at"] - 2.0, "the first line arrives seconds before the end"
-    for e in lines:  # printed -> seen, for the report (not asserted: the machine is shared)
-        _, number, printed = e["data"]["text"].split()
-        seen = time.time() - (time.monotonic() - e["at"])
-        print(f"line {number} seen {seen - float(printed):.3f} s after its print")
-    assert text_of(events, "stdout") == reply["stdout"] and text_of(events, "stderr") == reply["stderr"]
-    assert reply["stderr"] == "".join(f"err {i}\n" for i in range(4))
-    order = [e["event"] for e in events if e["event"] in ("stdout", "stderr")]
-    collapsed = [k for i, k in enumerate(order) if i == 0 or order[i - 1] != k]
-    assert collapsed == ["stdout", "stderr"] * 4, "written order kept, streams kept apart"
-    result = events[-1]["data"]
-    assert result["execution_id"] == eid and result["result"] == "'done'" and result["status"] == "succeeded"
-    ids = [e["id"] for e in events]
-    assert len(set(ids)) == len(ids), "every event has its own id"
 
 
 async def test_reconnect_resumes_without_gaps_or_duplicates_and_finished_calls_replay(shim: Shim) -> None:  # noqa: F811
@@ -116,26 +53,26 @@ async def test_reconnect_resumes_without_gaps_or_duplicates_and_finished_calls_r
     key = "resume-" + uuid.uuid4().hex
     eid = execution_id_for_key(sid, key)
     task = await post(shim, sid, TICKING, key)
-    first = await read_events(shim.http, sid, eid, stop_after=4, pending=task)
+    first = await read_events(shim.http, sid, eid, headers=A, stop_after=4, pending=task)
     assert len(first) == 4 and first[-1]["event"] != "result"
-    rest = await read_events(shim.http, sid, eid, last=first[-1]["id"])
+    rest = await read_events(shim.http, sid, eid, headers=A, last=first[-1]["id"])
     reply = await task
     both = first + rest
     assert text_of(both, "stdout") == reply["stdout"] and text_of(both, "stderr") == reply["stderr"]
     assert [e["event"] for e in both].count("result") == 1
     assert len({e["id"] for e in both}) == len(both), "nothing repeated"
 
-    replay = await read_events(shim.http, sid, eid)  # finished: the stored output and result at once
+    replay = await read_events(shim.http, sid, eid, headers=A)  # finished: stored output, result at once
     assert text_of(replay, "stdout") == reply["stdout"] and replay[-1]["data"] == reply
-    middle = await read_events(shim.http, sid, eid, last=rest[0]["id"])
+    middle = await read_events(shim.http, sid, eid, headers=A, last=rest[0]["id"])
     assert text_of(first + rest[:1] + middle, "stdout") == reply["stdout"]
 
     shim.backend.sessions.calls.calls.clear()  # no longer in memory: served from the job history
-    stored = await read_events(shim.http, sid, eid)
+    stored = await read_events(shim.http, sid, eid, headers=A)
     assert text_of(stored, "stdout") == reply["stdout"] and stored[-1]["data"]["result"] == "'done'"
 
     plain = await shim.run(sid, "print('no key')")  # without a key: a server-chosen id, streamed after
-    after = await read_events(shim.http, sid, plain["execution_id"])
+    after = await read_events(shim.http, sid, plain["execution_id"], headers=A)
     assert text_of(after, "stdout") == "no key\n" and after[-1]["event"] == "result"
 
 
@@ -162,7 +99,7 @@ async def test_the_stream_is_capped_like_the_record_with_its_notice(tmp_path: Pa
         sid = await capped.new()
         key = "cap-" + uuid.uuid4().hex
         task = await post(capped, sid, "for i in range(500):\n    print('x' * 20)", key)
-        events = await read_events(capped.http, sid, execution_id_for_key(sid, key), pending=task)
+        events = await read_events(capped.http, sid, execution_id_for_key(sid, key), headers=A, pending=task)
         reply = await task
         streamed = text_of(events, "stdout")
         assert streamed == reply["stdout"] and "[TRUNCATED: output exceeded the limit]" in streamed

@@ -34,9 +34,10 @@ from urllib.parse import quote
 import aiohttp
 
 from tako_shim.backends.events import Cursor, JobEvent, finish
+from tako_shim.backends.kubernetes import session_live
 from tako_shim.backends.kubernetes import session_translate as st
 from tako_shim.backends.kubernetes.api import KubeApi, KubeApiError
-from tako_shim.errors import Conflict, Gone, InvalidRequest, NotFound, RateLimited, ShimError, Unavailable
+from tako_shim.errors import Conflict, Gone, InvalidRequest, NotFound, RateLimited, Unavailable
 from tako_vm.models.sessions import (
     CreateSessionRequest,
     SessionExecuteRequest,
@@ -55,6 +56,7 @@ EVENTS_PATH = "/api/v1/namespaces/{namespace}/events"
 CONFIGMAPS_PATH = "/api/v1/namespaces/{namespace}/configmaps"
 log = logging.getLogger("tako_shim.sessions")
 NOT_FOUND = "Session not found"
+EXECUTION_NOT_FOUND = "Execution not found"
 IDEMPOTENCY_CONFLICT = "Idempotency key reused with different payload"
 READY_POLL_SECONDS = 0.2
 END_WAIT_SECONDS = 10.0  # after a dropped call: how long to wait for the operator to say why
@@ -66,10 +68,6 @@ def _failure(exc: KubeApiError) -> Exception:
     from tako_shim.backends.kubernetes.backend import api_failure
 
     return api_failure(exc)
-
-
-class LiveOutputUnavailable(ShimError):
-    status = 501
 
 
 class KubeSessions:
@@ -377,19 +375,60 @@ class KubeSessions:
     async def events(
         self, tenant: str, session_id: str, execution_id: str, cursor: Cursor
     ) -> AsyncGenerator[JobEvent, None]:
-        """A finished call's events from its record (any replica). A call still running (no record yet)
-        is 501: the session Pod does not publish its output while a cell runs."""
-        await self._session(tenant, session_id)
+        """A call's events beyond ``cursor``: a finished call's from its record, a running (or queued)
+        one's from the session Pod (``session_live``), from any replica. NotFound for another tenant's
+        session or a call neither has."""
+        namespace, obj = await self._session(tenant, session_id)
+        if not st.is_execution_id(execution_id):
+            raise NotFound(EXECUTION_NOT_FOUND)
+        feed = None
+        if not await self._recorded(tenant, session_id, execution_id):
+            address = st.address(obj) if st.end_reason(obj) is None else None
+            if address is not None:
+                feed = self._pod_feed(namespace, session_id, execution_id, address)
+                if not await feed.poll(0):
+                    feed = None  # the Pod does not know it: finished meanwhile, or unknown
+            if feed is None and not await self._recorded(tenant, session_id, execution_id):
+                raise NotFound(EXECUTION_NOT_FOUND)
+        if feed is not None:
+            async for event in session_live.stream(feed, session_id, execution_id, cursor):
+                yield event
+            return
         found = await self.records(tenant, session_id, execution_id)
-        if not found:
-            raise LiveOutputUnavailable(
-                f"Execution {execution_id} of session {session_id} has no record yet: live output of a "
-                "running session call is not available on the kubernetes backend (its record, and so "
-                "its event stream, exists once the call has finished)"
-            )
         execution = st.execution_from_record(found[0][0], session_id)
         for event in finish({"session_id": session_id, "execution_id": execution_id}, execution, cursor):
             yield event
+
+    async def _recorded(self, tenant: str, session_id: str, execution_id: str) -> bool:
+        return bool(await self.records(tenant, session_id, execution_id))
+
+    def _pod_feed(
+        self, namespace: str, session_id: str, execution_id: str, address: str
+    ) -> session_live.PodFeed:
+        token = st.session_token(self.key, namespace, session_id)
+
+        async def fetch(after: int, wait: float) -> dict[str, Any] | None:
+            query = {"execution": execution_id, "after": str(after), "wait": f"{wait:g}"}
+            try:
+                async with self._client().get(
+                    f"http://{address}/events",
+                    params=query,
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=aiohttp.ClientTimeout(total=wait + 10, connect=5),
+                ) as response:
+                    if response.status != 200:
+                        return None  # 404: not (or no longer) the Pod's call
+                    answer: dict[str, Any] = await response.json(content_type=None)
+                    return answer
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                return None  # the Pod is gone or unreachable: the record (if any) tells the rest
+
+        def build(reply: dict[str, Any]) -> SessionExecution:
+            elapsed = reply.get("duration_ms") if isinstance(reply.get("duration_ms"), int) else 0
+            return st.execution_from_reply(execution_id, session_id, reply, int(elapsed or 0))
+
+        limit = self.settings.max_stdout_bytes
+        return session_live.PodFeed(fetch, {"stdout": limit, "stderr": limit}, build)
 
     # -- delete ------------------------------------------------------------------------------------------
 
