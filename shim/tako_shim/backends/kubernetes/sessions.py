@@ -232,12 +232,12 @@ class KubeSessions:
         namespace, obj, address = await self._wait_ready(tenant, session_id)
         token = st.session_token(self.key, namespace, session_id)
         grace = self.settings.session_interrupt_grace_seconds
-        payload: dict[str, Any] = {"code": body.code, "timeout": timeout}
+        execution_id = str(uuid.uuid4())
+        if idempotency_key:  # the client knows this id before it POSTs (docs/api.md)
+            execution_id = execution_id_for_key(session_id, idempotency_key)
+        payload: dict[str, Any] = {"code": body.code, "timeout": timeout, "execution": execution_id}
         if idempotency_key:
             payload["key"] = idempotency_key
-        execution_id = (
-            execution_id_for_key(session_id, idempotency_key) if idempotency_key else str(uuid.uuid4())
-        )
         started = time.monotonic()
         started_at = datetime.now(UTC)
         reply: dict[str, Any] | None = None
