@@ -540,7 +540,9 @@ class LocalSessions:
                     if kept["fingerprint"] != fingerprint:
                         raise Conflict(IDEMPOTENCY_CONFLICT)
                     return SessionExecution.model_validate(kept["reply"])
-                assert tracked is not None  # untracked: a key already answered, which returned above
+                if tracked is None:  # the request that registered this key's id failed before it ran
+                    tracked = self._track(state, idempotency_key, replace=True)
+                    assert tracked is not None
                 if state.status == "paused":
                     await self._resume(state)
                 state.status = "busy"
@@ -572,7 +574,9 @@ class LocalSessions:
         await self.record(state, execution, body.code, _iso(started), timeout)
         return execution
 
-    def _track(self, state: SessionState, idempotency_key: str | None) -> session_live.Tracked | None:
+    def _track(
+        self, state: SessionState, idempotency_key: str | None, *, replace: bool = False
+    ) -> session_live.Tracked | None:
         """Register the call (``queued``) under its execution id, derived from the key when there is one
         (``execution_id_for_key``), so its event stream exists before it runs. None for a key that was
         already answered or is being answered (that request owns the id)."""
@@ -580,7 +584,7 @@ class LocalSessions:
             execution_id = str(uuid.uuid4())
         else:
             execution_id = execution_id_for_key(state.session_id, idempotency_key)
-            if idempotency_key in state.replies or self.calls.get(execution_id) is not None:
+            if not replace and (idempotency_key in state.replies or self.calls.get(execution_id)):
                 return None
         limit = self.settings.max_stdout_bytes
         tracked = session_live.Tracked(
