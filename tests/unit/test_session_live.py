@@ -79,6 +79,12 @@ def test_tracked_calls_keep_every_running_call_and_the_last_finished_ones() -> N
     assert [calls.get(f"e{i}") is not None for i in range(4)] == [False, True, True, True]
     calls.drop(tracked[3])
     assert calls.get("e3") is None and tracked[3].dropped
+    small = session_live.TrackedCalls(keep=10, chars=25)  # and by the size of their output
+    for i in range(3):
+        t = session_live.Tracked("t", "s", f"x{i}", LiveOutput(LIMITS))
+        small.add(t)
+        small.finished(t, execution("o" * 10))  # 10 + 2 characters each
+    assert [small.get(f"x{i}") is not None for i in range(3)] == [False, True, True]
 
 
 def text(events: list[JobEvent], stream: str) -> str:

@@ -24,6 +24,7 @@ from tako_vm.models.sessions import SessionExecution
 
 READ_CHUNK_BYTES = 256 * 1024
 MAX_FINISHED_KEPT = 256  # finished calls kept in memory; older ones stream from the job history
+MAX_FINISHED_CHARS = 32 * 1024 * 1024  # and at most this much of their output in all
 
 
 class LiveTail:
@@ -80,16 +81,23 @@ class Tracked:
         self.live.notify()
 
     def finished(self, execution: SessionExecution) -> None:
+        """The reply is the truth from now on: the live chunks are dropped (streams cut the rest of
+        the output from the reply; their loop sees the final status before it reads chunks again)."""
         self.execution = execution
         self.status = execution.status
         self.live.close()
+        self.live.chunks.clear()
+
+    def size(self) -> int:
+        return len(self.execution.stdout) + len(self.execution.stderr) if self.execution else 0
 
 
 class TrackedCalls:
     """The calls of this process by execution id: every unfinished one, the last finished ones."""
 
-    def __init__(self, keep: int = MAX_FINISHED_KEPT) -> None:
+    def __init__(self, keep: int = MAX_FINISHED_KEPT, chars: int = MAX_FINISHED_CHARS) -> None:
         self.keep = keep
+        self.chars = chars
         self.calls: collections.OrderedDict[str, Tracked] = collections.OrderedDict()
 
     def get(self, execution_id: str) -> Tracked | None:
@@ -111,9 +119,14 @@ class TrackedCalls:
         self._trim()
 
     def _trim(self) -> None:
-        done = [k for k, t in self.calls.items() if t.execution is not None]
-        for key in done[: max(len(done) - self.keep, 0)]:
-            del self.calls[key]
+        """Forget the oldest finished calls beyond ``keep`` of them or ``chars`` of output."""
+        done = [t for t in self.calls.values() if t.execution is not None]
+        total = sum(t.size() for t in done)
+        for index, tracked in enumerate(done):
+            if len(done) - index <= self.keep and total <= self.chars:
+                break
+            total -= tracked.size()
+            del self.calls[tracked.execution_id]
 
 
 class _Dropped(Exception):
