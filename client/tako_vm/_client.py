@@ -18,7 +18,7 @@ import httpx
 from tako_vm import _core as core
 from tako_vm import _operations as ops
 from tako_vm import _sessions as sessions
-from tako_vm._stream import StreamEvent, astream_events, stream_events
+from tako_vm._stream import StreamEvent, astream_events, session_events_call, stream_events
 from tako_vm._surface import async_method, sync_method
 
 T = TypeVar("T")
@@ -103,6 +103,13 @@ class Client(_BaseClient[httpx.Client, httpx.BaseTransport, Callable[[float], No
         """The job's live events (`tako_vm._stream`): status, stdout/stderr chunks, then the result."""
         return stream_events(self._http, self.config, job_id, last_event_id, self._sleep)
 
+    def stream_session(
+        self, session_id: str, execution_id: str, *, last_event_id: str | None = None
+    ) -> Iterator[StreamEvent]:
+        """A session call's live events (`GET /sessions/{id}/executions/{execution_id}/events`)."""
+        call = session_events_call(session_id, execution_id)
+        return stream_events(self._http, self.config, execution_id, last_event_id, self._sleep, call)
+
     submit_code = sync_method(ops.submit_code)
     submit = sync_method(ops.submit)
     execute = sync_method(ops.execute)
@@ -173,6 +180,13 @@ class AsyncClient(
     def stream(self, job_id: str, *, last_event_id: str | None = None) -> AsyncIterator[StreamEvent]:
         """The job's live events as an async iterator (see `Client.stream`)."""
         return astream_events(self._http, self.config, job_id, last_event_id, self._sleep)
+
+    def stream_session(
+        self, session_id: str, execution_id: str, *, last_event_id: str | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """A session call's live events as an async iterator (see `Client.stream_session`)."""
+        call = session_events_call(session_id, execution_id)
+        return astream_events(self._http, self.config, execution_id, last_event_id, self._sleep, call)
 
     submit_code = async_method(ops.submit_code)
     submit = async_method(ops.submit)

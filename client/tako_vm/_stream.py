@@ -1,4 +1,5 @@
-"""Live events of one job (`GET /jobs/{job_id}/events`, Server-Sent Events read with httpx-sse).
+"""Live events of one job (`GET /jobs/{job_id}/events`) or one session call
+(`GET /sessions/{id}/executions/{execution_id}/events`): Server-Sent Events read with httpx-sse.
 
     for event in client.stream(job_id):          # or: async for event in async_client.stream(job_id)
         if event.type == "stdout":
@@ -61,8 +62,10 @@ def to_event(sse: ServerSentEvent) -> StreamEvent | None:
         data = json.loads(sse.data)
     except json.JSONDecodeError as exc:
         raise MalformedResponseError(f"event {sse.event!r} ({sse.id}) is not JSON: {exc}") from None
-    if sse.event == "status":
-        return StatusEvent(sse.id, str(data.get("job_id")), str(data.get("status")))
+    if sse.event == "status":  # a session call's status names its execution_id
+        return StatusEvent(
+            sse.id, str(data.get("job_id") or data.get("execution_id")), str(data.get("status"))
+        )
     if sse.event == "stdout":
         return OutputEvent(sse.id, "stdout", str(data.get("text", "")))
     if sse.event == "stderr":
@@ -72,8 +75,7 @@ def to_event(sse: ServerSentEvent) -> StreamEvent | None:
     return None
 
 
-def _request(config: core.ClientConfig, job_id: str, last_event_id: str | None) -> dict[str, Any]:
-    call = events_call(job_id)
+def _request(config: core.ClientConfig, call: core.Call[Any], last_event_id: str | None) -> dict[str, Any]:
     headers = core.request_headers(config, call)
     if last_event_id:
         headers["Last-Event-ID"] = last_event_id
@@ -89,6 +91,14 @@ def events_call(job_id: str) -> core.Call[Any]:
     return core.Call("GET", f"/jobs/{core._segment(job_id, 'job_id')}/events", core.parse_object)
 
 
+def session_events_call(session_id: str, execution_id: str) -> core.Call[Any]:
+    path = (
+        f"/sessions/{core._segment(session_id, 'session_id')}/executions/"
+        f"{core._segment(execution_id, 'execution_id')}/events"
+    )
+    return core.Call("GET", path, core.parse_object)
+
+
 class _Resume:
     """Where a stream is and whether it may reconnect once more."""
 
@@ -101,22 +111,29 @@ class _Resume:
         self.last_event_id = event.id
         self.failures = 0
 
-    def failed(self, job_id: str, request: dict[str, Any], exc: Exception | None) -> float:
+    def failed(self, call: core.Call[Any], request: dict[str, Any], exc: Exception | None) -> float:
         """The delay before reconnecting, or raise when the retries are used up."""
         self.failures += 1
         if self.failures > self.config.max_retries:
             if exc is None:
-                raise MalformedResponseError(f"the event stream of {job_id} ended before its result")
-            raise core.transport_error(events_call(job_id), request["headers"], exc) from exc
+                raise MalformedResponseError(f"the event stream {call.path} ended before its result")
+            raise core.transport_error(call, request["headers"], exc) from exc
         return core.backoff_delay(self.config, self.failures)
 
 
 def stream_events(
-    http: httpx.Client, config: core.ClientConfig, job_id: str, last_event_id: str | None, sleep: Any
+    http: httpx.Client,
+    config: core.ClientConfig,
+    job_id: str,
+    last_event_id: str | None,
+    sleep: Any,
+    call: core.Call[Any] | None = None,
 ) -> Iterator[StreamEvent]:
+    """The events of the job (or of ``call``'s stream) beyond ``last_event_id``, until the result."""
+    call = call or events_call(job_id)
     resume = _Resume(config, last_event_id)
     while True:
-        request = _request(config, job_id, resume.last_event_id)
+        request = _request(config, call, resume.last_event_id)
         error: Exception | None = None
         try:
             with connect_sse(http, request.pop("method"), request.pop("url"), **request) as source:
@@ -133,15 +150,21 @@ def stream_events(
                         return
         except httpx.TransportError as exc:
             error = exc
-        sleep(resume.failed(job_id, _request(config, job_id, None), error))
+        sleep(resume.failed(call, _request(config, call, None), error))
 
 
 async def astream_events(
-    http: httpx.AsyncClient, config: core.ClientConfig, job_id: str, last_event_id: str | None, sleep: Any
+    http: httpx.AsyncClient,
+    config: core.ClientConfig,
+    job_id: str,
+    last_event_id: str | None,
+    sleep: Any,
+    call: core.Call[Any] | None = None,
 ) -> AsyncIterator[StreamEvent]:
+    call = call or events_call(job_id)
     resume = _Resume(config, last_event_id)
     while True:
-        request = _request(config, job_id, resume.last_event_id)
+        request = _request(config, call, resume.last_event_id)
         error: Exception | None = None
         try:
             async with aconnect_sse(http, request.pop("method"), request.pop("url"), **request) as source:
@@ -158,4 +181,4 @@ async def astream_events(
                         return
         except httpx.TransportError as exc:
             error = exc
-        await sleep(resume.failed(job_id, _request(config, job_id, None), error))
+        await sleep(resume.failed(call, _request(config, call, None), error))

@@ -8,6 +8,9 @@ pipe, but its bind mounts are re-attached by ``runsc restore``):
 - ``<channel>/in`` (read-only here): the host writes ``req-<n>.json`` = ``{"code", "timeout"}``;
 - ``<channel>/out`` (writable): this runner writes ``ready`` once at start, then ``resp-<n>.json``
   for each request (written to a ``.tmp`` name and renamed, so the host never reads half a reply).
+  While request ``n`` runs, its output is also appended as it is written to ``live-<n>``, one line
+  per write: ``TAKO-LIVE <stdout|stderr> <JSON string>`` (the kept part only, so the lines add up to
+  the reply's text before its truncation notice); the host tails it for the live event stream.
 Requests are numbered from 1 and handled strictly in order: one cell at a time.
 
 Notebook semantics: when the cell's last statement is an expression, its value is evaluated
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import io
 import json
 import linecache
@@ -28,6 +32,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 POLL_FAST_S = 0.002  # right after a call: the next one often follows at once
@@ -36,14 +41,19 @@ FAST_WINDOW_S = 2.0
 MAX_REPR_CHARS = 65536
 
 
+LiveSink = Callable[[str, str], None]  # (stream, text): each kept write, as it happens
+
+
 class CappedText(io.TextIOBase):
     """A text sink keeping the first ``limit`` characters (sys.stdout/sys.stderr during a cell)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, name: str = "stdout", live: LiveSink | None = None) -> None:
         self.limit = limit
         self.parts: list[str] = []
         self.size = 0
         self.truncated = False
+        self.name = name
+        self.live = live
 
     def writable(self) -> bool:
         return True
@@ -56,6 +66,8 @@ class CappedText(io.TextIOBase):
         if text:
             self.parts.append(text)
             self.size += len(text)
+            if self.live is not None:
+                self.live(self.name, text)
         return len(text)
 
     def value(self) -> str:
@@ -80,12 +92,18 @@ def split_cell(source: str, filename: str) -> tuple[Any, Any]:
 
 
 def run_cell(
-    namespace: dict[str, Any], source: str, number: int, timeout: float, max_output: int
+    namespace: dict[str, Any],
+    source: str,
+    number: int,
+    timeout: float,
+    max_output: int,
+    live: LiveSink | None = None,
 ) -> dict[str, Any]:
-    """Run one cell in ``namespace``; the reply the host gets (status, stdout, stderr, result, error)."""
+    """Run one cell in ``namespace``; the reply the host gets (status, stdout, stderr, result, error).
+    ``live`` sees each kept chunk of output as it is written."""
     filename = f"<cell-{number}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    out, err = CappedText(max_output), CappedText(max_output)
+    out, err = CappedText(max_output, "stdout", live), CappedText(max_output, "stderr", live)
     saved = sys.stdout, sys.stderr
     started = time.monotonic()
     status, result, error = "succeeded", None, None
@@ -145,6 +163,26 @@ def write_reply(out_dir: str, number: int, reply: dict[str, Any]) -> None:
     os.replace(tmp, final)
 
 
+def live_line(stream: str, text: str) -> bytes:
+    """One live output line: ``TAKO-LIVE <stream> <JSON string>`` (ASCII, one line)."""
+    return f"TAKO-LIVE {stream} {json.dumps(text)}\n".encode()
+
+
+class LiveFile:
+    """Appends live output lines to ``live-<n>`` in the channel (one ``os.write`` per chunk)."""
+
+    def __init__(self, out_dir: str, number: int) -> None:
+        path = os.path.join(out_dir, f"live-{number}")
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+
+    def __call__(self, stream: str, text: str) -> None:
+        with contextlib.suppress(OSError):  # a full channel loses live lines, never the cell's reply
+            os.write(self.fd, live_line(stream, text))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 def read_request(in_dir: str, number: int) -> dict[str, Any] | None:
     try:
         with open(os.path.join(in_dir, f"req-{number}.json"), encoding="utf-8") as handle:
@@ -169,11 +207,14 @@ def serve(channel: str, max_output: int, deps_dir: str | None) -> None:
             time.sleep(POLL_FAST_S if idle < FAST_WINDOW_S else POLL_SLOW_S)
             continue
         timeout = float(request.get("timeout") or 30)
+        live = LiveFile(out_dir, number)
         try:
-            reply = run_cell(namespace, str(request.get("code", "")), number, timeout, max_output)
+            reply = run_cell(namespace, str(request.get("code", "")), number, timeout, max_output, live)
         except KeyboardInterrupt:  # an interrupt between the cell and its reply: still a timeout
             error = {"type": "execution_timeout", "message": "interrupted", "traceback": ""}
             reply = {"status": "timeout", "stdout": "", "stderr": "", "result": None, "error": error}
+        finally:
+            live.close()
         write_reply(out_dir, number, reply)
         number += 1
         last_activity = time.monotonic()

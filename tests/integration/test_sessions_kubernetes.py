@@ -492,3 +492,50 @@ async def test_requirements_install_with_egress_before_any_code_and_the_code_nev
     assert session_events(kube, sid, "EgressClosed"), "the end of the install step is visible"
     assert (await shim.http.delete(f"/sessions/{sid}")).status_code == 204
     await until(lambda: kube.get("configmaps", f"{sid}-code") is None, seconds=15, what="install config gone")
+
+
+async def test_a_running_call_streams_its_output_from_the_pod_through_any_replica(
+    kube: KubeHarness, run_operator: Any, node: NodeAgent, start_shim: Any
+) -> None:
+    """``GET /sessions/{id}/executions/{eid}/events``: the Pod keeps the running call's output, any
+    replica proxies it (token-authenticated) into SSE, a reconnect on another replica resumes without
+    gaps or repeats, and the finished call streams from its record."""
+    import uuid
+
+    from session_sse import TICKING, check_live, read_events, text_of
+    from tako_vm.models.sessions import execution_id_for_key
+
+    run_operator()
+    a = await start_shim(headers={"X-API-Key": KEY_A}, **tenants(kube))
+    a2 = await start_shim(headers={"X-API-Key": KEY_A}, **tenants(kube))  # a second replica
+    b = await start_shim(headers={"X-API-Key": KEY_B}, **tenants(kube))
+    sid = await a.new()
+    await a.run(sid, "x = 1")  # the Pod is up
+
+    async def call(code: str) -> tuple[str, asyncio.Task[Any]]:
+        key = "live-" + uuid.uuid4().hex
+        post = a.http.post(f"/sessions/{sid}/execute", json={"code": code}, headers={"Idempotency-Key": key})
+        return execution_id_for_key(sid, key), asyncio.ensure_future(post)
+
+    eid, task = await call(TICKING)
+    events = await read_events(a2.http, sid, eid, pending=task)  # another replica than the POST's
+    reply = (await task).json()
+    assert reply["execution_id"] == eid
+    check_live(events, reply)
+    assert "running" in [e["data"].get("status") for e in events if e["event"] == "status"]
+    stored = await read_events(a.http, sid, eid, last=events[2]["id"])  # finished: from the record
+    assert text_of(events[:3] + stored, "stdout") == reply["stdout"]
+    assert stored[-1]["event"] == "result" and stored[-1]["data"]["result"] == "'done'"
+
+    eid2, task2 = await call(TICKING)
+    first = await read_events(a2.http, sid, eid2, stop_after=4, pending=task2)
+    assert first[-1]["event"] != "result"
+    rest = await read_events(a.http, sid, eid2, last=first[-1]["id"])  # resumed on another replica
+    reply2 = (await task2).json()
+    both = first + rest
+    assert text_of(both, "stdout") == reply2["stdout"] and text_of(both, "stderr") == reply2["stderr"]
+    assert len({e["id"] for e in both}) == len(both) and [e["event"] for e in both].count("result") == 1
+
+    assert (await b.http.get(f"/sessions/{sid}/executions/{eid}/events")).status_code == 404
+    unknown = await a.http.get(f"/sessions/{sid}/executions/{uuid.uuid4()}/events")
+    assert unknown.status_code == 404 and "Execution not found" in unknown.text

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 import tako_vm
+from tako_vm.models.sessions import SessionInfo
 
 INFO = {"session_id": "sess-1", "status": "ready", "created_at": "t0", "expires_at": "t1"}
 RUN = {"execution_id": "e1", "session_id": "sess-1", "status": "succeeded", "result": "42", "duration_ms": 3}
@@ -82,3 +83,65 @@ async def test_a_backend_without_sessions_answers_501() -> None:
     ) as refused:
         await list_sessions(request)
     assert refused.value.status == 501
+
+
+def sse(*events: tuple[str, str, dict[str, object]]) -> bytes:
+    return b"".join(f"id: {i}\nevent: {e}\ndata: {json.dumps(d)}\n\n".encode() for i, e, d in events)
+
+
+def test_run_with_on_output_streams_the_call_it_posts_by_its_derived_id() -> None:
+    import threading
+
+    from tako_vm.models.sessions import execution_id_for_key
+
+    seen: list[httpx.Request] = []
+    record = {**RUN, "stdout": "a\nb\n", "stderr": "E\n"}
+    streamed = threading.Event()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/sessions/sess-1/execute":
+            assert streamed.wait(10)  # the call "runs" until its output has been streamed
+            return httpx.Response(200, json=record)
+        if len([r for r in seen if r.method == "GET"]) == 1:  # opened before the server saw the call
+            return httpx.Response(404, json={"detail": "Execution not found"})
+        streamed.set()
+        body = sse(("2.2.0", "stdout", {"text": "a\n"}), ("2.2.2", "stderr", {"text": "E\n"}),
+                   ("2.4.2", "stdout", {"text": "b\n"}), ("4.4.2", "result", record))  # fmt: skip
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    got: list[tuple[str, str]] = []
+    with client_with(httpx.MockTransport(handle)) as client:
+        session = tako_vm.Session(client)
+        session.info = SessionInfo.model_validate(INFO)
+        done = session.run(
+            "print('a')", idempotency_key="key-12345678", on_output=lambda e: got.append((e.type, e.text))
+        )
+    assert done.stdout == "a\nb\n" and got == [("stdout", "a\n"), ("stderr", "E\n"), ("stdout", "b\n")]
+    eid = execution_id_for_key("sess-1", "key-12345678")
+    streams = [r for r in seen if r.url.path == f"/sessions/sess-1/executions/{eid}/events"]
+    assert len(streams) >= 1 and all(r.method == "GET" for r in streams)
+    posted = [r for r in seen if r.url.path.endswith("/execute")]
+    assert [r.headers["Idempotency-Key"] for r in posted] == ["key-12345678"]
+
+
+async def test_run_with_on_output_falls_back_to_the_record_when_there_is_no_live_stream() -> None:
+    record = {**RUN, "stdout": "all\n", "stderr": "err\n"}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/execute"):
+            return httpx.Response(200, json=record)
+        return httpx.Response(501, json={"detail": "no live output here"})
+
+    got: list[tuple[str, str]] = []
+
+    async def no_sleep(_s: float) -> None:
+        return None
+
+    async with tako_vm.AsyncClient(
+        "http://tako.test", transport=httpx.MockTransport(handle), sleep=no_sleep
+    ) as client:
+        session = tako_vm.AsyncSession(client)
+        session.info = SessionInfo.model_validate(INFO)
+        done = await session.run("x", on_output=lambda e: got.append((e.type, e.text)))
+    assert done.result == "42" and got == [("stdout", "all\n"), ("stderr", "err\n")], "whole output, once"

@@ -506,3 +506,49 @@ def test_the_shim_puts_requirements_in_the_spec_only_when_allowed_and_well_forme
     with pytest.raises(InvalidRequest, match=r"requirements\.0: not a plain requirement"):
         build(['six; os_name=="nt"'], True)
     assert "requirements" not in build([], True)["spec"]
+
+
+def events(url: str, execution: str, after: int = 0, wait: float = 0, token: str = TOKEN) -> tuple[int, Any]:
+    query = f"/events?execution={execution}&after={after}&wait={wait}"
+    request = urllib.request.Request(url + query, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_session_server_publishes_the_running_calls_output_to_the_token_holder(server: str) -> None:
+    import threading
+
+    code = (
+        "import sys, time\nfor i in range(3):\n    print(i)\n    print('e', file=sys.stderr)\n"
+        "    time.sleep(0.5)"
+    )
+    replies: dict[str, Any] = {}
+    first = threading.Thread(
+        target=lambda: replies.update(a=post(server, {"code": code, "timeout": 20, "execution": "ex-1"}))
+    )
+    first.start()
+    seen: list[list[str]] = []
+    live_polls = 0
+    deadline = time.monotonic() + 20
+    while True:
+        status, answer = events(server, "ex-1", after=len(seen), wait=2)
+        if status == 404 and not seen:
+            assert time.monotonic() < deadline
+            continue
+        assert status == 200, answer
+        if answer["status"] == "running" and answer["chunks"]:
+            live_polls += 1  # output handed over before the call ended
+        seen += answer["chunks"]
+        if answer["status"] == "done":
+            break
+    first.join()
+    reply = replies["a"][1]
+    assert "".join(t for s, t in seen if s == "stdout") == reply["stdout"] == "0\n1\n2\n"
+    assert "".join(t for s, t in seen if s == "stderr") == reply["stderr"] == "e\ne\ne\n"
+    assert answer["reply"]["number"] == reply["number"] and live_polls >= 2, live_polls
+    assert events(server, "ex-1", token="wrong" * 8)[0] == 401
+    assert events(server, "other")[0] == 404
+    assert events(server, "ex-1", after=-1)[0] == 400

@@ -6,6 +6,7 @@
     tako-vm session rm "$sid"
     tako-vm repl                                    # an interactive prompt bound to a new session
 
+`session run` prints the cell's output live, as it is written (`--json`: only the record, at the end).
 Exit codes of `session run`: 0 succeeded, 1 failed, 124 timeout, 3 API error (410: the session ended).
 """
 
@@ -20,7 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from tako_vm._sessions import Session
+from tako_vm._sessions import Session, run_streaming
+from tako_vm._stream import OutputEvent
 from tako_vm.cli._common import CommandError, Subparsers, client_for, format_table, print_json
 from tako_vm.models.sessions import SessionExecution
 
@@ -40,12 +42,17 @@ def _creation_options(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def print_execution(record: SessionExecution, out: TextIO, err: TextIO) -> None:
-    """A cell's outcome the way a notebook shows it: output, errors, then the last expression's repr."""
+def print_execution(
+    record: SessionExecution, out: TextIO, err: TextIO, *, output_shown: bool = False
+) -> None:
+    """A cell's outcome the way a notebook shows it: output (unless ``output_shown`` live), errors,
+    then the last expression's repr."""
     if record.stdout:
-        out.write(record.stdout if record.stdout.endswith("\n") else record.stdout + "\n")
+        shown = "" if output_shown else record.stdout
+        out.write(shown if record.stdout.endswith("\n") else shown + "\n")
     if record.stderr:
-        err.write(record.stderr if record.stderr.endswith("\n") else record.stderr + "\n")
+        shown = "" if output_shown else record.stderr
+        err.write(shown if record.stderr.endswith("\n") else shown + "\n")
     if record.error is not None:
         err.write((record.error.traceback or "") + f"{record.error.type}: {record.error.message}\n")
     if record.result is not None:
@@ -75,12 +82,20 @@ def cmd_new(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     code = _code_from(args)
-    with client_for(args) as client:
-        record = client.run_in_session(args.session_id, code, timeout=args.timeout)
     if args.json:
+        with client_for(args) as client:
+            record = client.run_in_session(args.session_id, code, timeout=args.timeout)
         print_json(record.model_dump(mode="json"), out)
-    else:
-        print_execution(record, out, err)
+        return EXIT_FOR_STATUS.get(record.status, 1)
+
+    def show(event: OutputEvent) -> None:
+        sink = out if event.type == "stdout" else err
+        sink.write(event.text)
+        sink.flush()
+
+    with client_for(args) as client:
+        record = run_streaming(client, args.session_id, code, show, timeout=args.timeout)
+    print_execution(record, out, err, output_shown=True)
     return EXIT_FOR_STATUS.get(record.status, 1)
 
 

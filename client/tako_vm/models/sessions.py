@@ -6,6 +6,7 @@ fields so an older SDK keeps working against a newer server.
 
 from __future__ import annotations
 
+import uuid
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -36,6 +37,9 @@ END_REASONS = (
 DEFAULT_TTL_SECONDS = 3600
 DEFAULT_IDLE_TIMEOUT_SECONDS = 600
 MEMORY_LIMIT_PATTERN = r"^[1-9][0-9]{0,6}[mg]$"  # like a job type's: "512m", "2g" (config.memory_limit_mb)
+# The execution id of a call made with an Idempotency-Key (docs/api.md "Session execution ids"): both
+# backends and the SDK derive it, so a client knows it before it POSTs and can open the call's event stream.
+EXECUTION_ID_NAMESPACE = uuid.UUID("8a6b0f1e-3c2d-5e4f-9a7b-6c5d4e3f2a10")
 
 
 class CreateSessionRequest(_Request):
@@ -105,6 +109,13 @@ class SessionInfo(_Response):
 class SessionList(_Response):
     items: list[SessionInfo]
     count: int
+
+
+def execution_id_for_key(session_id: str, idempotency_key: str) -> str:
+    """The execution id of the call ``POST /sessions/{session_id}/execute`` with this Idempotency-Key:
+    ``uuid5(EXECUTION_ID_NAMESPACE, f"{session_id}:{idempotency_key}")`` (a call without a key gets a
+    server-chosen UUID)."""
+    return str(uuid.uuid5(EXECUTION_ID_NAMESPACE, f"{session_id}:{idempotency_key}"))
 
 
 def session_gone_detail(session_id: str, reason: str | None) -> str:

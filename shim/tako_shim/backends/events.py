@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tako_shim.errors import InvalidRequest
-from tako_vm.models.wire import TERMINAL_STATUSES, ExecutionRecordFull
+from tako_vm.models.wire import TERMINAL_STATUSES
 
 STREAMS = ("stdout", "stderr")
 QUEUED, RUNNING, FINISHED, RESULT = 1, 2, 3, 4
@@ -92,9 +92,25 @@ def output_beyond(
     return events, cursor
 
 
-def finish(job_id: str, record: ExecutionRecordFull, cursor: Cursor) -> list[JobEvent]:
+class FinishedRecord(Protocol):
+    """What a finished stream's ``result`` carries: a job's record or a session execution."""
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def stdout(self) -> str: ...
+
+    @property
+    def stderr(self) -> str: ...
+
+    def model_dump(self, *, mode: str) -> dict[str, Any]: ...
+
+
+def finish(job_id: str | dict[str, str], record: FinishedRecord, cursor: Cursor) -> list[JobEvent]:
     """What a finished job still owes a client at ``cursor``: the rest of its stored output, the terminal
-    status and the result."""
+    status and the result. ``job_id``: the job's id, or the ``status`` events' identifying fields."""
+    ident = {"job_id": job_id} if isinstance(job_id, str) else job_id
     events: list[JobEvent] = []
     for stream in STREAMS:
         text: str = getattr(record, stream)
@@ -104,7 +120,7 @@ def finish(job_id: str, record: ExecutionRecordFull, cursor: Cursor) -> list[Job
             events.append(JobEvent(stream, {"text": text[seen:]}, str(cursor)))
     if cursor.status < FINISHED:
         cursor = Cursor(FINISHED, cursor.stdout, cursor.stderr)
-        events.append(JobEvent("status", {"job_id": job_id, "status": record.status}, str(cursor)))
+        events.append(JobEvent("status", {**ident, "status": record.status}, str(cursor)))
     if cursor.status < RESULT:
         cursor = Cursor(RESULT, cursor.stdout, cursor.stderr)
         events.append(JobEvent("result", record.model_dump(mode="json"), str(cursor)))
@@ -117,9 +133,10 @@ class EventSource:
 
     job_id: str
     status: Callable[[], Awaitable[str]]  # the current status (raises NotFound)
-    record: Callable[[], Awaitable[ExecutionRecordFull]]
+    record: Callable[[], Awaitable[FinishedRecord]]
     live: Callable[[], OutputLog | None]  # the running job's output so far, if this process has it
     wait: Callable[[float], Awaitable[None]]  # returns after a change or after at most that many seconds
+    ident: dict[str, str] | None = None  # the status events' fields (default ``{"job_id": job_id}``)
 
 
 async def job_events(
@@ -128,16 +145,17 @@ async def job_events(
     """The events beyond ``cursor`` until (and including) the ``result`` event."""
     live: OutputLog | None = None
     index = 0
+    ident = source.ident or {"job_id": source.job_id}
     while cursor.status < RESULT:
         status = await source.status()
         rank = status_rank(status)
         if rank == FINISHED:
-            for event in finish(source.job_id, await source.record(), cursor):
+            for event in finish(ident, await source.record(), cursor):
                 yield event
             return
         if rank > cursor.status:
             cursor = Cursor(rank, cursor.stdout, cursor.stderr)
-            yield JobEvent("status", {"job_id": source.job_id, "status": status}, str(cursor))
+            yield JobEvent("status", {**ident, "status": status}, str(cursor))
         current = source.live()
         if current is not live:
             live, index = current, 0

@@ -36,6 +36,10 @@ class LiveOutput:
         self.closed = True
         self._wake()
 
+    def notify(self) -> None:
+        """Wake the readers without new output (a session call's status changed)."""
+        self._wake()
+
     def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()

@@ -4,13 +4,16 @@ implement it and ``tako_shim.http.sessions`` calls it.
 Rules every implementation keeps (docs/sessions.md): a session of another tenant is ``NotFound``; an
 ended one is ``Gone`` naming its end reason; the per-tenant cap is ``RateLimited`` naming
 ``session_max_per_tenant``; calls on one session run one at a time, in arrival order; an idempotency
-key with the same payload returns the first answer, with another payload ``Conflict``.
+key with the same payload returns the first answer, with another payload ``Conflict``; a call made
+with a key has the execution id ``execution_id_for_key(session_id, key)`` (known before it runs).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
+from tako_shim.backends.events import Cursor, JobEvent
 from tako_vm.models.sessions import CreateSessionRequest, SessionExecuteRequest, SessionExecution, SessionInfo
 
 
@@ -28,3 +31,10 @@ class SessionService(Protocol):
     ) -> SessionExecution: ...
 
     async def delete(self, tenant: str, session_id: str) -> None: ...
+
+    def events(
+        self, tenant: str, session_id: str, execution_id: str, cursor: Cursor
+    ) -> AsyncGenerator[JobEvent, None]:
+        """A call's event stream beyond ``cursor`` (live while it runs, then its record); NotFound for
+        another tenant's session or an unknown execution."""
+        ...

@@ -31,7 +31,7 @@ class NotImplementedByBackend(ShimError):
     status = 501
 
 
-def _service(request: web.Request) -> tuple[SessionService, str]:
+def session_service(request: web.Request) -> tuple[SessionService, str]:
     backend, tenant = backend_and_tenant(request)
     service: SessionService | None = getattr(backend, "sessions", None)
     if service is None:
@@ -55,7 +55,7 @@ def _idempotency_key(request: web.Request) -> str | None:
 
 
 async def create_session(request: web.Request) -> web.Response:
-    service, tenant = _service(request)
+    service, tenant = session_service(request)
     body = await parse_body(request, CreateSessionRequest, empty_ok=True)
     header_key = _idempotency_key(request)
     if header_key and not body.idempotency_key:
@@ -65,25 +65,25 @@ async def create_session(request: web.Request) -> web.Response:
 
 
 async def list_sessions(request: web.Request) -> web.Response:
-    service, tenant = _service(request)
+    service, tenant = session_service(request)
     items = await service.list_sessions(tenant)
     return reply(SessionList(items=items, count=len(items)))
 
 
 async def get_session(request: web.Request) -> web.Response:
-    service, tenant = _service(request)
+    service, tenant = session_service(request)
     return reply(await service.get(tenant, request.match_info["session_id"]))
 
 
 async def execute_in_session(request: web.Request) -> web.Response:
-    service, tenant = _service(request)
+    service, tenant = session_service(request)
     body = await parse_body(request, SessionExecuteRequest)
     key = _idempotency_key(request)
     return reply(await service.execute(tenant, request.match_info["session_id"], body, key))
 
 
 async def delete_session(request: web.Request) -> web.Response:
-    service, tenant = _service(request)
+    service, tenant = session_service(request)
     await service.delete(tenant, request.match_info["session_id"])
     return web.Response(status=204)
 

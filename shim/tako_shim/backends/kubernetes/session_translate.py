@@ -32,6 +32,7 @@ from tako_vm.models.sessions import (
     DEFAULT_IDLE_TIMEOUT_SECONDS,
     DEFAULT_TTL_SECONDS,
     CreateSessionRequest,
+    SessionError,
     SessionExecution,
     SessionInfo,
 )
@@ -383,6 +384,24 @@ def _record(
         stdout_truncated=stdout_cut,
         stderr_truncated=stderr_cut,
         idempotency_key=idempotency_key,
+    )
+
+
+def execution_from_record(record: ExecutionRecordFull, session_id: str) -> SessionExecution:
+    """A call's reply rebuilt from its audit record (the ``result`` event of a finished call's stream)."""
+    error = None
+    if record.error is not None:
+        error = SessionError(type=record.error.type, message=record.error.message)
+    status = record.status if record.status in ("succeeded", "failed", "timeout", "cancelled") else "failed"
+    return SessionExecution(
+        execution_id=record.execution_id,
+        session_id=session_id,
+        status=status,
+        stdout=record.stdout,
+        stderr=record.stderr,
+        result=record.session_result,
+        error=error,
+        duration_ms=record.duration_ms,
     )
 
 

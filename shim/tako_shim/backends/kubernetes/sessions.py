@@ -26,12 +26,15 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
 
+from tako_shim.backends.events import Cursor, JobEvent, finish
+from tako_shim.backends.kubernetes import session_live
 from tako_shim.backends.kubernetes import session_translate as st
 from tako_shim.backends.kubernetes.api import KubeApi, KubeApiError
 from tako_shim.errors import Conflict, Gone, InvalidRequest, NotFound, RateLimited, Unavailable
@@ -40,6 +43,7 @@ from tako_vm.models.sessions import (
     SessionExecuteRequest,
     SessionExecution,
     SessionInfo,
+    execution_id_for_key,
     session_gone_detail,
 )
 from tako_vm.models.wire import ExecutionRecordFull
@@ -52,6 +56,7 @@ EVENTS_PATH = "/api/v1/namespaces/{namespace}/events"
 CONFIGMAPS_PATH = "/api/v1/namespaces/{namespace}/configmaps"
 log = logging.getLogger("tako_shim.sessions")
 NOT_FOUND = "Session not found"
+EXECUTION_NOT_FOUND = "Execution not found"
 IDEMPOTENCY_CONFLICT = "Idempotency key reused with different payload"
 READY_POLL_SECONDS = 0.2
 END_WAIT_SECONDS = 10.0  # after a dropped call: how long to wait for the operator to say why
@@ -227,10 +232,12 @@ class KubeSessions:
         namespace, obj, address = await self._wait_ready(tenant, session_id)
         token = st.session_token(self.key, namespace, session_id)
         grace = self.settings.session_interrupt_grace_seconds
-        payload: dict[str, Any] = {"code": body.code, "timeout": timeout}
+        execution_id = str(uuid.uuid4())
+        if idempotency_key:  # the client knows this id before it POSTs (docs/api.md)
+            execution_id = execution_id_for_key(session_id, idempotency_key)
+        payload: dict[str, Any] = {"code": body.code, "timeout": timeout, "execution": execution_id}
         if idempotency_key:
             payload["key"] = idempotency_key
-        execution_id = str(uuid.uuid4())
         started = time.monotonic()
         started_at = datetime.now(UTC)
         reply: dict[str, Any] | None = None
@@ -268,7 +275,7 @@ class KubeSessions:
         assert reply is not None
         elapsed = int((time.monotonic() - started) * 1000)
         number = int(reply.get("number") or 0)
-        if number > 0:  # the same id for the call and any replay of it (the record's name)
+        if number > 0 and not idempotency_key:  # with a key the id is the key's (known to the client)
             execution_id = st.execution_id_for(session_id, number)
         execution = st.execution_from_reply(execution_id, session_id, reply, elapsed)
         if not reply.get("replayed"):
@@ -362,6 +369,66 @@ class KubeSessions:
         except KubeApiError as exc:
             raise _failure(exc) from None
         return st.records_of(found, tenant, session_id, execution_id)
+
+    # -- live output ------------------------------------------------------------------------------------
+
+    async def events(
+        self, tenant: str, session_id: str, execution_id: str, cursor: Cursor
+    ) -> AsyncGenerator[JobEvent, None]:
+        """A call's events beyond ``cursor``: a finished call's from its record, a running (or queued)
+        one's from the session Pod (``session_live``), from any replica. NotFound for another tenant's
+        session or a call neither has."""
+        namespace, obj = await self._session(tenant, session_id)
+        if not st.is_execution_id(execution_id):
+            raise NotFound(EXECUTION_NOT_FOUND)
+        feed = None
+        if not await self._recorded(tenant, session_id, execution_id):
+            address = st.address(obj) if st.end_reason(obj) is None else None
+            if address is not None:
+                feed = self._pod_feed(namespace, session_id, execution_id, address)
+                if not await feed.poll(0):
+                    feed = None  # the Pod does not know it: finished meanwhile, or unknown
+            if feed is None and not await self._recorded(tenant, session_id, execution_id):
+                raise NotFound(EXECUTION_NOT_FOUND)
+        if feed is not None:
+            async for event in session_live.stream(feed, session_id, execution_id, cursor):
+                yield event
+            return
+        found = await self.records(tenant, session_id, execution_id)
+        execution = st.execution_from_record(found[0][0], session_id)
+        for event in finish({"session_id": session_id, "execution_id": execution_id}, execution, cursor):
+            yield event
+
+    async def _recorded(self, tenant: str, session_id: str, execution_id: str) -> bool:
+        return bool(await self.records(tenant, session_id, execution_id))
+
+    def _pod_feed(
+        self, namespace: str, session_id: str, execution_id: str, address: str
+    ) -> session_live.PodFeed:
+        token = st.session_token(self.key, namespace, session_id)
+
+        async def fetch(after: int, wait: float) -> dict[str, Any] | None:
+            query = {"execution": execution_id, "after": str(after), "wait": f"{wait:g}"}
+            try:
+                async with self._client().get(
+                    f"http://{address}/events",
+                    params=query,
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=aiohttp.ClientTimeout(total=wait + 10, connect=5),
+                ) as response:
+                    if response.status != 200:
+                        return None  # 404: not (or no longer) the Pod's call
+                    answer: dict[str, Any] = await response.json(content_type=None)
+                    return answer
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                return None  # the Pod is gone or unreachable: the record (if any) tells the rest
+
+        def build(reply: dict[str, Any]) -> SessionExecution:
+            elapsed = reply.get("duration_ms") if isinstance(reply.get("duration_ms"), int) else 0
+            return st.execution_from_reply(execution_id, session_id, reply, int(elapsed or 0))
+
+        limit = self.settings.max_stdout_bytes
+        return session_live.PodFeed(fetch, {"stdout": limit, "stderr": limit}, build)
 
     # -- delete ------------------------------------------------------------------------------------------
 

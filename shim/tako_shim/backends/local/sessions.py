@@ -30,13 +30,15 @@ import stat
 import subprocess
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from tako_runner import session as session_runner
-from tako_shim.backends.local import sessions_spec
+from tako_shim.backends.events import Cursor, JobEvent
+from tako_shim.backends.live import LiveOutput
+from tako_shim.backends.local import session_live, sessions_spec
 from tako_shim.backends.local.sandbox import cgroups
 from tako_shim.backends.local.sandbox import oci as sandbox
 from tako_shim.config import Settings, memory_limit_mb
@@ -49,6 +51,7 @@ from tako_vm.models.sessions import (
     SessionExecuteRequest,
     SessionExecution,
     SessionInfo,
+    execution_id_for_key,
     session_gone_detail,
 )
 
@@ -58,6 +61,7 @@ REAP_INTERVAL_S = 1.0
 MIN_MEMORY_MB = 64
 READY_TIMEOUT_S = 60.0
 REPLY_POLL_S = 0.002
+LIVE_POLL_S = 0.05  # how often a running call's live output file is read (a line shows within 0.5 s)
 MAX_KEYS_KEPT = 200  # idempotent execute replies remembered per session
 IDEMPOTENCY_CONFLICT = "Idempotency key reused with different payload"
 
@@ -123,17 +127,23 @@ class _Live:
 
 
 RecordSink = Callable[[SessionState, SessionExecution, str, str, int], Awaitable[None]]
+RecordLookup = Callable[[str, str], Awaitable[SessionExecution | None]]  # (tenant, execution id)
 
 
 class LocalSessions:
     """The session service of the local backend (``tako_shim.http.sessions`` calls it)."""
 
-    def __init__(self, settings: Settings, executor: Any, record: RecordSink) -> None:
+    def __init__(
+        self, settings: Settings, executor: Any, record: RecordSink, lookup: RecordLookup | None = None
+    ) -> None:
         """``executor``: the backend's ``LocalExecutor`` (runsc, cgroups, rootfs, install sandbox).
-        ``record``: stores one execution in the job history (``GET /executions`` shows it)."""
+        ``record``: stores one execution in the job history (``GET /executions`` shows it); ``lookup``
+        reads one back (a finished call's event stream, once it is no longer in memory)."""
         self.settings = settings
         self.executor = executor
         self.record = record
+        self.lookup = lookup
+        self.calls = session_live.TrackedCalls()
         self.root = Path(executor.work_dir) / "sessions"
         self.state_root = Path(executor.work_dir) / "session-state"
         self.runner_dir = Path(executor.work_dir) / "session-runner"
@@ -521,43 +531,96 @@ class LocalSessions:
         if timeout > self.settings.max_timeout:
             raise InvalidRequest(f"timeout: {timeout} exceeds max_timeout {self.settings.max_timeout}")
         fingerprint = sha256_hex(canonical_json({"code": body.code, "timeout": body.timeout}))
-        async with self._lock(session_id):
-            state = self._get(tenant, session_id)  # it may have ended while this call waited its turn
-            if idempotency_key and idempotency_key in state.replies:
-                kept = state.replies[idempotency_key]
-                if kept["fingerprint"] != fingerprint:
-                    raise Conflict(IDEMPOTENCY_CONFLICT)
-                return SessionExecution.model_validate(kept["reply"])
-            if state.status == "paused":
-                await self._resume(state)
-            state.status = "busy"
-            started = _now()
-            try:
-                execution = await self._call(state, body.code, timeout)
-            finally:
-                if state.status == "busy":
-                    state.status = "ready"
-            state.executions += 1
-            state.last_activity = _iso(_now())
-            if state.status == "ready":  # restored and answering: its checkpoint image is no longer needed
-                await asyncio.to_thread(shutil.rmtree, self._dir(state) / "image", True)
-            if idempotency_key:
-                state.replies[idempotency_key] = {
-                    "fingerprint": fingerprint,
-                    "reply": execution.model_dump(mode="json"),
-                }
-                while len(state.replies) > MAX_KEYS_KEPT:
-                    state.replies.pop(next(iter(state.replies)))
-            if state.status != "ended":
-                await asyncio.to_thread(self._save, state)
+        tracked = self._track(state, idempotency_key)
+        try:
+            async with self._lock(session_id):
+                state = self._get(tenant, session_id)  # it may have ended while this call waited its turn
+                if idempotency_key and idempotency_key in state.replies:
+                    kept = state.replies[idempotency_key]
+                    if kept["fingerprint"] != fingerprint:
+                        raise Conflict(IDEMPOTENCY_CONFLICT)
+                    return SessionExecution.model_validate(kept["reply"])
+                if tracked is None:  # the request that registered this key's id failed before it ran
+                    tracked = self._track(state, idempotency_key, replace=True)
+                    assert tracked is not None
+                if state.status == "paused":
+                    await self._resume(state)
+                state.status = "busy"
+                started = _now()
+                tracked.set_status("running")
+                try:
+                    execution = await self._call(state, body.code, timeout, tracked)
+                finally:
+                    if state.status == "busy":
+                        state.status = "ready"
+                self.calls.finished(tracked, execution)
+                state.executions += 1
+                state.last_activity = _iso(_now())
+                if state.status == "ready":  # restored and answering: its checkpoint image is not needed
+                    await asyncio.to_thread(shutil.rmtree, self._dir(state) / "image", True)
+                if idempotency_key:
+                    state.replies[idempotency_key] = {
+                        "fingerprint": fingerprint,
+                        "reply": execution.model_dump(mode="json"),
+                    }
+                    while len(state.replies) > MAX_KEYS_KEPT:
+                        state.replies.pop(next(iter(state.replies)))
+                if state.status != "ended":
+                    await asyncio.to_thread(self._save, state)
+        except BaseException:
+            if tracked is not None and tracked.execution is None:
+                self.calls.drop(tracked)  # refused or cancelled before it ran: nothing to stream
+            raise
         await self.record(state, execution, body.code, _iso(started), timeout)
         return execution
 
-    async def _call(self, state: SessionState, code: str, limit_s: int) -> SessionExecution:
+    def _track(
+        self, state: SessionState, idempotency_key: str | None, *, replace: bool = False
+    ) -> session_live.Tracked | None:
+        """Register the call (``queued``) under its execution id, derived from the key when there is one
+        (``execution_id_for_key``), so its event stream exists before it runs. None for a key that was
+        already answered or is being answered (that request owns the id)."""
+        if idempotency_key is None:
+            execution_id = str(uuid.uuid4())
+        else:
+            execution_id = execution_id_for_key(state.session_id, idempotency_key)
+            if not replace and (idempotency_key in state.replies or self.calls.get(execution_id)):
+                return None
+        limit = self.settings.max_stdout_bytes
+        tracked = session_live.Tracked(
+            state.tenant, state.session_id, execution_id, LiveOutput({"stdout": limit, "stderr": limit})
+        )
+        self.calls.add(tracked)
+        return tracked
+
+    async def events(
+        self, tenant: str, session_id: str, execution_id: str, cursor: Cursor
+    ) -> AsyncGenerator[JobEvent, None]:
+        """The call's event stream beyond ``cursor``: live while it runs, its record once it ended
+        (``tako_shim.backends.events``); NotFound for another tenant's session or an unknown call."""
+        self._get(tenant, session_id, open_only=False)
+        tracked = self.calls.get(execution_id)
+        if tracked is not None and tracked.session_id == session_id and tracked.tenant == tenant:
+            async for event in session_live.stream(tracked, cursor):
+                yield event
+            return
+        execution = await self.lookup(tenant, execution_id) if self.lookup is not None else None
+        if execution is None or execution.session_id != session_id:
+            raise NotFound("Execution not found")
+        for event in session_live.replay(execution, cursor):
+            yield event
+
+    async def _call(
+        self, state: SessionState, code: str, limit_s: int, tracked: session_live.Tracked
+    ) -> SessionExecution:
         base = self._dir(state)
         number = state.next_number
         state.next_number += 1
-        execution_id = str(uuid.uuid4())
+        execution_id = tracked.execution_id
+        tail = session_live.LiveTail(
+            base / "out" / f"live-{number}", 4 * self.settings.max_stdout_bytes * 6 + 65536
+        )  # both streams' kept text, JSON-escaped (at most 6 bytes a character), with room
+        next_tail = 0.0
         request = base / "in" / f"req-{number}.json"
         await asyncio.to_thread(_write_atomic, request, json.dumps({"code": code, "timeout": limit_s}))
         reply_path = base / "out" / f"resp-{number}.json"
@@ -572,7 +635,11 @@ class LocalSessions:
                 reply_path, self.settings.max_stdout_bytes * 4 + sessions_spec.MAX_REPLY_BYTES_OVERHEAD
             )
             if reply is not None:
+                tail.pump(tracked.live)
                 break
+            if time.monotonic() >= next_tail:
+                tail.pump(tracked.live)
+                next_tail = time.monotonic() + LIVE_POLL_S
             if live is None or live.proc.returncode is not None:
                 reason = "crashed"
                 if live is not None:
@@ -587,9 +654,9 @@ class LocalSessions:
                 reason = "killed_after_timeout"
                 break
             await asyncio.sleep(REPLY_POLL_S)
-        with contextlib.suppress(OSError):
-            request.unlink()
-            reply_path.unlink()
+        for done in (request, reply_path, tail.path):
+            with contextlib.suppress(OSError):
+                done.unlink()
         elapsed = int((time.monotonic() - started) * 1000)
         if reason is None and _out_entries(base / "out") > sessions_spec.MAX_OUT_ENTRIES:
             reason = "crashed"  # the reply directory is the channel, not storage: a session filling it ends
@@ -774,6 +841,12 @@ async def attach_sessions(backend: Any) -> LocalSessions | None:
         except Exception:  # the call's answer is the product; its audit row is best effort, logged
             log.exception("could not record session execution %s", execution.execution_id)
 
-    service = LocalSessions(backend.settings, local, record)
+    async def lookup(tenant: str, execution_id: str) -> SessionExecution | None:
+        row = await backend._db(backend.store.get, tenant, execution_id)
+        if row is None or row.relationship != "session":
+            return None
+        return session_live.execution_from_row(row)
+
+    service = LocalSessions(backend.settings, local, record, lookup)
     await service.start()
     return service
