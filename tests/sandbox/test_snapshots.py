@@ -205,3 +205,28 @@ async def test_the_warm_pool_holds_restored_sandboxes(ex: LocalExecutor, tmp_pat
     await asyncio.sleep(0.5)
     listing = containers(ex)
     assert not any(cid in listing for cid in used), listing
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import sys\nprint('out')\nsys.exit('bye')\n",
+        "import sys\nsys.exit(3)\n",
+        "import atexit, threading, time\natexit.register(lambda: print('atexit ran'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+        "print('main done')\n",
+        "def f():\n    return undefined_name\nf()\n",
+    ],
+    ids=["exit-message", "exit-status", "atexit-and-threads", "traceback"],
+)
+async def test_a_restored_job_ends_exactly_as_a_cold_one(
+    ex: LocalExecutor, executor: LocalExecutor, tmp_path: Path, code: str
+) -> None:
+    """The pre-started interpreter skips Python's teardown (``os._exit``) but not what a program sees:
+    SystemExit's status and message, non-daemon threads, atexit handlers, tracebacks."""
+    warm = await restored(ex, tmp_path, code)
+    cold = await executor.run(make_job(code), tmp_path / "cold")
+    assert (warm.status, warm.exit_code, warm.stdout, warm.stderr) == (
+        cold.status, cold.exit_code, cold.stdout, cold.stderr,
+    )  # fmt: skip
+    assert warm.error == cold.error
