@@ -30,6 +30,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -245,6 +246,7 @@ class RestoreFailed(Exception):
     """A restore did not reach ``TAKO-GO`` (no user code ran): the caller runs the job cold."""
 
 
+@functools.cache
 def default_preload() -> tuple[str, ...]:
     """The runner's own top-level imports (what a template loads when the job type names none)."""
     tree = ast.parse(Path(runner_module.__file__).read_text(encoding="utf-8"))
@@ -316,20 +318,29 @@ class SnapshotStore:
     def __init__(self, root: Path, max_age_s: float) -> None:
         self.root = root
         self.max_age_s = max_age_s
+        self._seen: dict[str, float] = {}  # key -> created_at of a published entry
         root.mkdir(parents=True, exist_ok=True)
         root.chmod(0o700)
 
     def lookup(self, key: str, now: float | None = None) -> Path | None:
-        """The image directory of a complete, fresh entry for ``key``, else None."""
+        """The image directory of a complete, fresh entry for ``key``, else None (meta.json is read
+        once per entry; later lookups check its age and that it is still there, one stat)."""
         entry = self.root / key
-        try:
-            meta = json.loads((entry / META).read_text())
-            fresh = (now or time.time()) - float(meta["created_at"]) <= self.max_age_s
-            if meta.get("key") == key and fresh and (entry / IMAGE).is_dir():
-                return entry / IMAGE
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        return None
+        now = now or time.time()
+        created = self._seen.get(key)
+        if created is None:
+            try:
+                meta = json.loads((entry / META).read_text())
+                if meta.get("key") != key or not (entry / IMAGE).is_dir():
+                    return None
+                created = float(meta["created_at"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+            self._seen[key] = created
+        if now - created > self.max_age_s or not (entry / META).exists():
+            self._seen.pop(key, None)
+            return None
+        return entry / IMAGE
 
     def meta(self, key: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.root / key / META).read_text())
@@ -351,6 +362,7 @@ class SnapshotStore:
     def discard(self, key: str) -> None:
         """Remove an entry (a failed restore from it, or rotation)."""
         entry = self.root / key
+        self._seen.pop(key, None)
         if entry.exists():
             aside = self.root / f".removed-{secrets.token_hex(6)}"
             with contextlib.suppress(OSError):
