@@ -154,3 +154,33 @@ def test_restore_teardown_removes_state_only_once_the_cgroups_are_gone(
     monkeypatch.setattr(snapshots.cgroups, "remove_dirs", lambda dirs: [d.rmdir() for d in dirs])
     assert remove_restored(state, cid, [busy])
     assert not any(path.exists() for path in files) and other.exists()
+
+
+async def test_a_job_types_preload_reaches_the_sandbox_job(tmp_path: Path) -> None:
+    from test_shim_queue import FakeOutcome
+
+    from tako_shim.backends.local.backend import LocalBackend
+    from tako_vm.models.wire import ExecuteRequest
+
+    seen: list[SandboxJob] = []
+
+    class Recording:
+        def runtime_info(self) -> dict[str, str]:
+            return {"runtime": "fake"}
+
+        async def run(self, job: SandboxJob, artifact_dir: Path, cancel: object = None) -> FakeOutcome:
+            seen.append(job)
+            return FakeOutcome("succeeded", "ok")
+
+    settings = Settings(data_dir=tmp_path, job_types=[JobTypeConfig(name="df", preload=["csv", "decimal"])])
+    backend = LocalBackend(settings, executor_factory=lambda _: Recording())
+    await backend.start()
+    try:
+        for job_type in ("df", None):
+            sub = await backend.submit(
+                "default", backend.resolver.resolve(ExecuteRequest(code="1", job_type=job_type))
+            )
+            assert await backend.wait_for("default", sub.job_id, 10) is not None
+    finally:
+        await backend.close()
+    assert [job.preload for job in seen] == [("csv", "decimal"), None]

@@ -397,7 +397,7 @@ class Snapshots:
             executor.platform or "",
             {"root": str(executor.system_root), "manifest": executor.rootfs_manifest},
         )
-        self._building: dict[str, asyncio.Task[Path | None]] = {}
+        self._building: dict[str, asyncio.Task[Any]] = {}
         self._specs: dict[str, dict[str, Any]] = {}  # key -> template spec (read once per image)
         self.stats = {"restored": 0, "fallbacks": 0, "built": 0, "build_failures": 0}
         self.used_sandboxes: deque[str] = deque(maxlen=1000)  # container ids, one per restore
@@ -413,7 +413,9 @@ class Snapshots:
         key = self.key(shape)
         path = self.store.lookup(key)
         if path is None and key not in self._building:
-            task = asyncio.ensure_future(self._build(key, shape))
+            # in the executor's background set: ``drain``/``close`` wait for it (a template is a
+            # detached sandbox; a cancelled build still deletes it)
+            task = self.executor._spawn_background(self._build(key, shape))
             self._building[key] = task
             task.add_done_callback(lambda _t: self._building.pop(key, None))
         return (key, path) if path is not None else None
@@ -428,20 +430,21 @@ class Snapshots:
         if task is None:
             self.image(shape)
             task = self._building.get(key)
-        return await asyncio.shield(task) if task is not None else self.store.lookup(key)
+        if task is not None:
+            await asyncio.shield(task)
+        return self.store.lookup(key)
 
-    async def _build(self, key: str, shape: Shape) -> Path | None:
+    async def _build(self, key: str, shape: Shape) -> None:
         try:
-            path = await self._checkpoint(key, shape)
+            await self._checkpoint(key, shape)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.stats["build_failures"] += 1
             log.warning("snapshot template %s could not be built (jobs run cold): %s", key, exc)
-            return None
+            return
         self.stats["built"] += 1
         await asyncio.to_thread(self.store.rotate)
-        return path
 
     def _template_job(self, shape: Shape) -> job_module.SandboxJob:
         return job_module.SandboxJob(
