@@ -230,3 +230,20 @@ async def test_a_restored_job_ends_exactly_as_a_cold_one(
         cold.status, cold.exit_code, cold.stdout, cold.stderr,
     )  # fmt: skip
     assert warm.error == cold.error
+
+
+async def test_a_template_build_is_off_the_request_path_and_leaves_no_sandbox(
+    ex: LocalExecutor, tmp_path: Path
+) -> None:
+    """The first job of a shape runs cold while its template is built in the background; drain waits
+    for the build, which deletes its template sandbox after the checkpoint."""
+    job = make_job("print('first')", pids_limit=77)
+    shape = ex.snapshot_shape(job, None)
+    assert shape is not None and snaps(ex).store.lookup(snaps(ex).key(shape)) is None
+    before = dict(snaps(ex).stats)
+    outcome = await ex.run(job, tmp_path / "artifacts")
+    assert outcome.stdout == "first\n" and snaps(ex).stats["restored"] == before["restored"]
+    await ex.drain()
+    assert snaps(ex).stats["built"] == before["built"] + 1
+    assert snaps(ex).store.lookup(snaps(ex).key(shape)) is not None
+    assert "tako-tmpl-" not in containers(ex)
