@@ -36,6 +36,7 @@ def test_the_key_changes_with_everything_the_image_embeds() -> None:
         image_environment(b"runner code", "20250101", "systrap", {"python": "3.11.2"}),
         image_environment(b"runner code", "20240729", "ptrace", {"python": "3.11.2"}),
         image_environment(b"runner code", "20240729", "systrap", {"python": "3.12.0"}),
+        image_environment(b"runner code", "20240729", "systrap", {"python": "3.11.2"}, b"oci.py v2"),
     ]
     changed_jobs = [
         dataclasses.replace(JOB, memory_limit_mb=256),

@@ -38,6 +38,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from collections import deque
@@ -299,12 +300,14 @@ def template_key(shape: Shape, environment: dict[str, Any]) -> str:
 
 
 def image_environment(
-    runner_code: bytes, runsc_version: str, platform: str, interpreter: Any
+    runner_code: bytes, runsc_version: str, platform: str, interpreter: Any, sandbox_code: bytes = b""
 ) -> dict[str, Any]:
-    """The non-shape inputs of ``template_key``."""
+    """The non-shape inputs of ``template_key`` (``sandbox_code``: the source that builds the OCI spec,
+    so a change to the sandbox's shape rebuilds every template instead of waiting for rotation)."""
     launcher = hashlib.sha256((LAUNCHER + BOOTSTRAP).encode("utf-8")).hexdigest()
     return {
         "runner": hashlib.sha256(runner_code).hexdigest(),
+        "sandbox": hashlib.sha256(sandbox_code).hexdigest(),
         "launcher": launcher,
         "runsc": runsc_version,
         "platform": platform,
@@ -396,6 +399,10 @@ class Snapshots:
             executor.version or "",
             executor.platform or "",
             {"root": str(executor.system_root), "manifest": executor.rootfs_manifest},
+            b"".join(
+                Path(m.__file__ or "").read_bytes()
+                for m in (oci, cgroups, sys.modules[type(executor).__module__])
+            ),
         )
         self._building: dict[str, asyncio.Task[Any]] = {}
         self._specs: dict[str, dict[str, Any]] = {}  # key -> template spec (read once per image)
