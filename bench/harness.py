@@ -71,7 +71,9 @@ class BareRunsc:
 
         self.executor = LocalExecutor(work_dir=work_dir, security_mode="strict")
 
-    def once(self, code: str = CODE) -> float:
+    def once(self, code: str = CODE, deps: Path | None = None, expect: bytes = b"1\n") -> float:
+        """One ``runsc run`` of ``code``; ``deps``: an installed requirement set bound at /deps (on
+        PYTHONPATH, as the product does)."""
         from tako_shim.backends.local.sandbox.executor import SandboxJob
 
         ex = self.executor
@@ -84,16 +86,18 @@ class BareRunsc:
             job_dir.chmod(0o755)
             (job_dir / "code" / "main.py").write_text(code)
             bundle = ex._write_bundle(
-                job_dir, "run", cid, None, SandboxJob("bare", code, {}, [], 30, 60), None
+                job_dir, "run", cid, deps, SandboxJob("bare", code, {}, [], 30, 60), None
             )
             spec = json.loads((bundle / "config.json").read_text())
             spec["process"]["args"] = [HOST_PYTHON, "-u", "/code/main.py"]
+            if deps is not None:
+                spec["process"]["env"].append("PYTHONPATH=/deps")
             (bundle / "config.json").write_text(json.dumps(spec))
             argv = [*ex._runsc_argv(None, "none"), "run", "--bundle", str(bundle), cid]
             started = time.perf_counter()
             out = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
             elapsed = time.perf_counter() - started
-            if out.returncode != 0 or out.stdout != b"1\n":
+            if out.returncode != 0 or out.stdout != expect:
                 raise RuntimeError(f"bare runsc: rc={out.returncode} {out.stdout!r} {out.stderr[-300:]!r}")
             return elapsed
         finally:

@@ -23,6 +23,7 @@ ENV_PREFIX = "TAKO_VM_"
 DEFAULT_TENANT = "default"
 _MEMORY_RE = re.compile(r"^([1-9][0-9]*)([mg])$")
 _NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _TENANT_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -54,12 +55,22 @@ class JobTypeConfig(BaseModel):
     startup_timeout: int = Field(default=120, ge=10, le=600)
     environment: dict[str, str] = Field(default_factory=dict)
     network_enabled: bool = False  # only the install phase ever gets egress; user code never does
+    # Modules the job type's snapshot template imports before any job (None: the runner's own imports).
+    preload: list[str] | None = Field(default=None, max_length=50)
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         if not _NAME_RE.match(value):
             raise ValueError("must be 1-64 characters of [a-zA-Z0-9_-]")
+        return value
+
+    @field_validator("preload")
+    @classmethod
+    def _preload(cls, value: list[str] | None) -> list[str] | None:
+        for name in value or []:
+            if not _MODULE_RE.match(name):
+                raise ValueError(f"preload entry {name!r} is not a module name (like pandas or numpy.linalg)")
         return value
 
     @field_validator("memory_limit")
@@ -137,6 +148,10 @@ class Settings(BaseModel):
     # and whether tenants share entries (default: each tenant has its own).
     requirements_cache_max_mb: int = Field(default=4096, ge=0, le=1_048_576)
     requirements_cache_shared: bool = False
+    # Template snapshots (backends/local/sandbox/snapshots.py): jobs run in fresh restores of a checkpointed
+    # sandbox that already imported the job type's preload modules; images are rebuilt after this age.
+    snapshots_enabled: bool = True
+    snapshot_max_age_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
     max_workers: int = Field(default=4, ge=1, le=64)
     max_queue_size: int = Field(default=100, ge=1, le=10_000)
     # Per-tenant caps (None: half the queue, and all workers but one, when API keys name more than one

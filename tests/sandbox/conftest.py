@@ -3,31 +3,20 @@ runsc cannot start a sandbox on this machine)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from sandbox_support import Sandbox
+from sandbox_support import Sandbox, real_executor
 
-from tako_shim.backends.local.sandbox.executor import LocalExecutor, SandboxUnavailable
+from tako_shim.backends.local.sandbox.executor import LocalExecutor
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
 def executor() -> Iterator[LocalExecutor]:
-    os.environ["PATH"] = f"{REPO / '.tools' / 'bin'}:{os.environ.get('PATH', '')}"
-    work = Path(tempfile.mkdtemp(prefix="tako-sandbox-tests-"))
-    try:
-        ex = LocalExecutor(work_dir=work, security_mode="strict")
-    except SandboxUnavailable as exc:
-        shutil.rmtree(work, ignore_errors=True)
-        pytest.skip(f"runsc cannot start a sandbox here: {exc}")
-    yield ex
-    shutil.rmtree(work, ignore_errors=True)
+    yield from real_executor("tako-sandbox-tests-")
 
 
 @pytest.fixture

@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tako_runner.outcome import Outcome
-from tako_shim.backends.local.sandbox.executor import LocalExecutor, SandboxJob
+from tako_shim.backends.local.sandbox.executor import LocalExecutor, SandboxJob, SandboxUnavailable
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def real_executor(prefix: str, *, snapshots: bool = False) -> Iterator[LocalExecutor]:
+    """A strict LocalExecutor over real runsc in a fresh work dir (the test is skipped, with the reason,
+    when runsc cannot start a sandbox here); ``snapshots``: with a template snapshot store beside it."""
+    os.environ["PATH"] = f"{REPO / '.tools' / 'bin'}:{os.environ.get('PATH', '')}"
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        ex = LocalExecutor(
+            work_dir=work / "work",
+            security_mode="strict",
+            snapshot_dir=work / "snapshots" if snapshots else None,
+        )
+    except SandboxUnavailable as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        pytest.skip(f"runsc cannot start a sandbox here: {exc}")
+    yield ex
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def make_job(code: str, **overrides: Any) -> SandboxJob:

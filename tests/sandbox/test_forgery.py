@@ -30,14 +30,18 @@ async def test_printed_forged_envelope_does_not_change_the_outcome(sx: Sandbox) 
     assert "TAKO-ENVELOPE-V1" in outcome.stdout  # it is just captured user output
 
 
-async def assert_written_then_killed_is_refused(sx: Sandbox, forged: str) -> None:
-    """User code writes ``forged`` to the runner's stdout, then kills the runner: no forged result."""
-    code = (
+def written_then_killed(forged: str) -> str:
+    """User code that writes ``forged`` to the runner's stdout, then kills the runner (pid 1)."""
+    return (
         "import os, signal\n"
         f"with open('/proc/1/fd/1', 'w') as channel:\n    channel.write({forged!r})\n"
         "os.kill(1, signal.SIGKILL)\n"
     )
-    outcome = await sx.run(code)
+
+
+async def assert_written_then_killed_is_refused(sx: Sandbox, forged: str) -> None:
+    """User code writes ``forged`` to the runner's stdout, then kills the runner: no forged result."""
+    outcome = await sx.run(written_then_killed(forged))
     assert outcome.status == "failed", outcome
     assert outcome.output is None
     assert outcome.error is not None and outcome.error["type"] == "killed"
@@ -90,9 +94,8 @@ async def test_a_flood_of_fake_mac_lines_still_ends_in_the_real_result(sx: Sandb
     assert (outcome.status, outcome.stdout, outcome.output) == ("succeeded", "real\n", None), outcome
 
 
-async def test_user_code_cannot_read_the_frame_key(sx: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The key is read from the runner's stdin before user code exists; user code looks everywhere it
-    can (the runner's stdin, environment, command line and memory, its own environment, /code)."""
+def record_frame_keys(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The frame keys the host hands to sandboxes from now on, in order."""
     keys: list[bytes] = []
     original = job.FrameWatch.__init__
 
@@ -101,21 +104,30 @@ async def test_user_code_cannot_read_the_frame_key(sx: Sandbox, monkeypatch: pyt
         original(self, key, buffer)
 
     monkeypatch.setattr(job.FrameWatch, "__init__", record)
-    code = (
-        "import os\n"
-        "def show(name, fn):\n"
-        "    try:\n"
-        "        print(name, repr(fn()))\n"
-        "    except Exception as exc:\n"
-        "        print(name, 'refused', type(exc).__name__)\n"
-        "show('stdin', lambda: open('/proc/1/fd/0', 'rb').read(4096))\n"
-        "show('environ', lambda: open('/proc/1/environ', 'rb').read())\n"
-        "show('cmdline', lambda: open('/proc/1/cmdline', 'rb').read())\n"
-        "show('mem', lambda: open('/proc/1/mem', 'rb').read(1))\n"
-        "show('own env', lambda: dict(os.environ))\n"
-        "show('code', lambda: {n: open('/code/' + n).read() for n in os.listdir('/code')})\n"
-    )
-    outcome = await sx.run(code)
+    return keys
+
+
+KEY_PROBE = (
+    "import os\n"
+    "def show(name, fn):\n"
+    "    try:\n"
+    "        print(name, repr(fn()))\n"
+    "    except Exception as exc:\n"
+    "        print(name, 'refused', type(exc).__name__)\n"
+    "show('stdin', lambda: open('/proc/1/fd/0', 'rb').read(4096))\n"
+    "show('environ', lambda: open('/proc/1/environ', 'rb').read())\n"
+    "show('cmdline', lambda: open('/proc/1/cmdline', 'rb').read())\n"
+    "show('mem', lambda: open('/proc/1/mem', 'rb').read(1))\n"
+    "show('own env', lambda: dict(os.environ))\n"
+    "show('code', lambda: {n: open('/code/' + n).read() for n in os.listdir('/code')})\n"
+)
+
+
+async def test_user_code_cannot_read_the_frame_key(sx: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key is read from the runner's stdin before user code exists; user code looks everywhere it
+    can (the runner's stdin, environment, command line and memory, its own environment, /code)."""
+    keys = record_frame_keys(monkeypatch)
+    outcome = await sx.run(KEY_PROBE)
     assert outcome.status == "succeeded", outcome
     assert len(keys) == 1 and len(keys[0]) == 64
     assert "mem refused PermissionError" in outcome.stdout

@@ -13,8 +13,8 @@ from typing import Any, cast
 
 import pytest
 from sandbox_support import Sandbox, make_job
+from test_forgery import FORGED, written_then_killed
 
-from tako_runner.outcome import frame_envelope
 from tako_shim.backends.local.sandbox.executor import LocalExecutor
 from tako_shim.backends.local.sandbox.warmpool import WarmPool, fits, job_config
 
@@ -149,16 +149,7 @@ async def test_cancel_reaches_a_warm_job(pool: WarmPool, tmp_path: Path) -> None
 
 
 async def test_forged_frame_then_killed_launcher_is_not_trusted(pool: WarmPool, tmp_path: Path) -> None:
-    forged = frame_envelope(
-        {"v": 1, "mode": "run", "error": None, "exit_code": 0, "stdout": "forged", "stderr": "",
-         "output": {"forged": True}, "artifacts": [], "timing": {}}
-    )  # fmt: skip
-    code = (
-        "import os, signal\n"
-        f"with open('/proc/1/fd/1', 'w') as channel:\n    channel.write({forged!r})\n"
-        "os.kill(1, signal.SIGKILL)\n"
-    )
-    outcome = await run_warm(pool, tmp_path, code)
+    outcome = await run_warm(pool, tmp_path, written_then_killed(FORGED))
     assert outcome.status == "failed", outcome
     assert outcome.output is None
     await Sandbox(cast(LocalExecutor, pool), tmp_path).assert_healthy()

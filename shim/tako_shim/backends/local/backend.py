@@ -162,6 +162,8 @@ def _real_executor(settings: Settings) -> SandboxRunner:
         rootfs_path=settings.rootfs_path,
         requirements_cache_mb=settings.requirements_cache_max_mb,
         requirements_cache_shared=settings.requirements_cache_shared,
+        snapshot_dir=settings.data_dir / "snapshots" if settings.snapshots_enabled else None,
+        snapshot_max_age_s=settings.snapshot_max_age_seconds,
     )
     if settings.warm_pool_size > 0:
         from tako_shim.backends.local.sandbox.warmpool import warm_pool_for
@@ -570,6 +572,8 @@ class LocalBackend(Backend):
         assert self._executor is not None
         jt = self.resolver.job_type(row.job_type)
         job = self._job_factory(self.settings, row, dict(jt.environment), jt.memory_limit, jt.cpu_limit)
+        if jt.preload is not None and dataclasses.is_dataclass(job):
+            job = dataclasses.replace(job, preload=tuple(jt.preload))  # type: ignore[type-var]
         artifact_dir = self._artifact_dir(row.job_id)
         last_error = ""
         for attempt in range(1, self.settings.max_retry_attempts + 1):

@@ -78,20 +78,33 @@ def tree_digest(root: Path) -> tuple[str, int]:
     """(sha256 over every entry's relative path, type, size, mode and mtime_ns, total bytes) of a tree.
 
     Any write to the read-only tree after its commit changes a size or an mtime; reading the tree's
-    metadata costs a few ms for numpy's ~1,000 files (a content hash would cost ~0.1 s per job)."""
+    metadata costs a few ms for numpy's ~1,000 files (a content hash would cost ~0.1 s per job). Walks
+    with ``os.scandir`` in ``os.walk``'s order (a directory's files, then its subdirectories, sorted;
+    then each subdirectory; symlinks to directories listed, not followed): about 4x cheaper than
+    ``os.walk`` + ``Path`` per entry, which cost ~0.2 CPU-s per job for pandas + numpy (profiled)."""
     h = hashlib.sha256()
     total = 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in [*sorted(filenames), *dirnames]:
-            path = Path(dirpath, name)
-            st = path.lstat()
-            rel = path.relative_to(root).as_posix()
-            h.update(
-                f"{rel}\0{stat.S_IFMT(st.st_mode)}\0{st.st_size}\0{st.st_mode}\0{st.st_mtime_ns}\n".encode()
+    pending = [("", os.fspath(root))]
+    while pending:
+        rel_dir, path = pending.pop()
+        files: list[os.DirEntry[str]] = []
+        dirs: list[os.DirEntry[str]] = []
+        with os.scandir(path) as listing:
+            for entry in listing:
+                (dirs if entry.is_dir() else files).append(entry)
+        files.sort(key=lambda e: e.name)
+        dirs.sort(key=lambda e: e.name)
+        lines = []
+        for entry in (*files, *dirs):
+            st = entry.stat(follow_symlinks=False)
+            mode = st.st_mode
+            lines.append(
+                f"{rel_dir}{entry.name}\0{stat.S_IFMT(mode)}\0{st.st_size}\0{mode}\0{st.st_mtime_ns}\n"
             )
-            if stat.S_ISREG(st.st_mode):
+            if stat.S_ISREG(mode):
                 total += st.st_size
+        h.update("".join(lines).encode())
+        pending += [(f"{rel_dir}{d.name}/", d.path) for d in reversed(dirs) if not d.is_symlink()]
     return h.hexdigest(), total
 
 

@@ -48,7 +48,7 @@ import tako_shim.backends.local.rootfs as rootfs_module
 from tako_runner import runner as runner_module
 from tako_runner.outcome import Outcome, classify, parse_envelope
 from tako_shim.backends.local import reqcache
-from tako_shim.backends.local.sandbox import artifacts, cgroups, oci, runsc
+from tako_shim.backends.local.sandbox import artifacts, cgroups, oci, runsc, snapshots
 from tako_shim.backends.local.sandbox.frames import TailBuffer
 from tako_shim.backends.local.sandbox.job import (
     EGRESS_PROBE_ALLOWANCE_S,
@@ -58,6 +58,7 @@ from tako_shim.backends.local.sandbox.job import (
     FrameWatch,
     SandboxJob,
     SandboxResult,
+    hand_over,
     prepare_job_dir,
     runner_config,
     safe_id,
@@ -149,9 +150,12 @@ class LocalExecutor:
         rootfs_path: str | None = None,
         requirements_cache_mb: int = 0,
         requirements_cache_shared: bool = False,
+        snapshot_dir: Path | None = None,
+        snapshot_max_age_s: float = 86_400.0,
     ) -> None:
         """``rootfs_path``: the sandboxes' system root (default: this recipe's tree, see rootfs.py);
-        ``requirements_cache_mb``: size of the installed-requirements cache (0: install per job)."""
+        ``requirements_cache_mb``: size of the installed-requirements cache (0: install per job);
+        ``snapshot_dir``: where template snapshots live (None: no snapshots, every job starts cold)."""
         if security_mode not in ("strict", "permissive"):
             raise ValueError(f"security_mode must be 'strict' or 'permissive', got {security_mode!r}")
         self.work_dir = Path(work_dir).resolve()
@@ -179,6 +183,10 @@ class LocalExecutor:
         self.platform: str | None = None
         self.version: str | None = None
         self.cgroups: cgroups.Cgroups | None = None
+        self.snapshots: snapshots.Snapshots | None = None
+        self.rootfs_manifest = (
+            rootfs_module.manifest(self.system_root) if self._rootfs_problem is None else {}
+        )
         try:
             problem = self._probe_runsc()
         except cgroups.CgroupUnavailable as exc:
@@ -188,6 +196,8 @@ class LocalExecutor:
         if problem is None:
             self.runtime = "runsc"
             self._reap_stale()
+            if snapshot_dir is not None:
+                self.snapshots = snapshots.Snapshots(self, Path(snapshot_dir), snapshot_max_age_s)
             return
         hint = runsc.ROOT_HINT if self.runsc is not None and os.geteuid() != 0 else runsc.INSTALL_HINT
         if security_mode == "strict":
@@ -375,10 +385,13 @@ class LocalExecutor:
             return listed
         return self.cgroups.dirs(cid) if self.cgroups is not None else []
 
-    def _cleanup(self, platform: str | None, cid: str, job_dir: Path | None) -> None:
+    def _cleanup(self, platform: str | None, cid: str, job_dir: Path | None, restored: bool = False) -> None:
         """Remove the container (only if runsc left state behind: `runsc run` cleans up after itself
-        when the sandbox ends on its own), its cgroups and the job directory."""
-        if self.runsc is not None and runsc.has_state(self._state_dir, cid):
+        when the sandbox ends on its own), its cgroups and the job directory. ``restored``: an attached
+        restore that has exited, whose state files are removed directly once its cgroups are empty."""
+        if restored and snapshots.remove_restored(self._state_dir, cid, self._cgroup_dirs(cid)):
+            pass
+        elif self.runsc is not None and runsc.has_state(self._state_dir, cid):
             runsc.delete(self._runsc_argv(platform, "none"), cid)
         cgroups.remove_dirs(self._cgroup_dirs(cid))
         if job_dir is not None:
@@ -408,6 +421,7 @@ class LocalExecutor:
         proc: asyncio.subprocess.Process | None,
         readers: asyncio.Future[Any] | None,
         exit_wait_s: float = TEARDOWN_WAIT_S,
+        restored: bool = False,
     ) -> None:
         """Bounded and guaranteed: let the sandbox exit (at most ``exit_wait_s``; 0 when its job did not
         finish), kill it if it does not, then remove its runsc state and cgroups. If the event loop goes
@@ -428,7 +442,8 @@ class LocalExecutor:
             if readers is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(readers), 1.0)
-            await asyncio.to_thread(self._cleanup, None, cid, None)
+            restored_exited = restored and proc is not None and proc.returncode is not None
+            await asyncio.to_thread(self._cleanup, None, cid, None, restored_exited)
             if readers is not None:
                 readers.cancel()  # a killed sandbox's processes may hold the pipes until removed
         except asyncio.CancelledError:
@@ -488,7 +503,9 @@ class LocalExecutor:
                 if _install_failed(install):
                     return self._classify(install, None)
             budget = job.timeout + KILL_GRACE_S + EGRESS_PROBE_ALLOWANCE_S + EXTERNAL_DEADLINE_MARGIN_S
-            result = await self._sandbox(job, job_dir, deps_dir, "run", budget, cancel, teardowns)
+            result = await self._restored(job, job_dir, lease, cancel, teardowns)
+            if result is None:
+                result = await self._sandbox(job, job_dir, deps_dir, "run", budget, cancel, teardowns)
             outcome = self._classify(install, result)
             await artifacts.store(outcome, result, job_dir / "output", artifact_dir, job)
             return outcome
@@ -496,6 +513,73 @@ class LocalExecutor:
             self._spawn_background(self._remove_job_dir(teardowns, job_dir))
             if lease is not None and self.requirement_cache is not None:
                 self._spawn_background(reqcache.release_after(self.requirement_cache, lease, teardowns))
+
+    def snapshot_shape(self, job: SandboxJob, lease: reqcache.Lease | None) -> snapshots.Shape | None:
+        """The template shape of ``job`` (None: no snapshot applies, e.g. requirements without a cache)."""
+        if self.snapshots is None or (job.requirements and lease is None):
+            return None
+        deps = ""
+        if lease is not None:
+            try:
+                digest = json.loads((lease.entry / reqcache.MARKER).read_text())["digest"]
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+            deps = f"{lease.deps}@{digest}"
+        return snapshots.shape_of(job, deps)
+
+    async def _restored(
+        self,
+        job: SandboxJob,
+        job_dir: Path,
+        lease: reqcache.Lease | None,
+        cancel: asyncio.Event,
+        teardowns: list[asyncio.Task[None]],
+    ) -> SandboxResult | None:
+        """Run ``job`` in a fresh restore of its template, or None: no image yet (one is built in the
+        background) or the restore failed (a warning; the caller starts the job cold)."""
+        shape = self.snapshot_shape(job, lease)
+        found = self.snapshots.image(shape) if self.snapshots is not None and shape is not None else None
+        if found is None or self.snapshots is None:
+            return None
+        key, image = found
+        (job_dir / "code" / "job.json").unlink()
+        (job_dir / "code" / "main.py").unlink()
+        (job_dir / "input" / "data.json").unlink()
+        hand_over(job, job_dir)
+        cid = f"tako-{safe_id(job.job_id)[:32]}-snap-{secrets.token_hex(4)}"
+        frame_key = secrets.token_hex(32).encode("ascii")
+        proc: asyncio.subprocess.Process | None = None
+        readers: asyncio.Future[Any] | None = None
+        result: SandboxResult | None = None
+        self.snapshots.used_sandboxes.append(cid)
+        try:
+            proc = await self.snapshots.start_restore(key, image, job_dir, cid, job)
+            await self.snapshots.go(proc, frame_key, cid)
+            self.snapshots.stats["restored"] += 1
+            watch = FrameWatch(frame_key, TailBuffer(stdout_limit(job, "run")))
+            watch.on_output = job.on_output
+            budget = job.timeout + KILL_GRACE_S + EXTERNAL_DEADLINE_MARGIN_S
+            result, readers = await self._watch(proc, cid, watch, TailBuffer(64 * 1024), budget, cancel)
+            return result
+        except (snapshots.RestoreFailed, OSError) as exc:
+            self.snapshots.stats["fallbacks"] += 1
+            log.warning("snapshot restore failed, running the job cold: %s", exc)
+            if isinstance(exc, snapshots.RestoreFailed):
+                self.snapshots.store.discard(key)  # rebuilt by the next job of this shape
+            return None
+        finally:
+            wait_s = TEARDOWN_WAIT_S if result is not None else 0.0
+            teardown = self._teardown(cid, proc, readers, wait_s, restored=True)
+            task = self._spawn_background(teardown)
+            if result is not None:
+                teardowns.append(task)
+            else:  # the cold run reuses the job directory: /output free again, its own job.json
+                await asyncio.gather(task, return_exceptions=True)
+                await asyncio.to_thread(artifacts.unmount, job_dir / "output")
+                config = job_dir / "code" / "job.json"
+                config.unlink()
+                config.write_text(runner_config(job).job_json(), encoding="utf-8")
+                config.chmod(0o444)
 
     def _classify(self, install: SandboxResult | None, run: SandboxResult | None) -> Outcome:
         last = run or install

@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import secrets
 import time
 from collections import deque
@@ -40,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from tako_runner.outcome import Outcome
-from tako_shim.backends.local.sandbox import artifacts
+from tako_shim.backends.local.sandbox import artifacts, snapshots
 from tako_shim.backends.local.sandbox import job as job_module
 from tako_shim.backends.local.sandbox.executor import LocalExecutor
 from tako_shim.backends.local.sandbox.frames import TailBuffer
@@ -57,79 +56,36 @@ REFILL_BACKOFF_S = 2.0
 # The user interpreter the launcher pre-starts: it blocks on a pipe from the launcher, then runs
 # /code/main.py as ``python -u /code/main.py`` would (argv, sys.path[0], a fresh __main__, tracebacks
 # without this bootstrap's frame, exit code 1 after an uncaught exception).
-BOOTSTRAP = r"""
+BOOTSTRAP = (
+    r"""
 import os, sys
 fd = int(sys.argv[1])
 go = os.read(fd, 2)
 os.close(fd)
 if go != b"go":
     os._exit(3)
-import builtins, types
-del sys.argv[1:]
-sys.argv[0] = "/code/main.py"
-sys.path[0] = "/code"
-main = types.ModuleType("__main__")
-main.__file__ = "/code/main.py"
-main.__builtins__ = builtins
-sys.modules["__main__"] = main
-try:
-    with open("/code/main.py", "rb") as f:
-        source = f.read()
-    exec(compile(source, "/code/main.py", "exec"), main.__dict__)
-except SystemExit:
-    raise
-except BaseException as exc:
-    exc = exc.with_traceback(exc.__traceback__.tb_next if exc.__traceback__ else None)
-    sys.excepthook(type(exc), exc, exc.__traceback__)
-    sys.exit(1)
 """
+    + snapshots.RUN_MAIN
+)
 
 # The in-sandbox launcher: trusted, stdlib-only, run as ``python3 -I -S -c LAUNCHER`` (pid 1). Before
 # READY it checks egress and pre-starts the user interpreter; after ``go <key>`` it runs the runner in
 # this same process (``key`` authenticates its frame, as ``--frame-key-stdin`` does for a cold run),
 # whose ``start_process`` of ``python -u /code/main.py`` is answered with the pre-started interpreter
 # when argv, cwd and environment are exactly what it was started with (else a real spawn).
-LAUNCHER = r"""
-import os, sys
-sys.path.insert(0, "/runner")
-import runner
-runner.protect_self()
-opened = runner.egress_reachable(dict(runner.DEFAULTS))
-if opened:
-    sys.stderr.write("tako warm sandbox: egress open: %s\n" % ", ".join(opened))
-    sys.stderr.flush()
-    os._exit(2)
+LAUNCHER = (
+    snapshots.PRELUDE
+    + r"""
 BOOTSTRAP = sys.argv[1]
-config = dict(runner.DEFAULTS, python="/usr/bin/python3")
-expected_argv = [config["python"], "-u", config["code_path"]]
-expected_env = runner.base_env(config)
-if os.path.isdir(config["deps_dir"]):
-    expected_env["PYTHONPATH"] = config["deps_dir"]
 read_end, write_end = os.pipe()
 os.set_inheritable(read_end, True)
 child = runner.start_process(
     [config["python"], "-u", "-c", BOOTSTRAP, str(read_end)], env=expected_env, cwd=config["work_dir"]
 )
 os.close(read_end)
-spawn = runner.start_process
-
-def start_process(argv, *, env, cwd):
-    global child
-    spare, child = child, None
-    if spare is not None:
-        same = list(argv) == expected_argv and env == expected_env and cwd == config["work_dir"]
-        if same and spare.poll() is None:
-            os.write(write_end, b"go")
-            os.close(write_end)
-            return spare
-        spare.kill()
-        spare.wait(5.0)
-        os.close(spare.stdout_fd)
-        os.close(spare.stderr_fd)
-    return spawn(argv, env=env, cwd=cwd)
-
-runner.start_process = start_process
-os.write(1, b"TAKO-WARM-READY\n")
+"""
+    + snapshots.HANDOFF
+    + r"""os.write(1, b"TAKO-WARM-READY\n")
 line = os.read(0, 256)
 while line and not line.endswith(b"\n") and len(line) < 256:
     more = os.read(0, 256 - len(line))
@@ -139,26 +95,18 @@ while line and not line.endswith(b"\n") and len(line) < 256:
 words = line.split()
 if not line.endswith(b"\n") or not words or words[0] != b"go" or len(words) > 2:
     os._exit(3)
-devnull = os.open(os.devnull, os.O_RDONLY)
-os.dup2(devnull, 0)
-os.close(devnull)
-code = runner.main(["run", "--config", "/code/job.json"], frame_key=words[1] if len(words) == 2 else b"")
-sys.stdout.flush()
-os._exit(code)
 """
+    + snapshots.RUN_RUNNER
+)
 
 
-def job_config(job: SandboxJob) -> dict[str, Any]:
-    """The runner config of a warm run: what ``job.prepare_job_dir`` writes (a test keeps
-    the two equal), except the egress probe, which the launcher ran once at boot in this very network
-    namespace (fixed at sandbox creation, so the answer cannot change before ``go``)."""
-    cold = job_module.runner_config(job)
-    return cold.model_copy(update={"requirements": [], "egress_probe": False}).as_json_dict()
+job_config = job_module.prestarted_config  # the runner config of a warm run
 
 
 def pool_shape(job: SandboxJob) -> tuple[Any, ...]:
-    """What a sandbox is built from (OCI bundle + cgroups); a job fits a warm sandbox of the same shape."""
-    return (job.memory_limit_mb, job.pids_limit, job.cpu_limit, job.max_total_artifact_bytes)
+    """What a sandbox is built from (OCI bundle + cgroups, the preload set of a restored one); a job
+    fits a warm sandbox of the same shape."""
+    return (job.memory_limit_mb, job.pids_limit, job.cpu_limit, job.max_total_artifact_bytes, job.preload)
 
 
 def fits(job: SandboxJob, template: SandboxJob) -> bool:
@@ -172,6 +120,7 @@ class WarmSandbox:
     job_dir: Path
     process: asyncio.subprocess.Process
     ready_at: float
+    restored: bool = False  # a restore of the template snapshot (snapshots.py), not a cold start
 
 
 class WarmPool:
@@ -196,7 +145,9 @@ class WarmPool:
         self._refill_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
-        self.stats = {"warm_runs": 0, "cold_runs": 0, "started": 0, "start_failures": 0, "drained": 0}
+        self.stats = dict.fromkeys(
+            ("warm_runs", "cold_runs", "started", "start_failures", "drained", "restored_starts"), 0
+        )
         self.used_sandboxes: deque[str] = deque(maxlen=1000)  # container ids, in the order jobs took them
 
     # ------------------------------------------------------------------ lifecycle
@@ -273,9 +224,49 @@ class WarmPool:
             self._ready.append(sandbox)
 
     async def _start_one(self) -> WarmSandbox:
+        """A restore of the template snapshot when there is one (else a cold start)."""
+        ex = self.executor
+        shape = ex.snapshot_shape(self.template, None)
+        found = ex.snapshots.image(shape) if ex.snapshots is not None and shape is not None else None
+        if found is not None:
+            try:
+                sandbox = await self._restore_one(*found)
+                self.stats["restored_starts"] += 1
+                return sandbox
+            except snapshots.RestoreFailed as exc:
+                log.warning("warm pool: %s; starting a sandbox cold", exc)
+                assert ex.snapshots is not None
+                ex.snapshots.stats["fallbacks"] += 1
+                ex.snapshots.store.discard(found[0])
+        return await self._start_cold()
+
+    async def _restore_one(self, key: str, image: Path) -> WarmSandbox:
+        ex = self.executor
+        assert ex.snapshots is not None
+        cid = f"tako-warm-{secrets.token_hex(6)}"
+        job_dir = await asyncio.to_thread(snapshots.empty_job_dir, ex._jobs_dir, "warm-")
+        process: asyncio.subprocess.Process | None = None
+        try:
+            process = await ex.snapshots.start_restore(key, image, job_dir, cid, self.template)
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(b"ping\n")
+            await process.stdin.drain()
+            line = await snapshots.first_line(process, snapshots.RESTORE_TIMEOUT_S)
+            if line.strip() != READY_MARKER:
+                raise snapshots.RestoreFailed(f"restore {cid} did not answer: {line[:100]!r}")
+            return WarmSandbox(cid, job_dir, process, time.monotonic(), restored=True)
+        except BaseException:
+            if process is not None and process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+            await asyncio.shield(asyncio.to_thread(ex._cleanup, None, cid, job_dir))
+            raise
+
+    async def _start_cold(self) -> WarmSandbox:
         ex = self.executor
         cid = f"tako-warm-{secrets.token_hex(6)}"
-        job_dir = await asyncio.to_thread(self._make_job_dir)
+        job_dir = await asyncio.to_thread(snapshots.empty_job_dir, ex._jobs_dir, "warm-")
         process: asyncio.subprocess.Process | None = None
         try:
             bundle = await asyncio.to_thread(ex._write_bundle, job_dir, "run", cid, None, self.template, None)
@@ -291,10 +282,7 @@ class WarmPool:
                 stderr=asyncio.subprocess.PIPE,
             )
             assert process.stdout is not None
-            try:
-                line = await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT_S)
-            except TimeoutError:
-                line = b""
+            line = await snapshots.first_line(process, READY_TIMEOUT_S)
             if line.strip() != READY_MARKER:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
@@ -315,14 +303,6 @@ class WarmPool:
         self.stats["drained"] += len(idle)
         log.info("warm pool: no job for %.0f s, removing %d idle sandboxes", self.idle_s, len(idle))
         await asyncio.gather(*(self._destroy(sandbox) for sandbox in idle), return_exceptions=True)
-
-    def _make_job_dir(self) -> Path:
-        job_dir = Path(os.path.realpath(_mkdtemp(self.executor._jobs_dir)))
-        for sub in ("code", "input"):
-            (job_dir / sub).mkdir()
-        for path in (job_dir, job_dir / "code", job_dir / "input"):
-            path.chmod(0o755)
-        return job_dir
 
     async def _destroy(self, sandbox: WarmSandbox) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -350,7 +330,11 @@ class WarmPool:
                 sandbox = self._take()
                 if sandbox is not None:
                     self.stats["warm_runs"] += 1
-                    return await self._run_warm(sandbox, job, artifact_dir, cancel or asyncio.Event())
+                    try:
+                        return await self._run_warm(sandbox, job, artifact_dir, cancel or asyncio.Event())
+                    except snapshots.RestoreFailed as exc:  # no user code ran: start the job cold
+                        log.warning("warm pool: %s; running the job cold", exc)
+                        self.stats["warm_runs"] -= 1
         self.stats["cold_runs"] += 1
         return await self.executor.run(job, artifact_dir, cancel)
 
@@ -367,37 +351,28 @@ class WarmPool:
         readers: asyncio.Future[Any] | None = None
         outcome: Outcome | None = None
         try:
-            self._hand_over(job, sandbox.job_dir)  # a few small local writes: cheaper than a thread hop
-            process.stdin.write(GO_SIGNAL + b" " + key + b"\n")
-            await process.stdin.drain()
-            process.stdin.close()
+            job_module.hand_over(job, sandbox.job_dir)  # a few small local writes: cheaper than a thread hop
+            if sandbox.restored:
+                assert ex.snapshots is not None
+                await ex.snapshots.go(process, key, sandbox.cid)
+            else:
+                process.stdin.write(GO_SIGNAL + b" " + key + b"\n")
+                await process.stdin.drain()
+                process.stdin.close()
             result, readers = await self._wait(sandbox, job, cancel, key)
             outcome = ex._classify(None, result)
             await artifacts.store(outcome, result, sandbox.job_dir / "output", artifact_dir, job)
         finally:
             # The result is complete: let the used sandbox exit and delete it, off the critical path.
             wait_s = job_module.TEARDOWN_WAIT_S if outcome is not None else 0.0  # interrupted: kill now
-            teardown = ex._spawn_background(ex._teardown(sandbox.cid, process, readers, wait_s))
+            teardown = ex._spawn_background(
+                ex._teardown(sandbox.cid, process, readers, wait_s, restored=sandbox.restored)
+            )
             ex._spawn_background(ex._remove_job_dir([teardown], sandbox.job_dir))
         outcome.timing["total_ms"] = max(
             outcome.timing.get("total_ms", 0), int((time.monotonic() - started) * 1000)
         )
         return outcome
-
-    def _hand_over(self, job: SandboxJob, job_dir: Path) -> None:
-        """Write input, code and runner config (last) straight into the bound, still unused directories.
-
-        Inline on the event loop on purpose: three small creates cost less than a thread hop (profiling
-        showed staging + rename + rmtree at ~19 ms per job on a loaded machine).
-        """
-        for path, text in (
-            (job_dir / "input" / "data.json", json.dumps(job.input_data)),
-            (job_dir / "code" / "main.py", job.code),
-            (job_dir / "code" / "job.json", json.dumps(job_config(job))),
-        ):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
 
     async def _wait(
         self, sandbox: WarmSandbox, job: SandboxJob, cancel: asyncio.Event, key: bytes
@@ -415,12 +390,6 @@ class WarmPool:
         task = asyncio.ensure_future(awaitable)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def _mkdtemp(parent: Path) -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="warm-", dir=parent)
 
 
 def warm_pool_for(executor: LocalExecutor, settings: Settings) -> WarmPool:
