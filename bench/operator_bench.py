@@ -2,7 +2,9 @@
 with a baseline operator: the tree at BASELINE_REV (the last commit before the throughput work of issue
 #17), unpacked with ``git archive`` and run from its own sources, in the same run, in random order.
 
-PythonJobs are created in bursts of 10, 100 and 1,000, then a second 1,000 (memory must stay flat);
+PythonJobs are created in bursts of 10, 100 and 1,000, then a second 1,000 (memory must stay flat),
+then 1,000 more at a steady 50 per second (the CR -> Pod latency when jobs arrive no faster than the
+operator drains them; a burst of 1,000 at once measures throughput, its tail is queueing);
 for each job the latency is the Pod's ``creationTimestamp`` minus the PythonJob's (both stamped by the
 emulator, microsecond precision, one clock). Nothing runs the Pods (kmock has no kubelet): this
 measures reconciliation, i.e. admission, ConfigMap + NetworkPolicy + Pod creation and the status patch.
