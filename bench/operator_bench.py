@@ -2,7 +2,9 @@
 with a baseline operator: the tree at BASELINE_REV (the last commit before the throughput work of issue
 #17), unpacked with ``git archive`` and run from its own sources, in the same run, in random order.
 
-PythonJobs are created in bursts of 10, 100 and 1,000, then a second 1,000 (memory must stay flat);
+PythonJobs are created in bursts of 10, 100 and 1,000, then a second 1,000 (memory must stay flat),
+then 1,000 more at a steady 50 per second (the CR -> Pod latency when jobs arrive no faster than the
+operator drains them; a burst of 1,000 at once measures throughput, its tail is queueing);
 for each job the latency is the Pod's ``creationTimestamp`` minus the PythonJob's (both stamped by the
 emulator, microsecond precision, one clock). Nothing runs the Pods (kmock has no kubelet): this
 measures reconciliation, i.e. admission, ConfigMap + NetworkPolicy + Pod creation and the status patch.
@@ -31,10 +33,14 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 
 KEEP_REQUESTS = 8
+CHART_MALLOC_ARENA_MAX = "2"  # charts/tako-vm/templates/operator-deployment.yaml sets the same
 CAP_S = 120.0  # per burst, after the last PythonJob was created
 DELETE_CAP_S = 60.0  # for the operator to clean up after deleted jobs
 # the bursts, in order; the last one repeats the one before (RSS must not grow per job)
 SIZES = {"quick": (10, 50, 50), "full": (10, 100, 1000, 1000)}
+# then, after deleting the last burst, jobs created at a steady rate (jobs per second, how many): the
+# latency an agent sees when submissions arrive no faster than the operator drains them
+SUSTAINED = {"quick": (50.0, 100), "full": (50.0, 1000)}
 BASELINE_REV = "801a114"  # before issue #17's throughput work (docs/performance.md: 16-20 jobs/s)
 # The baseline's figures in the run recorded in docs/performance.md before this work (2026-11-28, load
 # 17-22), printed when the baseline tree cannot be unpacked (no git history, e.g. an sdist).
@@ -138,6 +144,7 @@ def operator_argv(tree: Path | None, kubeconfig: Path, namespace: str) -> tuple[
     }
     args = ["operator", "--namespace", namespace, "--kubeconfig", str(kubeconfig)]
     if tree is None:
+        env["MALLOC_ARENA_MAX"] = CHART_MALLOC_ARENA_MAX  # as the chart runs it (the baseline's had none)
         return [str(Path(sys.executable).parent / "tako-vm"), *args], env
     paths = [str(tree / part) for part in ("client", "operator", "runner", "shim")]
     env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -145,11 +152,15 @@ def operator_argv(tree: Path | None, kubeconfig: Path, namespace: str) -> tuple[
     return [sys.executable, "-c", code, *args], env
 
 
-def run_operator(root: Path, sizes: tuple[int, ...], tree: Path | None) -> dict[str, Any]:
-    """One operator against its own emulator: every burst in `sizes`, RSS, requests per job."""
+def run_operator(
+    root: Path, sizes: tuple[int, ...], tree: Path | None, sustained: tuple[float, int] | None = None
+) -> dict[str, Any]:
+    """One operator against its own emulator: every burst in `sizes`, RSS, requests per job; then
+    `sustained` (rate per second, count) jobs created at that steady rate."""
     root.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     rss: dict[str, Any] = {}
+    steady = None
     with _fast_harness("tako-bench") as kube:
         argv, env = operator_argv(tree, kube.kubeconfig(root), kube.namespace)
         log = (root / "operator.log").open("wb")
@@ -191,6 +202,9 @@ def run_operator(root: Path, sizes: tuple[int, ...], tree: Path | None) -> dict[
                     }
             rss["peak_under_load"] = sampler.peak
             rss["after"] = rss_mib(process.pid)
+            if sustained is not None:
+                _delete_jobs(kube, previous, process.pid)
+                steady = _sustained(kube, *sustained, already=created)
         finally:
             process.terminate()
             try:
@@ -198,7 +212,27 @@ def run_operator(root: Path, sizes: tuple[int, ...], tree: Path | None) -> dict[
             except subprocess.TimeoutExpired:
                 process.kill()
             log.close()
-    return {"sizes": results, "operator_rss_mib": rss}
+    return {"sizes": results, "operator_rss_mib": rss, "sustained": steady}
+
+
+def _sustained(kube: Any, rate: float, count: int, already: int) -> dict[str, Any]:
+    """Create `count` PythonJobs at `rate` per second (paced against the clock, so a slow create is
+    caught up, never skipped), then wait for their Pods; their CR -> Pod latencies."""
+    names = [f"steady-{n}" for n in range(count)]
+    started = time.perf_counter()
+    for number, name in enumerate(names):
+        delay = started + number / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        kube.create("pythonjobs", _job(name))
+    creating = time.perf_counter() - started
+    complete = _wait_pods(kube, already + count, CAP_S)
+    return {
+        **_measure(kube, names, time.perf_counter() - started),
+        "rate_per_s": rate,
+        "achieved_rate_per_s": round(count / creating, 1),
+        "complete_within_cap": complete,
+    }
 
 
 def _growth(run: dict[str, Any]) -> dict[str, Any]:
@@ -241,11 +275,13 @@ def _ratio(new: float | None, old: float | None) -> float | None:
 
 def operator_suite(root: Path, quick: bool) -> dict[str, Any]:
     sizes = SIZES["quick" if quick else "full"]
+    sustained = SUSTAINED["quick" if quick else "full"]
     root.mkdir(parents=True, exist_ok=True)
     tree = baseline_tree(root)
     order = ["current", "baseline"] if tree is not None else ["current"]
     random.shuffle(order)
-    runs = {name: run_operator(root / name, sizes, None if name == "current" else tree) for name in order}
+    trees = {"current": None, "baseline": tree}
+    runs = {name: run_operator(root / name, sizes, trees[name], sustained) for name in order}
     current = runs["current"]
     baseline = runs.get("baseline")
     rows = []
@@ -323,6 +359,7 @@ def operator_suite(root: Path, quick: bool) -> dict[str, Any]:
             current["sizes"][labels[-2]]["latency"]["p99_ms"],
             baseline["sizes"][labels[-2]]["latency"]["p99_ms"],
         )
+    table += "\n\n" + _sustained_table(runs, ratios)
     return {
         "sizes": current["sizes"],
         "operator_rss_mib": current["operator_rss_mib"],
@@ -330,10 +367,35 @@ def operator_suite(root: Path, quick: bool) -> dict[str, Any]:
         "order": order,
         "ratios": ratios,
         "growth": growth,
+        "sustained": current.get("sustained"),
+        "baseline_sustained": (baseline or {}).get("sustained"),
         "baseline_growth": growth_by_run.get("baseline"),
         "shim_kubernetes": shim,
         "table": table,
     }
+
+
+def _sustained_table(runs: dict[str, Any], ratios: dict[str, Any]) -> str:
+    """Each operator's CR -> Pod latency under a steady rate; adds the p99 ratio to `ratios`."""
+    rows = []
+    for name, run in runs.items():
+        steady = run.get("sustained")
+        if steady:
+            latency = steady["latency"]
+            rows.append(
+                [name, steady["jobs"], steady["achieved_rate_per_s"], steady["pods"], latency["p50_ms"],
+                 latency["p99_ms"], latency["max_ms"], steady["jobs_per_s"]]
+            )  # fmt: skip
+    current, baseline = (runs.get(name, {}).get("sustained") for name in ("current", "baseline"))
+    if current and baseline:
+        ratios["p99_ms_sustained_over_baseline"] = _ratio(
+            current["latency"]["p99_ms"], baseline["latency"]["p99_ms"]
+        )
+    return markdown_table(
+        ["PythonJobs at a steady rate", "jobs", "created per s", "Pods created", "CR->Pod p50 ms", "p99 ms",
+         "max ms", "jobs/s"],
+        rows,
+    )  # fmt: skip
 
 
 def _measure(kube: Any, names: list[str], wall: float) -> dict[str, Any]:

@@ -306,6 +306,7 @@ def test_operator_replicas_share_arguments_and_elect_a_leader_through_a_lease(
     assert env["TAKO_OPERATOR_NAMESPACES"]["value"] == "tenant-alpha,tenant-beta,tenant-gamma"
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["MALLOC_ARENA_MAX"]["value"] == "2"  # as the operator bench runs it
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert pod["terminationGracePeriodSeconds"] == 30
     assert deployment["spec"]["replicas"] == 3

@@ -83,3 +83,32 @@ def test_kopf_keeps_no_diff_base_because_no_handler_needs_one() -> None:
     storage = _kopf_settings(OperatorOptions(config=Settings()), Scope(True)).persistence.diffbase_storage
     assert isinstance(storage, NoDiffBase)
     assert storage.fetch(body=kopf.Body({})) is None and storage.build(body=kopf.Body({})) == {}
+
+
+def test_tune_gc_freezes_start_up_objects_and_only_raises_the_first_threshold() -> None:
+    """main.tune_gc: what is alive at start-up moves to the permanent generation (no collection walks it
+    again); only the first generation's threshold changes, and collection still finds cycles."""
+    import gc
+    import weakref
+
+    from tako_operator.main import GC_FIRST_GENERATION_THRESHOLD, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 1_000
+        assert gc.get_threshold() == (GC_FIRST_GENERATION_THRESHOLD, before[1], before[2])
+        assert gc.isenabled()
+
+        class Node:
+            other: object = None
+
+        cycle = Node()
+        cycle.other = cycle
+        gone = weakref.ref(cycle)
+        del cycle
+        gc.collect()
+        assert gone() is None
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
