@@ -91,6 +91,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
         api_auth_enabled=True,
         api_keys={KEY_A: "team-a", KEY_B: "team-b"},
         api_rate_limit_requests=2000,
+        api_rate_limit_enabled=True,  # STRICT_SETTINGS turn it off
         allow_runtime_requirements=True,  # the matplotlib job installs it (loopback: the default anyway)
     ) as running:
         yield running

@@ -88,8 +88,11 @@ def second_server(first: LocalServer, *flags: str) -> subprocess.CompletedProces
 
 
 def sandboxes_of(server: LocalServer) -> set[str]:
+    """The server's job and warm-pool sandboxes; a template being built (``tako-tmpl-*``) is left out:
+    its own server checkpoints and deletes it moments later."""
     state = server.data_dir / "state" / "work" / "runsc-state"
-    return {p.name.split("_sandbox:")[0] for p in state.glob("*_sandbox:*.state")}
+    names = {p.name.split("_sandbox:")[0] for p in state.glob("*_sandbox:*.state")}
+    return {name for name in names if not name.startswith("tako-tmpl-")}
 
 
 def wait_in_sandbox(client: tako_vm.Client, server: LocalServer, job_id: str) -> set[str]:

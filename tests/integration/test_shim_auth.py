@@ -31,6 +31,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
         api_keys={KEY_A: "team-a", KEY_A2: "team-a", KEY_B: "team-b"},
         api_rate_limit_requests=RATE_LIMIT,
         api_rate_limit_window_seconds=60,
+        api_rate_limit_enabled=True,  # STRICT_SETTINGS turn it off
     ) as running:
         yield running
 
