@@ -126,9 +126,36 @@ async def test_a_corrupt_image_falls_back_to_a_cold_start(ex: LocalExecutor, tmp
     assert outcome.stdout == "cold but fine\n"
     assert snaps(ex).stats["fallbacks"] == before["fallbacks"] + 1
     assert snaps(ex).stats["restored"] == before["restored"]
-    assert snaps(ex).store.lookup(snaps(ex).key(shape)) is None  # discarded, rebuilt on demand
+    key = snaps(ex).key(shape)
+    assert snaps(ex).store.lookup(key) is None  # discarded
+    assert snaps(ex).image(shape) is None and key not in snaps(ex)._building  # cold for a while, no rebuild
+    snaps(ex)._retry_at[key] = 0.0  # as if RETRY_AFTER_FAILURE_S had passed: rebuilt on demand
     again = await restored(ex, tmp_path, "print('restored again')", memory_limit_mb=384)
     assert again.stdout == "restored again\n"
+
+
+async def test_a_template_that_cannot_be_built_is_not_retried_by_every_job(
+    ex: LocalExecutor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a host where checkpoint fails, jobs run cold without each paying for another build attempt."""
+    attempts = 0
+
+    async def failing_checkpoint(key: str, shape: Any) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise RuntimeError("checkpoint not supported here")
+
+    monkeypatch.setattr(snaps(ex), "_checkpoint", failing_checkpoint)
+    job = make_job("print('cold')", memory_limit_mb=352)
+    shape = ex.snapshot_shape(job, None)
+    assert shape is not None
+    assert await snaps(ex).ensure(shape) is None and attempts == 1
+    failures = snaps(ex).stats["build_failures"]
+    for n in range(2):
+        outcome = await ex.run(make_job("print('cold')", memory_limit_mb=352), tmp_path / f"artifacts-{n}")
+        assert outcome.status == "succeeded" and outcome.stdout == "cold\n", outcome
+    await ex.drain()
+    assert attempts == 1 and snaps(ex).stats["build_failures"] == failures
 
 
 async def test_memory_bomb_on_a_restored_sandbox_ends_as_oom(ex: LocalExecutor, tmp_path: Path) -> None:

@@ -562,10 +562,11 @@ class LocalExecutor:
             result, readers = await self._watch(proc, cid, watch, TailBuffer(64 * 1024), budget, cancel)
             return result
         except (snapshots.RestoreFailed, OSError) as exc:
-            self.snapshots.stats["fallbacks"] += 1
             log.warning("snapshot restore failed, running the job cold: %s", exc)
             if isinstance(exc, snapshots.RestoreFailed):
-                self.snapshots.store.discard(key)  # rebuilt by the next job of this shape
+                self.snapshots.restore_failed(key)  # rebuilt after RETRY_AFTER_FAILURE_S
+            else:
+                self.snapshots.stats["fallbacks"] += 1
             return None
         finally:
             wait_s = TEARDOWN_WAIT_S if result is not None else 0.0

@@ -62,6 +62,9 @@ READY_MARKER = b"TAKO-WARM-READY"
 GO_MARKER = b"TAKO-GO"
 READY_TIMEOUT_S = 120.0  # a template importing pandas takes seconds in gVisor
 RESTORE_TIMEOUT_S = 30.0
+# After a failed build or restore, a shape runs cold this long before its template is tried again: on a host
+# where checkpoint or restore always fails, jobs must not each pay for another attempt.
+RETRY_AFTER_FAILURE_S = 300.0
 MAX_PRELOAD = 50
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -406,6 +409,7 @@ class Snapshots:
         )
         self._building: dict[str, asyncio.Task[Any]] = {}
         self._specs: dict[str, dict[str, Any]] = {}  # key -> template spec (read once per image)
+        self._retry_at: dict[str, float] = {}  # key -> monotonic time before which no build is tried
         self.stats = {"restored": 0, "fallbacks": 0, "built": 0, "build_failures": 0}
         self.used_sandboxes: deque[str] = deque(maxlen=1000)  # container ids, one per restore
         self.store.rotate()
@@ -419,7 +423,7 @@ class Snapshots:
         """The image for ``shape`` if built (else None, and a build is started in the background)."""
         key = self.key(shape)
         path = self.store.lookup(key)
-        if path is None and key not in self._building:
+        if path is None and key not in self._building and time.monotonic() >= self._retry_at.get(key, 0.0):
             # in the executor's background set: ``drain``/``close`` wait for it (a template is a
             # detached sandbox; a cancelled build still deletes it)
             task = self.executor._spawn_background(self._build(key, shape))
@@ -448,10 +452,22 @@ class Snapshots:
             raise
         except Exception as exc:
             self.stats["build_failures"] += 1
-            log.warning("snapshot template %s could not be built (jobs run cold): %s", key, exc)
+            self._retry_at[key] = time.monotonic() + RETRY_AFTER_FAILURE_S
+            log.warning(
+                "snapshot template %s could not be built (jobs run cold; next try in %.0f s): %s",
+                key,
+                RETRY_AFTER_FAILURE_S,
+                exc,
+            )
             return
         self.stats["built"] += 1
         await asyncio.to_thread(self.store.rotate)
+
+    def restore_failed(self, key: str) -> None:
+        """A restore from ``key`` failed: drop the image and run that shape cold for a while."""
+        self.stats["fallbacks"] += 1
+        self.store.discard(key)
+        self._retry_at[key] = time.monotonic() + RETRY_AFTER_FAILURE_S
 
     def _template_job(self, shape: Shape) -> job_module.SandboxJob:
         return job_module.SandboxJob(

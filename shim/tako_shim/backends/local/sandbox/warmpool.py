@@ -236,8 +236,7 @@ class WarmPool:
             except snapshots.RestoreFailed as exc:
                 log.warning("warm pool: %s; starting a sandbox cold", exc)
                 assert ex.snapshots is not None
-                ex.snapshots.stats["fallbacks"] += 1
-                ex.snapshots.store.discard(found[0])
+                ex.snapshots.restore_failed(found[0])
         return await self._start_cold()
 
     async def _restore_one(self, key: str, image: Path) -> WarmSandbox:
