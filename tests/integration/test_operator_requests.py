@@ -106,8 +106,12 @@ class CountingProxy:
         self.url = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    async def _close(self) -> None:
         self.server.close()
+
+    def __exit__(self, *exc: object) -> None:
+        # asyncio objects are not thread-safe: the server is closed on its own loop's thread
+        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
 
