@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tako_shim.backends.base import RecordFilter
 from tako_shim.backends.kubernetes import session_translate as st
 from tako_shim.backends.kubernetes.translate import page_of
@@ -119,3 +121,19 @@ def test_session_records_page_newest_first_mixed_with_jobs() -> None:
     assert [r.session_result for r in only.records] == ["3", "2"] and only.has_more
     assert page_of(jobs, RecordFilter(status="failed"), records).records == []
     assert len(page_of(jobs, RecordFilter(job_type="science"), records).records) == 3
+
+
+@pytest.mark.parametrize(
+    ("job_type", "expected"),
+    [
+        ({"spec": {"startupTimeoutSeconds": 600}}, 600),  # a slow image: wait as long as the operator
+        ({"spec": {"startupTimeoutSeconds": 30}}, 30),
+        ({"spec": {}}, 120),  # the type says nothing: the shim's default
+        (None, 120),  # the type is gone: the default (the operator ends the session anyway)
+        ({"spec": {"startupTimeoutSeconds": True}}, 120),
+    ],
+)
+def test_a_session_is_waited_for_as_long_as_its_job_type_may_start(
+    job_type: dict[str, Any] | None, expected: int
+) -> None:
+    assert st.startup_timeout(job_type, 120) == expected

@@ -171,6 +171,13 @@ def address(obj: dict[str, Any]) -> str | None:
     return str(value) if value else None
 
 
+def startup_timeout(job_type: dict[str, Any] | None, default: int) -> int:
+    """How long a session of this PythonJobType may take to become ready: the type's
+    ``startupTimeoutSeconds`` (what the operator enforces), else ``default``."""
+    value = ((job_type or {}).get("spec") or {}).get("startupTimeoutSeconds")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+
 def _time(value: Any) -> datetime | None:
     if not value:
         return None

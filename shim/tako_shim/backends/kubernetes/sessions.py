@@ -203,17 +203,23 @@ class KubeSessions:
     # -- execute -----------------------------------------------------------------------------------------
 
     async def _wait_ready(self, tenant: str, session_id: str) -> tuple[str, dict[str, Any], str]:
-        """(namespace, object, address) once the operator reports the session Ready."""
-        deadline = time.monotonic() + self.settings.default_startup_timeout
+        """(namespace, object, address) once the operator reports the session Ready; waits as long as
+        the operator gives the session's job type to start (its ``startupTimeoutSeconds``)."""
+        started = time.monotonic()
+        limit: int | None = None
         while True:
             namespace, obj = await self._open(tenant, session_id)
             address = st.address(obj)
             if address is not None:
                 return namespace, obj, address
-            if time.monotonic() > deadline:
+            if limit is None:
+                job_type = str(obj.get("spec", {}).get("jobType") or "default").split("@", 1)[0]
+                found = await self.backend._job_type_object(namespace, job_type)
+                limit = st.startup_timeout(found, self.settings.default_startup_timeout)
+            if time.monotonic() - started > limit:
                 raise Unavailable(
-                    f"Session {session_id} did not become ready within "
-                    f"{self.settings.default_startup_timeout} s (default_startup_timeout)",
+                    f"Session {session_id} did not become ready within {limit} s "
+                    "(its job type's startupTimeoutSeconds)",
                     headers={"Retry-After": "5"},
                 )
             await asyncio.sleep(READY_POLL_SECONDS)
