@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -149,6 +150,21 @@ def test_store_reports_a_full_database_as_storage_full_and_loses_nothing(tmp_pat
         "kept"
     ]
     assert store._conn is not None and store._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    store.close()
+
+
+def test_store_refuses_a_new_job_below_its_free_space_reserve_naming_the_limit(tmp_path: Path) -> None:
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    store = JobStore(tmp_path / "jobs.sqlite3", reserve_bytes=free + 1024**3)  # more than the disk has
+    store.open()
+    with pytest.raises(StorageFull) as full:
+        store.insert(row("refused"))
+    limit = f"{(free + 1024**3) / 1024**2:g} MiB"
+    assert "out of disk space" in full.value.detail and limit in full.value.detail
+    assert str(tmp_path) in full.value.cause and full.value.status == 503
+    store.reserve_bytes = 0
+    store.insert(row("accepted"))  # the same store takes jobs again once there is room
+    assert store.get("default", "refused") is None and store.get("default", "accepted") is not None
     store.close()
 
 

@@ -5,12 +5,15 @@ after a restart, or to rerun/fork it) and, once terminal, the outcome as JSON. T
 change: ``finish`` only updates a row that is not terminal yet. Every read is scoped by tenant.
 
 A locked database or a full disk surfaces as ``StorageBusy``/``StorageFull`` (503 at the HTTP boundary),
-never as a raw ``sqlite3.OperationalError``.
+never as a raw ``sqlite3.OperationalError``. A new job is refused while the database's file system has
+less than ``reserve_bytes`` free: an accepted job still needs room for its outcome, and SQLite alone
+would accept an insert that happens to fit in its WAL's spare frames on a disk already full.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -61,6 +64,8 @@ _OUTPUT_BYTES = (
 _TERMINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES)) + ")"
 # Primary result codes (https://sqlite.org/rescode.html); extended codes keep them in the low byte.
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
+# Free space a new job needs on the database's file system (its outcome is written later).
+DEFAULT_RESERVE_BYTES = 8 * 1024 * 1024
 
 
 def storage_error(exc: sqlite3.Error) -> StorageUnavailable | None:
@@ -137,10 +142,14 @@ def _row(values: sqlite3.Row) -> JobRow:
 class JobStore:
     """A single SQLite connection guarded by a lock (statements are short; WAL keeps readers cheap)."""
 
-    def __init__(self, path: Path, *, busy_timeout_seconds: float = 5.0) -> None:
-        """``busy_timeout_seconds``: how long a statement waits for another connection's lock."""
+    def __init__(
+        self, path: Path, *, busy_timeout_seconds: float = 5.0, reserve_bytes: int = DEFAULT_RESERVE_BYTES
+    ) -> None:
+        """``busy_timeout_seconds``: how long a statement waits for another connection's lock;
+        ``reserve_bytes``: the free space below which ``insert`` refuses new jobs."""
         self.path = path
         self.busy_timeout_seconds = busy_timeout_seconds
+        self.reserve_bytes = reserve_bytes
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
 
@@ -174,7 +183,18 @@ class JobStore:
                     raise
                 raise typed from exc
 
+    def _check_free_space(self) -> None:
+        stats = os.statvfs(self.path.parent)
+        free = stats.f_bavail * stats.f_frsize
+        if free < self.reserve_bytes:
+            limit = f"{self.reserve_bytes / (1024 * 1024):g} MiB"
+            detail = f"The server is out of disk space: new jobs need {limit} free for their history. "
+            detail += "Try again later."
+            raise StorageFull(detail, cause=f"{free} bytes free on {self.path.parent}, below {limit}")
+
     def insert(self, row: JobRow) -> None:
+        """Store a new job; ``StorageFull`` when its file system is below the reserve."""
+        self._check_free_space()
         with self._db() as db:
             db.execute(
                 f"INSERT INTO jobs ({_COLUMNS}) VALUES ({','.join('?' * 21)})",
