@@ -105,7 +105,9 @@ async def test_unknown_package_fails_as_dependency_error(sx: Sandbox) -> None:
 
 @pytest.mark.slow
 async def test_install_past_startup_timeout_is_a_startup_timeout(sx: Sandbox) -> None:
-    outcome = await sx.run("print('never runs')", requirements=["six==1.16.0"], startup_timeout=1)
+    # numpy, not six: six installs in ~1.0 s from pip's cache, so a 1 s deadline raced it (a CI flake);
+    # unpacking numpy's wheel alone takes several seconds in gVisor.
+    outcome = await sx.run("print('never runs')", requirements=["numpy==1.26.4"], startup_timeout=1)
     assert outcome.status == "timeout", outcome
     assert outcome.error is not None
     assert outcome.error["type"] == "startup_timeout" and outcome.error["phase"] == "startup"
