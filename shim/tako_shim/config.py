@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -345,6 +345,7 @@ def is_loopback(host: str) -> bool:
 GIB = 1 << 30
 MAX_WORKERS_RANGE = (2, 64)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+ReadFile = Callable[[Path], "str | None"]  # one file's text, None when it cannot be read
 
 
 def derived_max_workers(cpus: float, memory_bytes: int) -> int:
@@ -353,7 +354,7 @@ def derived_max_workers(cpus: float, memory_bytes: int) -> int:
     return max(low, min(high, int(2 * cpus), memory_bytes // GIB))
 
 
-def cgroup_cpu_quota(proc_self_cgroup: str, read: Any, root: Path = CGROUP_ROOT) -> float | None:
+def cgroup_cpu_quota(proc_self_cgroup: str, read: ReadFile, root: Path = CGROUP_ROOT) -> float | None:
     """The tightest CPU quota (in CPUs) on the path from this process's cgroup up to the root, or None.
 
     v2: ``cpu.max`` ("max 100000" or "150000 100000"); v1: ``cpu.cfs_quota_us`` (-1: none) over
@@ -393,7 +394,7 @@ def mem_available(meminfo: str) -> int | None:
     return None
 
 
-def cgroup_memory_limit(proc_self_cgroup: str, read: Any, root: Path = CGROUP_ROOT) -> int | None:
+def cgroup_memory_limit(proc_self_cgroup: str, read: ReadFile, root: Path = CGROUP_ROOT) -> int | None:
     """This process's own cgroup memory limit in bytes (v2 ``memory.max``, v1 ``memory.limit_in_bytes``;
     v1's "unlimited" is a huge number, kept: the smaller of it and MemAvailable wins), or None."""
     for line in proc_self_cgroup.splitlines():

@@ -204,7 +204,7 @@ def test_derived_max_workers_is_two_per_cpu_capped_by_memory_and_clamped(
     assert config.derived_max_workers(cpus, memory_gib * GIB + GIB // 2) == expected
 
 
-def fake_files(files: dict[str, str]) -> object:
+def fake_files(files: dict[str, str]) -> config.ReadFile:
     return lambda path: files.get(str(path))
 
 
