@@ -267,3 +267,31 @@ async def test_cold_jobs_leave_no_cgroup_in_any_hierarchy(sx: Sandbox) -> None:
         assert outcome.status == "succeeded", outcome
     await sx.executor.drain()
     assert not cgroup_leftovers(sx.executor, f"tako-{job_id}-*")
+
+
+def test_a_restart_also_removes_hierarchies_an_older_journal_did_not_name(
+    executor: LocalExecutor, tmp_path: Path
+) -> None:
+    """A journal written before every hierarchy was listed names memory/pids/cpu only; the restart still
+    removes the sandbox's directories in the other hierarchies (what a restore left there)."""
+    work = tmp_path / "w"
+    first = LocalExecutor(work_dir=work)
+    assert first.cgroups is not None
+    if first.cgroups.version == "v2":
+        pytest.skip("one hierarchy on v2: nothing an older journal could miss")
+    cid = f"tako-oldjournal-snap-{secrets.token_hex(4)}"
+    first._create_cgroups(cid, 64 * 1024 * 1024, 10, 0.5)
+    dirs = first.cgroups.dirs(cid)
+    made = [path for path in dirs[3:] if path.parent.is_dir()]
+    try:
+        for path in made:
+            path.mkdir()
+        (work / "teardown" / cid).write_text(json.dumps([str(p) for p in dirs[:3]]))  # the old format
+        assert len(cgroup_leftovers(first, cid)) == 3 + len(made) > 3
+
+        LocalExecutor(work_dir=work)  # the restarted server
+
+        assert not cgroup_leftovers(first, cid)
+        assert not (work / "teardown" / cid).exists()
+    finally:
+        first._cleanup(None, cid, None)
