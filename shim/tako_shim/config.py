@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,7 +152,8 @@ class Settings(BaseModel):
     # sandbox that already imported the job type's preload modules; images are rebuilt after this age.
     snapshots_enabled: bool = True
     snapshot_max_age_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
-    max_workers: int = Field(default=4, ge=1, le=64)
+    # Jobs running at once. Unset or empty: derived from the machine (``derived_max_workers``).
+    max_workers: int = Field(default_factory=lambda: machine_max_workers(), ge=1, le=64)
     max_queue_size: int = Field(default=100, ge=1, le=10_000)
     # Per-tenant caps (None: half the queue, and all workers but one, when API keys name more than one
     # tenant; no cap for a single tenant). Fair scheduling across tenants applies either way.
@@ -206,6 +207,14 @@ class Settings(BaseModel):
             host = data.get("server_host") or cls.model_fields["server_host"].default
             data = {**data, "allow_runtime_requirements": runtime_requirements_default(host, data)}
         return data
+
+    @field_validator("max_workers", mode="before")
+    @classmethod
+    def _derived_max_workers(cls, value: Any) -> Any:
+        """``max_workers:`` left empty in the file, or ``TAKO_VM_MAX_WORKERS=""``: derived."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return machine_max_workers()
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -331,6 +340,96 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+GIB = 1 << 30
+MAX_WORKERS_RANGE = (2, 64)
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+ReadFile = Callable[[Path], "str | None"]  # one file's text, None when it cannot be read
+
+
+def derived_max_workers(cpus: float, memory_bytes: int) -> int:
+    """The default ``max_workers``: 2 per usable CPU, at most 1 per GiB of available memory, in [2, 64]."""
+    low, high = MAX_WORKERS_RANGE
+    return max(low, min(high, int(2 * cpus), memory_bytes // GIB))
+
+
+def cgroup_cpu_quota(proc_self_cgroup: str, read: ReadFile, root: Path = CGROUP_ROOT) -> float | None:
+    """The tightest CPU quota (in CPUs) on the path from this process's cgroup up to the root, or None.
+
+    v2: ``cpu.max`` ("max 100000" or "150000 100000"); v1: ``cpu.cfs_quota_us`` (-1: none) over
+    ``cpu.cfs_period_us`` in the cpu hierarchy. ``read(path) -> str | None`` reads one file."""
+    quotas: list[float] = []
+    for line in proc_self_cgroup.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and not controllers:
+            base, v2 = root, True
+        elif "cpu" in controllers.split(","):
+            base, v2 = root / controllers, False
+            if read(base / "cpu.cfs_period_us") is None:
+                base = root / "cpu"
+        else:
+            continue
+        node = Path(path.strip() or "/")
+        for directory in [node, *node.parents]:
+            here = base / str(directory).lstrip("/")
+            if v2:
+                parts = (read(here / "cpu.max") or "").split()
+                if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit() and int(parts[1]):
+                    quotas.append(int(parts[0]) / int(parts[1]))
+            else:
+                quota, period = read(here / "cpu.cfs_quota_us"), read(here / "cpu.cfs_period_us")
+                if quota and period and quota.strip().isdigit() and period.strip().isdigit():
+                    quotas.append(int(quota) / max(1, int(period)))
+    return min(quotas) if quotas else None
+
+
+def mem_available(meminfo: str) -> int | None:
+    """``MemAvailable`` of /proc/meminfo, in bytes."""
+    for line in meminfo.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "MemAvailable:" and parts[1].isdigit():
+            return int(parts[1]) * 1024
+    return None
+
+
+def cgroup_memory_limit(proc_self_cgroup: str, read: ReadFile, root: Path = CGROUP_ROOT) -> int | None:
+    """This process's own cgroup memory limit in bytes (v2 ``memory.max``, v1 ``memory.limit_in_bytes``;
+    v1's "unlimited" is a huge number, kept: the smaller of it and MemAvailable wins), or None."""
+    for line in proc_self_cgroup.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        here = path.strip().lstrip("/")
+        if hierarchy == "0" and not controllers:
+            value = read(root / here / "memory.max")
+        elif "memory" in controllers.split(","):
+            value = read(root / "memory" / here / "memory.limit_in_bytes")
+        else:
+            continue
+        if value and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def _read_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def machine_max_workers() -> int:
+    """``derived_max_workers`` for this machine: CPUs from ``sched_getaffinity`` and the cgroup CPU quota,
+    memory from MemAvailable and the server's cgroup memory limit (read once per settings load)."""
+    cpus: float = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    own = _read_or_none(Path("/proc/self/cgroup")) or ""
+    quota = cgroup_cpu_quota(own, _read_or_none)
+    if quota is not None:
+        cpus = min(cpus, quota)
+    limits = [m for m in (mem_available(_read_or_none(Path("/proc/meminfo")) or ""),
+                          cgroup_memory_limit(own, _read_or_none)) if m is not None]  # fmt: skip
+    return derived_max_workers(cpus, min(limits) if limits else MAX_WORKERS_RANGE[1] * GIB)
 
 
 def _default_data_dir() -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -46,6 +47,15 @@ def make_job(code: str, **overrides: Any) -> SandboxJob:
     }
     fields.update(overrides)
     return SandboxJob(**fields)
+
+
+def cgroup_leftovers(ex: LocalExecutor, name: str) -> list[str]:
+    """The directories of sandbox cgroups named ``name`` (a glob: one sandbox id, or ``tako-<job>-*``)
+    still present in any hierarchy: globbed in each mount below /sys/fs/cgroup (v1, hybrid) and in the
+    unified root itself (v2), independently of the code under test's own listing."""
+    assert ex.cgroups is not None
+    parent = ex.cgroups.oci_path("x").rsplit("/", 1)[0]
+    return glob.glob(f"/sys/fs/cgroup{parent}/{name}") + glob.glob(f"/sys/fs/cgroup/*{parent}/{name}")
 
 
 class Sandbox:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sandbox_support import Sandbox, make_job
+from sandbox_support import Sandbox, cgroup_leftovers, make_job
 
 from tako_shim.backends.local.sandbox import cgroups
 from tako_shim.backends.local.sandbox.executor import LocalExecutor, SandboxUnavailable
@@ -238,8 +238,13 @@ def test_a_restart_finishes_teardowns_a_crash_interrupted(executor: LocalExecuto
     try:
         assert (work / "teardown" / cid).exists()
         assert first.cgroups is not None
-        dirs = first.cgroups.dirs(cid)  # one per controller on v1, one on v2
-        assert dirs and all(path.is_dir() for path in dirs)
+        dirs = first.cgroups.dirs(cid)  # one per mounted hierarchy on v1, one on v2
+        assert dirs and all(path.is_dir() for path in dirs[: 3 if first.cgroups.version != "v2" else 1])
+        made = [path for path in dirs if path.parent.is_dir()]  # (no tako-vm in hybrid's unified)
+        for path in made:  # what a `runsc restore` also makes: the cgroup in every other hierarchy
+            path.mkdir(exist_ok=True)
+        assert len(cgroup_leftovers(first, cid)) == len(made)
+        assert len(made) > 3 or first.cgroups.version == "v2"  # v1: more hierarchies than memory/pids/cpu
         assert json.loads((work / "teardown" / cid).read_text()) == [
             str(path) for path in dirs
         ]  # the journal
@@ -247,6 +252,46 @@ def test_a_restart_finishes_teardowns_a_crash_interrupted(executor: LocalExecuto
         LocalExecutor(work_dir=work)  # the restarted server
 
         assert not any(path.exists() for path in dirs)
+        assert not cgroup_leftovers(first, cid)
+        assert not (work / "teardown" / cid).exists()
+    finally:
+        first._cleanup(None, cid, None)
+
+
+async def test_cold_jobs_leave_no_cgroup_in_any_hierarchy(sx: Sandbox) -> None:
+    """``runsc run`` joins the sandbox's cgroup in every mounted hierarchy too: after a cold job's
+    teardown none of them is left (v1: memory, pids, cpu and blkio, cpuset, devices, freezer ...)."""
+    job_id = f"coldleak-{secrets.token_hex(4)}"
+    for n in range(2):
+        outcome = await sx.run(f"print({n})", job_id=job_id)
+        assert outcome.status == "succeeded", outcome
+    await sx.executor.drain()
+    assert not cgroup_leftovers(sx.executor, f"tako-{job_id}-*")
+
+
+def test_a_restart_also_removes_hierarchies_an_older_journal_did_not_name(
+    executor: LocalExecutor, tmp_path: Path
+) -> None:
+    """A journal written before every hierarchy was listed names memory/pids/cpu only; the restart still
+    removes the sandbox's directories in the other hierarchies (what a restore left there)."""
+    work = tmp_path / "w"
+    first = LocalExecutor(work_dir=work)
+    assert first.cgroups is not None
+    if first.cgroups.version == "v2":
+        pytest.skip("one hierarchy on v2: nothing an older journal could miss")
+    cid = f"tako-oldjournal-snap-{secrets.token_hex(4)}"
+    first._create_cgroups(cid, 64 * 1024 * 1024, 10, 0.5)
+    dirs = first.cgroups.dirs(cid)
+    made = [path for path in dirs[3:] if path.parent.is_dir()]
+    try:
+        for path in made:
+            path.mkdir()
+        (work / "teardown" / cid).write_text(json.dumps([str(p) for p in dirs[:3]]))  # the old format
+        assert len(cgroup_leftovers(first, cid)) == 3 + len(made) > 3
+
+        LocalExecutor(work_dir=work)  # the restarted server
+
+        assert not cgroup_leftovers(first, cid)
         assert not (work / "teardown" / cid).exists()
     finally:
         first._cleanup(None, cid, None)

@@ -171,7 +171,7 @@ def read_job_cgroups(executor: LocalExecutor, job_id: str) -> dict[str, str] | N
                 "pids": (path / "pids.max").read_text().strip(),
                 "procs": (path / "cgroup.procs").read_text().strip(),
             }
-        memory, pids, cpu = paths  # cgroups.CONTROLLERS order
+        memory, pids, cpu = paths[:3]  # cgroups.CONTROLLERS order, then the other hierarchies
         return {
             "memory": (memory / "memory.limit_in_bytes").read_text().strip(),
             "cpu": (cpu / "cpu.cfs_quota_us").read_text().strip(),

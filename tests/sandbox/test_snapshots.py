@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_support import make_job, real_executor
+from sandbox_support import cgroup_leftovers, make_job, real_executor
 from test_forgery import FORGED, KEY_PROBE, record_frame_keys, written_then_killed
 from test_isolation import NETWORK_ATTACKS
 
@@ -96,6 +96,7 @@ async def test_a_restored_sandbox_runs_one_job_and_is_removed(ex: LocalExecutor,
     assert not any(cid in listing for cid in used), listing
     assert not any(cid in path.name for cid in used for path in ex._state_dir.iterdir())
     assert not any(ex._cgroup_dirs(cid)[0].exists() for cid in used)
+    assert not [d for cid in used for d in cgroup_leftovers(ex, cid)]  # no hierarchy (a restore joins all)
     pgrep = ["pgrep", "-af", "|".join(used)]
     leftover = (await asyncio.to_thread(subprocess.run, pgrep, capture_output=True, text=True)).stdout
     assert not leftover, leftover  # no Sentry or gofer outlives its job
@@ -232,6 +233,8 @@ async def test_the_warm_pool_holds_restored_sandboxes(ex: LocalExecutor, tmp_pat
     await asyncio.sleep(0.5)
     listing = containers(ex)
     assert not any(cid in listing for cid in used), listing
+    await ex.drain()
+    assert not [d for cid in used for d in cgroup_leftovers(ex, cid)]
 
 
 @pytest.mark.parametrize(

@@ -234,6 +234,53 @@ def test_v1_and_hybrid_write_each_controller(tmp_path: Path) -> None:
     assert cg.oom_killed("c4")
 
 
+def v1_tree(tmp_path: Path) -> Path:
+    """A hybrid host's /sys/fs/cgroup: each hierarchy a directory with cgroup.procs; cpu and cpuacct
+    symlinks to the joint cpu,cpuacct hierarchy; cgroup2 at unified; plus things that are no hierarchy."""
+    root = tmp_path / "cgroup"
+    for name in ("blkio", "cpu,cpuacct", "freezer", "memory", "pids", "systemd", "unified"):
+        (root / name).mkdir(parents=True)
+        (root / name / "cgroup.procs").write_text("")
+    (root / "unified" / "cgroup.controllers").write_text("")
+    (root / "cpu").symlink_to("cpu,cpuacct")
+    (root / "cpuacct").symlink_to("cpu,cpuacct")
+    (root / "not-mounted").mkdir()  # an empty mount point: no cgroup.procs
+    (root / "README").write_text("")
+    return root
+
+
+def test_every_mounted_v1_hierarchy_is_listed_once(tmp_path: Path) -> None:
+    root = v1_tree(tmp_path)
+    names = [h.name for h in cgroups.hierarchies(root)]
+    assert names == ["blkio", "cpu", "freezer", "memory", "pids", "systemd", "unified"]
+    assert cgroups.all_dirs("/tako-vm/c1", [root / "blkio", root / "systemd"]) == [
+        root / "blkio" / "tako-vm" / "c1",
+        root / "systemd" / "tako-vm" / "c1",
+    ]
+
+
+def test_v1_dirs_name_every_hierarchy_so_teardown_removes_what_a_restore_made(tmp_path: Path) -> None:
+    root = v1_tree(tmp_path)
+    cg = CgroupsV1(root, "hybrid")
+    dirs = cg.dirs("c5")
+    assert dirs[:3] == [root / c / "tako-vm" / "c5" for c in ("memory", "pids", "cpu")]  # memory first
+    assert [d.parent.parent.name for d in dirs[3:]] == ["blkio", "freezer", "systemd", "unified"]
+    for path in dirs:  # what `runsc restore` leaves: the sandbox's cgroup in every hierarchy
+        path.mkdir(parents=True)
+    assert {os.path.realpath(p) for p in root.glob("*/tako-vm/c5")} == {os.path.realpath(p) for p in dirs}
+    cgroups.remove_dirs(dirs, root)
+    assert not list(root.glob("*/tako-vm/c5"))
+
+
+def test_on_v2_the_one_unified_hierarchy_is_the_only_one(tmp_path: Path) -> None:
+    root = v2_tree(tmp_path, "/system.slice/tako-vm.service", procs="1\n")
+    assert (root / "system.slice" / "tako-vm.service" / "cgroup.procs").is_file()
+    assert cgroups.hierarchies(root) == [root]  # not its child cgroups
+    path = "/system.slice/tako-vm.service/c6"
+    assert cgroups.all_dirs(path, cgroups.hierarchies(root)) == [root / path.lstrip("/")]
+    assert CgroupsV2("/system.slice/tako-vm.service", root).dirs("c6") == [root / path.lstrip("/")]
+
+
 def test_v1_names_the_missing_controller(tmp_path: Path) -> None:
     root = tmp_path / "cgroup"
     (root / "memory").mkdir(parents=True)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tako_shim.config import ConfigError, Settings, load_settings
+from tako_shim import config
+from tako_shim.config import GIB, ConfigError, Settings, load_settings
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -23,7 +24,7 @@ def test_defaults_match_the_contract(tmp_path: Path) -> None:
         settings.default_timeout,
         settings.max_timeout,
     ) == (
-        4,
+        config.machine_max_workers(),  # derived from the machine (see the max_workers tests below)
         100,
         30,
         300,
@@ -181,3 +182,108 @@ def test_an_explicit_runsc_that_does_not_work_is_an_error_naming_it(tmp_path: Pa
     assert load_settings(
         config, env={"TAKO_VM_RUNSC": "/nonexistent/runsc"}, overrides={"backend": "kubernetes"}
     )
+
+
+# ------------------------------------------------------------------ max_workers derived from the machine
+
+
+@pytest.mark.parametrize(
+    ("cpus", "memory_gib", "expected"),
+    [
+        (2, 22, 4),  # 2 per CPU
+        (1.5, 64, 3),  # a fractional cgroup quota
+        (16, 3, 3),  # at most 1 per GiB of available memory
+        (0.5, 8, 2),  # never below 2
+        (1, 1, 2),
+        (128, 1024, 64),  # never above 64
+    ],
+)
+def test_derived_max_workers_is_two_per_cpu_capped_by_memory_and_clamped(
+    cpus: float, memory_gib: int, expected: int
+) -> None:
+    assert config.derived_max_workers(cpus, memory_gib * GIB + GIB // 2) == expected
+
+
+def fake_files(files: dict[str, str]) -> config.ReadFile:
+    return lambda path: files.get(str(path))
+
+
+def test_the_tightest_cgroup_cpu_quota_on_the_way_to_the_root_counts() -> None:
+    v2 = fake_files({
+        "/sys/fs/cgroup/a/cpu.max": "150000 100000\n",
+        "/sys/fs/cgroup/a/b/cpu.max": "max 100000\n",
+    })  # fmt: skip
+    assert config.cgroup_cpu_quota("0::/a/b\n", v2) == 1.5
+    v1 = fake_files({
+        "/sys/fs/cgroup/cpu,cpuacct/docker/x/cpu.cfs_quota_us": "200000\n",
+        "/sys/fs/cgroup/cpu,cpuacct/docker/x/cpu.cfs_period_us": "100000\n",
+        "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
+        "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+    })  # fmt: skip
+    assert config.cgroup_cpu_quota("4:memory:/docker/x\n3:cpu,cpuacct:/docker/x\n", v1) == 2.0
+    unlimited = fake_files(
+        {"/sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1\n", "/sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n"}
+    )
+    assert config.cgroup_cpu_quota("1:cpu:/\n0::/\n", unlimited) is None
+
+
+def test_available_memory_is_the_smaller_of_meminfo_and_the_cgroup_limit() -> None:
+    assert config.mem_available("MemTotal: 100 kB\nMemAvailable:   2048 kB\n") == 2048 * 1024
+    assert config.mem_available("MemTotal: 100 kB\n") is None
+    limit = fake_files({"/sys/fs/cgroup/srv/memory.max": "3221225472\n"})
+    assert config.cgroup_memory_limit("0::/srv\n", limit) == 3 * GIB
+    assert (
+        config.cgroup_memory_limit("0::/srv\n", fake_files({"/sys/fs/cgroup/srv/memory.max": "max\n"}))
+        is None
+    )
+    v1 = fake_files({"/sys/fs/cgroup/memory/x/memory.limit_in_bytes": "1073741824\n"})
+    assert config.cgroup_memory_limit("4:memory:/x\n1:cpu:/\n", v1) == GIB
+
+
+def test_max_workers_unset_or_empty_is_derived_and_a_number_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config, "machine_max_workers", lambda: 9)
+    assert load_settings(write(tmp_path, "{}\n"), env={}).max_workers == 9
+    assert load_settings(write(tmp_path, "max_workers:\n"), env={}).max_workers == 9  # the shipped file
+    assert load_settings(write(tmp_path, "{}\n"), env={"TAKO_VM_MAX_WORKERS": ""}).max_workers == 9
+    assert load_settings(write(tmp_path, "max_workers: 3\n"), env={}).max_workers == 3
+    assert load_settings(write(tmp_path, "max_workers:\n"), env={"TAKO_VM_MAX_WORKERS": "5"}).max_workers == 5
+    with pytest.raises(ConfigError, match="max_workers"):
+        load_settings(write(tmp_path, "max_workers: 0\n"), env={})
+    shipped = Path(__file__).resolve().parents[2] / "tako_vm.yaml"
+    assert load_settings(str(shipped), env={}).max_workers == 9
+
+
+def test_the_machine_derived_value_respects_affinity_quota_and_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(config, "mem_available", lambda meminfo: 100 * GIB)
+    monkeypatch.setattr(config, "cgroup_memory_limit", lambda own, read: None)
+    monkeypatch.setattr(config, "cgroup_cpu_quota", lambda own, read: None)
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: {0, 1, 2})  # 3 usable CPUs
+    assert config.machine_max_workers() == 6
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: set(range(40)))
+    assert config.machine_max_workers() == 64
+    monkeypatch.setattr(config, "cgroup_cpu_quota", lambda own, read: 1.5)  # a container's CPU quota
+    assert config.machine_max_workers() == 3
+    monkeypatch.setattr(config, "cgroup_memory_limit", lambda own, read: 2 * GIB + 1)
+    monkeypatch.setattr(config, "cgroup_cpu_quota", lambda own, read: None)
+    assert config.machine_max_workers() == 2
+
+
+async def test_health_reports_the_effective_derived_max_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_shim_queue import FakeSandboxRunner, make_backend
+
+    monkeypatch.setattr(config, "machine_max_workers", lambda: 7)
+    backend = make_backend(tmp_path, FakeSandboxRunner())
+    await backend.start()
+    try:
+        health = await backend.health()
+        running_workers = sum(t.get_name().startswith("tako-worker-") for t in backend._tasks)
+    finally:
+        await backend.close()
+    assert health.queue_stats.max_workers == 7
+    assert running_workers == 7  # the value shown is the one the queue runs with

@@ -32,6 +32,7 @@ that tests replace with a temporary stand-in for the kernel's files.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -150,6 +151,33 @@ def oom_kills(flat_keyed: str) -> int:
     return 0
 
 
+def hierarchies(root: Path = CGROUP_ROOT) -> list[Path]:
+    """The mounted cgroup hierarchies under ``root``: ``[root]`` on v2 (one unified hierarchy), else every
+    directory below it that is a cgroup (has ``cgroup.procs``: each v1 controller or named hierarchy,
+    and hybrid's cgroup2 at ``unified``), once each (``cpu`` and ``cpu,cpuacct`` symlinks: one)."""
+    if (root / "cgroup.controllers").is_file():
+        return [root]
+    found: dict[str, Path] = {}
+    try:
+        entries = sorted(root.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        if (entry / "cgroup.procs").is_file():
+            found.setdefault(os.path.realpath(entry), entry)
+    return list(found.values())
+
+
+def all_dirs(cgroup_path: str, hierarchy_roots: list[Path]) -> list[Path]:
+    """The directory of the cgroup ``cgroup_path`` (an OCI ``linux.cgroupsPath``) in every hierarchy.
+
+    ``runsc restore`` (unlike ``runsc run``, which removes what it made) creates a sandbox's cgroup in
+    *every* mounted v1 hierarchy (blkio, cpuset, devices, freezer, name=systemd ...), not only in the
+    memory/pids/cpu ones the executor creates: teardown must remove them all."""
+    relative = cgroup_path.strip("/")
+    return [hierarchy / relative for hierarchy in hierarchy_roots]
+
+
 def missing_controllers(available: str, wanted: tuple[str, ...] = CONTROLLERS) -> list[str]:
     """The wanted controllers absent from a ``cgroup.controllers``/``cgroup.subtree_control`` line."""
     have = set(available.split())
@@ -169,7 +197,7 @@ class Cgroups(Protocol):
         """The OCI ``linux.cgroupsPath`` of a sandbox (absolute, from the cgroup mount's root)."""
 
     def dirs(self, cid: str) -> list[Path]:
-        """Every directory the sandbox's cgroup consists of (one per controller on v1)."""
+        """Every directory the sandbox's cgroup consists of (one per mounted hierarchy on v1)."""
 
     def create(self, cid: str, limits: Limits) -> None:
         """Create the sandbox's cgroup directories with their limits."""
@@ -224,8 +252,16 @@ class CgroupsV1:
     def oci_path(self, cid: str) -> str:
         return f"/{V1_PARENT}/{cid}"
 
+    @functools.cached_property
+    def _hierarchies(self) -> list[Path]:
+        return hierarchies(self.root)  # mounted once, at boot: read once
+
     def dirs(self, cid: str) -> list[Path]:
-        return [self.root / c / V1_PARENT / cid for c in CONTROLLERS]
+        """memory, pids and cpu first (what ``create`` makes), then every other hierarchy's directory
+        (what a ``runsc restore`` creates)."""
+        mine = {os.path.realpath(self.root / c) for c in CONTROLLERS}
+        others = [h for h in self._hierarchies if os.path.realpath(h) not in mine]
+        return [self.root / c / V1_PARENT / cid for c in CONTROLLERS] + all_dirs(self.oci_path(cid), others)
 
     def create(self, cid: str, limits: Limits) -> None:
         settings = v1_settings(limits)

@@ -379,11 +379,11 @@ class LocalExecutor:
         return self.cgroups is not None and self.cgroups.oom_killed(cid)
 
     def _cgroup_dirs(self, cid: str) -> list[Path]:
-        """The cgroup directories journalled for a sandbox (else where this server would put them)."""
-        listed = self._journal.cgroup_dirs(cid)
-        if listed is not None:
-            return listed
-        return self.cgroups.dirs(cid) if self.cgroups is not None else []
+        """The cgroup directories journalled for a sandbox, then where this server would put them (every
+        hierarchy's: a journal written by an older server may name only memory/pids/cpu)."""
+        listed = self._journal.cgroup_dirs(cid) or []
+        here = self.cgroups.dirs(cid) if self.cgroups is not None else []
+        return listed + [d for d in here if d not in listed]
 
     def _cleanup(self, platform: str | None, cid: str, job_dir: Path | None, restored: bool = False) -> None:
         """Remove the container (only if runsc left state behind: `runsc run` cleans up after itself

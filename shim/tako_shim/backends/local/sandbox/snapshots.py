@@ -111,11 +111,13 @@ for stream in (sys.stdout, sys.stderr):
 os._exit(status)
 """
 
-# The start of a launcher (pid 1, trusted): the runner, non-dumpable, egress checked once in this
-# network namespace (fixed at sandbox creation), and what the pre-started interpreter is started with.
+# The start of a launcher (pid 1, trusted): the runner and the modules its run mode imports lazily,
+# non-dumpable, egress checked once in this network namespace (fixed at sandbox creation), and what the
+# pre-started interpreter is started with.
 PRELUDE = r"""import os, sys
 sys.path.insert(0, "/runner")
 import runner
+import resource, select  # runner.main imports them in every job: loaded before the checkpoint
 runner.protect_self()
 opened = runner.egress_reachable(dict(runner.DEFAULTS))
 if opened:
@@ -174,13 +176,13 @@ for name in sys.argv[3].split(","):
             __import__(name)
         except Exception:
             pass
+import random  # re-seeded after go: imported here, not in every job
 os.write(ready_fd, b"R")
 os.close(ready_fd)
 go = os.read(go_fd, 2)
 os.close(go_fd)
 if go != b"go":
     os._exit(3)
-import random
 random.seed()
 mod = sys.modules.get("tempfile")
 if mod is not None:
