@@ -176,7 +176,7 @@ async def operate(
     finally:
         if server is not None:
             server[0].shutdown()
-        kube.close()
+        await kube.close()
 
 
 def _fail(message: str) -> str:
@@ -357,8 +357,8 @@ GC_FIRST_GENERATION_THRESHOLD = 7_000
 def tune_gc(threshold: int = GC_FIRST_GENERATION_THRESHOLD) -> None:
     """Keep the cyclic garbage collector off the start-up objects and make it run less often.
 
-    After the imports (kopf, the kubernetes client with all its models, pydantic: ~1,000 modules and
-    several hundred thousand objects) `gc.freeze()` moves everything alive into a permanent
+    After the imports (kopf, aiohttp, pydantic: several hundred modules and hundreds of thousands of
+    objects) `gc.freeze()` moves everything alive into a permanent
     generation that no collection traverses again; before, each full collection walked all of them.
     A first-generation threshold of 7,000 allocations instead of 700 (a watch event alone parses into
     hundreds of dicts and lists) lets short-lived objects die by reference counting before a
