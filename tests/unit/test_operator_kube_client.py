@@ -181,11 +181,19 @@ async def test_ca_and_client_certificate_data_authenticate_over_tls(tmp_path: Pa
                 await untrusting.get_job("ns1", "job")
         finally:
             await untrusting.close()
+        # insecure-skip-tls-verify: the server is not verified, the client certificate still presented
+        insecure = Kube(dataclasses.replace(connection, ca_path=None, insecure=True))
+        try:
+            assert await insecure.get_job("ns1", "job") == {"metadata": {"name": "job"}}
+        finally:
+            await insecure.close()
     finally:
         await api.server.close()
     assert refused.value.status == 0 and retryable(refused.value)
-    ((subject,),) = peers[0]["subject"]
-    assert subject == ("commonName", "127.0.0.1") and len(peers) == 1
+    assert len(peers) == 2
+    for peer in peers:
+        ((subject,),) = peer["subject"]
+        assert subject == ("commonName", "127.0.0.1")
 
 
 def test_invalid_base64_data_names_the_field(tmp_path: Path) -> None:

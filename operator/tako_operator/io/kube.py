@@ -107,11 +107,13 @@ class Connection:
                 return Path(self.token_path).read_text().strip() or self.token
         return self.token
 
-    def ssl_context(self) -> ssl.SSLContext | bool:
-        """The TLS settings for aiohttp: False when verification is off."""
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS settings: the CA (else the system's), the client certificate; `insecure` turns
+        verification of the server off but still presents the client certificate."""
+        context = ssl.create_default_context(cafile=None if self.insecure else self.ca_path)
         if self.insecure:
-            return False
-        context = ssl.create_default_context(cafile=self.ca_path)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
         if self.cert_path and self.key_path:
             context.load_cert_chain(self.cert_path, self.key_path)
         return context
@@ -173,7 +175,9 @@ class Kube:
 
     def _session(self) -> aiohttp.ClientSession:
         if self.session is None or self.session.closed:
-            tls = self.connection.ssl_context() if self.server.startswith("https:") else True
+            tls: ssl.SSLContext | bool = (
+                self.connection.ssl_context() if self.server.startswith("https:") else True
+            )
             connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=self.concurrency, ssl=tls)
             self.session = aiohttp.ClientSession(
                 connector=connector,
