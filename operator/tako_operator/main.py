@@ -375,8 +375,8 @@ EXIT_THREADS_GRACE_SECONDS = 3.0
 
 
 def _threads_still_busy(grace: float) -> bool:
-    """True if a worker thread (the API executor's, whose threads the interpreter joins at exit without
-    a bound) is still alive after `grace` seconds."""
+    """True if a worker thread (kopf's executor's or the default one's, which the interpreter joins at exit
+    without a bound) is still alive after `grace` seconds."""
     deadline = time.monotonic() + grace
     for thread in threading.enumerate():
         if thread is threading.main_thread() or thread.daemon:
@@ -388,10 +388,10 @@ def _threads_still_busy(grace: float) -> bool:
 
 
 def run_bounded(main: Coroutine[Any, Any, None], grace: float = EXIT_THREADS_GRACE_SECONDS) -> None:
-    """`asyncio.run(main)`, except that the end does not wait for worker threads stuck in API calls
-    (a blackholed API server holds a blocking request until its socket times out, and asyncio.run
-    and the interpreter's exit join those threads without a bound): after `grace` seconds the
-    process ends with them, so SIGTERM ends the operator within the Pod's termination grace period."""
+    """`asyncio.run(main)`, except that the end does not wait for worker threads stuck in blocking calls
+    (the operator's own API calls no longer use threads, but kopf runs sync work in its executor, and
+    asyncio.run and the interpreter's exit join those threads without a bound): after `grace` seconds
+    the process ends with them, so SIGTERM ends the operator within the Pod's termination grace period."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     code = 0
