@@ -366,3 +366,14 @@ def test_the_operator_process_imports_neither_the_kubernetes_client_nor_urllib3(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.split() == ["True", "[]"]
+
+
+def test_an_unreadable_client_certificate_fails_when_the_client_is_built(tmp_path: Path) -> None:
+    (tmp_path / "bad.crt").write_text("not a certificate")
+    user = {"client-certificate": "bad.crt", "client-key": "bad.crt"}
+    connection = kube_module.load_kubeconfig(
+        str(kubeconfig(tmp_path / "config", {"server": "https://k"}, user))
+    )
+    with pytest.raises(KubeConfigError, match=r"cannot load the TLS files .*bad\.crt"):
+        Kube(connection)
+    assert Kube(dataclasses.replace(connection, server="http://k")).tls is True  # plain HTTP: no TLS at all

@@ -110,12 +110,16 @@ class Connection:
     def ssl_context(self) -> ssl.SSLContext:
         """The TLS settings: the CA (else the system's), the client certificate; `insecure` turns
         verification of the server off but still presents the client certificate."""
-        context = ssl.create_default_context(cafile=None if self.insecure else self.ca_path)
-        if self.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if self.cert_path and self.key_path:
-            context.load_cert_chain(self.cert_path, self.key_path)
+        try:
+            context = ssl.create_default_context(cafile=None if self.insecure else self.ca_path)
+            if self.insecure:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            if self.cert_path and self.key_path:
+                context.load_cert_chain(self.cert_path, self.key_path)
+        except (OSError, ssl.SSLError) as exc:
+            files = ", ".join(f for f in (self.ca_path, self.cert_path, self.key_path) if f)
+            raise KubeConfigError(f"cannot load the TLS files ({files}): {exc}") from exc
         return context
 
 
@@ -163,6 +167,10 @@ class Kube:
         self.concurrency = concurrency
         self.server = connection.server.rstrip("/")
         self.token = _Token(connection)
+        # built now: a bad certificate or key file fails at start-up, not at the first call
+        self.tls: ssl.SSLContext | bool = (
+            connection.ssl_context() if self.server.startswith("https:") else True
+        )
         self.session: aiohttp.ClientSession | None = None
         self.shared_seen: dict[tuple[str, str], float] = {}  # (namespace, name) -> when found present
 
@@ -175,10 +183,9 @@ class Kube:
 
     def _session(self) -> aiohttp.ClientSession:
         if self.session is None or self.session.closed:
-            tls: ssl.SSLContext | bool = (
-                self.connection.ssl_context() if self.server.startswith("https:") else True
+            connector = aiohttp.TCPConnector(
+                limit=self.concurrency, limit_per_host=self.concurrency, ssl=self.tls
             )
-            connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=self.concurrency, ssl=tls)
             self.session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=DEFAULT_TIMEOUT,
