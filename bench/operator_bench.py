@@ -41,7 +41,9 @@ SIZES = {"quick": (10, 50, 50), "full": (10, 100, 1000, 1000)}
 # then, after deleting the last burst, jobs created at a steady rate (jobs per second, how many): the
 # latency an agent sees when submissions arrive no faster than the operator drains them
 SUSTAINED = {"quick": (50.0, 100), "full": (50.0, 1000)}
-BASELINE_REV = "801a114"  # before issue #17's throughput work (docs/performance.md: 16-20 jobs/s)
+# before issue #17's throughput work (docs/performance.md: 16-20 jobs/s); another revision (e.g. `main`,
+# to measure a change against the tree it branched from) through $TAKO_BENCH_OPERATOR_BASELINE
+BASELINE_REV = os.environ.get("TAKO_BENCH_OPERATOR_BASELINE") or "801a114"
 # The baseline's figures in the run recorded in docs/performance.md before this work (2026-11-28, load
 # 17-22), printed when the baseline tree cannot be unpacked (no git history, e.g. an sdist).
 RECORDED_BASELINE = {"jobs_per_s": {"10": 18.4, "100": 19.6, "1000": 15.8}, "rss_after_mib": 183.6}
@@ -161,6 +163,7 @@ def run_operator(
     results: dict[str, Any] = {}
     rss: dict[str, Any] = {}
     steady = None
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     with _fast_harness("tako-bench") as kube:
         argv, env = operator_argv(tree, kube.kubeconfig(root), kube.namespace)
         log = (root / "operator.log").open("wb")
@@ -184,6 +187,7 @@ def run_operator(
                     names = [f"b{number}-{size}-{n}" for n in range(size)]
                     previous = names
                     served = kube._emulator.served
+                    cpu_before = cpu_seconds(process.pid)
                     started = time.perf_counter()
                     for name in names:
                         kube.create("pythonjobs", _job(name))
@@ -193,11 +197,13 @@ def run_operator(
                     wall = time.perf_counter() - started
                     time.sleep(1.0)  # let the last passes (status echoes, pod events) finish
                     requests = kube._emulator.served - served - size  # minus the creates themselves
+                    cpu_used = (cpu_seconds(process.pid) or 0.0) - (cpu_before or 0.0)
                     results[label] = {
                         **_measure(kube, names, wall),
                         "complete_within_cap": complete,
                         "creating_s": round(creating, 2),
                         "api_requests_per_job": round(requests / size, 2),
+                        "cpu_ms_per_job": round(cpu_used * 1000 / size, 2),
                         "rss_after_mib": rss_mib(process.pid),
                     }
             rss["peak_under_load"] = sampler.peak
@@ -212,7 +218,18 @@ def run_operator(
             except subprocess.TimeoutExpired:
                 process.kill()
             log.close()
-    return {"sizes": results, "operator_rss_mib": rss, "sustained": steady}
+    load = {"at_start": load_at_start, "at_end": [round(x, 2) for x in os.getloadavg()]}
+    return {"sizes": results, "operator_rss_mib": rss, "sustained": steady, "load_average": load}
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time the process has used so far (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _sustained(kube: Any, rate: float, count: int, already: int) -> dict[str, Any]:
@@ -296,17 +313,19 @@ def operator_suite(root: Path, quick: bool) -> dict[str, Any]:
                 r["jobs_per_s"],
                 r["api_requests_per_job"],
                 r["rss_after_mib"],
+                r.get("cpu_ms_per_job", ""),
                 old["latency"]["p99_ms"] if old else "",
                 old["jobs_per_s"] if old else "",
                 old["api_requests_per_job"] if old else "",
                 old["rss_after_mib"] if old else "",
+                old.get("cpu_ms_per_job", "") if old else "",
                 _ratio(r["jobs_per_s"], old["jobs_per_s"]) if old else "",
             ]
         )
     headers = [
         "PythonJobs at once", "Pods created", "CR->Pod p50 ms", "p99 ms", "jobs/s", "API requests/job",
-        "RSS after MiB", f"baseline {BASELINE_REV} p99 ms", "baseline jobs/s", "baseline requests/job",
-        "baseline RSS MiB",
+        "RSS after MiB", "CPU ms/job", f"baseline {BASELINE_REV} p99 ms", "baseline jobs/s",
+        "baseline requests/job", "baseline RSS MiB", "baseline CPU ms/job",
         "jobs/s ratio",
     ]  # fmt: skip
     table = markdown_table(headers, rows)
@@ -318,6 +337,10 @@ def operator_suite(root: Path, quick: bool) -> dict[str, Any]:
         for name, run in runs.items()
     ]  # fmt: skip
     labels = list(current["sizes"])
+    table += "\n\nLoad average (1, 5, 15 min) at the start / end of each operator's run: " + "; ".join(
+        f"{name} {run['load_average']['at_start']} / {run['load_average']['at_end']}"
+        for name, run in runs.items()
+    )
     table += "\n\n" + markdown_table(
         ["operator RSS MiB", "at rest", f"after {labels[-2]}", "after deleting them", f"after {labels[-1]}",
          "growth over the repeat", "peak"],

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tako_operator.io.leader import LeadershipLost
-from tako_operator.main import run_operator
+from tako_operator import forbid_kubernetes_client
+
+forbid_kubernetes_client()  # before kopf is imported (by tako_operator.main)
+
+from tako_operator.io.leader import LeadershipLost  # noqa: E402
+from tako_operator.main import run_operator  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

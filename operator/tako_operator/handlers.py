@@ -39,7 +39,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
             server=c.server,
             ca_path=c.ca_path,
             insecure=c.insecure,
-            token=c.token,
+            token=c.current_token(),  # a rotated service account token on a re-login
             certificate_path=c.cert_path,
             private_key_path=c.key_path,
             default_namespace=c.default_namespace,

@@ -176,7 +176,7 @@ async def operate(
     finally:
         if server is not None:
             server[0].shutdown()
-        kube.close()
+        await kube.close()
 
 
 def _fail(message: str) -> str:
@@ -357,8 +357,8 @@ GC_FIRST_GENERATION_THRESHOLD = 7_000
 def tune_gc(threshold: int = GC_FIRST_GENERATION_THRESHOLD) -> None:
     """Keep the cyclic garbage collector off the start-up objects and make it run less often.
 
-    After the imports (kopf, the kubernetes client with all its models, pydantic: ~1,000 modules and
-    several hundred thousand objects) `gc.freeze()` moves everything alive into a permanent
+    After the imports (kopf, aiohttp, pydantic: several hundred modules and hundreds of thousands of
+    objects) `gc.freeze()` moves everything alive into a permanent
     generation that no collection traverses again; before, each full collection walked all of them.
     A first-generation threshold of 7,000 allocations instead of 700 (a watch event alone parses into
     hundreds of dicts and lists) lets short-lived objects die by reference counting before a
@@ -375,8 +375,8 @@ EXIT_THREADS_GRACE_SECONDS = 3.0
 
 
 def _threads_still_busy(grace: float) -> bool:
-    """True if a worker thread (the API executor's, whose threads the interpreter joins at exit without
-    a bound) is still alive after `grace` seconds."""
+    """True if a worker thread (kopf's executor's or the default one's, which the interpreter joins at exit
+    without a bound) is still alive after `grace` seconds."""
     deadline = time.monotonic() + grace
     for thread in threading.enumerate():
         if thread is threading.main_thread() or thread.daemon:
@@ -388,10 +388,10 @@ def _threads_still_busy(grace: float) -> bool:
 
 
 def run_bounded(main: Coroutine[Any, Any, None], grace: float = EXIT_THREADS_GRACE_SECONDS) -> None:
-    """`asyncio.run(main)`, except that the end does not wait for worker threads stuck in API calls
-    (a blackholed API server holds a blocking request until its socket times out, and asyncio.run
-    and the interpreter's exit join those threads without a bound): after `grace` seconds the
-    process ends with them, so SIGTERM ends the operator within the Pod's termination grace period."""
+    """`asyncio.run(main)`, except that the end does not wait for worker threads stuck in blocking calls
+    (the operator's own API calls no longer use threads, but kopf runs sync work in its executor, and
+    asyncio.run and the interpreter's exit join those threads without a bound): after `grace` seconds
+    the process ends with them, so SIGTERM ends the operator within the Pod's termination grace period."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     code = 0

@@ -5,30 +5,29 @@ The end-to-end behaviour (refused writes, then every job ends once) is in test_f
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
-import urllib3
-from kubernetes.client import ApiException
 
-from tako_operator.io.kube import retryable
+from tako_operator.io.kube import KubeApiError, retryable
 from tako_operator.reconciler import api_retry_delay
 from tako_operator.settings import Settings
 
 
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
 def test_transient_api_statuses_are_retried(status: int) -> None:
-    assert retryable(ApiException(status=status, reason="x"))
+    assert retryable(KubeApiError(status, "x", "x"))
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 422])
 def test_requests_the_server_will_always_refuse_are_not_retried(status: int) -> None:
-    assert not retryable(ApiException(status=status, reason="x"))
+    assert not retryable(KubeApiError(status, "x", "x"))
 
 
 def test_connection_errors_are_retried_and_programming_errors_are_not() -> None:
-    pool = urllib3.HTTPConnectionPool("127.0.0.1", 1)
-    assert retryable(urllib3.exceptions.MaxRetryError(pool, "/api", reason=ConnectionRefusedError()))
-    assert retryable(urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError()))
+    assert retryable(KubeApiError(0, "ClientConnectorError", "connection refused"))
+    assert retryable(aiohttp.ServerDisconnectedError())
     assert retryable(ConnectionResetError())
+    assert retryable(TimeoutError())
     assert not retryable(KeyError("metadata"))
     assert not retryable(ValueError("unexpected object kind"))
 

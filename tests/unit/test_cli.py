@@ -141,11 +141,14 @@ def test_operator_command_forwards_the_chart_flags_to_run_operator(monkeypatch: 
     recorded call is then bound against the real signature so the two cannot drift apart."""
     import inspect
 
+    import tako_operator
     from tako_operator import main as operator_main
 
     real = operator_main.run_operator
     calls: list[dict[str, object]] = []
     monkeypatch.setattr(operator_main, "run_operator", lambda **kwargs: calls.append(kwargs))
+    forbidden: list[bool] = []  # the real one would keep this test process from importing `kubernetes`
+    monkeypatch.setattr(tako_operator, "forbid_kubernetes_client", lambda: forbidden.append(True))
     argv = [
         "operator",
         "--namespace=a",
@@ -155,6 +158,7 @@ def test_operator_command_forwards_the_chart_flags_to_run_operator(monkeypatch: 
     ]
     code, _, err = _main(*argv)
     assert code == 0, err
+    assert forbidden == [True]
     (call,) = calls
     assert call["namespaces"] == ["a", "b"] and call["peering"] == "tako" and call["standalone"] is False
     assert call["liveness"] == "http://0.0.0.0:8080/healthz" and call["all_namespaces"] is False

@@ -81,6 +81,9 @@ def _wait_until(check: Any, seconds: float, what: str) -> None:
     raise TimeoutError(f"{what} not ready after {seconds}s")
 
 
+PKI: dict[str, pathlib.Path] = {}  # the running API server's CA and admin client certificate
+
+
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     """etcd + apiextensions-apiserver on free ports, with both CRDs installed and Established."""
@@ -88,6 +91,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
         pytest.fail(f"CI=true: the real API server tier cannot run, and CI must not skip it: {MISSING}")
     work = tmp_path_factory.mktemp("apiserver")
     _make_pki(work / "pki")
+    PKI["dir"] = work / "pki"
     dummy = work / "dummy.kubeconfig"
     dummy.write_text(
         "apiVersion: v1\nkind: Config\nclusters: [{name: x, cluster: {server: 'https://127.0.0.1:1'}}]\n"
@@ -277,3 +281,55 @@ def test_worst_case_status_is_accepted(api: httpx.Client) -> None:
     computed = status._finish(job, fields, datetime.datetime.now(datetime.UTC))
     written = _merge_patch(api, "worst-status", {"status": computed}, "/status")
     assert written.status_code == 200, written.text[:500]
+
+
+def test_the_operators_own_client_authenticates_with_certificate_data_and_maps_errors(
+    api: httpx.Client, tmp_path: pathlib.Path
+) -> None:
+    """io/kube.py against the real API server: a kubeconfig with client-certificate-data/-key-data (the
+    admin certificate), reads, merge patches of the object and its status subresource, 404 and 422."""
+    import asyncio
+    import base64
+    import json
+
+    from tako_operator.io import kube as kube_module
+    from tako_operator.io.kube import JOBS as PLURAL
+    from tako_operator.io.kube import Kube, KubeApiError, retryable
+
+    pki = PKI["dir"]
+    cert, key = (base64.b64encode((pki / name).read_bytes()).decode() for name in ("admin.crt", "admin.key"))
+    cluster = {"server": str(api.base_url), "insecure-skip-tls-verify": True}
+    config = {
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "u", "user": {"client-certificate-data": cert, "client-key-data": key}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": NS}}],
+        "current-context": "c",
+    }
+    (tmp_path / "kubeconfig").write_text(json.dumps(config))
+    assert api.post(JOBS, json=_job("via-own-client")).status_code == 201
+    connection = kube_module.load_kubeconfig(str(tmp_path / "kubeconfig"))
+
+    async def calls() -> dict[str, Any]:
+        kube, name, seen = Kube(connection), "via-own-client", {}
+        try:
+            seen["job"] = await kube.get_job(NS, name)
+            seen["annotated"] = await kube.patch_job_metadata(NS, name, {"annotations": {"a": "1"}})
+            seen["patched"] = await kube.patch_job_status(NS, name, {"phase": "Pending"})
+            try:
+                await kube.patch_custom(NS, PLURAL, name, {"status": {"phase": "Bogus"}}, status=True)
+            except KubeApiError as exc:
+                seen["invalid"] = exc
+            seen["missing"] = await kube.get_job(NS, "absent")
+            seen["deleted"] = [await kube.delete_job(NS, name), await kube.delete_job(NS, name)]
+        finally:
+            await kube.close()
+        return seen
+
+    seen = asyncio.run(calls())
+    assert seen["job"]["metadata"]["name"] == "via-own-client"
+    assert seen["annotated"]["metadata"]["annotations"] == {"a": "1"}
+    assert seen["patched"]["status"]["phase"] == "Pending"
+    invalid = seen["invalid"]
+    assert invalid.status == 422 and invalid.reason == "Invalid" and "phase" in invalid.message
+    assert not retryable(invalid)
+    assert seen["missing"] is None and seen["deleted"] == [True, False]

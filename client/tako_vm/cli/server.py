@@ -54,6 +54,8 @@ def cmd_server(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_operator(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    package = import_extra("tako_operator", "tako-vm operator", "operator")
+    getattr(package, "forbid_kubernetes_client", lambda: None)()  # kopf would import it: ~38 MiB
     main = import_extra("tako_operator.main", "tako-vm operator", "operator")
     run_operator: Callable[..., Any] | None = getattr(main, "run_operator", None)
     if run_operator is None:
