@@ -269,9 +269,10 @@ def test_job_types_health_and_openapi(http: httpx.Client) -> None:
 
 
 BREAKABLE_RUNSC = """#!/bin/sh
-# The real runsc, except that sandbox creation fails while the file "broken" is next to this script.
+# The real runsc, except that sandbox creation fails while the file "broken" is next to this script
+# (restores too: once a snapshot template is ready, jobs are restored from it instead of run).
 if [ -e "$(dirname "$0")/broken" ]; then
-    case " $* " in *" run "*|*" create "*) echo "injected fault: no sandbox" >&2; exit 1;; esac
+    case " $* " in *" run "*|*" create "*|*" restore "*) echo "injected fault: no sandbox" >&2; exit 1;; esac
 fi
 exec {real} "$@"
 """
