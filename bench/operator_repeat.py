@@ -5,7 +5,7 @@ the next (as the suite's repeat does); RSS after each burst and each deletion, C
     .venv/bin/python -m bench.operator_repeat OUT_DIR [BURSTS] [--baseline]
 
 `--baseline`: the tree at $TAKO_BENCH_OPERATOR_BASELINE (default operator_bench.BASELINE_REV) instead
-of this one. Results: docs/performance.md ("Fifth round")."""
+of this one. Results: docs/performance.md ("Fifth round", "Sixth round")."""
 
 from __future__ import annotations
 

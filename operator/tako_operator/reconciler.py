@@ -33,6 +33,7 @@ from tako_operator.core.plan import (
 )
 from tako_operator.core.status import status_changed
 from tako_operator.core.webhooks import due_in
+from tako_operator.io import detached
 from tako_operator.io.kube import Kube, retryable
 from tako_operator.io.metrics import Metrics
 from tako_operator.io.pool import StandbyPool
@@ -442,15 +443,15 @@ class Reconciler:
     # -- wake-ups ---------------------------------------------------------------------------------
 
     def schedule(self, key: Key, delay: float) -> None:
-        loop = asyncio.get_running_loop()
         old = self.wakeups.pop(key, None)
         if old is not None:
             old.cancel()
-        self.wakeups[key] = loop.call_later(max(delay, 0.05), self._spawn_poke, key)
+        # not in the calling handler's context: that would keep its kopf event alive with the timer
+        self.wakeups[key] = detached.call_later(max(delay, 0.05), self._spawn_poke, key)
 
     def _spawn_poke(self, key: Key) -> None:
         self.wakeups.pop(key, None)
-        task = asyncio.get_running_loop().create_task(self.poke(*key))
+        task = detached.spawn(self.poke(*key))
         task.add_done_callback(_log_failure)
 
     def wake_queue(self) -> None:

@@ -16,6 +16,7 @@ from tako_operator.core import objects
 from tako_operator.core import sessions as core
 from tako_operator.core.builders import INSTALL_CONTAINER as INSTALL
 from tako_operator.core.builders import LABEL_EGRESS as EGRESS_LABEL
+from tako_operator.io import detached
 from tako_operator.io.kube import Kube, retryable
 from tako_operator.io.sessions import SESSIONS, SessionApi
 from tako_operator.reconciler import api_retry_delay
@@ -133,12 +134,11 @@ class SessionReconciler:
         old = self.wakeups.pop(key, None)
         if old is not None:
             old.cancel()
-        loop = asyncio.get_running_loop()
-        self.wakeups[key] = loop.call_later(max(delay, 0.05), self._spawn, key)
+        self.wakeups[key] = detached.call_later(max(delay, 0.05), self._spawn, key)
 
     def _spawn(self, key: Key) -> None:
         self.wakeups.pop(key, None)
-        task = asyncio.get_running_loop().create_task(self.reconcile(key))
+        task = detached.spawn(self.reconcile(key))
         task.add_done_callback(_log_failure)
 
 

@@ -21,6 +21,7 @@ from tako_operator.core import builders
 from tako_operator.core import standby as sb
 from tako_operator.core import status as status_mod
 from tako_operator.core.plan import waiting_reason
+from tako_operator.io import detached
 from tako_operator.io.kube import Kube
 from tako_operator.settings import PodSettings, StandbySettings
 from tako_vm.models.crd import PythonJob, PythonJobTypeSpec
@@ -125,8 +126,8 @@ class StandbyPool:
         """`ensure` in the background (after a claim: the job's own reconcile does not wait for it)."""
         self.types[(namespace, type_name)] = (job_type, type_uid)
         if self.resync_task is None or self.resync_task.done():
-            self.resync_task = asyncio.get_running_loop().create_task(self.resync())
-        task = asyncio.get_running_loop().create_task(self.ensure(namespace, type_name, job_type, type_uid))
+            self.resync_task = detached.spawn(self.resync())
+        task = detached.spawn(self.ensure(namespace, type_name, job_type, type_uid))
         self.tasks.add(task)
         task.add_done_callback(self._done)
 

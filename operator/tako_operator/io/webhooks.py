@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tako_operator.core.webhooks import limits_of, not_sent, outcome_patch, refused, schedule_of
+from tako_operator.io import detached
 from tako_operator.io.kube import Kube
 from tako_operator.settings import WebhookSettings
 from tako_vm.delivery.policy import parse_allowlist
@@ -130,7 +131,7 @@ class WebhookSender:
         old = self.timers.pop(key, None)
         if old is not None:
             old.cancel()
-        self.timers[key] = asyncio.get_running_loop().call_later(max(delay, 0.0), self._start, key, run)
+        self.timers[key] = detached.call_later(max(delay, 0.0), self._start, key, run)
 
     def _start(self, key: Key, run: Callable[[Key], Awaitable[float | None]]) -> None:
         self.timers.pop(key, None)
@@ -147,7 +148,7 @@ class WebhookSender:
             if after is not None:
                 self.arm(key, after, run)
 
-        task = asyncio.get_running_loop().create_task(go(), name=f"webhook-{key[0]}-{key[1]}")
+        task = detached.spawn(go(), name=f"webhook-{key[0]}-{key[1]}")
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
