@@ -71,9 +71,15 @@ class BareRunsc:
 
         self.executor = LocalExecutor(work_dir=work_dir, security_mode="strict")
 
-    def once(self, code: str = CODE, deps: Path | None = None, expect: bytes = b"1\n") -> float:
+    def once(
+        self,
+        code: str = CODE,
+        deps: Path | None = None,
+        expect: bytes = b"1\n",
+        args: list[str] | None = None,
+    ) -> float:
         """One ``runsc run`` of ``code``; ``deps``: an installed requirement set bound at /deps (on
-        PYTHONPATH, as the product does)."""
+        PYTHONPATH, as the product does); ``args``: another process than ``python3 -u /code/main.py``."""
         from tako_shim.backends.local.sandbox.executor import SandboxJob
 
         ex = self.executor
@@ -89,7 +95,7 @@ class BareRunsc:
                 job_dir, "run", cid, deps, SandboxJob("bare", code, {}, [], 30, 60), None
             )
             spec = json.loads((bundle / "config.json").read_text())
-            spec["process"]["args"] = [HOST_PYTHON, "-u", "/code/main.py"]
+            spec["process"]["args"] = args or [HOST_PYTHON, "-u", "/code/main.py"]
             if deps is not None:
                 spec["process"]["env"].append("PYTHONPATH=/deps")
             (bundle / "config.json").write_text(json.dumps(spec))
