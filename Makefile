@@ -3,7 +3,7 @@
 #                 (127.0.0.1:8000; make server PORT=8080 HOST=127.0.0.1)
 #   make test     install everything plus the dev extra and run the whole suite (lint, types, import contracts, tests)
 #   make test-vm  the pre-release proof on a fresh Debian 12 VM (systemd, cgroup v2); docs/sandbox.md
-.PHONY: setup server test lint unit bench test-vm
+.PHONY: setup server test lint unit bench test-vm reference-setup
 
 PY := .venv/bin
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
@@ -44,6 +44,11 @@ test: setup lint
 bench: EXTRAS = all,dev
 bench: setup  # make bench BENCH_ARGS=--quick (or --only queue ...)
 	$(OWN_CGROUP) $(PY)/python -m bench $(BENCH_ARGS)
+
+# The reference Tako VM 0.3.0 (podman + runsc, PostgreSQL) for `python -m bench --only reference`
+# (bench/reference.py); as root, idempotent; docs/performance.md.
+reference-setup: setup
+	bash scripts/setup-reference.sh
 
 test-vm:  # as root; boots a fresh Debian 12 guest under QEMU and runs the cgroup v2 checks in it
 	bash scripts/test-in-fresh-vm.sh

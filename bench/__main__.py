@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import floor, idle, load, local, operator_bench, requirements_cache, shim, snapshots
+from bench import floor, idle, load, local, operator_bench, reference, requirements_cache, shim, snapshots
 from bench.stats import machine
 
 SUITES: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
@@ -33,6 +33,7 @@ SUITES: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
     "idle": idle.idle_cost,
     "snapshots": snapshots.snapshot_suite,
     "floor": floor.floor_suite,
+    "reference": reference.reference_suite,
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
