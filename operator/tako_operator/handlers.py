@@ -35,11 +35,15 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
     @kopf.on.login(id="login", registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
         c = reconciler.kube.connection
+        # a rotated service account token, or an exec plugin's fresh one, on every re-login; kopf
+        # logs in again by itself once an exec token's expiration has passed
+        token, expiration = c.current_credentials()
         return kopf.ConnectionInfo(
             server=c.server,
             ca_path=c.ca_path,
             insecure=c.insecure,
-            token=c.current_token(),  # a rotated service account token on a re-login
+            token=token,
+            expiration=expiration,
             certificate_path=c.cert_path,
             private_key_path=c.key_path,
             default_namespace=c.default_namespace,

@@ -292,9 +292,9 @@ def test_the_operators_own_client_authenticates_with_certificate_data_and_maps_e
     import base64
     import json
 
-    from tako_operator.io import kube as kube_module
     from tako_operator.io.kube import JOBS as PLURAL
     from tako_operator.io.kube import Kube, KubeApiError, retryable
+    from tako_vm import kubeconfig as kube_module
 
     pki = PKI["dir"]
     cert, key = (base64.b64encode((pki / name).read_bytes()).decode() for name in ("admin.crt", "admin.key"))

@@ -9,8 +9,10 @@ The in-cluster configuration is read from a fake service-account directory with 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -96,7 +98,7 @@ async def test_one_stream_serves_many_waiters_and_deletion_is_reported() -> None
 def test_in_cluster_configuration_reads_the_service_account(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kubernetes.config import incluster_config
+    from tako_vm import kubeconfig
 
     token, ca = tmp_path / "token", tmp_path / "ca.crt"
     subprocess.run(
@@ -108,8 +110,7 @@ def test_in_cluster_configuration_reads_the_service_account(
         capture_output=True,
     )
     token.write_text("sa-token-1")
-    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
-    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(ca))
+    monkeypatch.setattr(kubeconfig, "SERVICE_ACCOUNT_DIR", str(tmp_path))
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
     monkeypatch.delenv("KUBECONFIG", raising=False)
@@ -135,3 +136,28 @@ def test_a_kubeconfig_wins_over_the_in_cluster_environment(
     connection = kubernetes_api._load_connection(KubernetesOptions())
     assert connection.server == "http://127.0.0.1:6443" and connection.ssl is False
     assert connection.authorization() == "Bearer kc-token"
+
+
+def test_the_shim_takes_its_token_from_an_exec_plugin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugin = tmp_path / "get-token"
+    plugin.write_text(
+        f"#!{sys.executable}\nimport json\nprint(json.dumps({{'status': {{'token': 'exec-token'}}}}))\n"
+    )
+    plugin.chmod(0o755)
+    config = tmp_path / "kubeconfig"
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": str(plugin)}}
+    config.write_text(
+        json.dumps(
+            {
+                "current-context": "c",
+                "clusters": [{"name": "k", "cluster": {"server": "http://127.0.0.1:6443"}}],
+                "users": [{"name": "u", "user": user}],
+                "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+            }
+        )
+    )
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    connection = kubernetes_api._load_connection(KubernetesOptions(kubeconfig=str(config)))
+    assert connection.authorization() == "Bearer exec-token"

@@ -18,8 +18,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tako_operator.io import kube as kube_module
-from tako_operator.io.kube import Connection, Kube, KubeApiError, KubeConfigError, retryable
+from tako_operator.io.kube import Kube, retryable
+from tako_vm import kubeconfig as kube_module
+from tako_vm.kubeconfig import Connection, KubeApiError, KubeConfigError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -96,10 +97,29 @@ async def test_a_token_kubeconfig_sends_the_token_and_names_the_namespace(api: A
     assert headers["Authorization"] == "Bearer s3cret"
 
 
+async def test_an_exec_plugin_kubeconfig_sends_the_plugins_token(api: Api, tmp_path: Path) -> None:
+    """EKS/GKE/AKS-style credentials: the token comes from running the kubeconfig's exec plugin."""
+    plugin = tmp_path / "get-token"
+    plugin.write_text(
+        f"#!{sys.executable}\nimport json\n"
+        "print(json.dumps({'kind': 'ExecCredential', 'status': {'token': 'from-plugin'}}))\n"
+    )
+    plugin.chmod(0o755)
+    spec = {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": str(plugin)}
+    connection = kube_module.load_kubeconfig(
+        str(kubeconfig(tmp_path / "config", {"server": api.url}, {"exec": spec}))
+    )
+    kube = Kube(connection)
+    try:
+        await kube.get_pod("ns1", "p1")
+    finally:
+        await kube.close()
+    assert [headers["Authorization"] for _m, _p, headers in api.seen] == ["Bearer from-plugin"]
+
+
 @pytest.mark.parametrize(
     "user, field",
     [
-        ({"exec": {"command": "aws", "apiVersion": "client.authentication.k8s.io/v1"}}, "exec"),
         ({"auth-provider": {"name": "oidc"}}, "auth-provider"),
         ({"username": "admin", "password": "x"}, "username"),
     ],
@@ -108,7 +128,7 @@ def test_unsupported_credentials_are_refused_naming_the_field(
     tmp_path: Path, user: dict[str, Any], field: str
 ) -> None:
     path = kubeconfig(tmp_path / "config", {"server": "https://example.invalid"}, user)
-    with pytest.raises(KubeConfigError, match=f"uses '{field}', which the operator does not support"):
+    with pytest.raises(KubeConfigError, match=f"uses '{field}', which is not supported"):
         kube_module.load_kubeconfig(str(path))
 
 
@@ -223,7 +243,7 @@ async def test_in_cluster_reads_the_service_account_and_rereads_a_rotated_token(
         await kube.get_pod("tako-system", "a")
         (tmp_path / "token").write_text("second\n")  # the kubelet rotated it
         await kube.get_pod("tako-system", "b")  # within TOKEN_REREAD_SECONDS: the token read before
-        kube.token.read_at -= kube_module.TOKEN_REREAD_SECONDS  # the interval has passed
+        kube.token.valid_until -= kube_module.TOKEN_REREAD_SECONDS  # the interval has passed
         await kube.get_pod("tako-system", "c")
     finally:
         await kube.close()

@@ -7,38 +7,28 @@ client (its ~1,000 modules cost ~38 MiB of RSS). Objects go in and come out as p
 shape the pure builders produce. Every error leaves this module as `KubeApiError` (an HTTP error
 status, or status 0 for a connection fault or timeout); `retryable` tells transient ones apart.
 
-Configuration (`load_connection`): in-cluster service account when `KUBERNETES_SERVICE_HOST` is set
-(its token file is re-read every TOKEN_REREAD_SECONDS: bound tokens rotate), otherwise the kubeconfig
-named by `$KUBECONFIG` (read at call time) or `~/.kube/config`. Supported kubeconfig credentials: a
-token (or tokenFile), a client certificate and key (files or -data), the CA (file or -data) and
-insecure-skip-tls-verify; exec plugins, auth providers and basic auth are refused by name.
+Configuration: `tako_vm.kubeconfig` (shared with the shim): in-cluster service account, or the
+kubeconfig (`$KUBECONFIG`, every file of the list, or `~/.kube/config`) with a token, tokenFile, exec
+credential plugin or client certificate.
 """
 
 from __future__ import annotations
 
-import atexit
-import base64
 import contextlib
-import dataclasses
 import datetime
 import json
-import os
-import shutil
 import ssl
-import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import yaml
 
 from tako_operator.core.pods import format_time
 from tako_operator.core.status import truncated_log_marker
 from tako_operator.settings import DEFAULT_API_CONCURRENCY
+from tako_vm.kubeconfig import BearerToken, Connection, KubeApiError, load_connection
 
 # Lines read from the end of a container's log: the envelope frame (header, body, end marker) plus
 # room for whatever the container printed after it (interpreter shutdown warnings).
@@ -54,9 +44,6 @@ JOB_TYPES = "pythonjobtypes"
 # one request per namespace and interval instead of a create answered 409 per job.
 SHARED_RECHECK_SECONDS = 60.0
 
-SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-TOKEN_REREAD_SECONDS = 60.0
-
 # Per request: the TCP (+TLS) connect, and the wait for each read off the socket. Waiting for a free
 # pooled connection is not bounded (a burst queues there, as it queued for the old client's threads).
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -67,78 +54,6 @@ DEFAULT_TIMEOUT = aiohttp.ClientTimeout(
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
-
-# kubeconfig user fields this client cannot honour: refused by name rather than ignored.
-UNSUPPORTED_USER_FIELDS = ("exec", "auth-provider", "username", "password")
-
-
-class KubeApiError(Exception):
-    """An API call that failed: the HTTP status (0: no answer, i.e. a connection fault or timeout), the
-    Kubernetes Status' `reason` (or the HTTP reason phrase) and its message."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-
-class KubeConfigError(ValueError):
-    """A kubeconfig or in-cluster configuration this client cannot use."""
-
-
-@dataclass(frozen=True)
-class Connection:
-    """Where the API server is and how to authenticate (also handed to kopf's own client)."""
-
-    server: str
-    ca_path: str | None = None
-    insecure: bool = False
-    token: str | None = None
-    cert_path: str | None = None
-    key_path: str | None = None
-    default_namespace: str | None = None
-    token_path: str | None = None  # re-read every TOKEN_REREAD_SECONDS (in-cluster, tokenFile)
-
-    def current_token(self) -> str | None:
-        """The token as the file holds it now (a rotated service account token), else `token`."""
-        if self.token_path:
-            with contextlib.suppress(OSError):
-                return Path(self.token_path).read_text().strip() or self.token
-        return self.token
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """The TLS settings: the CA (else the system's), the client certificate; `insecure` turns
-        verification of the server off but still presents the client certificate."""
-        try:
-            context = ssl.create_default_context(cafile=None if self.insecure else self.ca_path)
-            if self.insecure:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            if self.cert_path and self.key_path:
-                context.load_cert_chain(self.cert_path, self.key_path)
-        except (OSError, ssl.SSLError) as exc:
-            files = ", ".join(f for f in (self.ca_path, self.cert_path, self.key_path) if f)
-            raise KubeConfigError(f"cannot load the TLS files ({files}): {exc}") from exc
-        return context
-
-
-@dataclass
-class _Token:
-    """The bearer token, re-read from its file at most every TOKEN_REREAD_SECONDS."""
-
-    connection: Connection
-    value: str | None = None
-    read_at: float = field(default=-float("inf"))
-
-    def get(self) -> str | None:
-        now = time.monotonic()
-        if self.connection.token_path is None:
-            return self.connection.token
-        if now - self.read_at >= TOKEN_REREAD_SECONDS:
-            self.value = self.connection.current_token()
-            self.read_at = now
-        return self.value
 
 
 def _path(group: str, version: str, namespace: str, plural: str, name: str | None = None) -> str:
@@ -166,7 +81,7 @@ class Kube:
         self.connection = connection
         self.concurrency = concurrency
         self.server = connection.server.rstrip("/")
-        self.token = _Token(connection)
+        self.token = BearerToken(connection)
         # built now: a bad certificate or key file fails at start-up, not at the first call
         self.tls: ssl.SSLContext | bool = (
             connection.ssl_context() if self.server.startswith("https:") else True
@@ -505,115 +420,6 @@ def _api_error(status: int, http_reason: str | None, body: bytes) -> KubeApiErro
     reason = parsed.get("reason") or http_reason or ""
     message = parsed.get("message") or body[:500].decode("utf-8", errors="replace")
     return KubeApiError(status, str(reason), str(message))
-
-
-# -- configuration ------------------------------------------------------------------------------
-
-
-def load_incluster(env: Mapping[str, str] = os.environ, directory: str = SERVICE_ACCOUNT_DIR) -> Connection:
-    """The Pod's service account: the API server from the environment, the token (re-read while the
-    operator runs), CA and namespace from `directory`."""
-    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
-    if not host or not port:
-        raise KubeConfigError("in-cluster configuration needs KUBERNETES_SERVICE_HOST and _PORT")
-    token_path = os.path.join(directory, "token")
-    try:
-        token = Path(token_path).read_text().strip()
-    except OSError as exc:
-        raise KubeConfigError(f"in-cluster configuration: cannot read the token {token_path}: {exc}") from exc
-    namespace_file = Path(directory, "namespace")
-    namespace = namespace_file.read_text().strip() if namespace_file.exists() else None
-    ca = os.path.join(directory, "ca.crt")
-    return Connection(
-        server=f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}",
-        ca_path=ca if os.path.exists(ca) else None,
-        token=token,
-        token_path=token_path,
-        default_namespace=namespace or None,
-    )
-
-
-_data_dir: str | None = None
-
-
-def _data_file(name: str, data: str) -> str:
-    """The base64 `data` of a kubeconfig's *-data field in a private file (kopf and `ssl` want paths);
-    removed at exit."""
-    global _data_dir
-    if _data_dir is None:
-        _data_dir = tempfile.mkdtemp(prefix="tako-operator-kube-")
-        atexit.register(shutil.rmtree, _data_dir, True)
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except ValueError as exc:
-        raise KubeConfigError(f"kubeconfig: {name}-data is not valid base64") from exc
-    fd, path = tempfile.mkstemp(prefix=f"{name}-", dir=_data_dir)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(raw)
-    return path
-
-
-def _named(config: dict[str, Any], section: str, name: str, key: str) -> dict[str, Any]:
-    for entry in config.get(section) or []:
-        if isinstance(entry, dict) and entry.get("name") == name:
-            found: dict[str, Any] = entry.get(key) or {}
-            return found
-    raise KubeConfigError(f"kubeconfig: no {key} named {name!r} in {section}")
-
-
-def _file_or_data(block: dict[str, Any], field_name: str, base: Path) -> str | None:
-    """`field_name` (a path, relative to the kubeconfig's directory) or `field_name`-data."""
-    if block.get(f"{field_name}-data"):
-        return _data_file(field_name, str(block[f"{field_name}-data"]))
-    if block.get(field_name):
-        return str(base / os.path.expanduser(str(block[field_name])))
-    return None
-
-
-def load_kubeconfig(path: str, context: str | None = None) -> Connection:
-    """The current context (or `context`) of the kubeconfig at `path`."""
-    try:
-        config = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise KubeConfigError(f"cannot read kubeconfig {path}: {exc}") from exc
-    name = context or config.get("current-context")
-    if not name:
-        raise KubeConfigError(f"kubeconfig {path}: no current-context")
-    ctx = _named(config, "contexts", name, "context")
-    cluster = _named(config, "clusters", str(ctx.get("cluster")), "cluster")
-    user = _named(config, "users", str(ctx.get("user")), "user") if ctx.get("user") else {}
-    for unsupported in UNSUPPORTED_USER_FIELDS:
-        if user.get(unsupported):
-            raise KubeConfigError(
-                f"kubeconfig {path}: user {ctx.get('user')!r} uses {unsupported!r}, which the operator does "
-                "not support (use a token, tokenFile or a client certificate)"
-            )
-    if not cluster.get("server"):
-        raise KubeConfigError(f"kubeconfig {path}: cluster {ctx.get('cluster')!r} has no server")
-    base = Path(path).resolve().parent
-    token_path = str(base / user["tokenFile"]) if user.get("tokenFile") else None
-    connection = Connection(
-        server=str(cluster["server"]),
-        ca_path=_file_or_data(cluster, "certificate-authority", base),
-        insecure=bool(cluster.get("insecure-skip-tls-verify")),
-        token=user.get("token") or None,
-        cert_path=_file_or_data(user, "client-certificate", base),
-        key_path=_file_or_data(user, "client-key", base),
-        default_namespace=ctx.get("namespace") or None,
-        token_path=token_path,
-    )
-    if token_path:
-        connection = dataclasses.replace(connection, token=connection.current_token())
-    return connection
-
-
-def load_connection(kubeconfig: str | None = None) -> Connection:
-    """In-cluster config if available (and no kubeconfig given), else `kubeconfig`, `$KUBECONFIG` (its
-    first file) or `~/.kube/config`."""
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        return load_incluster()
-    path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-    return load_kubeconfig(path.split(os.pathsep)[0])
 
 
 def connect(kubeconfig: str | None = None, concurrency: int = DEFAULT_API_CONCURRENCY) -> Kube:

@@ -1,11 +1,12 @@
 """The shim's only module that talks to the Kubernetes API.
 
 Requests go through ``aiohttp`` (natively async, so a watch stream is cancellable and never holds a
-thread). The official ``kubernetes`` package is used only to *read the configuration*, once, in a
-worker thread: in-cluster service account (``in_cluster``, or ``KUBERNETES_SERVICE_HOST`` set and no
-kubeconfig given), else the kubeconfig named by the ``kubeconfig`` option or ``$KUBECONFIG`` (read at
-start, not import), else ``~/.kube/config``. Its token refresh hook (rotated service-account tokens,
-exec plugins) is asked for the ``Authorization`` header on every request.
+thread). The configuration is read once, in a worker thread, by ``tako_vm.kubeconfig`` (shared with the
+operator): in-cluster service account (``in_cluster``, or ``KUBERNETES_SERVICE_HOST`` set and no
+kubeconfig given), else the kubeconfig named by the ``kubeconfig`` option or ``$KUBECONFIG`` (every file
+of the list, read at start, not import), else ``~/.kube/config``. Its ``BearerToken`` (a rotated
+service-account token, an exec credential plugin's token before it expires) is asked for the
+``Authorization`` header on every request.
 
 Objects go in and come out as plain dicts. Errors are ``KubeApiError`` with the API's status code.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,6 +24,8 @@ from urllib.parse import quote
 import aiohttp
 
 from tako_shim.config import KubernetesOptions
+from tako_vm import kubeconfig
+from tako_vm.kubeconfig import KubeApiError
 
 JOBS_PATH = "/apis/takovm.dev/v1alpha1/namespaces/{namespace}/pythonjobs"
 JOB_TYPES_PATH = "/apis/takovm.dev/v1alpha1/namespaces/{namespace}/pythonjobtypes"
@@ -31,16 +33,6 @@ LIST_CHUNK = 500
 WATCH_SERVER_TIMEOUT_SECONDS = 290
 REQUEST_TIMEOUT_SECONDS = 30
 WATCH_OPENED = "OPENED"  # the synthetic first event of a watch stream the API accepted
-
-
-class KubeApiError(Exception):
-    """The API answered with an error status (``status`` 0: it could not be reached)."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
 
 
 class WatchExpired(Exception):
@@ -55,37 +47,16 @@ class Connection:
 
 
 def _load_connection(options: KubernetesOptions) -> Connection:
-    """Blocking: read the in-cluster or kubeconfig credentials with the official client's loaders."""
-    from kubernetes import client, config
-
-    cfg = client.Configuration()
-    kubeconfig = options.kubeconfig or os.environ.get("KUBECONFIG")
-    if options.in_cluster or (not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST")):
-        config.load_incluster_config(client_configuration=cfg)
-    else:
-        config.load_kube_config(
-            config_file=kubeconfig or os.path.expanduser("~/.kube/config"), client_configuration=cfg
-        )
-    context: ssl.SSLContext | bool = False
-    if cfg.host.startswith("https"):
-        if cfg.verify_ssl:
-            context = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
-        else:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if cfg.cert_file:
-            context.load_cert_chain(cfg.cert_file, cfg.key_file)
+    """Blocking: the in-cluster or kubeconfig credentials (``tako_vm.kubeconfig``)."""
+    loaded = kubeconfig.load_connection(options.kubeconfig, in_cluster=options.in_cluster)
+    context = loaded.ssl_context() if loaded.server.startswith("https") else False
+    token = kubeconfig.BearerToken(loaded)
 
     def authorization() -> str | None:
-        token = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
-        if token:
-            return str(token)
-        if cfg.username or cfg.password:
-            return str(cfg.get_basic_auth_token())
-        return None
+        value = token.get()
+        return f"Bearer {value}" if value else None
 
-    return Connection(server=cfg.host.rstrip("/"), ssl=context, authorization=authorization)
+    return Connection(server=loaded.server.rstrip("/"), ssl=context, authorization=authorization)
 
 
 class KubeApi:
