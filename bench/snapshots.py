@@ -8,6 +8,10 @@
   with the same installed pandas bound at /deps;
 - a job on an empty pool (``warm_pool_size: 0``: every job a fresh restore) p50 against a bare
   ``runsc run`` of ``print(1)`` in the product's sandbox shape.
+
+The CPU columns miss what runsc leaves to init on both sides (its gofer and systrap stubs outlive the
+``runsc`` process that started them: about 0.03 CPU-s per restore, 0.02 per cold run). ``bench/floor.py``
+counts them, one job at a time; ``bench/reference.py`` counts them under load (``bench/subreaper.py``).
 """
 
 from __future__ import annotations
