@@ -166,11 +166,15 @@ class Connection:
 class BearerToken:
     """The token for the next request: a token file re-read at most every TOKEN_REREAD_SECONDS, an
     exec plugin re-run shortly before its token expires (or every TOKEN_REREAD_SECONDS if it does not
-    say), else the fixed token. Blocking only when a file is read or a plugin runs."""
+    say), else the fixed token. Blocking only when a file is read or a plugin runs (`due`)."""
 
     connection: Connection
     value: str | None = None
     valid_until: float = field(default=-float("inf"))  # time.monotonic()
+
+    def due(self) -> bool:
+        """Whether the next `get` runs the exec plugin (async callers run that `get` in a thread)."""
+        return self.connection.exec_plugin is not None and time.monotonic() >= self.valid_until
 
     def get(self) -> str | None:
         now = time.monotonic()

@@ -57,6 +57,7 @@ def test_a_kubeconfig_list_is_merged_first_definition_wins(tmp_path: Path) -> No
     ci = load_kubeconfig([str(first), str(second)], context="ci")
     assert ci.server == "https://o:6443" and ci.token == "from-file"
     assert ci.token_path == str(tmp_path / "b" / "t")
+    assert not BearerToken(ci).due(), "a token file is read on the loop: no plugin to wait for"
 
 
 def test_load_connection_reads_every_file_of_kubeconfig(
@@ -139,10 +140,12 @@ def test_an_exec_token_is_renewed_before_it_expires(tmp_path: Path) -> None:
     path = exec_config(tmp_path, str(tmp_path / "get-token"), args=[str(tmp_path / "runs"), "3600"])
     connection = load_kubeconfig(str(path))
     token = BearerToken(connection)
+    assert token.due(), "async callers run the first get in a thread"
     assert token.get() == "t1" and token.get() == "t1" and runs(tmp_path) == 1
+    assert not token.due()
     assert token.valid_until > time.monotonic() + 3000, "valid until shortly before it expires"
     token.valid_until = time.monotonic() - 1  # the renewal time has come
-    assert token.get() == "t2"
+    assert token.due() and token.get() == "t2"
     fresh, expiration = connection.current_credentials()  # what kopf's login handler passes on
     assert fresh == "t3" and expiration is not None
     assert 3500 < expiration.timestamp() - time.time() <= 3600

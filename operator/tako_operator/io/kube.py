@@ -14,6 +14,7 @@ credential plugin or client certificate.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import json
@@ -122,6 +123,8 @@ class Kube:
         """One API call: the response body (at most `limit` bytes of it when given). Raises
         KubeApiError for an error status, a connection fault or a timeout (status 0)."""
         headers = {}
+        if self.token.due():  # an exec credential plugin runs for seconds: not on the event loop
+            await asyncio.to_thread(self.token.get)
         token = self.token.get()
         if token:
             headers["Authorization"] = f"Bearer {token}"

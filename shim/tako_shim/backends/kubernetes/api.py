@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -43,20 +43,18 @@ class WatchExpired(Exception):
 class Connection:
     server: str
     ssl: ssl.SSLContext | bool
-    authorization: Callable[[], str | None]
+    token: kubeconfig.BearerToken
+
+    def authorization(self) -> str | None:
+        value = self.token.get()
+        return f"Bearer {value}" if value else None
 
 
 def _load_connection(options: KubernetesOptions) -> Connection:
     """Blocking: the in-cluster or kubeconfig credentials (``tako_vm.kubeconfig``)."""
     loaded = kubeconfig.load_connection(options.kubeconfig, in_cluster=options.in_cluster)
     context = loaded.ssl_context() if loaded.server.startswith("https") else False
-    token = kubeconfig.BearerToken(loaded)
-
-    def authorization() -> str | None:
-        value = token.get()
-        return f"Bearer {value}" if value else None
-
-    return Connection(server=loaded.server.rstrip("/"), ssl=context, authorization=authorization)
+    return Connection(loaded.server.rstrip("/"), context, kubeconfig.BearerToken(loaded))
 
 
 class KubeApi:
@@ -78,8 +76,10 @@ class KubeApi:
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+    async def _headers(self, content_type: str | None = None) -> dict[str, str]:
         headers: dict[str, str] = {}
+        if self.connection.token.due():  # an exec credential plugin runs for seconds: not on the loop
+            await asyncio.to_thread(self.connection.token.get)
         auth = self.connection.authorization()
         if auth:
             headers["Authorization"] = auth
@@ -102,7 +102,7 @@ class KubeApi:
                 self.connection.server + path,
                 params=params,
                 data=json.dumps(body) if body is not None else None,
-                headers=self._headers(content_type if body is not None else None),
+                headers=await self._headers(content_type if body is not None else None),
                 ssl=self.connection.ssl,
                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
             ) as response:
@@ -201,7 +201,7 @@ class KubeApi:
             async with self._session.get(
                 self.connection.server + self._jobs(namespace),
                 params=params,
-                headers=self._headers(),
+                headers=await self._headers(),
                 ssl=self.connection.ssl,
                 timeout=aiohttp.ClientTimeout(total=None, sock_read=WATCH_SERVER_TIMEOUT_SECONDS + 30),
             ) as response:
@@ -229,7 +229,7 @@ class KubeApi:
             async with self._session.get(
                 self.connection.server + path,
                 params={"container": container, "follow": "true"},
-                headers=self._headers(),
+                headers=await self._headers(),
                 ssl=self.connection.ssl,
                 timeout=aiohttp.ClientTimeout(total=None, sock_read=WATCH_SERVER_TIMEOUT_SECONDS),
             ) as response:
