@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import tako_vm
+from bench import subreaper
 from bench.stats import rss_mib
 from tako_vm.testing import LocalServer, local_server
 
@@ -29,10 +31,20 @@ BASE_SETTINGS: dict[str, Any] = {"api_rate_limit_enabled": False, "log_level": "
 
 
 @contextlib.contextmanager
-def server(root: Path, name: str, **settings: Any) -> Iterator[LocalServer]:
+def server(root: Path, name: str, *, subreaped: bool = False, **settings: Any) -> Iterator[LocalServer]:
+    """``subreaped``: the server runs under ``bench/subreaper.py`` (``srv.process`` is the subreaper),
+    so ``tree_cpu`` of that pid counts what runsc leaves behind too (gofers, stubs)."""
     os.environ["PATH"] = TOOLS_PATH
+    python = sys.executable
+    if subreaped:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        python = str(subreaper.wrapper_script(root / name))
     with local_server(
-        root / name, {**BASE_SETTINGS, **settings}, env={"PATH": TOOLS_PATH}, startup_timeout=120
+        root / name,
+        {**BASE_SETTINGS, **settings},
+        env={"PATH": TOOLS_PATH},
+        startup_timeout=120,
+        python=python,
     ) as srv:
         yield srv
 

@@ -9,9 +9,11 @@
 - a job on an empty pool (``warm_pool_size: 0``: every job a fresh restore) p50 against a bare
   ``runsc run`` of ``print(1)`` in the product's sandbox shape.
 
-The CPU columns miss what runsc leaves to init on both sides (its gofer and systrap stubs outlive the
-``runsc`` process that started them: about 0.03 CPU-s per restore, 0.02 per cold run). ``bench/floor.py``
-counts them, one job at a time; ``bench/reference.py`` counts them under load (``bench/subreaper.py``).
+CPU per job counts everything on both sides, including what runsc leaves behind (its gofer and systrap
+stubs outlive the ``runsc`` process that started them; reaped by init they would be lost: about 0.03
+CPU-s per restore, 0.02 per cold run): the server runs under ``bench/subreaper.py`` (``tree_cpu`` of the
+subreaper), and the bare loop runs while this process adopts and reaps those orphans
+(``subreaper.adopting_orphans``; ``RUSAGE_CHILDREN``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from bench.harness import HOST_PYTHON, BareRunsc, client, sdk_round_trip, server
 from bench.latency_parts import interleaved
 from bench.proctree import tree_cpu
 from bench.stats import markdown_table, ratio, summarize
+from bench.subreaper import adopting_orphans
 from tako_vm.testing import LocalServer
 
 PANDAS_CODE = "import pandas as pd; print(pd.__version__)"
@@ -130,7 +133,7 @@ def snapshot_suite(root: Path, quick: bool) -> dict[str, Any]:
     default_shape = lambda shape: shape["preload"] != ["pandas"]  # noqa: E731
     pandas_shape = lambda shape: shape["preload"] == ["pandas"]  # noqa: E731
     with (
-        server(root, "load") as load_srv,  # the shipped default: max_workers derived from the machine
+        server(root, "load", subreaped=True) as load_srv,  # shipped defaults: max_workers derived
         server(root, "empty", warm_pool_size=0, job_types=[PANDAS_TYPE]) as empty_srv,
     ):
         load_sdk = [client(load_srv) for _ in range(SERVER_CLIENTS)]
@@ -150,8 +153,9 @@ def snapshot_suite(root: Path, quick: bool) -> dict[str, Any]:
         )
         time.sleep(SETTLE_S)
         server_cpu = tree_cpu([load_srv.process.pid]) - cpu0
-        cpu1 = _children_cpu()
-        bare_jobs, bare_s, bare_all = _closed_loop(_bare_do(bare), BARE_CLIENTS, warmup_s, window_s)
+        with adopting_orphans():  # the bare runs' gofers and stubs are reaped here and counted
+            cpu1 = _children_cpu()
+            bare_jobs, bare_s, bare_all = _closed_loop(_bare_do(bare), BARE_CLIENTS, warmup_s, window_s)
         bare_cpu = _children_cpu() - cpu1
 
         # latency: interleaved, one at a time
@@ -189,7 +193,7 @@ def snapshot_suite(root: Path, quick: bool) -> dict[str, Any]:
         ],
     ]
     rows += [[name, f"p50 {s['p50_ms']} ms (p95 {s['p95_ms']}, n {s['n']})", ""] for name, s in stats.items()]
-    rows += [[name, value, ""] for name, value in ratios.items()]
+    rows += [[name, f"{value:g}", ""] for name, value in ratios.items()]
     table = markdown_table(["measure", "value", "CPU-s/job"], rows)
     return {
         "warmup_s": warmup_s,

@@ -15,7 +15,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -39,6 +42,56 @@ def _reap_all() -> list[tuple[int, int]]:
         if pid == 0:
             return done
         done.append((pid, status))
+
+
+def wrapper_script(directory: Path, python: str = sys.executable) -> Path:
+    """An executable that runs ``python ARGS...`` under this subreaper (same pid as the wrapper: it
+    execs), for code that starts a Python by path, e.g. ``tako_vm.testing.local_server(python=...)``."""
+    script = directory / "python-subreaped"
+    script.write_text(f'#!/bin/sh\nexec "{python}" "{Path(__file__).resolve()}" "{python}" "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+@contextlib.contextmanager
+def adopting_orphans(direct_comm: str = "runsc") -> Iterator[None]:
+    """While the block runs this process is a child subreaper, and a thread reaps the orphans that
+    reach it (runsc's gofer and stubs, command name ``exe``), so that ``RUSAGE_CHILDREN`` counts them.
+    Children named ``direct_comm`` are this process's own ``subprocess`` calls and are left to them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    stop = threading.Event()
+
+    def reap() -> None:
+        while not stop.is_set():
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                info = None
+            if info is None or _comm(info.si_pid) == direct_comm:
+                stop.wait(0.005)  # nothing exited, or one of ours that its caller is about to reap
+                continue
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(info.si_pid, 0)
+
+    reaper = threading.Thread(target=reap, name="orphan-reaper", daemon=True)
+    reaper.start()
+    try:
+        yield
+    finally:
+        time.sleep(0.5)  # the last sandboxes' stubs and gofers end just after their runsc
+        stop.set()
+        reaper.join()
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split("(", 1)[1].rsplit(")", 1)[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def main(argv: list[str]) -> int:

@@ -66,3 +66,26 @@ def test_subreaper_keeps_a_daemonized_grandchild_cpu() -> None:
         time.sleep(0.05)
     assert proc.wait(timeout=20) == 0
     assert last >= 0.25  # the orphan's 0.3 s of CPU were seen in the subreaper's tree
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_CHILD_SUBREAPER is Linux")
+def test_adopting_orphans_counts_them_and_leaves_direct_children_to_subprocess() -> None:
+    # in a process of its own: while adopting, every orphan that reaches the process is reaped
+    script = r"""
+import resource, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from bench.subreaper import adopting_orphans
+burn = "import time; t = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+before = resource.getrusage(resource.RUSAGE_CHILDREN)
+with adopting_orphans(direct_comm="sh"):
+    done = subprocess.run(["sh", "-c", f"({sys.executable} -c '{burn}' &); exit 7"])
+    import time; time.sleep(1.0)
+after = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(done.returncode, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(REPO)], capture_output=True, text=True, timeout=60, check=True
+    )
+    returncode, cpu = out.stdout.split()
+    assert returncode == "7", "the direct child's status stayed with subprocess"
+    assert float(cpu) >= 0.25, f"the orphan's CPU was not counted: {out.stdout}"
