@@ -12,7 +12,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +147,30 @@ class MemorySampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def closed_loop(
+    call: Callable[[int], Any], clients: int, warmup_s: float, window_s: float
+) -> tuple[int, float, int]:
+    """``clients`` threads loop ``call(i)`` (``i``: the thread's index): jobs finished inside the
+    window, the window, all jobs."""
+    done: list[float] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def loop(i: int) -> None:
+        while not stop.is_set():
+            call(i)
+            with lock:
+                done.append(time.perf_counter())
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        futures = [pool.submit(loop, i) for i in range(clients)]
+        time.sleep(warmup_s)
+        low = time.perf_counter()
+        time.sleep(window_s)
+        high = time.perf_counter()
+        stop.set()
+        for future in futures:
+            future.result()
+    return sum(1 for t in done if low <= t < high), high - low, len(done)

@@ -29,10 +29,8 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -40,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from bench.harness import BASE_SETTINGS, CODE, REPO, TOOLS_PATH
+from bench.harness import BASE_SETTINGS, CODE, REPO, TOOLS_PATH, closed_loop
 from bench.latency_parts import interleaved
 from bench.proctree import tree_cpu
 from bench.stats import markdown_table, ratio, summarize
@@ -220,30 +218,6 @@ def _client_job(pool: list[httpx.Client], i: int) -> float:
     return _job(pool[i])
 
 
-def _closed_loop(call: Callable[[int], Any], warmup_s: float, window_s: float) -> tuple[int, float, int]:
-    """``CLIENTS`` threads loop ``call(i)``: jobs finished inside the window, the window, all jobs."""
-    done: list[float] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def loop(i: int) -> None:
-        while not stop.is_set():
-            call(i)
-            with lock:
-                done.append(time.perf_counter())
-
-    with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
-        futures = [pool.submit(loop, i) for i in range(CLIENTS)]
-        time.sleep(warmup_s)
-        low = time.perf_counter()
-        time.sleep(window_s)
-        high = time.perf_counter()
-        stop.set()
-        for future in futures:
-            future.result()
-    return sum(1 for t in done if low <= t < high), high - low, len(done)
-
-
 def _wait_template(state: Path, http: httpx.Client) -> None:
     """Our server's first jobs build its snapshot template: run jobs until it exists."""
     deadline = time.monotonic() + TEMPLATE_WAIT_S
@@ -284,7 +258,7 @@ def reference_suite(root: Path, quick: bool) -> dict[str, Any]:
             http = clients[name]
             pg = _postmaster_pid() if name == "reference" else None
             cpu0, pg0, busy0 = tree_cpu([pids[name]]), tree_cpu([pg]) if pg else 0.0, _machine_busy()
-            jobs, window, all_jobs = _closed_loop(partial(_client_job, http), warmup_s, window_s)
+            jobs, window, all_jobs = closed_loop(partial(_client_job, http), CLIENTS, warmup_s, window_s)
             time.sleep(SETTLE_S)
             cpu, busy = tree_cpu([pids[name]]) - cpu0, _machine_busy() - busy0
             measured[name] = {

@@ -21,15 +21,13 @@ from __future__ import annotations
 import json
 import resource
 import subprocess
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import tako_vm
-from bench.harness import HOST_PYTHON, BareRunsc, client, sdk_round_trip, server
+from bench.harness import HOST_PYTHON, BareRunsc, client, closed_loop, sdk_round_trip, server
 from bench.latency_parts import interleaved
 from bench.proctree import tree_cpu
 from bench.stats import markdown_table, ratio, summarize
@@ -47,32 +45,6 @@ SETTLE_S = 2.0  # after a loop: the background teardown of its last sandboxes
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def _closed_loop(
-    call: Callable[[], Any], clients: int, warmup_s: float, window_s: float
-) -> tuple[int, float, int]:
-    """``clients`` threads loop ``call``: jobs finished inside the window, the window, all jobs."""
-    done: list[float] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            call()
-            with lock:
-                done.append(time.perf_counter())
-
-    with ThreadPoolExecutor(max_workers=clients) as pool:
-        futures = [pool.submit(loop) for _ in range(clients)]
-        time.sleep(warmup_s)
-        low = time.perf_counter()
-        time.sleep(window_s)
-        high = time.perf_counter()
-        stop.set()
-        for future in futures:
-            future.result()
-    return sum(1 for t in done if low <= t < high), high - low, len(done)
 
 
 def _bare_do(bare: BareRunsc) -> Callable[[], None]:
@@ -148,14 +120,16 @@ def snapshot_suite(root: Path, quick: bool) -> dict[str, Any]:
         # each whole loop (and the server's background teardown after it) per job of that loop
         turn = iter(range(10**9))
         cpu0 = tree_cpu([load_srv.process.pid])
-        server_jobs, server_s, server_all = _closed_loop(
-            lambda: sdk_round_trip(load_sdk[next(turn) % SERVER_CLIENTS]), SERVER_CLIENTS, warmup_s, window_s
+        next_client = lambda _i: load_sdk[next(turn) % SERVER_CLIENTS]  # noqa: E731
+        server_jobs, server_s, server_all = closed_loop(
+            lambda i: sdk_round_trip(next_client(i)), SERVER_CLIENTS, warmup_s, window_s
         )
         time.sleep(SETTLE_S)
         server_cpu = tree_cpu([load_srv.process.pid]) - cpu0
+        bare_do = _bare_do(bare)
         with adopting_orphans():  # the bare runs' gofers and stubs are reaped here and counted
             cpu1 = _children_cpu()
-            bare_jobs, bare_s, bare_all = _closed_loop(_bare_do(bare), BARE_CLIENTS, warmup_s, window_s)
+            bare_jobs, bare_s, bare_all = closed_loop(lambda _i: bare_do(), BARE_CLIENTS, warmup_s, window_s)
         bare_cpu = _children_cpu() - cpu1
 
         # latency: interleaved, one at a time
